@@ -1,0 +1,132 @@
+// The one interface every backend driver implements. Commands talk only to this; each driver
+// (file/, redis/, zookeeper/, postgres/) implements it natively: waiting is the driver's job
+// (watch, pub/sub, NOTIFY), never a poll loop in a command.
+
+/** Who holds (or wants) a lock: written beside the lease so `lock status` can show it. */
+export interface HolderInfo {
+  host: string
+  pid: number
+  user: string
+  command: string
+}
+
+export interface Holder extends HolderInfo {
+  /** Unique id of this holding (DLQ_LOCK_OWNER; the token printed by `lock acquire`). */
+  owner: string
+  /** Fencing token: strictly increases with every successful acquisition of the key. */
+  token: string
+  acquiredAt: Date
+  expiresAt: Date
+}
+
+export interface AcquireRequest {
+  key: string
+  owner: string
+  ttlMs: number
+  /** Semaphore size: up to `limit` holders at once. */
+  limit: number
+  /** How long to wait; 0 = try once, Infinity = forever. */
+  waitMs: number
+  signal: AbortSignal
+  holder: HolderInfo
+  /** Called while waiting, whenever the driver learns who holds the key. */
+  onWaiting?: (holders: Holder[]) => void
+}
+
+export interface Lease {
+  key: string
+  owner: string
+  token: string
+  ttlMs: number
+  expiresAt: Date
+}
+
+export interface LockState {
+  key: string
+  holders: Holder[]
+  /** Waiters, where the backend can tell. */
+  waiters?: number
+}
+
+export interface LockDriver {
+  /** Resolves with the lease, or undefined when `waitMs` ran out. Rejects with AbortError on abort. */
+  acquire(request: AcquireRequest): Promise<Lease | undefined>
+  /** Extends the lease to now+ttl. Throws LockLostError when the lease is gone or taken. */
+  renew(key: string, owner: string, ttlMs: number): Promise<Lease>
+  /** Compare-and-delete: true when `owner` held the key and no longer does. */
+  release(key: string, owner: string): Promise<boolean>
+  /** All held locks, or one key. */
+  status(key?: string): Promise<LockState[]>
+  /** Deletes every hold of the key; returns how many there were. */
+  forceRelease(key: string): Promise<number>
+  /**
+   * Backends that can lose a lease without a failed renewal (a ZooKeeper session) report it here.
+   * Returns a function that stops watching.
+   */
+  watchLoss?(lease: Lease, onLost: (why: string) => void): () => void
+}
+
+export interface Message {
+  id: string
+  body: Buffer
+  enqueuedAt: Date
+  /** Which delivery this is: 1 the first time. */
+  attempts: number
+  /** Opaque handle for settle(): which reservation this delivery belongs to. */
+  receipt: string
+}
+
+export interface ReserveRequest {
+  count: number
+  visibilityMs: number
+  waitMs: number
+  maxAttempts: number
+  signal: AbortSignal
+}
+
+/**
+ * What became of a reserved message: `ack` deletes it, `retry` makes it visible again (or moves
+ * it to the dead-letter queue once its attempts reach maxAttempts), `release` gives it back as if
+ * it had not been delivered (it was never written out).
+ */
+export type Outcome = 'ack' | 'retry' | 'release'
+
+export interface QueueStats {
+  queue: string
+  waiting: number
+  inFlight: number
+  dead: number
+  /** Age of the oldest waiting message in ms, if any. */
+  oldestAgeMs?: number
+}
+
+export interface QueueDriver {
+  /** Largest message the backend accepts, in bytes. */
+  readonly maxMessageBytes: number
+  /** Appends one batch in order; resolves with the ids once the batch is durable. */
+  push(queue: string, bodies: Buffer[]): Promise<string[]>
+  /** Reserves up to `count` messages, waiting up to `waitMs` for the first. [] when none came. */
+  reserve(queue: string, request: ReserveRequest): Promise<Message[]>
+  /** Settles reserved messages. */
+  settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void>
+  /** Pushes the reservation's deadline to now+visibility; false when it was lost already. */
+  extend(queue: string, message: Message, visibilityMs: number): Promise<boolean>
+  /** The last `count` waiting messages, oldest first, without consuming them. */
+  peek(queue: string, count: number): Promise<Message[]>
+  /** Calls onMessages with every message pushed from now on until the signal aborts. */
+  follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void>
+  stats(queue?: string): Promise<QueueStats[]>
+}
+
+export interface Backend {
+  /** The URL with any password masked: safe to print. */
+  readonly displayUrl: string
+  readonly locks: LockDriver
+  readonly queues: QueueDriver
+  close(): Promise<void>
+}
+
+export interface BackendOptions {
+  /** Log each backend round trip (already masked) to stderr. */
+  log?: (line: string) => void
+}

@@ -1,0 +1,41 @@
+import {DlqCommand} from '../../base.js'
+import {formatDuration, parseDuration} from '../../duration.js'
+import {checkLimit, checkTtl, describeHolders, holderInfo, keyFlag, limitFlag, newOwner, ttlFlag, waitFlag, conflictFlag} from '../../lockflags.js'
+import {checkName} from '../../names.js'
+
+export default class LockAcquire extends DlqCommand {
+  static summary = 'Take a lock that outlives this process; print its owner token.'
+  static description = `For pipelines whose steps are separate processes. The lease stays for --ttl and then simply expires: nothing renews it unless you run "lock renew". Release it with "lock release --token". Exit 75 (--conflict-exit-code) when not acquired within --wait.`
+  static examples = [
+    {description: 'Hold the deploy lock across CI steps.', command: 'TOKEN=$(<%= config.bin %> lock acquire --key deploy --ttl 30m)\n./step1 && <%= config.bin %> lock renew --key deploy --token "$TOKEN" --ttl 30m && ./step2\n<%= config.bin %> lock release --key deploy --token "$TOKEN"'},
+  ]
+
+  static flags = {
+    key: keyFlag,
+    ttl: ttlFlag,
+    wait: waitFlag('forever'),
+    limit: limitFlag,
+    'conflict-exit-code': conflictFlag,
+  }
+
+  async run(): Promise<{key: string; owner: string; token: string; expiresAt: string}> {
+    const {flags} = await this.parse(LockAcquire)
+    const key = checkName(flags.key, 'key')
+    const ttlMs = checkTtl(flags.ttl)
+    const waitMs = parseDuration(flags.wait, 'wait')
+    const limit = checkLimit(flags.limit)
+    const backend = await this.backend(flags.backend, flags.verbose)
+    const owner = newOwner()
+    const abort = new AbortController()
+    for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(signal, () => abort.abort())
+    const lease = await backend.locks.acquire({key, owner, ttlMs, limit, waitMs, signal: abort.signal, holder: holderInfo('dlq lock acquire')})
+    if (!lease) {
+      const [state] = await backend.locks.status(key)
+      process.stderr.write(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}\n`)
+      return this.finish(flags['conflict-exit-code'])
+    }
+    if (!this.jsonEnabled()) process.stdout.write(`${owner}\n`)
+    await this.closeBackend()
+    return {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
+  }
+}

@@ -1,0 +1,34 @@
+import {Flags} from '@oclif/core'
+
+import {DlqCommand} from '../../base.js'
+import {LockLostError, notNow} from '../../errors.js'
+import {checkTtl, describeHolders, keyFlag, ttlFlag} from '../../lockflags.js'
+import {checkName} from '../../names.js'
+
+export default class LockRenew extends DlqCommand {
+  static summary = 'Extend a lease taken with "lock acquire".'
+  static description = 'Extends the lease to now + --ttl if TOKEN still holds KEY; otherwise exit 75 and say who holds it now.'
+  static examples = ['<%= config.bin %> lock renew --key deploy --token "$TOKEN" --ttl 30m']
+
+  static flags = {
+    key: keyFlag,
+    token: Flags.string({char: 't', summary: 'Owner token printed by "lock acquire".', required: true}),
+    ttl: ttlFlag,
+  }
+
+  async run(): Promise<{key: string; owner: string; token: string; expiresAt: string}> {
+    const {flags} = await this.parse(LockRenew)
+    const key = checkName(flags.key, 'key')
+    const ttlMs = checkTtl(flags.ttl)
+    const backend = await this.backend(flags.backend, flags.verbose)
+    try {
+      const lease = await backend.locks.renew(key, flags.token, ttlMs)
+      await this.closeBackend()
+      return {key, owner: lease.owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
+    } catch (error) {
+      if (!(error instanceof LockLostError)) throw error
+      const [state] = await backend.locks.status(key)
+      throw notNow(`lock ${JSON.stringify(key)} not renewed`, `token ${flags.token} does not hold it`, describeHolders(state?.holders ?? []))
+    }
+  }
+}

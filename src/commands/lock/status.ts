@@ -1,0 +1,36 @@
+import {Flags} from '@oclif/core'
+
+import {DlqCommand} from '../../base.js'
+import {formatDuration} from '../../duration.js'
+import {checkName} from '../../names.js'
+import {paint, table} from '../../output.js'
+
+export default class LockStatus extends DlqCommand {
+  static summary = 'Show who holds which locks, since when and until when.'
+  static description = 'Lists held locks (all, or one key) with each holder: owner id, host, pid, user, command, acquired at, expires at, fencing token, and the number of waiters where the backend can tell. A table for people, --json for scripts. Exit 0.'
+  static examples = ['<%= config.bin %> lock status', '<%= config.bin %> lock status --key deploy --json']
+
+  static flags = {
+    key: Flags.string({char: 'k', summary: 'Only this key.'}),
+  }
+
+  async run(): Promise<unknown> {
+    const {flags} = await this.parse(LockStatus)
+    const key = flags.key === undefined ? undefined : checkName(flags.key, 'key')
+    const backend = await this.backend(flags.backend, flags.verbose)
+    const states = await backend.locks.status(key)
+    await this.closeBackend()
+    if (this.jsonEnabled()) return {locks: states}
+    if (states.length === 0) {
+      process.stderr.write(key === undefined ? 'dlq: no lock is held\n' : `dlq: ${JSON.stringify(key)} is not held\n`)
+      return
+    }
+    const chalk = await paint(process.stdout, flags.color)
+    const now = Date.now()
+    const rows = states.flatMap((s) => s.holders.map((h) => [
+      s.key, h.token, `${h.user}@${h.host}`, String(h.pid), formatDuration(now - h.acquiredAt.getTime()) + ' ago',
+      `in ${formatDuration(h.expiresAt.getTime() - now)}`, s.waiters === undefined ? '-' : String(s.waiters), h.owner, h.command,
+    ]))
+    process.stdout.write(table(['KEY', 'TOKEN', 'HOLDER', 'PID', 'ACQUIRED', 'EXPIRES', 'WAITERS', 'OWNER', 'COMMAND'], rows, chalk.bold))
+  }
+}

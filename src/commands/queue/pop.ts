@@ -1,0 +1,147 @@
+import {constants} from 'node:os'
+
+import {Flags} from '@oclif/core'
+
+import type {Backend, Message} from '../../backends/types.js'
+import {DlqCommand} from '../../base.js'
+import {formatDuration, parseDuration} from '../../duration.js'
+import {usageError} from '../../errors.js'
+import {checkName} from '../../names.js'
+import {writeOut} from '../../output.js'
+import {nullFlag, queueFlag, render} from '../../queueflags.js'
+import {forwardedSignals} from '../../supervisor.js'
+
+export default class QueuePop extends DlqCommand {
+  static summary = 'Take messages off a queue, or work through them with --exec.'
+  static description = `Reserves up to --count messages (invisible to others for --visibility), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
+
+Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait.`
+  static examples = [
+    '<%= config.bin %> queue pop --queue jobs',
+    '<%= config.bin %> queue pop --queue jobs --count 100 --wait 30s > batch.txt',
+    {description: 'A worker that handles messages for an hour after the last one.', command: '<%= config.bin %> queue pop --queue jobs --wait 1h --exec -- ./handle.sh'},
+  ]
+  static strict = false
+  static usage = 'queue pop --queue QUEUE [FLAGS] [--exec -- COMMAND [ARGS...]]'
+
+  static flags = {
+    queue: queueFlag,
+    count: Flags.integer({char: 'n', summary: 'How many messages to take (with --exec: stop after this many).'}),
+    wait: Flags.string({char: 'w', summary: 'How long to wait for the first message (with --exec: for each next one).', default: '0'}),
+    visibility: Flags.string({summary: 'How long a reserved message stays invisible to others before it is redelivered.', default: '30s'}),
+    'max-attempts': Flags.integer({summary: 'Deliveries before a message moves to QUEUE.dead.', default: 5}),
+    exec: Flags.boolean({summary: 'Worker mode: run the command after -- once per message, body on stdin.'}),
+    null: nullFlag,
+  }
+
+  async run(): Promise<void> {
+    const {flags, argv} = await this.parse(QueuePop)
+    const queue = checkName(flags.queue, 'queue')
+    const command = argv as string[]
+    const waitMs = parseDuration(flags.wait, 'wait')
+    const visibilityMs = parseDuration(flags.visibility, 'visibility')
+    if (!Number.isFinite(visibilityMs) || visibilityMs < 100) throw usageError('bad --visibility', flags.visibility, 'a finite duration of at least 100ms')
+    if (flags.count !== undefined && flags.count < 1) throw usageError('bad --count', String(flags.count), 'take 1 message or more')
+    if (flags['max-attempts'] < 1) throw usageError('bad --max-attempts', String(flags['max-attempts']), '1 or more')
+    if (flags.exec && command.length === 0) throw usageError('no command for --exec', 'worker mode needs a command after --', 'dlq queue pop --queue Q --exec -- COMMAND')
+    if (!flags.exec && command.length > 0) throw usageError('unexpected arguments', command.join(' '), 'to run a command per message, use --exec -- COMMAND')
+
+    const backend = await this.backend(flags.backend, flags.verbose)
+    const abort = new AbortController()
+    let stoppedBy: NodeJS.Signals | undefined
+    const offs = forwardedSignals.map((signal) => {
+      const handler = () => {
+        stoppedBy ??= signal
+        abort.abort()
+      }
+      process.on(signal, handler)
+      return () => process.off(signal, handler)
+    })
+    const options = {visibilityMs, waitMs, maxAttempts: flags['max-attempts'], signal: abort.signal}
+    const stopped = () => this.finish(128 + (constants.signals[stoppedBy!] ?? 0))
+
+    if (flags.exec) {
+      for (const off of offs) off()
+      return this.work(backend, queue, command, {...options, count: flags.count})
+    }
+
+    const messages = await backend.queues.reserve(queue, {...options, count: flags.count ?? 1}).catch((error: unknown) => {
+      if (abort.signal.aborted) return []
+      throw error
+    })
+    if (stoppedBy) return stopped()
+    if (messages.length === 0) {
+      process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(waitMs)}\n`)
+      return this.finish(75)
+    }
+    let written = 0
+    let broken = false
+    for (const message of messages) {
+      if (stoppedBy) break
+      try {
+        await writeOut(process.stdout, render(message, this.jsonEnabled(), flags.null))
+        written++
+      } catch {
+        broken = true // EPIPE: the reader is gone; what was not written stays in the queue
+        break
+      }
+    }
+    await backend.queues.settle(queue, messages.slice(0, written), 'ack', options.maxAttempts)
+    await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts)
+    if (stoppedBy) return stopped()
+    return this.finish(broken ? 128 + constants.signals.SIGPIPE : 0)
+  }
+
+  /** Worker mode: one message at a time through COMMAND, acked on exit 0. */
+  private async work(backend: Backend, queue: string, command: string[], options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}): Promise<void> {
+    const {execa} = await import('execa')
+    const abort = new AbortController()
+    let stoppedBy: NodeJS.Signals | undefined
+    let child: ReturnType<typeof execa> | undefined
+    const offs = forwardedSignals.map((signal) => {
+      const handler = () => {
+        stoppedBy ??= signal
+        if (child?.pid) child.kill(signal)
+        else abort.abort()
+      }
+      process.on(signal, handler)
+      return () => process.off(signal, handler)
+    })
+    let processed = 0
+    while (options.count === undefined || processed < options.count) {
+      const [message] = await backend.queues.reserve(queue, {...options, count: 1, signal: abort.signal}).catch((error: unknown) => {
+        if (abort.signal.aborted) return [] as Message[]
+        throw error
+      })
+      if (!message) break
+      // Keep the message reserved while the command works on it, however long that takes.
+      const extender = setInterval(() => void backend.queues.extend(queue, message, options.visibilityMs).catch(() => {}), Math.max(50, options.visibilityMs / 3))
+      child = execa(command[0], command.slice(1), {
+        input: message.body,
+        stdout: 'inherit',
+        stderr: 'inherit',
+        reject: false,
+        env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts)},
+      })
+      const result = await child
+      child = undefined
+      clearInterval(extender)
+      const ok = result.exitCode === 0
+      await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts)
+      if (!ok) {
+        const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `could not start (${result.shortMessage})`) : `exited ${result.exitCode}`
+        const next = message.attempts >= options.maxAttempts ? `moved to ${queue}.dead` : 'returned for retry'
+        process.stderr.write(`dlq: message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}\n`)
+      }
+      processed++
+      if (stoppedBy) break
+    }
+    for (const off of offs) off()
+    if (stoppedBy) return this.finish(128 + (constants.signals[stoppedBy] ?? 0))
+    if (processed === 0) {
+      process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(options.waitMs)}\n`)
+      return this.finish(75)
+    }
+    return this.finish(0)
+  }
+}

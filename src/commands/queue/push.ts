@@ -1,0 +1,59 @@
+import {Flags} from '@oclif/core'
+
+import {DlqCommand} from '../../base.js'
+import {dataError, usageError} from '../../errors.js'
+import {batches, type Framing} from '../../framing.js'
+import {checkName} from '../../names.js'
+import {nullFlag, queueFlag} from '../../queueflags.js'
+
+export default class QueuePush extends DlqCommand {
+  static summary = 'Push messages: the arguments, or stdin one message per line.'
+  static description = `With arguments, each is one message. Without, stdin is read: one message per line (a trailing \\r is kept as data; an empty line is an empty message), NUL-separated with -0, or all of stdin as one message with --whole. Messages from one push keep their order. Large inputs are streamed in batches. Exit 0 only once every message is durably accepted; a message over the size limit stops the push with exit 65, after the messages before it were pushed.`
+  static examples = [
+    '<%= config.bin %> queue push --queue jobs "one message" "two"',
+    'seq 1 1000 | <%= config.bin %> queue push --queue jobs',
+    'find . -name "*.log" -print0 | <%= config.bin %> queue push --queue logs -0',
+    '<%= config.bin %> queue push --queue reports --whole < report.json',
+  ]
+  static strict = false
+  static usage = 'queue push --queue QUEUE [FLAGS] [MESSAGE...]'
+
+  static flags = {
+    queue: queueFlag,
+    null: nullFlag,
+    whole: Flags.boolean({summary: 'All of stdin is one message.', exclusive: ['null']}),
+  }
+
+  async run(): Promise<{queue: string; count: number; ids: string[]}> {
+    const {flags, argv} = await this.parse(QueuePush)
+    const queue = checkName(flags.queue, 'queue')
+    const args = argv as string[]
+    if (args.length === 0 && process.stdin.isTTY) {
+      throw usageError('no messages to push', 'give them as arguments or pipe them on stdin', 'dlq queue push --queue Q MESSAGE...')
+    }
+    const backend = await this.backend(flags.backend, flags.verbose)
+    const limits = {maxMessages: 1000, maxBytes: 4 * 1024 * 1024, maxMessageBytes: backend.queues.maxMessageBytes}
+    const keepIds = this.jsonEnabled()
+    const ids: string[] = []
+    let count = 0
+    const pushAll = async (source: AsyncIterable<Buffer[]> | Iterable<Buffer[]>) => {
+      for await (const batch of source) {
+        const pushed = await backend.queues.push(queue, batch)
+        count += pushed.length
+        if (keepIds) ids.push(...pushed)
+      }
+    }
+    if (args.length > 0) {
+      const bodies = args.map((a) => Buffer.from(a, 'utf8'))
+      const big = bodies.findIndex((b) => b.length > limits.maxMessageBytes)
+      if (big !== -1) throw dataError(`message ${big + 1} is too large`, `${bodies[big].length} bytes, over the limit of ${limits.maxMessageBytes} bytes`, 'nothing was pushed')
+      await pushAll([bodies])
+    } else {
+      const framing: Framing = flags.whole ? 'whole' : flags.null ? 'null' : 'line'
+      await pushAll(batches(process.stdin, framing, limits))
+    }
+    this.log2(`pushed ${count} messages to ${queue}`)
+    await this.closeBackend()
+    return {queue, count, ids}
+  }
+}

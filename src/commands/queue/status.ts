@@ -1,0 +1,31 @@
+import {Flags} from '@oclif/core'
+
+import {DlqCommand} from '../../base.js'
+import {formatDuration} from '../../duration.js'
+import {checkName} from '../../names.js'
+import {paint, table} from '../../output.js'
+
+export default class QueueStatus extends DlqCommand {
+  static summary = 'Show queue depths: waiting, in flight, dead letters, oldest message age.'
+  static examples = ['<%= config.bin %> queue status', '<%= config.bin %> queue status --queue jobs --json']
+
+  static flags = {
+    queue: Flags.string({summary: 'Only this queue.'}),
+  }
+
+  async run(): Promise<unknown> {
+    const {flags} = await this.parse(QueueStatus)
+    const queue = flags.queue === undefined ? undefined : checkName(flags.queue, 'queue')
+    const backend = await this.backend(flags.backend, flags.verbose)
+    const stats = await backend.queues.stats(queue)
+    await this.closeBackend()
+    if (this.jsonEnabled()) return {queues: stats}
+    if (stats.length === 0) {
+      process.stderr.write('dlq: no queue exists yet\n')
+      return
+    }
+    const chalk = await paint(process.stdout, flags.color)
+    const rows = stats.map((s) => [s.queue, String(s.waiting), String(s.inFlight), String(s.dead), s.oldestAgeMs === undefined ? '-' : formatDuration(s.oldestAgeMs)])
+    process.stdout.write(table(['QUEUE', 'WAITING', 'IN FLIGHT', 'DEAD', 'OLDEST'], rows, chalk.bold))
+  }
+}

@@ -1,0 +1,65 @@
+// Every way dlq can fail, as typed errors carrying their SPEC §4 exit code, and the one place that
+// turns an error into the one-line message `dlq: <what happened>: <why> (<hint>)`.
+
+export const ExitCode = {
+  ok: 0,
+  usage: 64,
+  data: 65,
+  unavailable: 69,
+  lockLost: 70,
+  notNow: 75,
+} as const
+
+export class DlqError extends Error {
+  constructor(
+    readonly exitCode: number,
+    readonly what: string,
+    readonly why: string,
+    readonly hint?: string,
+  ) {
+    super(`${what}: ${why}`)
+  }
+
+  line(): string {
+    return `dlq: ${this.what}: ${this.why}${this.hint ? ` (${this.hint})` : ''}`
+  }
+
+  toJSON(): Record<string, unknown> {
+    return {error: {code: this.exitCode, what: this.what, why: this.why, ...(this.hint ? {hint: this.hint} : {})}}
+  }
+}
+
+export const usageError = (what: string, why: string, hint?: string) => new DlqError(ExitCode.usage, what, why, hint)
+export const dataError = (what: string, why: string, hint?: string) => new DlqError(ExitCode.data, what, why, hint)
+export const unavailable = (what: string, why: string, hint?: string) =>
+  new DlqError(ExitCode.unavailable, what, why, hint)
+export const notNow = (what: string, why: string, hint?: string) => new DlqError(ExitCode.notNow, what, why, hint)
+
+/** A lease that was lost: renewal failed, found another owner, or the backend said so. */
+export class LockLostError extends DlqError {
+  constructor(key: string, why: string) {
+    super(ExitCode.lockLost, `lock ${JSON.stringify(key)} lost`, why)
+  }
+}
+
+// System errors that mean "the backend cannot be used" rather than a bug in dlq.
+const unavailableCodes = new Set([
+  'EACCES', 'EPERM', 'EROFS', 'ENOSPC', 'EDQUOT', 'EIO', 'ENOTDIR', 'ELOOP', 'ENOENT', 'ESTALE',
+  'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE',
+])
+
+/** Turn anything thrown into a DlqError; unknown errors keep exit 1 so bugs are not disguised. */
+export function toDlqError(error: unknown, context = 'backend operation failed'): DlqError {
+  if (error instanceof DlqError) return error
+  const err = error as NodeJS.ErrnoException & {exitCode?: number; oclif?: {exit?: number}}
+  if (err && typeof err === 'object' && err.code && unavailableCodes.has(err.code)) {
+    return unavailable(context, err.message.replace(/^\w+: /, ''))
+  }
+  if (err && typeof err === 'object' && typeof err.oclif?.exit === 'number' && err.oclif.exit !== 0) {
+    // oclif's own parse errors (unknown flag, missing value, bad option): usage.
+    return usageError('bad usage', firstLine(err.message), 'see --help')
+  }
+  return new DlqError(1, 'internal error', firstLine(err instanceof Error ? err.message : String(err)), 'run with --verbose for details')
+}
+
+const firstLine = (s: string) => s.split('\n').map((l) => l.trim()).find(Boolean) ?? s

@@ -1,0 +1,48 @@
+// Flags and helpers shared by the lock commands.
+import {randomUUID} from 'node:crypto'
+import {hostname, userInfo} from 'node:os'
+
+import {Flags} from '@oclif/core'
+
+import type {Holder, HolderInfo} from './backends/types.js'
+import {parseDuration, formatDuration} from './duration.js'
+import {usageError} from './errors.js'
+
+export const keyFlag = Flags.string({char: 'k', summary: 'Lock key: 1–255 bytes of UTF-8, no control characters.', required: true})
+export const ttlFlag = Flags.string({summary: 'Lease length; a running command renews it every ttl/3.', default: '30s'})
+export const waitFlag = (fallback: string) => Flags.string({char: 'w', summary: 'How long to wait for the lock; 0 tries once.', default: fallback})
+export const limitFlag = Flags.integer({summary: 'Semaphore: up to N holders of the key at once.', default: 1})
+export const conflictFlag = Flags.integer({summary: 'Exit code when the lock was not acquired within --wait.', default: 75})
+
+export function checkLimit(limit: number): number {
+  if (!Number.isInteger(limit) || limit < 1) throw usageError('bad --limit', String(limit), 'give a whole number of holders, 1 or more')
+  return limit
+}
+
+export function checkTtl(text: string): number {
+  const ttl = parseDuration(text, 'ttl')
+  if (ttl < 100 || !Number.isFinite(ttl)) throw usageError('bad --ttl', text, 'a lease needs a finite TTL of at least 100ms')
+  return ttl
+}
+
+export function newOwner(): string {
+  return randomUUID()
+}
+
+export function holderInfo(command: string): HolderInfo {
+  let user = process.env.USER ?? ''
+  try {
+    user = userInfo().username
+  } catch {
+    // no passwd entry (containers): keep $USER
+  }
+  return {host: hostname(), pid: process.pid, user, command}
+}
+
+export function describeHolders(holders: Holder[]): string {
+  if (holders.length === 0) return 'no holder is recorded'
+  const now = Date.now()
+  return holders
+    .map((h) => `held by ${h.user}@${h.host} pid ${h.pid} (${h.command.slice(0, 60)}) for ${formatDuration(now - h.acquiredAt.getTime())}, token ${h.token}`)
+    .join('; ')
+}

@@ -1,0 +1,43 @@
+// Output conventions (SPEC §5): data to stdout, everything else to stderr; colours only on a TTY
+// and never with NO_COLOR or --no-color; tables for people, --json for scripts.
+import type {ChalkInstance} from 'chalk'
+
+export interface OutputOptions {
+  color: boolean
+  json: boolean
+  quiet?: boolean
+}
+
+export function colorEnabled(stream: NodeJS.WriteStream, wanted: boolean): boolean {
+  return wanted && Boolean(stream.isTTY) && !('NO_COLOR' in process.env && process.env.NO_COLOR !== '')
+}
+
+/** chalk is loaded only by commands that print for people, with colour decided here, not by chalk. */
+export async function paint(stream: NodeJS.WriteStream, wanted: boolean): Promise<ChalkInstance> {
+  const {Chalk} = await import('chalk')
+  return new Chalk({level: colorEnabled(stream, wanted) ? 1 : 0})
+}
+
+/** Aligned columns; the last column is not padded. */
+export function table(header: string[], rows: string[][], bold: (s: string) => string = (s) => s): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)))
+  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ')
+  return [bold(line(header)), ...rows.map(line)].join('\n') + '\n'
+}
+
+/** Writes and resolves once the bytes were handed to the OS; rejects on EPIPE and friends. */
+export function writeOut(stream: NodeJS.WriteStream, data: string | Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: Error) => reject(error)
+    stream.once('error', onError)
+    stream.write(data, (error) => {
+      stream.off('error', onError)
+      if (error) reject(error)
+      else resolve()
+    })
+  })
+}
+
+export function note(line: string): void {
+  process.stderr.write(`${line}\n`)
+}

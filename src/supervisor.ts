@@ -1,0 +1,133 @@
+// The process supervisor of `dlq lock run` (SPEC §2). It guarantees:
+// - the command runs without a shell, stdio inherited, in a process group of its own;
+// - SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to dlq go to that group, as a terminal would send them;
+// - the lease is renewed every ttl/3; when it is lost (renewal refused, or no renewal succeeded
+//   before the lease ran out, or the backend reports loss) the whole group gets SIGTERM, then
+//   SIGKILL after the kill grace, so no grandchild goes on believing it holds the lock
+//   (unlike consul lock: hashicorp/consul#2022), and the result is exit 70;
+// - the lease is released only after the command has exited, on every path.
+import {constants} from 'node:os'
+
+import {execa} from 'execa'
+
+import type {Lease, LockDriver} from './backends/types.js'
+import {LockLostError, toDlqError} from './errors.js'
+
+export const forwardedSignals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
+
+export interface Supervision {
+  command: string
+  args: string[]
+  env: Record<string, string>
+  lease: Lease
+  locks: LockDriver
+  killGraceMs: number
+  /** dlq's own messages (lost lock, release trouble). */
+  say: (line: string) => void
+}
+
+export interface Outcome {
+  exitCode: number
+  lost?: string
+}
+
+const signalNumber = (name: string) => constants.signals[name as NodeJS.Signals] ?? 0
+
+export async function supervise(job: Supervision): Promise<Outcome> {
+  const child = execa(job.command, job.args, {
+    stdio: 'inherit',
+    detached: true, // its own process group: lost-lock kills reach grandchildren too
+    reject: false,
+    env: job.env,
+    cleanup: false, // dlq decides when the command dies; never behind its back
+  })
+  const pid = child.pid
+  const killGroup = (signal: NodeJS.Signals) => {
+    if (pid === undefined) return
+    try {
+      process.kill(-pid, signal)
+    } catch {
+      // the group is gone already
+    }
+  }
+  const groupAlive = () => {
+    if (pid === undefined) return false
+    try {
+      process.kill(-pid, 0)
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  const forwards = forwardedSignals.map((signal) => {
+    const handler = () => killGroup(signal)
+    process.on(signal, handler)
+    return () => process.off(signal, handler)
+  })
+
+  let lost: string | undefined
+  let lease = job.lease
+  let renewTimer: NodeJS.Timeout | undefined
+  let killTimer: NodeJS.Timeout | undefined
+  const loseLock = (why: string) => {
+    if (lost !== undefined) return
+    lost = why
+    clearTimeout(renewTimer)
+    job.say(`dlq: lock ${JSON.stringify(lease.key)} lost: ${why} (stopping the command)`)
+    killGroup('SIGTERM')
+    const deadline = Date.now() + job.killGraceMs
+    // Grandchildren outlive a direct child that exits at once: keep the whole group in view.
+    const check = () => {
+      if (!groupAlive()) return
+      if (Date.now() >= deadline) killGroup('SIGKILL')
+      else killTimer = setTimeout(check, Math.min(50, Math.max(1, deadline - Date.now())))
+    }
+    killTimer = setTimeout(check, Math.min(50, job.killGraceMs))
+  }
+
+  const renewEvery = Math.max(1, Math.floor(lease.ttlMs / 3))
+  const renew = async () => {
+    try {
+      lease = await job.locks.renew(lease.key, lease.owner, lease.ttlMs)
+    } catch (error) {
+      if (error instanceof LockLostError) return loseLock(error.why)
+      // Backend trouble: keep trying while the lease lasts; past its expiry, assume it is gone.
+      if (Date.now() >= lease.expiresAt.getTime()) return loseLock(`could not renew before the lease expired: ${toDlqError(error).why}`)
+    }
+    if (lost === undefined) {
+      renewTimer = setTimeout(() => void renew(), Math.max(1, Math.min(renewEvery, lease.expiresAt.getTime() - Date.now())))
+    }
+  }
+  renewTimer = setTimeout(() => void renew(), renewEvery)
+  const stopWatching = job.locks.watchLoss?.(lease, loseLock)
+
+  const result = await child
+  clearTimeout(renewTimer)
+  stopWatching?.()
+  if (lost !== undefined && groupAlive()) {
+    // The direct child is gone but its group is not: finish the kill grace, then SIGKILL.
+    await new Promise<void>((resolve) => {
+      const wait = () => (groupAlive() ? setTimeout(wait, 20) : resolve())
+      wait()
+    })
+  }
+  clearTimeout(killTimer)
+  for (const off of forwards) off()
+
+  let exitCode: number
+  if (result.failed && result.exitCode === undefined && result.signal === undefined) {
+    // Not started at all: the shells' convention.
+    const code = (result as {code?: string}).code
+    job.say(`dlq: cannot run ${JSON.stringify(job.command)}: ${code === 'ENOENT' ? 'command not found' : result.shortMessage}`)
+    exitCode = code === 'ENOENT' ? 127 : 126
+  } else if (result.signal) exitCode = 128 + signalNumber(result.signal)
+  else exitCode = result.exitCode ?? 1
+
+  try {
+    if (lost === undefined) await job.locks.release(lease.key, lease.owner)
+  } catch (error) {
+    job.say(`dlq: could not release lock ${JSON.stringify(lease.key)}: ${toDlqError(error).why} (it expires by itself at ${lease.expiresAt.toISOString()})`)
+  }
+  return lost === undefined ? {exitCode} : {exitCode: 70, lost}
+}
