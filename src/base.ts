@@ -1,6 +1,8 @@
 // The base of every dlq command: global flags, backend resolution, and the one place where an
 // error becomes a line on stderr (or a JSON object with --json) and an exit code (SPEC §4).
-import {Command, Flags, type Interfaces} from '@oclif/core'
+import {Command} from '@oclif/core/command'
+import * as Flags from '@oclif/core/flags'
+import type * as Interfaces from '@oclif/core/interfaces'
 
 import {openBackend, resolveBackendUrl, maskUrl} from './backends/index.js'
 import type {Backend} from './backends/types.js'

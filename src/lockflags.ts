@@ -2,7 +2,7 @@
 import {randomUUID} from 'node:crypto'
 import {hostname, userInfo} from 'node:os'
 
-import {Flags} from '@oclif/core'
+import * as Flags from '@oclif/core/flags'
 
 import type {Holder, HolderInfo} from './backends/types.js'
 import {parseDuration, formatDuration} from './duration.js'

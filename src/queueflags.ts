@@ -1,5 +1,5 @@
 // Flags shared by the queue commands.
-import {Flags} from '@oclif/core'
+import * as Flags from '@oclif/core/flags'
 
 import type {Message} from './backends/types.js'
 

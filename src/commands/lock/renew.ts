@@ -1,4 +1,4 @@
-import {Flags} from '@oclif/core'
+import * as Flags from '@oclif/core/flags'
 
 import {DlqCommand} from '../../base.js'
 import {LockLostError, notNow} from '../../errors.js'

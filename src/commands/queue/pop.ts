@@ -1,6 +1,6 @@
 import {constants} from 'node:os'
 
-import {Flags} from '@oclif/core'
+import * as Flags from '@oclif/core/flags'
 
 import type {Backend, Message} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'

@@ -1,0 +1,20 @@
+// Builds dist/dlq.cjs: the commands, oclif and the always-needed dependencies in one file
+// (startup is a product feature: one file to read and compile instead of hundreds of modules).
+// The drivers' heavy clients (ioredis, pg, node-zookeeper-client) stay outside, loaded only by the
+// scheme that needs them.
+import {build} from 'esbuild'
+
+await build({
+  entryPoints: ['dist/cli.js'],
+  outfile: 'dist/dlq.cjs',
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  external: ['ioredis', 'pg', 'node-zookeeper-client', 'typescript', 'ts-node'],
+  supported: {'dynamic-import': false}, // import() of an external becomes a lazy require()
+  minifySyntax: true,
+  minifyWhitespace: true,
+  legalComments: 'none',
+  logLevel: 'warning',
+})
