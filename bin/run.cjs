@@ -46,5 +46,13 @@ const {execute} = bundle.exports
 const args = process.argv.slice(2)
 const end = args.indexOf('--')
 for (let i = 0; i < (end === -1 ? args.length : end); i++) if (args[i] === '-0') args[i] = '--null'
+// Global flags may come before the command (`dlq -b redis://h lock status`); oclif wants them after.
+const globals = []
+while (args.length > 0) {
+  if (args[0] === '-b' || args[0] === '--backend') globals.push(...args.splice(0, 2))
+  else if (/^(--backend=|-b.)/.test(args[0]) || ['--verbose', '--json', '--no-color', '--color'].includes(args[0])) globals.push(args.shift())
+  else break
+}
+if (globals.length > 0) args.splice(['lock', 'queue'].includes(args[0]) && args[1] && !args[1].startsWith('-') ? 2 : 1, 0, ...globals)
 
 execute({args, dir: __filename})

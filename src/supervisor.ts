@@ -70,6 +70,8 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   let lease = job.lease
   let renewTimer: NodeJS.Timeout | undefined
   let killTimer: NodeJS.Timeout | undefined
+  let killedHard = false
+  let groupDone: (() => void) | undefined
   const loseLock = (why: string) => {
     if (lost !== undefined) return
     lost = why
@@ -80,8 +82,11 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     // Grandchildren outlive a direct child that exits at once: keep the whole group in view.
     const check = () => {
       if (!groupAlive()) return
-      if (Date.now() >= deadline) killGroup('SIGKILL')
-      else killTimer = setTimeout(check, Math.min(50, Math.max(1, deadline - Date.now())))
+      if (Date.now() >= deadline) {
+        killGroup('SIGKILL')
+        killedHard = true // cannot be ignored; what remains are zombies awaiting their reaper
+        groupDone?.()
+      } else killTimer = setTimeout(check, Math.min(50, Math.max(1, deadline - Date.now())))
     }
     killTimer = setTimeout(check, Math.min(50, job.killGraceMs))
   }
@@ -105,10 +110,11 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   const result = await child
   clearTimeout(renewTimer)
   stopWatching?.()
-  if (lost !== undefined && groupAlive()) {
+  if (lost !== undefined && !killedHard && groupAlive()) {
     // The direct child is gone but its group is not: finish the kill grace, then SIGKILL.
     await new Promise<void>((resolve) => {
-      const wait = () => (groupAlive() ? setTimeout(wait, 20) : resolve())
+      groupDone = resolve
+      const wait = () => (killedHard || !groupAlive() ? resolve() : setTimeout(wait, 20))
       wait()
     })
   }

@@ -22,7 +22,7 @@
 // keep their clocks in sync (as proper-lockfile's mtime check also assumes).
 import {watch, type FSWatcher} from 'node:fs'
 import {chmod, link, lstat, lutimes, open, readdir, stat, unlink, writeFile, constants} from 'node:fs/promises'
-import {join} from 'node:path'
+import {dirname, join} from 'node:path'
 
 import {LockLostError} from '../../errors.js'
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
@@ -256,6 +256,25 @@ export class FileLocks implements LockDriver {
       states.push({key: name, holders: holders.sort((a, b) => Number(BigInt(a.token) - BigInt(b.token)))})
     }
     return states
+  }
+
+  /** A force release (mtime 0) or a deleted entry is noticed at once, not at the next renewal. */
+  watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
+    const path = this.mine.get(lease.owner)
+    if (!path) return () => {}
+    const check = () => {
+      lstat(path).then(
+        (info) => info.mtimeMs === 0 && onLost('the lease was released by someone else (force release?)'),
+        () => onLost('the lease was deleted'),
+      )
+    }
+    try {
+      const watcher = watch(dirname(path), {persistent: false}, check)
+      watcher.on('error', () => {})
+      return () => watcher.close()
+    } catch {
+      return () => {} // no inotify: the next renewal finds out
+    }
   }
 
   async forceRelease(key: string): Promise<number> {
