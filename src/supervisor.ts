@@ -6,6 +6,7 @@
 //   SIGKILL after the kill grace, so no grandchild goes on believing it holds the lock
 //   (unlike consul lock: hashicorp/consul#2022), and the result is exit 70;
 // - the lease is released only after the command has exited, on every path.
+import {spawn, type ChildProcess} from 'node:child_process'
 import {constants} from 'node:os'
 
 import {execa} from 'execa'
@@ -33,6 +34,27 @@ export interface Outcome {
 
 const signalNumber = (name: string) => constants.signals[name as NodeJS.Signals] ?? 0
 
+// If dlq itself dies (kill -9), its lease runs out while the command would go on unprotected. A
+// tiny watcher outside the command's group holds a pipe from dlq: end of file without "ok" means
+// dlq is gone, and the command's group gets SIGTERM, then SIGKILL after the grace.
+const reaperScript = 'read -r word; [ "$word" = ok ] && exit 0; kill -TERM -"$1" 2>/dev/null || exit 0; sleep "$2"; kill -KILL -"$1" 2>/dev/null; exit 0'
+
+function startReaper(pgid: number, graceMs: number): ChildProcess | undefined {
+  try {
+    const reaper = spawn('/bin/sh', ['-c', reaperScript, 'dlq-reaper', String(pgid), String(Math.ceil(graceMs / 1000))], {
+      stdio: ['pipe', 'ignore', 'ignore'],
+      detached: true, // its own session: a Ctrl-C for dlq does not reach it
+    })
+    reaper.on('error', () => {})
+    reaper.stdin?.on('error', () => {})
+    reaper.unref()
+    ;(reaper.stdin as unknown as {unref?: () => void})?.unref?.()
+    return reaper
+  } catch {
+    return undefined
+  }
+}
+
 export async function supervise(job: Supervision): Promise<Outcome> {
   const child = execa(job.command, job.args, {
     stdio: 'inherit',
@@ -59,6 +81,8 @@ export async function supervise(job: Supervision): Promise<Outcome> {
       return false
     }
   }
+
+  const reaper = pid === undefined ? undefined : startReaper(pid, job.killGraceMs)
 
   const forwards = forwardedSignals.map((signal) => {
     const handler = () => killGroup(signal)
@@ -120,6 +144,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   }
   clearTimeout(killTimer)
   for (const off of forwards) off()
+  reaper?.stdin?.end('ok\n')
 
   let exitCode: number
   if (result.failed && result.exitCode === undefined && result.signal === undefined) {
