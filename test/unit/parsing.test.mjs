@@ -1,0 +1,104 @@
+// Unit tests for the subtle pure logic: durations, names, path encoding, URL masking, framing.
+import assert from 'node:assert/strict'
+import {describe, it} from 'node:test'
+
+import {maskUrl} from '../../dist/backends/index.js'
+import {encodeName} from '../../dist/backends/file/paths.js'
+import {parseDuration} from '../../dist/duration.js'
+import {DlqError} from '../../dist/errors.js'
+import {batches} from '../../dist/framing.js'
+import {checkName} from '../../dist/names.js'
+
+const usage = (fn) => assert.throws(fn, (e) => e instanceof DlqError && e.exitCode === 64)
+
+describe('durations', () => {
+  it('reads the SPEC forms', () => {
+    assert.equal(parseDuration('250ms', 'wait'), 250)
+    assert.equal(parseDuration('30s', 'wait'), 30_000)
+    assert.equal(parseDuration('5m', 'wait'), 300_000)
+    assert.equal(parseDuration('2h', 'wait'), 7_200_000)
+    assert.equal(parseDuration('1.5', 'wait'), 1500)
+    assert.equal(parseDuration('0', 'wait'), 0)
+    assert.equal(parseDuration('forever', 'wait'), Number.POSITIVE_INFINITY)
+  })
+  it('refuses the rest with a usage error', () => {
+    for (const bad of ['', '-1', '1x', 's', '1 h', '99999999999h', 'NaN']) usage(() => parseDuration(bad, 'wait'))
+  })
+})
+
+describe('names', () => {
+  it('accepts 1 to 255 bytes of UTF-8 without control characters', () => {
+    assert.equal(checkName('deploy', 'key'), 'deploy')
+    assert.equal(checkName('ключ🔒/../x', 'key'), 'ключ🔒/../x')
+    assert.equal(checkName('é'.repeat(127), 'key').length, 127) // 254 bytes
+  })
+  it('refuses empty, too long and control characters', () => {
+    usage(() => checkName('', 'key'))
+    usage(() => checkName('a'.repeat(256), 'key'))
+    usage(() => checkName('é'.repeat(128), 'queue')) // 256 bytes
+    for (const c of ['\n', '\0', '\t', '\u007f', '\u0085']) usage(() => checkName(`a${c}b`, 'key'))
+  })
+})
+
+describe('file backend name encoding', () => {
+  it('yields one safe path component for any name', () => {
+    for (const name of ['..', '.', '../../etc/passwd', '/abs', 'a/b', '.hidden', 'x'.repeat(255), '🔒'.repeat(60), '%2F', 'a~b']) {
+      const encoded = encodeName(name)
+      assert.ok(!encoded.includes('/'), encoded)
+      assert.ok(!encoded.startsWith('.'), encoded)
+      assert.ok(encoded.length > 0 && encoded.length <= 200, `${encoded.length}`)
+    }
+  })
+  it('is injective on distinct names', () => {
+    const names = ['a/b', 'a%2Fb', 'a.b', 'a%2Eb', 'x'.repeat(255), 'x'.repeat(254) + 'y', '.a', '%2Ea']
+    assert.equal(new Set(names.map(encodeName)).size, names.length)
+  })
+})
+
+describe('URL masking', () => {
+  it('never shows a password', () => {
+    assert.equal(maskUrl('redis://user:s3cret@host:6379/0'), 'redis://user:***@host:6379/0')
+    assert.equal(maskUrl('postgres://u:p%40ss@h/db?sslmode=require'), 'postgres://u:***@h/db?sslmode=require')
+    assert.equal(maskUrl('redis://:onlypass@h'), 'redis://:***@h')
+    assert.equal(maskUrl('zk://h1:2181,h2:2181/app?password=x'), 'zk://h1:2181,h2:2181/app?password=***')
+    assert.equal(maskUrl('file:///var/lock/dlq'), 'file:///var/lock/dlq')
+  })
+})
+
+async function collect(chunks, framing, limits = {}) {
+  const out = []
+  async function* input() {
+    for (const c of chunks) yield Buffer.from(c)
+  }
+  for await (const batch of batches(input(), framing, {maxMessages: 3, maxBytes: 1 << 20, maxMessageBytes: 10, ...limits})) {
+    out.push(batch.map((b) => b.toString()))
+  }
+  return out
+}
+
+describe('framing', () => {
+  it('splits lines across chunks, keeps \\r and empty lines, batches in order', async () => {
+    assert.deepEqual(await collect(['a\nb', 'c\r\n\nd'], 'line'), [['a', 'bc\r', ''], ['d']])
+  })
+  it('splits on NUL and keeps newlines in bodies', async () => {
+    assert.deepEqual(await collect(['x\ny\0z\0'], 'null'), [['x\ny', 'z']])
+  })
+  it('reads everything as one message with whole, even when empty', async () => {
+    assert.deepEqual(await collect(['ab\n', 'c'], 'whole'), [['ab\nc']])
+    assert.deepEqual(await collect([], 'whole'), [['']])
+  })
+  it('yields nothing for empty input', async () => {
+    assert.deepEqual(await collect([], 'line'), [])
+  })
+  it('stops at an oversized message after yielding everything before it', async () => {
+    const seen = []
+    await assert.rejects(async () => {
+      async function* input() {
+        yield Buffer.from('1\n2\n')
+        yield Buffer.from('0123456789ABC\n3\n')
+      }
+      for await (const b of batches(input(), 'line', {maxMessages: 100, maxBytes: 1 << 20, maxMessageBytes: 10})) seen.push(...b.map(String))
+    }, (e) => e instanceof DlqError && e.exitCode === 65 && /message 3/.test(e.message))
+    assert.deepEqual(seen, ['1', '2'])
+  })
+})
