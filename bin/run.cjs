@@ -29,6 +29,7 @@ if (cachedData === undefined || script.cachedDataRejected) {
         const tmp = path.join(dir, `${stamp}.${process.pid}.tmp`)
         fs.writeFileSync(tmp, data, {mode: 0o600})
         fs.renameSync(tmp, path.join(dir, `${stamp}.v8`))
+        for (const old of fs.readdirSync(dir)) if (old.endsWith('.v8') && old !== `${stamp}.v8`) fs.rmSync(path.join(dir, old), {force: true})
         return
       } catch {}
     }

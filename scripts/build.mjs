@@ -12,6 +12,7 @@ await build({
   format: 'cjs',
   target: 'node20',
   external: ['ioredis', 'pg', 'node-zookeeper-client', 'typescript', 'ts-node'],
+  alias: {debug: './scripts/stubs/debug.cjs'},
   supported: {'dynamic-import': false}, // import() of an external becomes a lazy require()
   minifySyntax: true,
   minifyWhitespace: true,

@@ -1,5 +1,4 @@
 // Flags and helpers shared by the lock commands.
-import {randomUUID} from 'node:crypto'
 import {hostname, userInfo} from 'node:os'
 
 import * as Flags from '@oclif/core/flags'
@@ -25,8 +24,13 @@ export function checkTtl(text: string): number {
   return ttl
 }
 
+/**
+ * A unique id for one holding: time, pid and 64 random bits. Not node:crypto's randomUUID, whose
+ * module costs more start-up time than a cron guard should pay; the id is not a secret.
+ */
 export function newOwner(): string {
-  return randomUUID()
+  const random = () => Math.floor(Math.random() * 2 ** 32).toString(16).padStart(8, '0')
+  return `${Date.now().toString(36)}-${process.pid.toString(36)}-${random()}${random()}`
 }
 
 export function holderInfo(command: string): HolderInfo {

@@ -9,8 +9,6 @@
 import {spawn, type ChildProcess} from 'node:child_process'
 import {constants} from 'node:os'
 
-import {execa} from 'execa'
-
 import type {Lease, LockDriver} from './backends/types.js'
 import {LockLostError, toDlqError} from './errors.js'
 
@@ -56,6 +54,7 @@ function startReaper(pgid: number, graceMs: number): ChildProcess | undefined {
 }
 
 export async function supervise(job: Supervision): Promise<Outcome> {
+  const {execa} = await import('execa') // only lock run pays for loading it
   const child = execa(job.command, job.args, {
     stdio: 'inherit',
     detached: true, // its own process group: lost-lock kills reach grandchildren too

@@ -1,0 +1,377 @@
+// Generates the roff man pages in man/ from oclif.manifest.json (the same metadata `--help` prints),
+// so that the pages cannot drift from the help:
+//   node scripts/man.mjs           write man/dlq.1 and one man/dlq-<topic>-<command>.1 per command
+//   node scripts/man.mjs --check   write nothing; exit 1 naming every page that differs from what
+//                                  would be generated (stale, missing or no longer generated)
+// The output depends only on oclif.manifest.json and package.json (no clock, no environment), so
+// re-running it produces no diff. Run `npm run build` first if a command's metadata changed.
+import {existsSync, mkdirSync, readFileSync, readdirSync, unlinkSync, writeFileSync} from 'node:fs'
+
+const root = new URL('..', import.meta.url)
+const manDir = new URL('man/', root)
+const check = process.argv.includes('--check')
+const unknown = process.argv.slice(2).filter((arg) => arg !== '--check')
+if (unknown.length > 0) {
+  console.error(`usage: node scripts/man.mjs [--check] (unknown argument: ${unknown[0]})`)
+  process.exit(64)
+}
+
+const manifestUrl = new URL('oclif.manifest.json', root)
+if (!existsSync(manifestUrl)) {
+  console.error('man: oclif.manifest.json is missing (run `npm run build` first)')
+  process.exit(2)
+}
+const manifest = JSON.parse(readFileSync(manifestUrl, 'utf8'))
+const pkg = JSON.parse(readFileSync(new URL('package.json', root), 'utf8'))
+const bin = pkg.oclif?.bin ?? 'dlq'
+const footer = `${bin} ${pkg.version}`
+const manual = `${bin} manual`
+
+// ---------------------------------------------------------------------------------------------
+// Static text that is not command metadata: the product contract (SPEC.md §1, §2, §3, §4).
+
+const exitStatus = [
+  ['0', 'Success (for lock run: the exit code of the command).'],
+  ['64', 'Usage error: bad flag, bad duration, bad URL, bad key or queue name.'],
+  ['65', 'Bad data: a message too large, input not valid for the chosen framing.'],
+  ['69', 'Backend unavailable: cannot connect, authentication refused, timed out.'],
+  ['70', 'The lock was lost while the command ran; the command was stopped.'],
+  ['75', 'Not now: lock not acquired within --wait, or queue empty within --wait (for locks, override with --conflict-exit-code).'],
+  ['128+N', 'The command died of signal N (also when a signal N cancels a wait).'],
+]
+
+const environment = [
+  ['DLQ_BACKEND', 'Backend URL used when --backend is not given.'],
+  ['DLQ_PASSWORD', 'Password for the backend, so that it stays out of the URL, the shell history and ps(1). A password is never printed: URLs in output, errors and --verbose logs are masked.'],
+  ['XDG_STATE_HOME', `The default backend is the directory $XDG_STATE_HOME/${bin} (when XDG_STATE_HOME is an absolute path), else ~/.local/state/${bin}.`],
+  ['NO_COLOR', 'If set to a non-empty value, no colours (like --no-color).'],
+]
+
+// Variables that dlq sets for the command it runs.
+const childEnvironment = {
+  'lock:run': {
+    title: 'Set for COMMAND',
+    vars: [
+      ['DLQ_LOCK_KEY', 'The lock key.'],
+      ['DLQ_LOCK_OWNER', 'The unique id of this holding of the lock.'],
+      ['DLQ_FENCING_TOKEN', 'An integer that strictly increases with every successful acquisition of the key on that backend, so that a downstream system can refuse writes from a stale holder.'],
+    ],
+  },
+  'queue:pop': {
+    title: 'Set for COMMAND with --exec',
+    vars: [
+      ['DLQ_MESSAGE_ID', 'The id of the message on stdin.'],
+      ['DLQ_MESSAGE_ATTEMPT', 'Which delivery of the message this is (1 for the first).'],
+      ['DLQ_QUEUE', 'The queue the message was taken from.'],
+    ],
+  },
+}
+
+const backends = [
+  ['file:///DIR', `A shared directory, on local disk or NFS; no server. The default: $XDG_STATE_HOME/${bin}, or ~/.local/state/${bin} when XDG_STATE_HOME is unset.`],
+  ['redis://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later.'],
+  ['rediss://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later over TLS.'],
+  ['zk://HOST1:2181,HOST2:2181[/CHROOT]', 'A ZooKeeper 3.5 or later ensemble.'],
+  ['postgres://USER[:PASS]@HOST[:PORT]/DB', 'PostgreSQL 12 or later; the schema is created on first use.'],
+]
+
+// ---------------------------------------------------------------------------------------------
+// roff escaping
+
+// Characters that groff would otherwise typeset as something else than what a user must type.
+// Typographic characters get groff's names, which also render on -Tascii (man in a C locale).
+const special = {
+  '\\': '\\e', '~': '\\(ti', '^': '\\(ha', '`': '\\(ga',
+  '\u2026': '...', '\u2013': '\\(en', '\u2014': '\\(em', '\u2018': '\\(oq', '\u2019': '\\(cq', '\u201c': '\\(lq', '\u201d': '\\(rq',
+}
+
+function escapeChar(ch) {
+  if (special[ch]) return special[ch]
+  const code = ch.codePointAt(0)
+  if (code < 0x20 && ch !== '\t') return `\\[u${code.toString(16).toUpperCase().padStart(4, '0')}]`
+  if (code < 0x80) return ch
+  return `\\[u${code.toString(16).toUpperCase().padStart(4, '0')}]`
+}
+
+// Protect a line that would otherwise start with a control character.
+function guardLine(line) {
+  return /^[.']/.test(line) ? `\\&${line}` : line
+}
+
+// Running text: hyphens that start an option (-0, --wait, a bare --) become \- so they render and
+// copy as ASCII minus signs; hyphens inside words (dead-letter) stay hyphens.
+function text(s) {
+  let out = ''
+  const chars = [...String(s)]
+  for (let i = 0; i < chars.length; i++) {
+    const ch = chars[i]
+    if (ch === '-' && !/[\p{L}\p{N}_]/u.test(chars[i - 1] ?? '')) {
+      let j = i
+      while (chars[j] === '-') j++
+      const run = j - i
+      if (/[\p{L}\p{N}_]/u.test(chars[j] ?? '') || (run === 2 && /^\s?$/.test(chars[j] ?? ''))) {
+        out += '\\-'.repeat(run)
+        i = j - 1
+        continue
+      }
+    }
+    out += escapeChar(ch)
+  }
+  return out
+}
+
+// Literal text (commands, URLs, flag names): every hyphen is a minus and quotes stay ASCII.
+function literal(s) {
+  return [...String(s)].map((ch) => (ch === '-' ? '\\-' : ch === "'" ? '\\(aq' : escapeChar(ch))).join('')
+}
+
+// A block of running text: paragraphs separated by blank lines, each line guarded.
+function paragraphs(s) {
+  return String(s)
+    .trim()
+    .split(/\n\s*\n/)
+    .map((para) => para.split('\n').map((line) => guardLine(text(line.trim()))).join('\n'))
+    .join('\n.PP\n')
+}
+
+const bold = (s) => `\\fB${s}\\fR`
+const italic = (s) => `\\fI${s}\\fR`
+
+function th(name) {
+  return `.TH ${name.toUpperCase()} 1 "" "${footer}" "${manual}"`
+}
+
+function header(name) {
+  return [
+    `.\\" Generated by scripts/man.mjs from oclif.manifest.json; do not edit.`,
+    `.\\" Regenerate with: npm run build && npm run man`,
+    th(name),
+    '.nh',
+    '.ad l',
+  ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// Commands and flags
+
+const commands = Object.values(manifest.commands)
+  .filter((command) => !command.hidden)
+  .sort((a, b) => a.id.localeCompare(b.id, 'en'))
+
+const pageName = (id) => `${bin}-${id.split(':').join('-')}`
+const words = (id) => `${bin} ${id.split(':').join(' ')}`
+const topicOf = (id) => id.split(':')[0]
+const isGlobal = (flag) => flag.helpGroup === 'GLOBAL'
+const flagText = (flag) => [flag.summary, flag.description].filter(Boolean)
+
+// oclif's short flags are letters only; a flag whose summary says "(short: -0)" also takes that
+// spelling (bin/run.cjs rewrites it), so the page lists it next to the long name.
+const shortAliasRe = /\s*\(short: (-[^\s)]+)\)/
+
+function valueName(flag, fallback = 'VALUE') {
+  const helpValue = Array.isArray(flag.helpValue) ? flag.helpValue.join('|') : flag.helpValue
+  return helpValue ? String(helpValue).replace(/^<(.*)>$/, '$1') : fallback
+}
+
+function flagTag(flag) {
+  const names = []
+  if (flag.char) names.push(bold(literal(`-${flag.char}`)))
+  const alias = (flag.summary ?? '').match(shortAliasRe)
+  if (alias) names.push(bold(literal(alias[1])))
+  if (flag.type === 'boolean' && flag.allowNo) names.push(`${bold('\\-\\-')}[${bold('no\\-')}]${bold(literal(flag.name))}`)
+  else names.push(bold(literal(`--${flag.name}`)))
+  let tag = names.join(', ')
+  if (flag.type === 'option') tag += `=${italic(literal(valueName(flag)))}`
+  return tag
+}
+
+function flagBody(flag) {
+  const [summary, ...rest] = flagText(flag)
+  const lines = []
+  const first = []
+  if (flag.required) first.push('(required)')
+  if (summary) first.push(summary.replace(shortAliasRe, ''))
+  if (first.length > 0) lines.push(paragraphs(first.join(' ')))
+  const notes = []
+  if (flag.options?.length) notes.push(`One of: ${flag.options.join(', ')}.`)
+  if (flag.default !== undefined && flag.default !== false && !(Array.isArray(flag.default) && flag.default.length === 0)) notes.push(`Default: ${Array.isArray(flag.default) ? flag.default.join(', ') : flag.default}.`)
+  if (flag.multiple) notes.push('May be given more than once.')
+  if (flag.exclusive?.length) notes.push(`Cannot be combined with ${flag.exclusive.map((name) => `--${name}`).join(', ')}.`)
+  if (flag.dependsOn?.length) notes.push(`Requires ${flag.dependsOn.map((name) => `--${name}`).join(', ')}.`)
+  if (notes.length > 0) lines.push(paragraphs(notes.join(' ')))
+  for (const more of rest) lines.push('.IP', paragraphs(more))
+  return lines.join('\n')
+}
+
+function optionList(flags) {
+  return flags.flatMap((flag) => ['.TP', flagTag(flag), flagBody(flag)])
+}
+
+function synopsis(command) {
+  const usages = command.usage === undefined ? [] : Array.isArray(command.usage) ? command.usage : [command.usage]
+  if (usages.length > 0) {
+    return usages.flatMap((usage, i) => [
+      ...(i > 0 ? ['.br'] : []),
+      `${bold(literal(bin))} ${text(String(usage).replaceAll('<%= config.bin %>', bin).trim())}`,
+    ])
+  }
+  // Built like the usage strings of the other commands: the required flags, then [FLAGS], then the arguments.
+  const parts = [bold(literal(words(command.id)))]
+  for (const flag of Object.values(command.flags ?? {})) {
+    if (flag.required && !flag.hidden) parts.push(flag.type === 'option' ? `${bold(literal(`--${flag.name}`))} ${italic(literal(valueName(flag, flag.name.toUpperCase())))}` : bold(literal(`--${flag.name}`)))
+  }
+  parts.push('[FLAGS]')
+  for (const arg of Object.values(command.args ?? {})) {
+    const name = literal(arg.name.toUpperCase())
+    parts.push(arg.required ? italic(name) : `[${italic(name)}]`)
+  }
+  if (command.strict === false && Object.keys(command.args ?? {}).length === 0) parts.push(`[${italic('ARGS')}...]`)
+  return [parts.join(' ')]
+}
+
+function example(ex) {
+  const {description, command} = typeof ex === 'string' ? {description: undefined, command: ex} : ex
+  const lines = []
+  if (description) lines.push('.PP', paragraphs(description.replaceAll('<%= config.bin %>', bin)))
+  else lines.push('.PP')
+  lines.push('.RS 4', '.nf')
+  let continued = false
+  for (const line of String(command).replaceAll('<%= config.bin %>', bin).split('\n')) {
+    lines.push(guardLine(literal(continued ? line : `$ ${line}`)))
+    continued = line.trimEnd().endsWith('\\')
+  }
+  lines.push('.fi', '.RE')
+  return lines
+}
+
+function tpList(entries, tag = (key) => bold(literal(key))) {
+  return entries.flatMap(([key, value]) => ['.TP', tag(key), paragraphs(value)])
+}
+
+function exitStatusSection() {
+  return ['.SH "EXIT STATUS"', ...tpList(exitStatus, (code) => bold(code))]
+}
+
+function environmentSection(id) {
+  const lines = ['.SH ENVIRONMENT', ...tpList(environment)]
+  const child = childEnvironment[id]
+  if (child) lines.push(`.SS "${text(child.title)}"`, ...tpList(child.vars))
+  return lines
+}
+
+function seeAlso(names) {
+  return ['.SH "SEE ALSO"', names.map((name, i) => `${bold(literal(name))}(1)${i < names.length - 1 ? ',' : ''}`).join('\n')]
+}
+
+function commandPage(command) {
+  const name = pageName(command.id)
+  const flags = Object.values(command.flags ?? {}).filter((flag) => !flag.hidden)
+  const own = flags.filter((flag) => !isGlobal(flag))
+  const global = flags.filter(isGlobal)
+  const lines = [...header(name)]
+  lines.push('.SH NAME', `${literal(name)} \\- ${text((command.summary ?? command.description ?? '').split('\n')[0].replace(/\.$/, ''))}`)
+  lines.push('.SH SYNOPSIS', ...synopsis(command))
+  lines.push('.SH DESCRIPTION')
+  const description = [command.summary, command.description].filter(Boolean)
+  if (command.summary && command.description?.startsWith(command.summary)) description.shift()
+  lines.push(description.map(paragraphs).join('\n.PP\n'))
+  const args = Object.values(command.args ?? {})
+  if (args.length > 0) {
+    lines.push('.SH ARGUMENTS', ...args.flatMap((arg) => ['.TP', italic(literal(arg.name.toUpperCase())), paragraphs(arg.description ?? '')]))
+  }
+  lines.push('.SH OPTIONS', ...optionList(own))
+  if (global.length > 0) lines.push('.SS "Global options"', ...optionList(global))
+  if (command.examples?.length) lines.push('.SH EXAMPLES', ...command.examples.flatMap(example))
+  lines.push(...exitStatusSection())
+  lines.push(...environmentSection(command.id))
+  const siblings = commands.filter((other) => topicOf(other.id) === topicOf(command.id) && other.id !== command.id).map((other) => pageName(other.id))
+  const extra = topicOf(command.id) === 'lock' ? ['flock'] : []
+  lines.push(...seeAlso([bin, ...siblings, ...extra]))
+  return lines.join('\n') + '\n'
+}
+
+function overviewPage() {
+  const lines = [...header(bin)]
+  lines.push('.SH NAME', `${literal(bin)} \\- ${text(pkg.description.replace(/\.$/, ''))}`)
+  lines.push(
+    '.SH SYNOPSIS',
+    `${bold(literal(bin))} ${italic('TOPIC')} ${italic('COMMAND')} [${italic('FLAGS')}] [${italic('ARGS')}...]`,
+    '.br',
+    `${bold(literal(bin))} ${bold('help')} [${italic('TOPIC')} ${italic('COMMAND')}]`,
+    '.br',
+    `${bold(literal(bin))} ${italic('TOPIC')} ${italic('COMMAND')} ${bold('\\-\\-help')}`,
+  )
+  lines.push(
+    '.SH DESCRIPTION',
+    paragraphs(
+      `${bin} gives shell scripts, cron jobs, deploy scripts and CI steps mutual exclusion across processes and machines, and simple work queues: one program, one set of semantics, several interchangeable backends chosen by URL.\n\n` +
+        'Data goes to stdout, everything else to stderr. Every command takes --json for output meant for scripts; errors are then JSON objects too, otherwise one line on stderr. Colours are used only on a terminal.',
+    ),
+  )
+  lines.push('.SH COMMANDS')
+  const topics = pkg.oclif?.topics ?? {}
+  const topicNames = [...new Set(commands.map((command) => topicOf(command.id)))]
+  for (const topic of topicNames) {
+    lines.push(`.SS "${text(`${bin} ${topic}`)}"`)
+    if (topics[topic]?.description) lines.push(paragraphs(topics[topic].description))
+    for (const command of commands.filter((c) => topicOf(c.id) === topic)) {
+      lines.push('.TP', bold(literal(words(command.id))), paragraphs(command.summary ?? ''), `See ${bold(literal(pageName(command.id)))}(1).`)
+    }
+  }
+  lines.push(
+    '.SH BACKENDS',
+    paragraphs(`The backend is chosen by URL: --backend (-b), else the environment variable DLQ_BACKEND, else a directory in $XDG_STATE_HOME/${bin}. Every backend has the same semantics.`),
+    ...tpList(backends),
+    '.PP',
+    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).'),
+  )
+  lines.push(
+    '.SH CONVENTIONS',
+    '.TP',
+    italic('DURATION'),
+    paragraphs('250ms, 30s, 5m, 2h or forever; a bare number is seconds.'),
+    '.TP',
+    'Keys and queue names',
+    paragraphs('1 to 255 bytes of UTF-8 without control characters; any such name is safe on every backend.'),
+  )
+  const anyCommand = commands[0]
+  const global = Object.values(anyCommand?.flags ?? {}).filter((flag) => isGlobal(flag) && !flag.hidden)
+  if (global.length > 0) lines.push('.SH "GLOBAL OPTIONS"', paragraphs('Every command takes these.'), ...optionList(global))
+  lines.push(...exitStatusSection())
+  lines.push('.PP', paragraphs(`Errors go to stderr as one line: ${bin}: WHAT HAPPENED: WHY (HINT); with --json, as a JSON object.`))
+  lines.push(...environmentSection(undefined))
+  lines.push(...seeAlso([...commands.map((command) => pageName(command.id)), 'flock']))
+  return lines.join('\n') + '\n'
+}
+
+// ---------------------------------------------------------------------------------------------
+
+const pages = new Map([[`${bin}.1`, overviewPage()], ...commands.map((command) => [`${pageName(command.id)}.1`, commandPage(command)])])
+const existing = existsSync(manDir) ? readdirSync(manDir).filter((file) => file.startsWith(`${bin}`) && file.endsWith('.1')) : []
+const obsolete = existing.filter((file) => !pages.has(file)).sort()
+
+if (check) {
+  const stale = []
+  for (const [file, content] of pages) {
+    const url = new URL(file, manDir)
+    if (!existsSync(url)) stale.push(`man/${file} (missing)`)
+    else if (readFileSync(url, 'utf8') !== content) stale.push(`man/${file}`)
+  }
+  for (const file of obsolete) stale.push(`man/${file} (no such command any more)`)
+  if (stale.length > 0) {
+    console.error(`man pages are stale; run \`npm run build && npm run man\` and commit man/:\n  ${stale.join('\n  ')}`)
+    process.exit(1)
+  }
+  console.log(`man/: ${pages.size} pages up to date`)
+} else {
+  mkdirSync(manDir, {recursive: true})
+  let written = 0
+  for (const [file, content] of pages) {
+    const url = new URL(file, manDir)
+    if (existsSync(url) && readFileSync(url, 'utf8') === content) continue
+    writeFileSync(url, content)
+    written++
+  }
+  for (const file of obsolete) unlinkSync(new URL(file, manDir))
+  console.log(`man/: ${pages.size} pages, ${written} written${obsolete.length ? `, removed ${obsolete.join(', ')}` : ''}`)
+}
