@@ -123,7 +123,8 @@ export class FileLocks implements LockDriver {
       const name = gen.toString().padStart(20, '0')
       const expiresMs = now + request.ttlMs
       const record: Record = {owner: request.owner, ...request.holder, acquiredAt: new Date(now).toISOString(), ttlMs: request.ttlMs}
-      await writeFile(tmp, JSON.stringify(record), {mode: this.modes.file, flag: 'w'})
+      await unlink(tmp).catch(() => {})
+      await writeFile(tmp, JSON.stringify(record), {mode: this.modes.file, flag: 'wx'}) // wx: never through a planted link
       if (this.modes.shared) await chmod(tmp, this.modes.file)
       await lutimes(tmp, now / 1000, expiresMs / 1000)
       try {

@@ -18,7 +18,7 @@
 // - waiting and --follow watch new/ (fs.watch) plus a timer for the earliest claim deadline.
 import {randomBytes} from 'node:crypto'
 import {watch, type FSWatcher} from 'node:fs'
-import {chmod, open, readdir, readFile, rename, unlink, constants} from 'node:fs/promises'
+import {chmod, lstat, open, readdir, readFile, rename, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
@@ -26,6 +26,7 @@ import {decodeName, encodeName, type Modes, safeDir} from './paths.js'
 
 const maxMessageBytes = 1024 * 1024
 const fallbackPollMs = 1000
+const staleTmpMs = 3_600_000
 const waitingName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)$/
 const claimName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)\.(\d{13})\.([0-9a-f]+)$/
 
@@ -97,6 +98,7 @@ export class FileQueues implements QueueDriver {
   readonly maxMessageBytes = maxMessageBytes
   /** This process's id in claim names: settle and extend touch only our own claims. */
   private readonly reserver = randomBytes(6).toString('hex')
+  private tmpSwept = 0
 
   constructor(
     private readonly base: string,
@@ -163,6 +165,14 @@ export class FileQueues implements QueueDriver {
   /** Returns expired claims; resolves with the earliest deadline still pending. */
   private async sweep(queue: string, dirs: QueueDirs, maxAttempts: number): Promise<number> {
     const now = Date.now()
+    if (now - this.tmpSwept > staleTmpMs) {
+      // Batches a killed push never renamed into new/: never visible, never acknowledged to anyone.
+      this.tmpSwept = now
+      for (const name of await readdir(dirs.tmp)) {
+        const path = join(dirs.tmp, name)
+        if (now - (await lstat(path).catch(() => ({mtimeMs: now}))).mtimeMs > staleTmpMs) await unlink(path).catch(() => {})
+      }
+    }
     let earliest = Number.POSITIVE_INFINITY
     for (const claim of await this.listClaims(dirs.cur)) {
       if (claim.deadline > now) {
