@@ -105,12 +105,14 @@ function text(s) {
   const chars = [...String(s)]
   for (let i = 0; i < chars.length; i++) {
     const ch = chars[i]
-    if (ch === '-' && !/[\p{L}\p{N}_]/u.test(chars[i - 1] ?? '')) {
+    if (ch === '-' && !/[\p{L}\p{N}_-]/u.test(chars[i - 1] ?? '')) {
       let j = i
       while (chars[j] === '-') j++
       const run = j - i
       if (/[\p{L}\p{N}_]/u.test(chars[j] ?? '') || (run === 2 && /^\s?$/.test(chars[j] ?? ''))) {
-        out += '\\-'.repeat(run)
+        // The whole option name, so that --kill-grace neither breaks nor hyphenates at its inner hyphens.
+        while (j < chars.length && /[\p{L}\p{N}_-]/u.test(chars[j])) j++
+        out += literal(chars.slice(i, j).join(''))
         i = j - 1
         continue
       }
@@ -191,14 +193,13 @@ function flagBody(flag) {
   const first = []
   if (flag.required) first.push('(required)')
   if (summary) first.push(summary.replace(shortAliasRe, ''))
-  if (first.length > 0) lines.push(paragraphs(first.join(' ')))
   const notes = []
   if (flag.options?.length) notes.push(`One of: ${flag.options.join(', ')}.`)
   if (flag.default !== undefined && flag.default !== false && !(Array.isArray(flag.default) && flag.default.length === 0)) notes.push(`Default: ${Array.isArray(flag.default) ? flag.default.join(', ') : flag.default}.`)
   if (flag.multiple) notes.push('May be given more than once.')
   if (flag.exclusive?.length) notes.push(`Cannot be combined with ${flag.exclusive.map((name) => `--${name}`).join(', ')}.`)
   if (flag.dependsOn?.length) notes.push(`Requires ${flag.dependsOn.map((name) => `--${name}`).join(', ')}.`)
-  if (notes.length > 0) lines.push(paragraphs(notes.join(' ')))
+  if (first.length > 0 || notes.length > 0) lines.push(paragraphs([...first, ...notes].join(' ')))
   for (const more of rest) lines.push('.IP', paragraphs(more))
   return lines.join('\n')
 }
@@ -207,12 +208,19 @@ function optionList(flags) {
   return flags.flatMap((flag) => ['.TP', flagTag(flag), flagBody(flag)])
 }
 
+// A usage string as oclif prints it after `$ dlq `: the command words in bold, the rest as written.
+function synopsisLine(id, usage) {
+  const name = id.split(':').join(' ')
+  const rest = usage.startsWith(`${name} `) || usage === name ? usage.slice(name.length) : ` ${usage}`
+  return `${bold(literal(usage.startsWith(name) ? `${bin} ${name}` : bin))}${text(rest)}`
+}
+
 function synopsis(command) {
   const usages = command.usage === undefined ? [] : Array.isArray(command.usage) ? command.usage : [command.usage]
   if (usages.length > 0) {
     return usages.flatMap((usage, i) => [
       ...(i > 0 ? ['.br'] : []),
-      `${bold(literal(bin))} ${text(String(usage).replaceAll('<%= config.bin %>', bin).trim())}`,
+      synopsisLine(command.id, String(usage).replaceAll('<%= config.bin %>', bin).trim()),
     ])
   }
   // Built like the usage strings of the other commands: the required flags, then [FLAGS], then the arguments.
@@ -315,7 +323,7 @@ function overviewPage() {
     lines.push(`.SS "${text(`${bin} ${topic}`)}"`)
     if (topics[topic]?.description) lines.push(paragraphs(topics[topic].description))
     for (const command of commands.filter((c) => topicOf(c.id) === topic)) {
-      lines.push('.TP', bold(literal(words(command.id))), paragraphs(command.summary ?? ''), `See ${bold(literal(pageName(command.id)))}(1).`)
+      lines.push('.TP', bold(literal(words(command.id))), `${paragraphs(command.summary ?? '')} See ${bold(literal(pageName(command.id)))}(1).`)
     }
   }
   lines.push(
