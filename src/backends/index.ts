@@ -4,18 +4,11 @@ import {homedir} from 'node:os'
 import {join} from 'node:path'
 import {pathToFileURL} from 'node:url'
 
-import {unavailable, usageError} from '../errors.js'
+import {usageError} from '../errors.js'
 import type {Backend, BackendOptions} from './types.js'
+import {maskUrl} from './url.js'
 
-/** The URL with its password replaced by *** (SPEC §1): the only form of a URL dlq ever prints. */
-export function maskUrl(url: string): string {
-  return url
-    .replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/@?#]*)@/i, (_m, scheme: string, userinfo: string) => {
-      const colon = userinfo.indexOf(':')
-      return `${scheme}${colon === -1 ? userinfo : `${userinfo.slice(0, colon)}:***`}@`
-    })
-    .replace(/([?&]password=)[^&#]*/gi, '$1***')
-}
+export {maskUrl}
 
 export function defaultBackendUrl(env: NodeJS.ProcessEnv = process.env): string {
   const state = env.XDG_STATE_HOME && env.XDG_STATE_HOME.startsWith('/') ? env.XDG_STATE_HOME : join(homedir(), '.local', 'state')
@@ -28,8 +21,6 @@ export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessE
   if (url && url.trim() !== '') return {url: url.trim(), isDefault: false}
   return {url: defaultBackendUrl(env), isDefault: true}
 }
-
-const planned = new Set(['redis:', 'rediss:', 'zk:', 'postgres:', 'postgresql:'])
 
 export async function openBackend(url: string, options: BackendOptions & {isDefault?: boolean} = {}): Promise<Backend> {
   // A bare path is a directory: `-b /var/lock/dlq` means what it says.
@@ -48,10 +39,21 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
       const {openFileBackend} = await import('./file/index.js')
       return openFileBackend(parsed, {...options, create: options.isDefault ?? false})
     }
+    case 'redis:':
+    case 'rediss:': {
+      const {openRedisBackend} = await import('./redis/index.js')
+      return openRedisBackend(parsed, options)
+    }
+    case 'zk:': {
+      const {openZooKeeperBackend} = await import('./zookeeper/index.js')
+      return openZooKeeperBackend(parsed, options)
+    }
+    case 'postgres:':
+    case 'postgresql:': {
+      const {openPostgresBackend} = await import('./postgres/index.js')
+      return openPostgresBackend(parsed, options)
+    }
     default:
-      if (planned.has(parsed.protocol)) {
-        throw unavailable(`backend ${parsed.protocol}// is not available in this version`, maskUrl(url), 'use a file: backend for now')
-      }
       throw usageError('bad backend URL', `unknown scheme ${JSON.stringify(parsed.protocol)} in ${maskUrl(url)}`, 'use file:, redis:, rediss:, zk: or postgres:')
   }
 }
