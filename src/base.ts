@@ -17,7 +17,8 @@ export abstract class DlqCommand extends Command {
   static baseFlags = {
     backend: Flags.string({
       char: 'b',
-      summary: 'Backend URL: file:///dir, redis://…, zk://…, postgres://… (default: $DLQ_BACKEND, else a directory in $XDG_STATE_HOME/dlq).',
+      summary: 'Backend URL: file:///dir, redis://…, zk://…, postgres://… (default: $DLQ_BACKEND, else file:// in $XDG_STATE_HOME/dlq or ~/.local/state/dlq).',
+      helpValue: 'URL',
       helpGroup: 'GLOBAL',
     }),
     verbose: Flags.boolean({summary: 'Log each backend round trip to stderr.', helpGroup: 'GLOBAL'}),

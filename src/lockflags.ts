@@ -7,11 +7,12 @@ import type {Holder, HolderInfo} from './backends/types.js'
 import {parseDuration, formatDuration} from './duration.js'
 import {usageError} from './errors.js'
 
-export const keyFlag = Flags.string({char: 'k', summary: 'Lock key: 1–255 bytes of UTF-8, no control characters.', required: true})
-export const ttlFlag = Flags.string({summary: 'Lease length; a running command renews it every ttl/3.', default: '30s'})
-export const waitFlag = (fallback: string) => Flags.string({char: 'w', summary: 'How long to wait for the lock; 0 tries once.', default: fallback})
-export const limitFlag = Flags.integer({summary: 'Semaphore: up to N holders of the key at once.', default: 1})
-export const conflictFlag = Flags.integer({summary: 'Exit code when the lock was not acquired within --wait.', default: 75})
+export const keyFlag = Flags.string({char: 'k', summary: 'Lock key: 1–255 bytes of UTF-8, no control characters.', required: true, helpValue: 'KEY'})
+export const ttlFlag = (summary: string) => Flags.string({summary, default: '30s', helpValue: 'DURATION'})
+export const waitFlag = (fallback: string) => Flags.string({char: 'w', summary: 'How long to wait for the lock; 0 tries once.', default: fallback, helpValue: 'DURATION'})
+export const limitFlag = Flags.integer({summary: 'Semaphore: up to N holders of the key at once.', default: 1, helpValue: 'N'})
+export const conflictFlag = Flags.integer({summary: 'Exit code when the lock was not acquired within --wait.', default: 75, helpValue: 'CODE'})
+export const tokenFlag = (summary: string) => Flags.string({char: 't', summary, helpValue: 'TOKEN'})
 
 export function checkLimit(limit: number): number {
   if (!Number.isInteger(limit) || limit < 1) throw usageError('bad --limit', String(limit), 'give a whole number of holders, 1 or more')

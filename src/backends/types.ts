@@ -51,8 +51,11 @@ export interface LockState {
 export interface LockDriver {
   /** Resolves with the lease, or undefined when `waitMs` ran out. Rejects with AbortError on abort. */
   acquire(request: AcquireRequest): Promise<Lease | undefined>
-  /** Extends the lease to now+ttl. Throws LockLostError when the lease is gone or taken. */
-  renew(key: string, owner: string, ttlMs: number): Promise<Lease>
+  /**
+   * Extends the lease to now+ttl (the lease's own TTL when ttlMs is undefined). Throws
+   * LockLostError when the lease is gone or taken.
+   */
+  renew(key: string, owner: string, ttlMs?: number): Promise<Lease>
   /** Compare-and-delete: true when `owner` held the key and no longer does. */
   release(key: string, owner: string): Promise<boolean>
   /** All held locks, or one key. */

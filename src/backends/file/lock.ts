@@ -48,6 +48,7 @@ interface Record extends HolderInfo {
 export class FileLocks implements LockDriver {
   /** owner → entry path, for this process's own leases. */
   private readonly mine = new Map<string, string>()
+  private readonly ttls = new Map<string, number>()
 
   constructor(
     private readonly base: string,
@@ -84,14 +85,14 @@ export class FileLocks implements LockDriver {
     return {entries, max}
   }
 
-  private async readHolder(dir: string, entry: Entry): Promise<Holder | undefined> {
+  private async readHolder(dir: string, entry: Entry): Promise<(Holder & {ttlMs: number}) | undefined> {
     try {
       const handle = await open(join(dir, entry.name), constants.O_RDONLY | constants.O_NOFOLLOW)
       try {
         const record = JSON.parse(await handle.readFile('utf8')) as Record
         return {
           owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
-          token: entry.gen.toString(), acquiredAt: new Date(record.acquiredAt), expiresAt: new Date(entry.expiresMs),
+          token: entry.gen.toString(), acquiredAt: new Date(record.acquiredAt), expiresAt: new Date(entry.expiresMs), ttlMs: record.ttlMs,
         }
       } finally {
         await handle.close()
@@ -103,7 +104,7 @@ export class FileLocks implements LockDriver {
 
   private async holders(dir: string, live: Entry[]): Promise<Holder[]> {
     const holders = await Promise.all(live.map((entry) => this.readHolder(dir, entry)))
-    return holders.filter((h): h is Holder => h !== undefined)
+    return holders.filter((h): h is Holder & {ttlMs: number} => h !== undefined).map(({ttlMs: _ttl, ...holder}) => holder)
   }
 
   /** Deletes expired entries below the highest: the highest carries the fencing counter. */
@@ -137,6 +138,7 @@ export class FileLocks implements LockDriver {
       }
       this.log?.(`file: linked ${join(dir, name)}`)
       this.mine.set(request.owner, join(dir, name))
+      this.ttls.set(request.owner, request.ttlMs)
       await this.collect(dir, entries, gen, now)
       return {key: request.key, owner: request.owner, token: gen.toString(), ttlMs: request.ttlMs, expiresAt: new Date(expiresMs)}
     }
@@ -193,21 +195,22 @@ export class FileLocks implements LockDriver {
   }
 
   /** This owner's entry: from memory for our own leases, else by reading the live records. */
-  private async find(key: string, owner: string): Promise<{path: string; entry?: Entry} | undefined> {
+  private async find(key: string, owner: string): Promise<{path: string; ttlMs?: number} | undefined> {
     const dir = await this.keyDir(key)
     const known = this.mine.get(owner)
-    if (known) return {path: known}
+    if (known) return {path: known, ttlMs: this.ttls.get(owner)}
     const {entries} = await this.scan(dir)
     for (const entry of entries) {
       const holder = await this.readHolder(dir, entry)
-      if (holder?.owner === owner) return {path: join(dir, entry.name), entry}
+      if (holder?.owner === owner) return {path: join(dir, entry.name), ttlMs: holder.ttlMs}
     }
     return undefined
   }
 
-  async renew(key: string, owner: string, ttlMs: number): Promise<Lease> {
+  async renew(key: string, owner: string, requestedTtlMs?: number): Promise<Lease> {
     const found = await this.find(key, owner)
     if (!found) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    const ttlMs = requestedTtlMs ?? found.ttlMs ?? 30_000
     let info
     try {
       info = await lstat(found.path)

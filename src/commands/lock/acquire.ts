@@ -7,12 +7,14 @@ export default class LockAcquire extends DlqCommand {
   static summary = 'Take a lock that outlives this process; print its owner token.'
   static description = `For pipelines whose steps are separate processes. The lease stays for --ttl and then simply expires: nothing renews it unless you run "lock renew". Release it with "lock release --token". Exit 75 (--conflict-exit-code) when not acquired within --wait.`
   static examples = [
-    {description: 'Hold the deploy lock across CI steps.', command: 'TOKEN=$(<%= config.bin %> lock acquire --key deploy --ttl 30m)\n./step1 && <%= config.bin %> lock renew --key deploy --token "$TOKEN" --ttl 30m && ./step2\n<%= config.bin %> lock release --key deploy --token "$TOKEN"'},
+    {description: 'Take the deploy lock for a pipeline whose steps are separate processes.', command: 'TOKEN=$(<%= config.bin %> lock acquire --key deploy --ttl 30m)'},
+    {description: 'In a later step: extend it, then release it when done.', command: '<%= config.bin %> lock renew --key deploy --token "$TOKEN"'},
+    '<%= config.bin %> lock release --key deploy --token "$TOKEN"',
   ]
 
   static flags = {
     key: keyFlag,
-    ttl: ttlFlag,
+    ttl: ttlFlag('Lease length; nothing renews it unless you run "lock renew".'),
     wait: waitFlag('forever'),
     limit: limitFlag,
     'conflict-exit-code': conflictFlag,

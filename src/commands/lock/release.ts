@@ -2,7 +2,7 @@ import * as Flags from '@oclif/core/flags'
 
 import {DlqCommand} from '../../base.js'
 import {notNow, usageError} from '../../errors.js'
-import {describeHolders, keyFlag} from '../../lockflags.js'
+import {describeHolders, keyFlag, tokenFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
 
 export default class LockRelease extends DlqCommand {
@@ -15,7 +15,7 @@ export default class LockRelease extends DlqCommand {
 
   static flags = {
     key: keyFlag,
-    token: Flags.string({char: 't', summary: 'Owner token printed by "lock acquire": release only this hold.', exclusive: ['force']}),
+    token: {...tokenFlag('Owner token printed by "lock acquire": release only this hold.'), exclusive: ['force']},
     force: Flags.boolean({summary: 'Delete every hold of the key, whoever holds it.', exclusive: ['token']}),
   }
 

@@ -1,25 +1,24 @@
-import * as Flags from '@oclif/core/flags'
-
 import {DlqCommand} from '../../base.js'
 import {LockLostError, notNow} from '../../errors.js'
-import {checkTtl, describeHolders, keyFlag, ttlFlag} from '../../lockflags.js'
+import {checkTtl, describeHolders, keyFlag} from '../../lockflags.js'
+import * as Flags from '@oclif/core/flags'
 import {checkName} from '../../names.js'
 
 export default class LockRenew extends DlqCommand {
   static summary = 'Extend a lease taken with "lock acquire".'
-  static description = 'Extends the lease to now + --ttl if TOKEN still holds KEY; otherwise exit 75 and say who holds it now.'
+  static description = 'Extends the lease to now + --ttl (by default the TTL it was taken with) if TOKEN still holds KEY; otherwise exit 75 and say who holds it now.'
   static examples = ['<%= config.bin %> lock renew --key deploy --token "$TOKEN" --ttl 30m']
 
   static flags = {
     key: keyFlag,
-    token: Flags.string({char: 't', summary: 'Owner token printed by "lock acquire".', required: true}),
-    ttl: ttlFlag,
+    token: Flags.string({char: 't', summary: 'Owner token printed by "lock acquire".', required: true, helpValue: 'TOKEN'}),
+    ttl: Flags.string({summary: 'New lease length from now (default: the TTL the lease was taken with).', helpValue: 'DURATION'}),
   }
 
   async run(): Promise<{key: string; owner: string; token: string; expiresAt: string}> {
     const {flags} = await this.parse(LockRenew)
     const key = checkName(flags.key, 'key')
-    const ttlMs = checkTtl(flags.ttl)
+    const ttlMs = flags.ttl === undefined ? undefined : checkTtl(flags.ttl)
     const backend = await this.backend(flags.backend, flags.verbose)
     try {
       const lease = await backend.locks.renew(key, flags.token, ttlMs)

@@ -26,10 +26,10 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
   static flags = {
     key: keyFlag,
     wait: waitFlag('forever'),
-    ttl: ttlFlag,
+    ttl: ttlFlag('Lease length; renewed every ttl/3 while the command runs.'),
     limit: limitFlag,
     'conflict-exit-code': conflictFlag,
-    'kill-grace': Flags.string({summary: 'After SIGTERM to a command whose lock was lost, wait this long before SIGKILL.', default: '10s'}),
+    'kill-grace': Flags.string({summary: 'After SIGTERM to a command whose lock was lost, wait this long before SIGKILL.', default: '10s', helpValue: 'DURATION'}),
     quiet: Flags.boolean({char: 'q', summary: 'Print nothing of dlq\'s own (the command\'s output still flows).'}),
   }
 

@@ -11,7 +11,7 @@ export default class LockStatus extends DlqCommand {
   static examples = ['<%= config.bin %> lock status', '<%= config.bin %> lock status --key deploy --json']
 
   static flags = {
-    key: Flags.string({char: 'k', summary: 'Only this key.'}),
+    key: Flags.string({char: 'k', summary: 'Only this key.', helpValue: 'KEY'}),
   }
 
   async run(): Promise<unknown> {

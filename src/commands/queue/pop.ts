@@ -26,10 +26,10 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
 
   static flags = {
     queue: queueFlag,
-    count: Flags.integer({char: 'n', summary: 'How many messages to take (with --exec: stop after this many).'}),
-    wait: Flags.string({char: 'w', summary: 'How long to wait for the first message (with --exec: for each next one).', default: '0'}),
-    visibility: Flags.string({summary: 'How long a reserved message stays invisible to others before it is redelivered.', default: '30s'}),
-    'max-attempts': Flags.integer({summary: 'Deliveries before a message moves to QUEUE.dead.', default: 5}),
+    count: Flags.integer({char: 'n', summary: 'How many messages to take (default 1; with --exec: stop after this many, default no limit).', helpValue: 'N'}),
+    wait: Flags.string({char: 'w', summary: 'How long to wait for the first message (with --exec: for each next one).', default: '0', helpValue: 'DURATION'}),
+    visibility: Flags.string({summary: 'How long a reserved message stays invisible to others before it is redelivered.', default: '30s', helpValue: 'DURATION'}),
+    'max-attempts': Flags.integer({summary: 'Deliveries before a message moves to QUEUE.dead.', default: 5, helpValue: 'N'}),
     exec: Flags.boolean({summary: 'Worker mode: run the command after -- once per message, body on stdin.'}),
     null: nullFlag,
   }

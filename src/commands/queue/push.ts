@@ -20,7 +20,7 @@ export default class QueuePush extends DlqCommand {
 
   static flags = {
     queue: queueFlag,
-    null: nullFlag,
+    null: {...nullFlag, exclusive: ['whole']},
     whole: Flags.boolean({summary: 'All of stdin is one message.', exclusive: ['null']}),
   }
 

@@ -13,7 +13,7 @@ export default class QueueTail extends DlqCommand {
 
   static flags = {
     queue: queueFlag,
-    lines: Flags.integer({char: 'n', summary: 'How many of the last waiting messages to print.', default: 10}),
+    lines: Flags.integer({char: 'n', summary: 'How many of the last waiting messages to print.', default: 10, helpValue: 'N'}),
     follow: Flags.boolean({char: 'f', summary: 'Keep printing new messages as they are pushed.'}),
     null: nullFlag,
   }
