@@ -1,8 +1,19 @@
-// Placeholder until the Redis driver lands: the scheme is known, the driver is not there yet.
-import {unavailable} from '../../errors.js'
+// The Redis backend (redis://, rediss://): locks and semaphores as scripted sorted sets, queues on
+// Streams. ioredis is loaded only when this scheme is used.
 import type {Backend, BackendOptions} from '../types.js'
 import {maskUrl} from '../url.js'
+import {connect} from './connection.js'
+import {RedisLocks} from './lock.js'
+import {RedisQueues} from './queue.js'
 
-export async function openRedisBackend(url: URL, _options: BackendOptions): Promise<Backend> {
-  throw unavailable(`backend ${url.protocol}// is not available in this version`, maskUrl(url.href), 'use a file: backend for now')
+export async function openRedisBackend(url: URL, options: BackendOptions): Promise<Backend> {
+  const client = await connect(url, options.log)
+  return {
+    displayUrl: maskUrl(url.href),
+    locks: new RedisLocks(client, options.log),
+    queues: new RedisQueues(client, options.log),
+    close: async () => {
+      await client.quit().catch(() => client.disconnect())
+    },
+  }
 }

@@ -1,0 +1,225 @@
+// Redis locks and semaphores, with the recipes the Redis documentation and redis-semaphore agree on,
+// minus their weaknesses:
+// - every lock is a sorted set of holders scored by lease expiry in the SERVER's clock (TIME inside
+//   the script), so client clock skew cannot make a lease look longer or shorter (redis-semaphore
+//   scores with the client's Date.now());
+// - acquire, renew and release are Lua scripts keyed on the owner token: compare-and-set, never a
+//   bare DEL of someone else's lock; expired holders are pruned inside the same script;
+// - the fencing token is INCR'd in the acquiring script, so it increases with every acquisition;
+// - waiters are woken by a PUBLISH from the releasing script (one round trip after the release),
+//   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
+// - all keys of one lock share the hash tag {dlq:l:KEY}, so the scripts stay valid on Redis Cluster.
+import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
+import {LockLostError} from '../../errors.js'
+import {type Client, num, Script, text} from './connection.js'
+
+// Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
+// 3 fence (counter), 4 waiters (zset owner → presence expiry).
+const acquireScript = new Script('acquire', `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+if #expired > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  redis.call('HDEL', KEYS[2], unpack(expired))
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+local ttl = tonumber(ARGV[2])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  -- our own earlier attempt, whose reply was lost: it holds already
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  return {1, redis.call('HGET', KEYS[2], ARGV[1]), now + ttl}
+end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  local record = redis.call('INCR', KEYS[3]) .. ' ' .. now .. ' ' .. ttl .. ' ' .. ARGV[4]
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[1], record)
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return {1, record, now + ttl}
+end
+redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[1])
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, tonumber(first[2]) - now}
+`)
+
+// An expired lease is never renewed: a waiter may already have counted it as gone.
+const renewScript = new Script('renew', `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) <= now then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return false
+end
+local record = redis.call('HGET', KEYS[2], ARGV[1])
+local ttl = tonumber(ARGV[2])
+if ttl == nil or ttl <= 0 then ttl = tonumber(string.match(record, '^%d+ %d+ (%d+) ')) end
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+return {record, now + ttl}
+`)
+
+const releaseScript = new Script('release', `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if score and tonumber(score) > now then
+  redis.call('PUBLISH', ARGV[2], 'released')
+  return 1
+end
+return 0
+`)
+
+const forceScript = new Script('force-release', `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('PUBLISH', ARGV[1], 'released')
+return live
+`)
+
+const statusScript = new Script('status', `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local holders = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local records = {}
+for i = 1, #holders, 2 do records[#records + 1] = redis.call('HGET', KEYS[2], holders[i]) or '' end
+return {holders, records, redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')}
+`)
+
+const fallbackPollMs = 2000
+const waiterTtlMs = 5000
+
+const tag = (key: string) => `{dlq:l:${key}}`
+const keysOf = (key: string) => {
+  const t = tag(key)
+  return {holders: `${t}:holders`, info: `${t}:info`, fence: `${t}:fence`, waiters: `${t}:waiters`, channel: `${t}:released`}
+}
+
+interface Parsed {
+  token: string
+  acquiredAt: number
+  ttlMs: number
+  info: HolderInfo
+}
+
+function parseRecord(record: string): Parsed {
+  const [token, acquiredAt, ttl] = record.split(' ', 3)
+  const json = record.slice(token.length + acquiredAt.length + ttl.length + 3)
+  return {token, acquiredAt: Number(acquiredAt), ttlMs: Number(ttl), info: JSON.parse(json) as HolderInfo}
+}
+
+export class RedisLocks implements LockDriver {
+  constructor(
+    private readonly client: Client,
+    private readonly log?: (line: string) => void,
+  ) {}
+
+  async acquire(request: AcquireRequest): Promise<Lease | undefined> {
+    const keys = keysOf(request.key)
+    const deadline = Date.now() + request.waitMs
+    const record = JSON.stringify(request.holder)
+    let subscriber: Client | undefined
+    let wake: (() => void) | undefined
+    let changed = false
+    let acquired = false
+    const onAbort = () => wake?.()
+    request.signal.addEventListener('abort', onAbort)
+    try {
+      for (;;) {
+        request.signal.throwIfAborted()
+        changed = false
+        const sent = Date.now() // the lease is counted from before the request: never longer than the server's
+        const reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
+        this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
+        if (num(reply[0]) === 1) {
+          acquired = true
+          const parsed = parseRecord(text(reply[1]))
+          return {key: request.key, owner: request.owner, token: parsed.token, ttlMs: request.ttlMs, expiresAt: new Date(sent + request.ttlMs)}
+        }
+        const now = Date.now()
+        if (now >= deadline) return undefined
+        if (request.onWaiting) request.onWaiting((await this.status(request.key))[0]?.holders ?? [])
+        if (!subscriber) {
+          subscriber = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+          subscriber.on('error', () => {})
+          subscriber.on('message', () => {
+            changed = true
+            wake?.()
+          })
+          await subscriber.subscribe(keys.channel)
+          continue // try again now that a release cannot slip by unheard
+        }
+        if (changed) continue
+        const sleep = Math.max(1, Math.min(deadline - now, num(reply[1]) + 1, fallbackPollMs))
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, sleep)
+          wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+        })
+        wake = undefined
+      }
+    } finally {
+      request.signal.removeEventListener('abort', onAbort)
+      subscriber?.disconnect()
+      if (!acquired) await this.client.zrem(keys.waiters, request.owner).catch(() => {})
+    }
+  }
+
+  async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
+    const keys = keysOf(key)
+    const sent = Date.now()
+    const reply = (await renewScript.run(this.client, [keys.holders, keys.info], [owner, ttlMs ?? 0])) as unknown[] | null
+    if (!reply) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    const parsed = parseRecord(text(reply[0]))
+    const granted = ttlMs ?? parsed.ttlMs
+    this.log?.(`redis: renewed ${key} for ${granted}ms`)
+    return {key, owner, token: parsed.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
+  }
+
+  async release(key: string, owner: string): Promise<boolean> {
+    const keys = keysOf(key)
+    const released = num(await releaseScript.run(this.client, [keys.holders, keys.info], [owner, keys.channel])) === 1
+    this.log?.(`redis: release ${key}: ${released}`)
+    return released
+  }
+
+  async forceRelease(key: string): Promise<number> {
+    const keys = keysOf(key)
+    return num(await forceScript.run(this.client, [keys.holders, keys.info], [keys.channel]))
+  }
+
+  async status(key?: string): Promise<LockState[]> {
+    const names = key !== undefined ? [key] : await this.heldKeys()
+    const states: LockState[] = []
+    for (const name of names) {
+      const keys = keysOf(name)
+      const [holders, records, waiters] = (await statusScript.run(this.client, [keys.holders, keys.info, keys.waiters], [])) as [Buffer[], Buffer[], number]
+      const list: Holder[] = []
+      for (let i = 0; i < holders.length; i += 2) {
+        const record = text(records[i / 2])
+        if (!record) continue
+        const parsed = parseRecord(record)
+        list.push({...parsed.info, owner: text(holders[i]), token: parsed.token, acquiredAt: new Date(parsed.acquiredAt), expiresAt: new Date(num(holders[i + 1]))})
+      }
+      if (list.length > 0) states.push({key: name, holders: list.sort((a, b) => Number(BigInt(a.token) - BigInt(b.token))), waiters: num(waiters)})
+    }
+    return states
+  }
+
+  private async heldKeys(): Promise<string[]> {
+    const found = new Set<string>()
+    let cursor = '0'
+    do {
+      const [next, keys] = await this.client.scan(cursor, 'MATCH', '{dlq:l:*}:holders', 'COUNT', 1000)
+      cursor = next
+      for (const k of keys) found.add(k.slice('{dlq:l:'.length, -'}:holders'.length))
+    } while (cursor !== '0')
+    return [...found].sort()
+  }
+}

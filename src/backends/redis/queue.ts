@@ -1,0 +1,296 @@
+// Redis queues on Streams with one consumer group:
+// - push: XADD, pipelined in batches;
+// - reserve: one script that first re-delivers reservations whose deadline passed (XCLAIM, which
+//   counts the delivery), moves those delivered --max-attempts times to the dead-letter stream, then
+//   takes new entries (XREADGROUP >). Deadlines live in a sorted set scored with the server's clock,
+//   so each popper's own --visibility holds (XAUTOCLAIM's single min-idle could not), and
+//   ownership in a hash, so a popper settles only what it still holds;
+// - an empty queue is waited on with XREAD BLOCK from the last entry id on a second connection, so
+//   a push wakes the popper at once, without reserving anything outside the script;
+// - ack is XACK + XDEL; retry and release make the entry due now (release also takes the delivery
+//   back); tail is XREVRANGE minus what is in flight; --follow is XREAD BLOCK.
+// The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
+import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import {type Client, num, Script, text} from './connection.js'
+
+const group = 'dlq'
+const maxMessageBytes = 1024 * 1024
+const fallbackPollMs = 5000
+
+// Keys: 1 stream, 2 deadlines (zset id → ms), 3 owners (hash id → reserver), 4 dead stream.
+const serverNow = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+const moveToDead = `
+local function bury(id, fields)
+  redis.call('XADD', KEYS[4], '*', 'body', fields[2], 'enq', string.match(id, '^(%d+)'))
+  redis.call('XACK', KEYS[1], '${group}', id)
+  redis.call('XDEL', KEYS[1], id)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('HDEL', KEYS[3], id)
+end
+`
+
+const reserveScript = new Script('reserve', `${serverNow}${moveToDead}
+local want = tonumber(ARGV[2])
+local deadline = now + tonumber(ARGV[3])
+local max = tonumber(ARGV[4])
+local out = {}
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, want + 100)
+for _, id in ipairs(due) do
+  if #out >= want then break end
+  local claimed = redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id)
+  if #claimed == 0 or not claimed[1] then
+    redis.call('ZREM', KEYS[2], id)
+    redis.call('HDEL', KEYS[3], id)
+  else
+    local deliveries = redis.call('XPENDING', KEYS[1], '${group}', id, id, 1)[1][4]
+    if deliveries > max then
+      bury(id, claimed[1][2])
+    else
+      redis.call('ZADD', KEYS[2], deadline, id)
+      redis.call('HSET', KEYS[3], id, ARGV[1])
+      out[#out + 1] = {id, claimed[1][2][2], deliveries, claimed[1][2][4] or ''}
+    end
+  end
+end
+if #out < want then
+  local fresh = redis.call('XREADGROUP', 'GROUP', '${group}', '${group}', 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
+  if fresh then
+    for _, entry in ipairs(fresh[1][2]) do
+      redis.call('ZADD', KEYS[2], deadline, entry[1])
+      redis.call('HSET', KEYS[3], entry[1], ARGV[1])
+      out[#out + 1] = {entry[1], entry[2][2], 1, entry[2][4] or ''}
+    end
+  end
+end
+local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+return {out, first[2] and (tonumber(first[2]) - now) or -1, last[1] and last[1][1] or '0-0'}
+`)
+
+// ARGV: reserver, outcome, max attempts, ids…
+const settleScript = new Script('settle', `${serverNow}${moveToDead}
+for i = 4, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HGET', KEYS[3], id) == ARGV[1] then
+    if ARGV[2] == 'ack' then
+      redis.call('XACK', KEYS[1], '${group}', id)
+      redis.call('XDEL', KEYS[1], id)
+      redis.call('ZREM', KEYS[2], id)
+      redis.call('HDEL', KEYS[3], id)
+    else
+      local deliveries = redis.call('XPENDING', KEYS[1], '${group}', id, id, 1)[1][4]
+      if ARGV[2] == 'retry' and deliveries >= tonumber(ARGV[3]) then
+        bury(id, redis.call('XRANGE', KEYS[1], id, id)[1][2])
+      else
+        if ARGV[2] == 'release' then
+          redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id, 'RETRYCOUNT', math.max(deliveries - 1, 0), 'JUSTID')
+        end
+        redis.call('ZADD', KEYS[2], 0, id)
+        redis.call('HDEL', KEYS[3], id)
+      end
+    end
+  end
+end
+return 1
+`)
+
+const extendScript = new Script('extend', `${serverNow}
+if redis.call('HGET', KEYS[3], ARGV[2]) ~= ARGV[1] then return 0 end
+local score = redis.call('ZSCORE', KEYS[2], ARGV[2])
+if not score or tonumber(score) <= now then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+return 1
+`)
+
+/** Q, Q.dead, Q.dead.dead… all share Q's hash tag. */
+function keysOf(queue: string) {
+  let base = queue
+  let depth = 0
+  while (base.endsWith('.dead') && base.length > 5) {
+    base = base.slice(0, -5)
+    depth++
+  }
+  const prefix = (d: number) => `{dlq:q:${base}}:${'dead:'.repeat(d)}`
+  return {
+    stream: `${prefix(depth)}stream`,
+    deadlines: `${prefix(depth)}deadlines`,
+    owners: `${prefix(depth)}owners`,
+    dead: `${prefix(depth + 1)}stream`,
+  }
+}
+
+const keyPattern = /^\{dlq:q:(.*)\}:((?:dead:)*)stream$/
+const idTime = (id: string) => Number(id.split('-')[0])
+
+export class RedisQueues implements QueueDriver {
+  readonly maxMessageBytes = maxMessageBytes
+  private readonly reserver = `${Date.now().toString(36)}-${process.pid}-${Math.random().toString(36).slice(2, 10)}`
+  private readonly groups = new Set<string>()
+
+  constructor(
+    private readonly client: Client,
+    private readonly log?: (line: string) => void,
+  ) {}
+
+  private async ensureGroup(stream: string): Promise<void> {
+    if (this.groups.has(stream)) return
+    // Start at 0, not $: messages pushed before the group existed are not skipped.
+    await this.client.xgroup('CREATE', stream, group, '0', 'MKSTREAM').catch((error: Error) => {
+      if (!error.message.includes('BUSYGROUP')) throw error
+    })
+    this.groups.add(stream)
+  }
+
+  async push(queue: string, bodies: Buffer[]): Promise<string[]> {
+    const {stream} = keysOf(queue)
+    const pipeline = this.client.pipeline()
+    for (const body of bodies) pipeline.xadd(stream, '*', 'body', body)
+    const results = (await pipeline.exec()) ?? []
+    const ids: string[] = []
+    for (const [error, id] of results) {
+      if (error) throw error
+      ids.push(String(id))
+    }
+    this.log?.(`redis: XADD ${bodies.length} to ${stream}`)
+    return ids
+  }
+
+  async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
+    const keys = keysOf(queue)
+    await this.ensureGroup(keys.stream)
+    const deadline = Date.now() + request.waitMs
+    let blocker: Client | undefined
+    const onAbort = () => blocker?.disconnect()
+    request.signal.addEventListener('abort', onAbort)
+    try {
+      for (;;) {
+        request.signal.throwIfAborted()
+        const [entries, nextDueMs, lastId] = (await reserveScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, request.count, request.visibilityMs, request.maxAttempts])) as [Buffer[][], number, Buffer]
+        if (entries.length > 0) {
+          this.log?.(`redis: reserved ${entries.length} from ${keys.stream}`)
+          return entries.map(([id, body, attempts, enqueued]) => {
+            const messageId = text(id)
+            return {id: messageId, body: Buffer.from(body), attempts: num(attempts), enqueuedAt: new Date(text(enqueued) ? num(enqueued) : idTime(messageId)), receipt: this.reserver}
+          })
+        }
+        const now = Date.now()
+        if (now >= deadline) return []
+        blocker ??= this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+        blocker.on('error', () => {})
+        const sleep = Math.max(1, Math.min(deadline - now, num(nextDueMs) >= 0 ? num(nextDueMs) + 1 : fallbackPollMs, fallbackPollMs))
+        // Wakes on any entry after the last one the script saw: no push can slip in between.
+        await blocker.xread('BLOCK', Math.ceil(sleep), 'STREAMS', keys.stream, text(lastId)).catch((error: Error) => {
+          if (!request.signal.aborted) throw error
+        })
+      }
+    } finally {
+      request.signal.removeEventListener('abort', onAbort)
+      blocker?.disconnect()
+    }
+  }
+
+  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
+    if (messages.length === 0) return
+    const keys = keysOf(queue)
+    await settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, outcome, maxAttempts, ...messages.map((m) => m.id)])
+    this.log?.(`redis: ${outcome} ${messages.length} in ${keys.stream}`)
+  }
+
+  async extend(queue: string, message: Message, visibilityMs: number): Promise<boolean> {
+    const keys = keysOf(queue)
+    return num(await extendScript.run(this.client, [keys.stream, keys.deadlines, keys.owners], [this.reserver, message.id, visibilityMs])) === 1
+  }
+
+  /** Entries from the newest backwards, skipping those in flight, until `count` are found. */
+  async peek(queue: string, count: number): Promise<Message[]> {
+    const keys = keysOf(queue)
+    const out: Message[] = []
+    let end = '+'
+    const now = Number((await this.client.time())[0]) * 1000
+    while (out.length < count) {
+      const page = await this.client.xrevrangeBuffer(keys.stream, end, '-', 'COUNT', Math.max(count - out.length, 100))
+      if (page.length === 0) break
+      const scores = await this.client.zmscore(keys.deadlines, ...page.map(([id]) => text(id)))
+      page.forEach(([id, fields], i) => {
+        if (out.length >= count || (scores[i] !== null && Number(scores[i]) > now)) return
+        out.push(this.message(text(id), fields))
+      })
+      end = `(${text(page.at(-1)![0])}`
+    }
+    return out.reverse()
+  }
+
+  private message(id: string, fields: Buffer[]): Message {
+    const enq = fields.length >= 4 ? num(fields[3]) : idTime(id)
+    return {id, body: Buffer.from(fields[1]), attempts: 0, enqueuedAt: new Date(enq), receipt: ''}
+  }
+
+  async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
+    const keys = keysOf(queue)
+    const blocker = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+    blocker.on('error', () => {})
+    const onAbort = () => blocker.disconnect()
+    signal.addEventListener('abort', onAbort)
+    try {
+      const [last] = await this.client.xrevrange(keys.stream, '+', '-', 'COUNT', 1)
+      let from = last ? last[0] : '0-0'
+      while (!signal.aborted) {
+        const reply = await blocker.xreadBuffer('COUNT', 1000, 'BLOCK', fallbackPollMs, 'STREAMS', keys.stream, from).catch((error: Error) => {
+          if (signal.aborted) return null
+          throw error
+        })
+        if (!reply) continue
+        const entries = reply[0][1]
+        if (entries.length === 0) continue
+        from = text(entries.at(-1)![0])
+        await onMessages(entries.map(([id, fields]) => this.message(text(id), fields)))
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+      blocker.disconnect()
+    }
+  }
+
+  async stats(queue?: string): Promise<QueueStats[]> {
+    const names = queue !== undefined ? [queue] : await this.queueNames()
+    const out: QueueStats[] = []
+    const [seconds, micros] = await this.client.time()
+    const now = Number(seconds) * 1000 + Math.floor(Number(micros) / 1000)
+    for (const name of names) {
+      if (queue === undefined && name.endsWith('.dead') && names.includes(name.slice(0, -5))) continue
+      const keys = keysOf(name)
+      const [length, inFlight, dead] = await Promise.all([
+        this.client.xlen(keys.stream), this.client.zcount(keys.deadlines, `(${now}`, '+inf'), this.client.xlen(keys.dead),
+      ])
+      let oldest: number | undefined
+      let start = '-'
+      while (oldest === undefined && length > inFlight) {
+        const page = await this.client.xrange(keys.stream, start, '+', 'COUNT', 100)
+        if (page.length === 0) break
+        const scores = await this.client.zmscore(keys.deadlines, ...page.map(([id]) => id))
+        const index = scores.findIndex((s) => s === null || Number(s) <= now)
+        if (index !== -1) oldest = idTime(page[index][0])
+        start = `(${page.at(-1)![0]}`
+      }
+      out.push({queue: name, waiting: length - inFlight, inFlight, dead, ...(oldest === undefined ? {} : {oldestAgeMs: now - oldest})})
+    }
+    return out
+  }
+
+  private async queueNames(): Promise<string[]> {
+    const found = new Set<string>()
+    let cursor = '0'
+    do {
+      const [next, keys] = await this.client.scan(cursor, 'MATCH', '{dlq:q:*}:stream', 'COUNT', 1000)
+      cursor = next
+      for (const key of keys) {
+        const match = keyPattern.exec(key)
+        if (match) found.add(match[1] + '.dead'.repeat(match[2].length / 5))
+      }
+    } while (cursor !== '0')
+    return [...found].sort()
+  }
+}
