@@ -99,6 +99,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     if (lost !== undefined) return
     lost = why
     clearTimeout(renewTimer)
+    clearTimeout(expiryTimer)
     job.say(`dlq: lock ${JSON.stringify(lease.key)} lost: ${why} (stopping the command)`)
     killGroup('SIGTERM')
     const deadline = Date.now() + job.killGraceMs
@@ -114,10 +115,19 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     killTimer = setTimeout(check, Math.min(50, job.killGraceMs))
   }
 
+  // However a renewal hangs (server paused, partition), the lease is over at its expiry.
+  let expiryTimer: NodeJS.Timeout | undefined
+  const armExpiry = () => {
+    clearTimeout(expiryTimer)
+    expiryTimer = setTimeout(() => loseLock('no renewal succeeded before the lease expired (backend unreachable?)'), Math.max(0, lease.expiresAt.getTime() - Date.now()))
+  }
+  armExpiry()
+
   const renewEvery = Math.max(1, Math.floor(lease.ttlMs / 3))
   const renew = async () => {
     try {
       lease = await job.locks.renew(lease.key, lease.owner, lease.ttlMs)
+      if (lost === undefined) armExpiry()
     } catch (error) {
       if (error instanceof LockLostError) return loseLock(error.why)
       // Backend trouble: keep trying while the lease lasts; past its expiry, assume it is gone.
@@ -132,6 +142,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
 
   const result = await child
   clearTimeout(renewTimer)
+  clearTimeout(expiryTimer)
   stopWatching?.()
   if (lost !== undefined && !killedHard && groupAlive()) {
     // The direct child is gone but its group is not: finish the kill grace, then SIGKILL.

@@ -2,6 +2,7 @@
 // command has to wait), with the failures that mean "backend unavailable" turned into exit 69.
 import {createHash} from 'node:crypto'
 import {readFile} from 'node:fs/promises'
+import {isIP} from 'node:net'
 
 import type {Redis as Client, RedisOptions} from 'ioredis'
 
@@ -19,7 +20,7 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   if (url.protocol === 'rediss:') {
     const ca = url.searchParams.get('ca')
     tls = {
-      servername: url.hostname,
+      ...(isIP(url.hostname.replace(/^\[|\]$/g, '')) ? {} : {servername: url.hostname}),
       ...(ca ? {ca: await readFile(ca).catch(() => { throw usageError('cannot read ?ca=', ca, 'name a PEM file with the CA certificate') })} : {}),
       rejectUnauthorized: url.searchParams.get('insecure') === null,
     }
@@ -43,12 +44,17 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     enableReadyCheck: false,
     connectionName: 'dlq',
   })
-  client.on('error', (error: Error) => log?.(`redis: ${error.message}`))
+  // The connect promise often says only "Connection is closed"; the cause arrives as an event.
+  let cause: Error | undefined
+  client.on('error', (error: Error) => {
+    cause = error
+    log?.(`redis: ${error.message}`)
+  })
   try {
     await client.connect()
   } catch (error) {
     client.disconnect()
-    const message = (error as Error).message
+    const message = (cause ?? (error as Error)).message
     if (/WRONGPASS|NOAUTH|NOPERM|invalid password|AUTH/i.test(message)) {
       throw unavailable(`authentication refused by ${maskUrl(url.href)}`, message.replace(password ?? '\0', '***'), 'check the user and DLQ_PASSWORD or ?passwordFile=')
     }
