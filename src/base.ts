@@ -43,7 +43,8 @@ export abstract class DlqCommand extends Command {
   protected async closeBackend(): Promise<void> {
     const backend = this.opened
     this.opened = undefined
-    await backend?.close().catch(() => {})
+    // Closing is a courtesy to the server: never worth hanging for when it does not answer.
+    await Promise.race([backend?.close().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
   }
 
   /** Ends the process now with `code` (after closing the backend): no handle can keep dlq alive. */

@@ -12,8 +12,7 @@ export async function openRedisBackend(url: URL, options: BackendOptions): Promi
     displayUrl: maskUrl(url.href),
     locks: new RedisLocks(client, options.log),
     queues: new RedisQueues(client, options.log),
-    close: async () => {
-      await client.quit().catch(() => client.disconnect())
-    },
+    // Not QUIT: it waits for a reply, and dlq must not hang on a server that stopped answering.
+    close: async () => client.disconnect(),
   }
 }

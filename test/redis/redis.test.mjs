@@ -1,0 +1,139 @@
+// What only the Redis backend has: authentication, TLS, and honest behaviour when the server goes
+// away. Against real redis-server processes on free loopback ports.
+import assert from 'node:assert/strict'
+import {execFileSync} from 'node:child_process'
+import {readFile, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import {after, before, describe, it} from 'node:test'
+
+import {oneErrorLine, run, spawnDlq, tempDir, trackPid, uniqueName, waitFor, isAlive} from '../support/cli.mjs'
+import {freePort, startRedis} from '../support/servers.mjs'
+
+const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
+const redisCli = (port, ...args) => execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], {encoding: 'utf8'})
+
+describe('redis: connection and credentials', () => {
+  let server
+  before(async () => {
+    server = await startRedis({config: ['user default off', 'user alice on >s3cret-pw ~* &* +@all']})
+  })
+  after(() => server?.stop())
+
+  it('an ACL user with a password in the URL works', async () => {
+    const r = await cli(`redis://alice:s3cret-pw@127.0.0.1:${server.port}`, ['lock', 'run', '--key', uniqueName(), '--', 'echo', 'in'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stdout, 'in\n')
+  })
+
+  it('the password may come from DLQ_PASSWORD or ?passwordFile=', async (t) => {
+    const env = await cli(`redis://alice@127.0.0.1:${server.port}`, ['queue', 'push', '--queue', uniqueName(), 'x'], {env: {DLQ_PASSWORD: 's3cret-pw'}})
+    assert.equal(env.code, 0, env.stderr)
+    const dir = await tempDir(t)
+    await writeFile(join(dir, 'pw'), 's3cret-pw\n', {mode: 0o600})
+    const file = await cli(`redis://alice@127.0.0.1:${server.port}?passwordFile=${join(dir, 'pw')}`, ['lock', 'status'])
+    assert.equal(file.code, 0, file.stderr)
+  })
+
+  it('a wrong password is exit 69, and no password is ever printed, even with --verbose', async () => {
+    const r = await cli(`redis://alice:wrong-pw-123@127.0.0.1:${server.port}`, ['lock', 'run', '--verbose', '--key', 'k', '--', 'true'])
+    assert.equal(r.code, 69)
+    assert.match(r.stderr, /authentication refused/)
+    assert.doesNotMatch(r.stdout + r.stderr, /wrong-pw-123/)
+    assert.match(r.stderr, /alice:\*\*\*@/)
+    const plain = await cli(`redis://alice:wrong-pw-123@127.0.0.1:${server.port}`, ['lock', 'status'])
+    oneErrorLine(plain, assert)
+    assert.doesNotMatch(plain.stderr, /wrong-pw-123/)
+  })
+
+  it('the right password is not printed either', async () => {
+    const r = await cli(`redis://alice:s3cret-pw@127.0.0.1:${server.port}`, ['lock', 'run', '--verbose', '--key', uniqueName(), '--', 'true'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.doesNotMatch(r.stdout + r.stderr, /s3cret-pw/)
+  })
+
+  it('an unreachable server is exit 69 with one line, quickly', async () => {
+    const port = await freePort()
+    const r = await cli(`redis://127.0.0.1:${port}`, ['lock', 'run', '--key', 'k', '--', 'true'])
+    assert.equal(r.code, 69)
+    oneErrorLine(r, assert)
+    assert.match(r.stderr, /cannot connect/)
+  })
+})
+
+describe('redis: TLS (rediss://)', () => {
+  let server
+  let dir
+  before(async () => {
+    dir = await tempDir()
+    const ssl = (...args) => execFileSync('openssl', args, {cwd: dir, stdio: 'ignore'})
+    ssl('req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-days', '2', '-subj', '/CN=dlq test CA')
+    ssl('req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1')
+    await writeFile(join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1\n')
+    ssl('x509', '-req', '-in', 'server.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'server.crt', '-days', '2', '-extfile', 'ext.cnf')
+    server = await startRedis({tlsPort: true, config: [`tls-cert-file ${dir}/server.crt`, `tls-key-file ${dir}/server.key`, `tls-ca-cert-file ${dir}/ca.crt`, 'tls-auth-clients no']})
+  })
+  after(() => server?.stop())
+
+  it('works with the CA given by ?ca=, and refuses an untrusted certificate with exit 69', async () => {
+    const ok = await cli(`rediss://127.0.0.1:${server.port}?ca=${dir}/ca.crt`, ['lock', 'run', '--key', uniqueName(), '--', 'echo', 'tls'])
+    assert.equal(ok.code, 0, ok.stderr)
+    assert.equal(ok.stdout, 'tls\n')
+    const refused = await cli(`rediss://127.0.0.1:${server.port}`, ['lock', 'status'])
+    assert.equal(refused.code, 69)
+    oneErrorLine(refused, assert)
+    assert.match(refused.stderr, /certificate/)
+  })
+})
+
+describe('redis: losing the lock', () => {
+  let server
+  before(async () => {
+    server = await startRedis()
+  })
+  after(() => server?.stop())
+
+  it('the lock deleted under a running command: the command is stopped, exit 70', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('del')
+    const child = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--ttl', '1500ms', '--kill-grace', '1s', '--', 'sh', '-c', 'echo $$ > "$1/pid"; sleep 30', 'x', dir])
+    await waitFor(async () => /^\d+/.test(await readFile(join(dir, 'pid'), 'utf8').catch(() => '')), {what: 'the command to start'})
+    const pid = trackPid((await readFile(join(dir, 'pid'), 'utf8')).trim())
+    redisCli(server.port, 'DEL', `{dlq:l:${key}}:holders`)
+    const r = await child.result
+    assert.equal(r.code, 70, r.stderr)
+    assert.match(r.stderr, /lost/)
+    assert.equal(isAlive(pid), false)
+  })
+
+  it('a server restart (no persistence) mid-hold: the lease is gone, so the command is stopped (70); nothing hangs', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('restart')
+    const child = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--ttl', '2s', '--kill-grace', '500ms', '--', 'sh', '-c', 'echo $$ > "$1/pid"; sleep 30', 'x', dir], {timeoutMs: 20_000})
+    await waitFor(async () => /^\d+/.test(await readFile(join(dir, 'pid'), 'utf8').catch(() => '')), {what: 'the command to start'})
+    trackPid((await readFile(join(dir, 'pid'), 'utf8')).trim())
+    await server.restart()
+    const r = await child.result
+    assert.equal(r.code, 70, r.stderr)
+    assert.ok(r.ms < 10_000, `took ${r.ms}ms`)
+    // The key is usable again at once: the restarted server has no lease.
+    const again = await cli(server.url, ['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])
+    assert.equal(again.code, 0, again.stderr)
+  })
+
+  it('a paused server (SIGSTOP past the TTL): the holder stops its command within TTL + grace', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('pause')
+    const child = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--ttl', '1500ms', '--kill-grace', '500ms', '--', 'sh', '-c', 'echo $$ > "$1/pid"; sleep 30', 'x', dir], {timeoutMs: 20_000})
+    await waitFor(async () => /^\d+/.test(await readFile(join(dir, 'pid'), 'utf8').catch(() => '')), {what: 'the command to start'})
+    trackPid((await readFile(join(dir, 'pid'), 'utf8')).trim())
+    const paused = Date.now()
+    process.kill(server.pid(), 'SIGSTOP')
+    try {
+      const r = await child.result
+      assert.equal(r.code, 70, r.stderr)
+      assert.ok(Date.now() - paused < 1500 + 500 + 1500, `stopped ${Date.now() - paused}ms after the pause`)
+    } finally {
+      process.kill(server.pid(), 'SIGCONT')
+    }
+  })
+})
