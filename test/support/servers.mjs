@@ -87,3 +87,12 @@ export async function startRedis({config = [], tlsPort = false} = {}) {
     },
   }
 }
+
+/** The conformance entry for Redis: one redis-server per suite file. */
+export const redisBackend = {
+  name: 'redis',
+  async setup() {
+    const server = await startRedis()
+    return {url: server.url, teardown: () => server.stop()}
+  },
+}
