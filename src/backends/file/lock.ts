@@ -139,7 +139,7 @@ export class FileLocks implements LockDriver {
       this.log?.(`file: linked ${join(dir, name)}`)
       this.mine.set(request.owner, join(dir, name))
       this.ttls.set(request.owner, request.ttlMs)
-      await this.collect(dir, entries, gen, now)
+      this.tidy(this.collect(dir, entries, gen, now)) // after the command has started: off the hand-off path
       return {key: request.key, owner: request.owner, token: gen.toString(), ttlMs: request.ttlMs, expiresAt: new Date(expiresMs)}
     }
   }
@@ -190,8 +190,14 @@ export class FileLocks implements LockDriver {
     } finally {
       request.signal.removeEventListener('abort', onAbort)
       watcher?.close()
-      await unlink(tmp).catch(() => {})
+      this.tidy(unlink(tmp))
     }
+  }
+
+  /** Housekeeping that no caller waits for; release() lets it finish before the process ends. */
+  private pending: Promise<unknown>[] = []
+  private tidy(work: Promise<unknown>): void {
+    this.pending.push(work.catch(() => {}))
   }
 
   /** This owner's entry: from memory for our own leases, else by reading the live records. */
@@ -229,6 +235,7 @@ export class FileLocks implements LockDriver {
   }
 
   async release(key: string, owner: string): Promise<boolean> {
+    await Promise.all(this.pending.splice(0))
     const found = await this.find(key, owner)
     this.mine.delete(owner)
     if (!found) return false

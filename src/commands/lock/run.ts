@@ -47,6 +47,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
     }
 
     const backend = await this.backend(flags.backend, flags.verbose)
+    const preload = import('execa').catch(() => {}) // ready by the time the lock is, not after
     // A signal while waiting cancels the wait at once and leaves nothing behind (exit 128+N).
     const abort = new AbortController()
     let cancelledBy: NodeJS.Signals | undefined
@@ -91,6 +92,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
       return
     }
     this.log2(`acquired ${key} with fencing token ${lease.token}`)
+    await preload
     const outcome = await supervise({
       command, args, lease, locks: backend.locks, killGraceMs,
       say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
