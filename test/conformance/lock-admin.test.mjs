@@ -1,0 +1,184 @@
+// Conformance: holding a lock across steps (`lock acquire / renew / release`), `lock status`, and
+// which keys are valid (SPEC §2), against every backend in test/support/backends.mjs.
+import assert from 'node:assert/strict'
+import {after, before, describe, it} from 'node:test'
+
+import {backends, useBackend} from '../support/backends.mjs'
+import {oneErrorLine, uniqueName} from '../support/cli.mjs'
+
+const statusOf = async (dlq, key) => {
+  const r = await dlq.run(['lock', 'status', '--key', key, '--json'])
+  assert.equal(r.code, 0, r.stderr)
+  return JSON.parse(r.stdout).locks
+}
+
+// Valid keys that a careless file layout would turn into paths, collide, or mangle.
+const hostileKeys = [
+  '../../etc/passwd',
+  '../../../../../../../../tmp/dlq-escaped',
+  'a/b',
+  'a%2Fb', // must not collide with a/b
+  '..',
+  '.',
+  '.hidden',
+  '-starts-with-dash',
+  'ключ🔒',
+  'spaces and  more spaces',
+  'x'.repeat(255),
+  'x'.repeat(254) + 'y', // 255 bytes, differs from the one above only at the end
+  'é'.repeat(127) + 'x', // 255 bytes of 2-byte characters
+]
+
+// Invalid keys: exit 64 with one line, never a stack trace.
+const badKeys = {
+  empty: '',
+  '256 bytes': 'x'.repeat(256),
+  '256 bytes of 2-byte characters': 'é'.repeat(128),
+  newline: 'a\nb',
+  tab: 'a\tb',
+  'carriage return': 'a\rb',
+  escape: '\u001b[31mred',
+  DEL: 'a\u007fb',
+  'C1 control': 'a\u0085b',
+}
+
+for (const backend of backends) {
+  describe(`lock acquire/renew/release/status [${backend.name}]`, {concurrency: 4}, () => {
+    const ctx = useBackend(backend, {before, after})
+
+    it('lock release without --force or --token refuses with 64 and one line', async () => {
+      const key = uniqueName('norelease')
+      const held = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s'])
+      assert.equal(held.code, 0, held.stderr)
+      const r = await ctx.dlq.run(['lock', 'release', '--key', key])
+      assert.equal(r.code, 64)
+      oneErrorLine(r, assert)
+      const [state] = await statusOf(ctx.dlq, key)
+      assert.equal(state.holders.length, 1, 'the refused release changed nothing')
+    })
+
+    it('acquire prints an owner token; status shows the holder; renew extends it; release --token frees it; a wrong token gets 75', async () => {
+      const key = uniqueName('steps')
+      const startedAt = Date.now()
+      const acquired = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s'])
+      assert.equal(acquired.code, 0, acquired.stderr)
+      const lines = acquired.stdout.split('\n').filter(Boolean)
+      assert.equal(lines.length, 1, `one token on stdout: ${acquired.stdout}`)
+      const token = lines[0]
+      assert.match(token, /^\S+$/)
+
+      const locks = await statusOf(ctx.dlq, key)
+      assert.equal(locks.length, 1)
+      assert.equal(locks[0].key, key)
+      assert.equal(locks[0].holders.length, 1)
+      const holder = locks[0].holders[0]
+      for (const field of ['owner', 'token', 'host', 'pid', 'command', 'acquiredAt', 'expiresAt']) {
+        assert.ok(holder[field] !== undefined && holder[field] !== '', `holder.${field} is set: ${JSON.stringify(holder)}`)
+      }
+      assert.equal(holder.owner, token)
+      assert.match(String(holder.token), /^\d+$/, 'the fencing token is an integer')
+      assert.ok(Number.isInteger(Number(holder.pid)))
+      const acquiredAt = Date.parse(holder.acquiredAt)
+      const expiresAt = Date.parse(holder.expiresAt)
+      assert.ok(acquiredAt >= startedAt - 1000 && acquiredAt <= Date.now() + 1000, `acquiredAt ${holder.acquiredAt}`)
+      assert.ok(Math.abs(expiresAt - acquiredAt - 30_000) < 2000, `expiresAt ${holder.expiresAt} is acquiredAt + 30s`)
+
+      const renewed = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', token, '--ttl', '90s'])
+      assert.equal(renewed.code, 0, renewed.stderr)
+      const [afterRenew] = await statusOf(ctx.dlq, key)
+      const extended = Date.parse(afterRenew.holders[0].expiresAt)
+      assert.ok(extended > expiresAt + 50_000, `renew --ttl 90s moved expiresAt from ${holder.expiresAt} to ${afterRenew.holders[0].expiresAt}`)
+      assert.equal(String(afterRenew.holders[0].token), String(holder.token), 'renewing keeps the fencing token')
+
+      const wrong = await ctx.dlq.run(['lock', 'release', '--key', key, '--token', 'not-the-token'])
+      assert.equal(wrong.code, 75)
+      oneErrorLine(wrong, assert)
+      const wrongRenew = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', 'not-the-token'])
+      assert.equal(wrongRenew.code, 75)
+      oneErrorLine(wrongRenew, assert)
+      assert.equal((await statusOf(ctx.dlq, key))[0]?.holders.length, 1, 'a wrong token released nothing')
+
+      const busy = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--wait', '0'])
+      assert.equal(busy.code, 75, 'acquire --wait 0 on a held key')
+      assert.equal(busy.stdout, '')
+
+      const released = await ctx.dlq.run(['lock', 'release', '--key', key, '--token', token])
+      assert.equal(released.code, 0, released.stderr)
+      assert.deepEqual(await statusOf(ctx.dlq, key), [])
+      const again = await ctx.dlq.run(['lock', 'release', '--key', key, '--token', token])
+      assert.equal(again.code, 75, 'a token that no longer holds the key')
+      oneErrorLine(again, assert)
+      const free = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])
+      assert.equal(free.code, 0, free.stderr)
+    })
+
+    it('an acquired lease nobody renews expires after its TTL', async () => {
+      const key = uniqueName('expire')
+      const acquired = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '1s'])
+      assert.equal(acquired.code, 0, acquired.stderr)
+      const r = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '5s', '--', 'true'])
+      assert.equal(r.code, 0, r.stderr)
+      assert.ok(r.ms < 3000, `acquired after ${r.ms}ms; the abandoned lease had a TTL of 1s`)
+      const renew = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', acquired.stdout.trim()])
+      assert.equal(renew.code, 75, 'an expired lease cannot be renewed')
+    })
+
+    it('hostile keys work as keys, stay distinct, and create nothing outside the backend', async () => {
+      const tokens = []
+      for (const key of hostileKeys) {
+        const r = await ctx.dlq.run(['lock', 'acquire', `--key=${key}`, '--ttl', '30s'])
+        assert.equal(r.code, 0, `acquire ${JSON.stringify(key)}: ${r.stderr}`)
+        tokens.push(r.stdout.trim())
+      }
+      for (const key of hostileKeys) {
+        const busy = await ctx.dlq.run(['lock', 'run', `--key=${key}`, '--wait', '0', '--', 'true'])
+        assert.equal(busy.code, 75, `${JSON.stringify(key)} is held: ${busy.stderr}`)
+        const locks = await statusOf(ctx.dlq, key)
+        assert.deepEqual(locks.map((l) => [l.key, l.holders.map((h) => h.owner)]), [[key, [tokens[hostileKeys.indexOf(key)]]]])
+      }
+      const all = await ctx.dlq.run(['lock', 'status', '--json'])
+      assert.equal(all.code, 0, all.stderr)
+      const listed = new Set(JSON.parse(all.stdout).locks.map((l) => l.key))
+      for (const key of hostileKeys) assert.ok(listed.has(key), `lock status lists ${JSON.stringify(key)}`)
+      if (ctx.instance.escapes) assert.deepEqual(await ctx.instance.escapes(), [], 'paths created outside the backend')
+      for (const [i, key] of hostileKeys.entries()) {
+        const r = await ctx.dlq.run(['lock', 'release', `--key=${key}`, '--token', tokens[i]])
+        assert.equal(r.code, 0, `release ${JSON.stringify(key)}: ${r.stderr}`)
+      }
+      const run = await ctx.dlq.run(['lock', 'run', '--key', '../../etc/passwd', '--wait', '0', '--', 'printenv', 'DLQ_LOCK_KEY'])
+      assert.equal(run.code, 0, run.stderr)
+      assert.equal(run.stdout, '../../etc/passwd\n')
+      if (ctx.instance.escapes) assert.deepEqual(await ctx.instance.escapes(), [], 'paths created outside the backend')
+    })
+
+    for (const [what, key] of Object.entries(badKeys)) {
+      it(`a bad key (${what}) is refused with 64, one line and no stack trace`, async () => {
+        for (const args of [
+          ['lock', 'run', `--key=${key}`, '--', 'true'],
+          ['lock', 'acquire', `--key=${key}`],
+          ['lock', 'status', `--key=${key}`],
+        ]) {
+          const r = await ctx.dlq.run(args)
+          assert.equal(r.code, 64, `${args.slice(0, 2).join(' ')}: ${r.stderr}`)
+          oneErrorLine(r, assert)
+        }
+      })
+    }
+  })
+
+  describe(`lock status on an empty backend [${backend.name}]`, () => {
+    const ctx = useBackend(backend, {before, after})
+
+    it('lock status with no locks exits 0 (people and --json)', async () => {
+      const human = await ctx.dlq.run(['lock', 'status'])
+      assert.equal(human.code, 0, human.stderr)
+      assert.doesNotMatch(human.stderr, /^\s+at /m)
+      const json = await ctx.dlq.run(['lock', 'status', '--json'])
+      assert.equal(json.code, 0, json.stderr)
+      assert.deepEqual(JSON.parse(json.stdout).locks, [])
+      const one = await ctx.dlq.run(['lock', 'status', '--key', 'nothing-here', '--json'])
+      assert.equal(one.code, 0, one.stderr)
+      assert.deepEqual(JSON.parse(one.stdout).locks, [])
+    })
+  })
+}

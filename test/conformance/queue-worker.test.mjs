@@ -1,0 +1,142 @@
+// Conformance: at-least-once delivery and worker mode (`queue pop --exec`), dead letters and
+// `queue status` (SPEC §3), against every backend in test/support/backends.mjs.
+import assert from 'node:assert/strict'
+import {existsSync} from 'node:fs'
+import {readFile, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import {after, before, describe, it} from 'node:test'
+
+import {backends, useBackend} from '../support/backends.mjs'
+import {killPid, shUntil, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
+import {drainJson, pushArgs, queueStats} from '../support/queues.mjs'
+
+// `sh -c SCRIPT NAME ARGS…` with a NAME ($0) that appears nowhere else on the command line.
+const SH0 = 'dlq-test-sh'
+const readText = (path) => readFile(path, 'utf8').catch(() => '')
+
+for (const backend of backends) {
+  describe(`queue workers [${backend.name}]`, {concurrency: 4}, () => {
+    const ctx = useBackend(backend, {before, after})
+
+    it('a message held by a popper killed with SIGKILL is redelivered after --visibility, with attempts 2', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('redeliver')
+      await pushArgs(ctx.dlq, queue, ['precious'])
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--visibility', '1s', '--exec', '--',
+        'sh', '-c', 'exec >/dev/null 2>&1 </dev/null; echo $$ > "$1/started"; exec sleep 20', SH0, dir], {t})
+      const pid = await waitFor(async () => {
+        const text = (await readText(join(dir, 'started'))).trim()
+        return /^\d+$/.test(text) && trackPid(text)
+      }, {what: 'the worker command to start'})
+      t.after(() => killPid(pid))
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight]), [0, 1])
+      const gone = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '0'])
+      assert.equal(gone.code, 75, 'the reserved message is invisible to others')
+
+      worker.kill('SIGKILL')
+      const killedAt = Date.now()
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '5s', '--json'])
+      const took = Date.now() - killedAt
+      assert.equal(r.code, 0, r.stderr)
+      const [message, ...more] = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l))
+      assert.equal(more.length, 0)
+      assert.equal(message.body, 'precious')
+      assert.equal(message.attempts, 2)
+      assert.ok(took < 3500, `redelivered ${took}ms after the kill, with --visibility 1s`)
+      killPid(pid)
+    })
+
+    it('--exec: the command gets the body on stdin, DLQ_MESSAGE_ID and DLQ_MESSAGE_ATTEMPT; exit 0 acks', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('ack')
+      const pushed = await ctx.dlq.run(['queue', 'push', '--queue', queue, '--json', '--', 'body one\nwith two lines'])
+      assert.equal(pushed.code, 0, pushed.stderr)
+      const [id] = JSON.parse(pushed.stdout).ids
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--exec', '--',
+        'sh', '-c', 'cat > "$1/body"; printf "%s\\n%s\\n" "$DLQ_MESSAGE_ID" "$DLQ_MESSAGE_ATTEMPT" > "$1/env"', SH0, dir])
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(await readText(join(dir, 'body')), 'body one\nwith two lines')
+      assert.deepEqual((await readText(join(dir, 'env'))).split('\n').slice(0, 2), [id, '1'])
+      const stats = await queueStats(ctx.dlq, queue)
+      assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [0, 0, 0], 'acked: gone for good')
+      const empty = await ctx.dlq.run(['queue', 'pop', '--queue', queue])
+      assert.equal(empty.code, 75)
+    })
+
+    it('--exec works through the waiting messages one at a time, in order, then stops (no --count, --wait 0)', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('many')
+      await pushArgs(ctx.dlq, queue, ['m1', 'm2', 'm3'])
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--exec', '--',
+        'sh', '-c', '{ cat; echo " $DLQ_MESSAGE_ATTEMPT"; } >> "$1/log"', SH0, dir])
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(await readText(join(dir, 'log')), 'm1 1\nm2 1\nm3 1\n')
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 0, 0])
+    })
+
+    it("--exec passes the command's arguments verbatim: repeated words, words that look like dlq flags", async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('argv')
+      await pushArgs(ctx.dlq, queue, ['m1'])
+      const log = join(dir, 'log')
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '1', '--exec', '--',
+        'sh', '-c', '{ cat; printf " [%s]" "$@"; echo; } >> "$0"', log, 'a', 'b', 'a', '--queue', 'x'])
+      assert.equal(await readText(log), 'm1 [a] [b] [a] [--queue] [x]\n', r.stderr)
+      assert.equal(r.code, 0, r.stderr)
+    })
+
+    it('--exec: a failing command returns the message for retry; after --max-attempts 2 it is in Q.dead', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('dead')
+      await pushArgs(ctx.dlq, queue, ['poison'])
+      const failing = ['sh', '-c', 'cat > /dev/null; echo "$DLQ_MESSAGE_ID $DLQ_MESSAGE_ATTEMPT" >> "$1/attempts"; exit 3', SH0, dir]
+
+      const first = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--exec', '--', ...failing])
+      assert.notEqual(first.code, 75, first.stderr)
+      let stats = await queueStats(ctx.dlq, queue)
+      assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [1, 0, 0], 'returned for retry after attempt 1')
+
+      const second = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--exec', '--', ...failing])
+      assert.notEqual(second.code, 75, second.stderr)
+      stats = await queueStats(ctx.dlq, queue)
+      assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [0, 0, 1], 'dead after attempt 2')
+
+      const attempts = (await readText(join(dir, 'attempts'))).trim().split('\n').map((l) => l.split(' '))
+      assert.equal(attempts.length, 2)
+      assert.equal(attempts[0][0], attempts[1][0], 'the same message both times')
+      assert.deepEqual(attempts.map((a) => a[1]), ['1', '2'])
+
+      const none = await ctx.dlq.run(['queue', 'pop', '--queue', queue])
+      assert.equal(none.code, 75, 'a dead message is not delivered from Q')
+      const dead = await drainJson(ctx.dlq, `${queue}.dead`)
+      assert.deepEqual(dead.map((m) => m.body), ['poison'])
+      assert.equal((await queueStats(ctx.dlq, queue)).dead, 0)
+    })
+
+    it('queue status --json reports waiting, inFlight and dead', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('status')
+      await pushArgs(ctx.dlq, queue, ['a', 'b', 'c'])
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [3, 0, 0])
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--',
+        'sh', '-c', `touch "$1/busy"; ${shUntil('[ -e "$1/go" ]')}`, SH0, dir], {t})
+      await waitFor(() => existsSync(join(dir, 'busy')), {what: 'the worker to start'})
+      const busy = await queueStats(ctx.dlq, queue)
+      assert.deepEqual([busy.waiting, busy.inFlight, busy.dead], [2, 1, 0])
+      await writeFile(join(dir, 'go'), '')
+      assert.equal((await worker.result).code, 0)
+      const done = await queueStats(ctx.dlq, queue)
+      assert.deepEqual([done.waiting, done.inFlight, done.dead], [2, 0, 0])
+
+      const failed = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '1', '--exec', '--', 'false'])
+      assert.notEqual(failed.code, 75)
+      const dead = await queueStats(ctx.dlq, queue)
+      assert.deepEqual([dead.waiting, dead.inFlight, dead.dead], [1, 0, 1])
+
+      const everything = await ctx.dlq.run(['queue', 'status', '--json'])
+      assert.equal(everything.code, 0, everything.stderr)
+      const mine = JSON.parse(everything.stdout).queues.find((s) => s.queue === queue)
+      assert.deepEqual([mine?.waiting, mine?.inFlight, mine?.dead], [1, 0, 1], 'the same numbers in the list of all queues')
+    })
+  })
+}

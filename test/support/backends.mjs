@@ -1,0 +1,75 @@
+// The backends the conformance suite runs against. Each entry is
+//
+//   {name, setup: async () => instance}
+//
+// and setup() resolves with an instance
+//
+//   {url, teardown: async () => void, escapes?: async () => string[]}
+//
+// - url: what `dlq -b URL` is given. setup() must hand back a backend that is ready to use: a driver
+//   for a server (redis-server, ZooKeeper, PostgreSQL) starts it here on a free loopback port in a
+//   temporary directory, waits until it answers, and stops it (and removes its directory) in
+//   teardown(). The suites call setup() once per describe block and give every test its own
+//   key and queue names, so one server serves a whole test file.
+// - escapes (optional): lists what the backend left outside its own storage (the file backend:
+//   every path in its sandbox that is not under the base directory). Hostile-name tests assert it
+//   is empty where a backend can tell.
+//
+// Adding a backend is adding one entry to `backends` below.
+import {mkdir, rm} from 'node:fs/promises'
+import {join, sep} from 'node:path'
+
+import {listRecursive, run, spawnDlq, tempDir} from './cli.mjs'
+
+export const fileBackend = {
+  name: 'file',
+  async setup() {
+    // The base directory sits three levels down in a sandbox of its own, so that a name that
+    // climbs out of it (`../../etc/passwd`) would land inside the sandbox, where escapes() sees it.
+    const sandbox = await tempDir('dlq-file-backend-')
+    const base = join(sandbox, 'l1', 'l2', 'base')
+    await mkdir(base, {recursive: true})
+    const allowed = new Set([join(sandbox, 'l1'), join(sandbox, 'l1', 'l2'), base])
+    return {
+      url: 'file://' + base,
+      baseDir: base,
+      async escapes() {
+        return (await listRecursive(sandbox)).filter((p) => !allowed.has(p) && !p.startsWith(base + sep))
+      },
+      async teardown() {
+        await rm(sandbox, {recursive: true, force: true})
+      },
+    }
+  },
+}
+
+export const backends = [fileBackend]
+
+/**
+ * A dlq bound to one backend URL: `dlq.run(['lock', 'run', '--key', K, '--', 'true'])` runs
+ * `dlq lock run -b URL --key K -- true`. The -b goes after the two command words, before any `--`.
+ */
+export function bind(url) {
+  const place = (args) => [...args.slice(0, 2), '-b', url, ...args.slice(2)]
+  return {
+    url,
+    run: (args, opts) => run(place(args), opts),
+    spawn: (args, opts) => spawnDlq(place(args), opts),
+  }
+}
+
+/**
+ * Declares the usual per-backend hooks inside a describe(): set the backend up before its tests,
+ * tear it down after. Returns a getter-based handle: `ctx.dlq`, `ctx.instance`.
+ */
+export function useBackend(backend, {before, after}) {
+  const ctx = {instance: undefined, dlq: undefined}
+  before(async () => {
+    ctx.instance = await backend.setup()
+    ctx.dlq = bind(ctx.instance.url)
+  })
+  after(async () => {
+    await ctx.instance?.teardown()
+  })
+  return ctx
+}
