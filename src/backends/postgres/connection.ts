@@ -1,0 +1,403 @@
+// The PostgreSQL connection of one dlq process, and the schema it works in.
+// - The URL becomes a pg.Client config: the password from the URL, ?password=, ?passwordFile=,
+//   DLQ_PASSWORD, then PGPASSWORD and the password file (PGPASSFILE or ~/.pgpass) as libpq reads
+//   them. The password is handed to pg as a function, so pg never falls back to its own
+//   (deprecated, warning-printing) .pgpass reader, and is scrubbed from every message dlq prints.
+// - One pg.Client, used strictly one statement at a time (pg warns on overlapping queries, and a
+//   worker's extend timer can overlap its settle). Every statement has a deadline; past it the
+//   socket is destroyed, so a paused or partitioned server can never hang dlq.
+// - When the server goes away (a restart), the next statement connects again, retrying for the
+//   connect timeout: a `lock run` whose lease is still in its table keeps its lock when renewals
+//   resume before the lease expires. LISTEN channels are re-issued on the new session and their
+//   waiters woken, since notifications sent meanwhile are lost.
+// - The schema (`dlq`, or ?schema=) is created on first use by a versioned migration: one
+//   transaction holding pg_advisory_xact_lock on a fixed key while it reads schema_version, so of
+//   two dlq processes starting at once one migrates and the other waits, then finds it done.
+import {createHash} from 'node:crypto'
+import {readFile, stat} from 'node:fs/promises'
+import {homedir, userInfo} from 'node:os'
+import {join} from 'node:path'
+import type {ConnectionOptions} from 'node:tls'
+
+import type {Client, ClientConfig, QueryResultRow} from 'pg'
+
+import {DlqError, unavailable, usageError} from '../../errors.js'
+import {connectTimeoutMs, credentials, maskUrl} from '../url.js'
+import {lockSchema} from './lock.js'
+import {queueSchema} from './queue.js'
+
+/** A statement prepared once per session under its name (pg re-prepares after a reconnect). */
+export interface Statement {
+  name: string
+  text: string
+}
+
+/** Where dlq's objects live, and the names derived from it. */
+export interface Schema {
+  /** The schema's name, as given. */
+  name: string
+  /** The schema's name quoted as an SQL identifier. */
+  sql: string
+  /** A 32-bit advisory-lock space of this schema: the first half of the two-int lock key. */
+  lockSpace(kind: 'lock' | 'queue'): number
+  /** The NOTIFY channel of one key or queue (an identifier of at most 63 bytes, whatever the name). */
+  channel(kind: 'lock' | 'queue', name: string): string
+}
+
+const knownParameters = new Set(['schema', 'connectTimeout', 'password', 'passwordFile', 'sslmode', 'sslrootcert', 'host', 'application_name'])
+const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
+
+// 'dlq-migr' as a 64-bit integer: the one key every dlq process takes before it migrates a schema.
+const MIGRATION_LOCK = '7236841547384498034'
+const SCHEMA_EXISTS = 'SELECT 1 FROM pg_namespace WHERE nspname = $1'
+const READ_VERSION = (s: string) => `SELECT coalesce(max(version), 0) AS version FROM ${s}.schema_version`
+const CREATE_VERSION_TABLE = (s: string) => `CREATE TABLE IF NOT EXISTS ${s}.schema_version (
+  version integer PRIMARY KEY,
+  applied_at timestamptz NOT NULL DEFAULT now(),
+  applied_by text NOT NULL DEFAULT current_user
+)`
+const RECORD_VERSION = (s: string) => `INSERT INTO ${s}.schema_version (version) VALUES ($1)`
+
+/** Each version's DDL, applied in order, once per schema. */
+const migrations = (schema: Schema): {version: number; statements: string[]}[] => [
+  {version: 1, statements: [...lockSchema(schema), ...queueSchema(schema)]},
+]
+const LATEST_VERSION = 1
+
+// Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
+const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/
+const retryableStates = new Set(['57P01', '57P02', '57P03', '53300'])
+const socketCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'ENOENT', 'EACCES'])
+const socketMessages = /Connection terminated|timeout expired|Client has encountered a connection error|not queryable|SSL/i
+
+const quoteIdentifier = (name: string) => `"${name.replace(/"/g, '""')}"`
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+function schemaOf(name: string): Schema {
+  const hash = (text: string) => createHash('md5').update(text).digest()
+  return {
+    name,
+    sql: quoteIdentifier(name),
+    lockSpace: (kind) => hash(`${name}\0${kind}`).readInt32BE(0),
+    channel: (kind, key) => `dlq_${kind[0]}_${hash(`${name}\0${kind}\0${key}`).toString('hex').slice(0, 24)}`,
+  }
+}
+
+interface Settings {
+  displayUrl: string
+  config: ClientConfig
+  host: string
+  port: number
+  /** Every secret this connection may send: scrubbed from messages. */
+  secrets: () => string[]
+  schema: Schema
+  timeoutMs: number
+}
+
+/** libpq's password file: host:port:database:user:password, `*` matches anything, `\` escapes. */
+async function passwordFromFile(host: string, port: number, database: string, user: string, env: NodeJS.ProcessEnv): Promise<string | undefined> {
+  const file = env.PGPASSFILE || join(env.HOME || homedir(), '.pgpass')
+  try {
+    const info = await stat(file)
+    // libpq ignores a password file that others can read.
+    if (!info.isFile() || (info.mode & 0o077) !== 0) return undefined
+    for (const line of (await readFile(file, 'utf8')).split(/\r?\n/)) {
+      if (line === '' || line.startsWith('#')) continue
+      const fields: string[] = ['']
+      for (let i = 0; i < line.length; i++) {
+        if (line[i] === '\\' && i + 1 < line.length) fields[fields.length - 1] += line[++i]
+        else if (line[i] === ':' && fields.length < 5) fields.push('')
+        else fields[fields.length - 1] += line[i]
+      }
+      if (fields.length !== 5) continue
+      const wanted = [host, String(port), database, user]
+      if (wanted.every((value, i) => fields[i] === '*' || fields[i] === value)) return fields[4]
+    }
+  } catch {
+    // no file, or unreadable: as libpq, no password from it
+  }
+  return undefined
+}
+
+async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promise<Settings> {
+  const displayUrl = maskUrl(url.href)
+  for (const name of url.searchParams.keys()) {
+    if (!knownParameters.has(name)) throw usageError('bad backend URL', `unknown parameter ?${name}= in ${displayUrl}`, `known: ${[...knownParameters].map((p) => `?${p}=`).join(', ')}`)
+  }
+  const schemaName = url.searchParams.get('schema') ?? 'dlq'
+  if (!schemaPattern.test(schemaName)) throw usageError('bad ?schema=', `${JSON.stringify(schemaName)} in ${displayUrl}`, 'a schema name of letters, digits and _, at most 63, not starting with a digit')
+  const host = url.hostname.replace(/^\[|\]$/g, '') || url.searchParams.get('host') || env.PGHOST || 'localhost'
+  const port = url.port ? Number(url.port) : Number(env.PGPORT || 5432)
+  const found = await credentials(url, env)
+  let user = found.user || env.PGUSER
+  if (!user) {
+    try {
+      user = userInfo().username
+    } catch {
+      user = env.USER ?? 'postgres'
+    }
+  }
+  let database: string
+  try {
+    database = url.pathname.length > 1 ? decodeURIComponent(url.pathname.slice(1)) : env.PGDATABASE || user
+  } catch {
+    throw usageError('bad backend URL', `database name in ${displayUrl}`, 'postgres://user@host:port/database')
+  }
+  const given = url.password ? found.password : url.searchParams.get('password') ?? found.password
+  let password: string | undefined = given ?? (env.PGPASSWORD || undefined)
+  const timeoutMs = connectTimeoutMs(url)
+  return {
+    displayUrl,
+    host,
+    port,
+    secrets: () => (password ? [password] : []),
+    schema: schemaOf(schemaName),
+    timeoutMs,
+    config: {
+      host,
+      port,
+      user,
+      database,
+      // Asked for only when the server wants a password: a trust setup never reads ~/.pgpass.
+      password: async () => {
+        password ??= await passwordFromFile(host, port, database, user, env)
+        if (password === undefined) {
+          throw unavailable(`authentication refused by ${displayUrl}`, 'the server asks for a password and none was given', 'put it in the URL, DLQ_PASSWORD, ?passwordFile=, PGPASSWORD or ~/.pgpass')
+        }
+        return password
+      },
+      ssl: await tlsOf(url, host, env),
+      application_name: url.searchParams.get('application_name') ?? 'dlq',
+      // Keys and queue names are UTF-8 whatever the database's default client encoding.
+      options: '-c client_encoding=UTF8',
+      keepAlive: true,
+      connectionTimeoutMillis: timeoutMs,
+    },
+  }
+}
+
+/** ?sslmode= as libpq spells it (else $PGSSLMODE); prefer and allow connect without TLS. */
+async function tlsOf(url: URL, host: string, env: NodeJS.ProcessEnv): Promise<false | ConnectionOptions> {
+  const mode = url.searchParams.get('sslmode') ?? env.PGSSLMODE ?? 'disable'
+  const rootFile = url.searchParams.get('sslrootcert')
+  const ca = rootFile ? await readFile(rootFile).catch(() => { throw usageError('cannot read ?sslrootcert=', rootFile, 'name a PEM file with the CA certificate') }) : undefined
+  switch (mode) {
+    case 'disable':
+    case 'allow':
+    case 'prefer':
+      return false
+    case 'require':
+      return {rejectUnauthorized: false}
+    case 'verify-ca':
+      return {rejectUnauthorized: true, ca, checkServerIdentity: () => undefined}
+    case 'verify-full':
+      return {rejectUnauthorized: true, ca, ...(host.includes(':') || /^[\d.]+$/.test(host) ? {} : {servername: host})}
+    default:
+      throw usageError('bad ?sslmode=', `${mode} in ${maskUrl(url.href)}`, 'disable, require, verify-ca or verify-full')
+  }
+}
+
+export class Connection {
+  readonly displayUrl: string
+  readonly schema: Schema
+  private live?: Client
+  private tail: Promise<unknown> = Promise.resolve()
+  private readonly channels = new Map<string, Set<() => void>>()
+  private closed = false
+
+  private constructor(
+    private readonly pg: {Client: typeof Client},
+    private readonly settings: Settings,
+    private readonly log?: (line: string) => void,
+  ) {
+    this.displayUrl = settings.displayUrl
+    this.schema = settings.schema
+  }
+
+  /** Connects (exit 69 at once when refused), then brings the schema up to date. */
+  static async open(url: URL, log?: (line: string) => void): Promise<Connection> {
+    const settings = await settingsOf(url)
+    const {default: pg} = await import('pg')
+    const connection = new Connection(pg, settings, log)
+    await connection.serial(() => connection.connect(false))
+    await connection.migrate()
+    return connection
+  }
+
+  /** Runs one statement; rows back. Errors are DlqErrors where they mean "unavailable". */
+  query<Row extends QueryResultRow = QueryResultRow>(statement: Statement | string, values: unknown[] = [], timeoutMs = this.settings.timeoutMs): Promise<Row[]> {
+    return this.serial(() => this.send<Row>(statement, values, timeoutMs))
+  }
+
+  /**
+   * Calls `onNotify` on every NOTIFY of `channel`, and whenever the session was lost (a
+   * notification may have been missed). Resolves once the session listens; returns the unlisten.
+   */
+  async listen(channel: string, onNotify: () => void): Promise<() => void> {
+    let handlers = this.channels.get(channel)
+    if (!handlers) {
+      handlers = new Set()
+      this.channels.set(channel, handlers)
+    }
+    handlers.add(onNotify)
+    try {
+      await this.query(`LISTEN ${quoteIdentifier(channel)}`)
+    } catch (error) {
+      this.forget(channel, onNotify)
+      throw error
+    }
+    return () => this.forget(channel, onNotify)
+  }
+
+  private forget(channel: string, onNotify: () => void): void {
+    const handlers = this.channels.get(channel)
+    if (!handlers?.delete(onNotify) || handlers.size > 0) return
+    this.channels.delete(channel)
+    // Not awaited: nobody needs the answer, and the caller (a lock hand-off) should not wait for it.
+    if (this.live) this.query(`UNLISTEN ${quoteIdentifier(channel)}`).catch(() => {})
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    const client = this.live
+    this.live = undefined
+    if (!client) return
+    // Terminate politely, but never wait long for a server that does not answer.
+    await Promise.race([client.end().catch(() => {}), sleep(500)])
+    client.connection.stream.destroy()
+  }
+
+  private serial<T>(job: () => Promise<T>): Promise<T> {
+    const result = this.tail.then(job, job)
+    this.tail = result.catch(() => {})
+    return result
+  }
+
+  private async send<Row extends QueryResultRow>(statement: Statement | string, values: unknown[], timeoutMs: number): Promise<Row[]> {
+    const client = this.live ?? (await this.connect(true))
+    const name = typeof statement === 'string' ? statement.replace(/\s+/g, ' ').slice(0, 60) : statement.name
+    const started = Date.now()
+    let timedOut = false
+    const timer = setTimeout(() => {
+      timedOut = true
+      this.drop(client)
+    }, timeoutMs)
+    try {
+      const result = typeof statement === 'string' && values.length === 0
+        ? await client.query<Row>(statement)
+        : await client.query<Row>(typeof statement === 'string' ? {text: statement, values} : {...statement, values})
+      this.log?.(`pg: ${name} (${Date.now() - started} ms, ${result.rowCount ?? result.rows.length} rows)`)
+      return result.rows
+    } catch (error) {
+      if (timedOut) throw unavailable(`no reply from ${this.displayUrl}`, `${name} took longer than ${timeoutMs} ms`, 'is the server overloaded or unreachable? ?connectTimeout= sets the limit')
+      throw this.describe(error, `${name} failed on ${this.displayUrl}`)
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
+  /**
+   * A new session. The first connect fails at once (exit 69 when refused); a reconnect retries
+   * transient failures (refused, server starting up or shutting down) for the connect timeout.
+   */
+  private async connect(retry: boolean): Promise<Client> {
+    if (this.closed) throw unavailable(`connection to ${this.displayUrl} closed`, 'the backend was closed')
+    const deadline = Date.now() + this.settings.timeoutMs
+    for (let attempt = 0; ; attempt++) {
+      const client = new this.pg.Client({...this.settings.config, connectionTimeoutMillis: Math.max(100, deadline - Date.now())})
+      // An idle session's errors arrive as events; unhandled, they would end the process.
+      client.on('error', (error: Error) => {
+        this.log?.(`pg: session lost: ${this.scrub(error.message)}`)
+        this.drop(client)
+      })
+      client.on('end', () => this.drop(client))
+      client.on('notification', ({channel}) => {
+        for (const handler of this.channels.get(channel) ?? []) handler()
+      })
+      try {
+        await client.connect()
+        for (const channel of this.channels.keys()) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+        this.live = client
+        this.log?.(`pg: connected to ${this.displayUrl} (pid ${(client as unknown as {processID: number}).processID})`)
+        return client
+      } catch (error) {
+        client.connection.stream.destroy()
+        const code = (error as {code?: string}).code ?? ''
+        const transient = retryableStates.has(code) || (retry && (socketCodes.has(code) || socketMessages.test(String((error as Error).message))))
+        if (!transient || error instanceof DlqError || Date.now() + 50 >= deadline) throw this.describe(error, `cannot connect to ${this.displayUrl}`)
+        await sleep(Math.min(500, 50 * 2 ** attempt, deadline - Date.now()))
+      }
+    }
+  }
+
+  /** Forgets a session that failed; its LISTEN waiters are woken to find out what they missed. */
+  private drop(client: Client): void {
+    if (this.live === client) {
+      this.live = undefined
+      for (const handlers of this.channels.values()) for (const handler of handlers) handler()
+    }
+    client.connection.stream.destroy()
+  }
+
+  private scrub(text: string): string {
+    let out = text
+    for (const secret of this.settings.secrets()) out = out.split(secret).join('***')
+    return out
+  }
+
+  /** pg's error → a DlqError carrying SPEC §4's exit code; the password never in its text. */
+  describe(error: unknown, what: string): Error {
+    if (error instanceof DlqError) return error
+    const err = error as Error & {code?: string; severity?: string}
+    const code = err.code ?? ''
+    const why = this.scrub(err.message || String(error)).replace(/\s+/g, ' ').trim()
+    if (code.startsWith('28')) {
+      return unavailable(`authentication refused by ${this.displayUrl}`, why, 'check the user, and the password in the URL, DLQ_PASSWORD, ?passwordFile=, PGPASSWORD or ~/.pgpass')
+    }
+    if (code === '3D000') return unavailable(`cannot use ${this.displayUrl}`, why, 'create the database first, or name another in the URL')
+    if (code === '42501') return unavailable(`permission denied on ${this.displayUrl}`, why, `dlq needs its own schema ${this.schema.sql}: grant CREATE on the database, or create the schema for this user`)
+    if (code === '25006') return unavailable(`cannot write to ${this.displayUrl}`, why, 'the server is a read-only standby: use the primary')
+    if (unavailableStates.test(code) || socketCodes.has(code) || /CERT|TLS|SSL/.test(code) || socketMessages.test(why)) {
+      return unavailable(what.startsWith('cannot connect') ? what : `lost the connection to ${this.displayUrl}`, why, what.startsWith('cannot connect') ? 'is the server up and reachable?' : undefined)
+    }
+    // Anything else is a bug in dlq (exit 1), reported with its SQLSTATE.
+    return Object.assign(new Error(`${what}: ${why}${code ? ` (SQLSTATE ${code})` : ''}`), {code})
+  }
+
+  private async migrate(): Promise<void> {
+    const s = this.schema.sql
+    const version = await this.query<{version: number}>(READ_VERSION(s)).then(
+      (rows) => rows[0].version,
+      (error: {code?: string}) => {
+        if (error.code === '42P01' || error.code === '3F000') return 0 // no table, or no schema, yet
+        throw error
+      },
+    )
+    if (version === LATEST_VERSION) return
+    if (version > LATEST_VERSION) {
+      throw unavailable(`schema ${s} in ${this.displayUrl} is at version ${version}`, `this dlq knows versions up to ${LATEST_VERSION}`, 'upgrade dlq, or use another ?schema=')
+    }
+    await this.serial(async () => {
+      const run = (text: string, values: unknown[] = []) => this.send(text, values, Math.max(this.settings.timeoutMs, 30_000))
+      await run('BEGIN')
+      try {
+        await run(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`)
+        // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+        // a schema an administrator made for dlq must be enough.
+        if ((await run(SCHEMA_EXISTS, [this.schema.name])).length === 0) await run(`CREATE SCHEMA ${s}`)
+        await run(CREATE_VERSION_TABLE(s))
+        const [{version: current}] = await run(READ_VERSION(s))
+        for (const migration of migrations(this.schema)) {
+          if (migration.version <= current) continue
+          for (const statement of migration.statements) await run(statement)
+          await run(RECORD_VERSION(s), [migration.version])
+          this.log?.(`pg: schema ${s} migrated to version ${migration.version}`)
+        }
+        await run('COMMIT')
+      } catch (error) {
+        if (this.live) await run('ROLLBACK').catch(() => {})
+        throw error
+      }
+    })
+  }
+}

@@ -1,0 +1,260 @@
+// PostgreSQL locks and semaphores: leases in a table, the way the Redis driver keeps them in a
+// sorted set, with the database's clock as the only clock.
+// - A lease is a row (key, owner, fencing token, holder record, expires_at). expires_at is computed
+//   with clock_timestamp() on the server, so client clock skew cannot lengthen or shorten it.
+// - acquire() is one function call: pg_advisory_xact_lock(space, hashtext(key)) serialises the
+//   acquisitions of a key until commit, and under it expired leases are deleted, the live ones
+//   counted and, below --limit, a lease inserted. Each statement of a plpgsql function sees what
+//   committed before it began, so the count includes every acquisition that held the lock
+//   before: --limit N is exact. Deleting (not just skipping) expired leases matters: a renewal
+//   racing the acquirer then either finds its row gone, or renewed it first and the acquirer's
+//   DELETE, re-checking the row it waited for, keeps it and counts it.
+// - Fencing tokens come from one sequence: strictly increasing per key (across the database, in
+//   fact), force releases included, and never reused after a rollback.
+// - Renewal is a compare-and-set on (key, owner, still unexpired): an expired lease is never
+//   revived, since a waiter may have counted it gone. Release is compare-and-delete.
+// - Waiters LISTEN on the key's channel and are woken by the NOTIFY the release sends at commit,
+//   or by a timer at the earliest expiry; a slow poll is only the fallback. Their presence is a
+//   row with an expiry in lock_waiters, refreshed by each poll, so `lock status` counts them.
+//
+// Why not just pg_advisory_lock(key) for the whole run: a session-level advisory lock records no
+// holder (no host, pid or command for `lock status`), has no TTL, so `lock acquire --token` could
+// not hold it after its process exits, and it lives exactly as long as the connection, which
+// would have to stay open for the whole command: a restart or a dropped connection frees the lock
+// silently while the command runs on.
+import {LockLostError} from '../../errors.js'
+import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
+import type {Connection, Schema, Statement} from './connection.js'
+
+const fallbackPollMs = 2000
+const waiterTtlMs = 5000
+
+/** Version 1 of the lock tables and functions (applied by the migration in connection.ts). */
+export const lockSchema = ({sql: s, lockSpace}: Schema): string[] => [
+  `CREATE SEQUENCE ${s}.fencing_tokens AS bigint`,
+  `CREATE TABLE ${s}.leases (
+    key text NOT NULL,
+    owner text NOT NULL,
+    token bigint NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    ttl_ms bigint NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    username text NOT NULL,
+    command text NOT NULL,
+    PRIMARY KEY (key, owner)
+  )`,
+  `CREATE TABLE ${s}.lock_waiters (
+    key text NOT NULL,
+    owner text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (key, owner)
+  )`,
+  // Returns one row: acquired, and the lease; or not, and how long until the first lease expires.
+  `CREATE FUNCTION ${s}.acquire(p_key text, p_owner text, p_ttl_ms bigint, p_limit integer, p_host text, p_pid integer, p_user text, p_command text, p_waiter_ttl_ms bigint)
+  RETURNS TABLE (acquired boolean, token bigint, acquired_at timestamptz, expires_at timestamptz, retry_ms bigint)
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    now_ timestamptz;
+    held integer;
+    mine ${s}.leases;
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('lock')}, hashtext(p_key));
+    now_ := clock_timestamp();
+    DELETE FROM ${s}.leases WHERE key = p_key AND expires_at <= now_;
+    DELETE FROM ${s}.lock_waiters WHERE key = p_key AND expires_at <= now_;
+    -- Our own earlier attempt, whose reply was lost: it holds already.
+    UPDATE ${s}.leases SET expires_at = now_ + p_ttl_ms * interval '1 millisecond'
+      WHERE key = p_key AND owner = p_owner RETURNING * INTO mine;
+    IF NOT FOUND THEN
+      SELECT count(*) INTO held FROM ${s}.leases WHERE key = p_key;
+      IF held < p_limit THEN
+        INSERT INTO ${s}.leases (key, owner, token, acquired_at, expires_at, ttl_ms, host, pid, username, command)
+          VALUES (p_key, p_owner, nextval('${s}.fencing_tokens'), now_, now_ + p_ttl_ms * interval '1 millisecond', p_ttl_ms, p_host, p_pid, p_user, p_command)
+          RETURNING * INTO mine;
+      END IF;
+    END IF;
+    IF mine.token IS NOT NULL THEN
+      DELETE FROM ${s}.lock_waiters WHERE key = p_key AND owner = p_owner;
+      RETURN QUERY SELECT true, mine.token, mine.acquired_at, mine.expires_at, NULL::bigint;
+      RETURN;
+    END IF;
+    IF p_waiter_ttl_ms > 0 THEN
+      INSERT INTO ${s}.lock_waiters (key, owner, expires_at) VALUES (p_key, p_owner, now_ + p_waiter_ttl_ms * interval '1 millisecond')
+        ON CONFLICT (key, owner) DO UPDATE SET expires_at = EXCLUDED.expires_at;
+    END IF;
+    RETURN QUERY SELECT false, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
+      (SELECT ceil(extract(epoch FROM min(l.expires_at) - now_) * 1000)::bigint FROM ${s}.leases l WHERE l.key = p_key);
+  END
+  $fn$`,
+  // The NOTIFY is delivered at commit, after the row is gone: a woken waiter finds the room.
+  `CREATE FUNCTION ${s}.release(p_key text, p_owner text, p_channel text) RETURNS boolean
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    live boolean;
+  BEGIN
+    DELETE FROM ${s}.leases WHERE key = p_key AND owner = p_owner RETURNING expires_at > clock_timestamp() INTO live;
+    IF FOUND THEN
+      PERFORM pg_notify(p_channel, '');
+    END IF;
+    RETURN coalesce(live, false);
+  END
+  $fn$`,
+  `CREATE FUNCTION ${s}.force_release(p_key text, p_channel text) RETURNS integer
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    live integer;
+  BEGIN
+    WITH gone AS (DELETE FROM ${s}.leases WHERE key = p_key RETURNING expires_at)
+      SELECT count(*) FILTER (WHERE expires_at > clock_timestamp()) INTO live FROM gone;
+    PERFORM pg_notify(p_channel, '');
+    RETURN live;
+  END
+  $fn$`,
+]
+
+const ACQUIRE = (s: string) => `SELECT * FROM ${s}.acquire($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+const RENEW = (s: string) => `UPDATE ${s}.leases SET expires_at = clock_timestamp() + coalesce($3::bigint, ttl_ms) * interval '1 millisecond'
+  WHERE key = $1 AND owner = $2 AND expires_at > clock_timestamp()
+  RETURNING token, ttl_ms`
+const RELEASE = (s: string) => `SELECT ${s}.release($1, $2, $3) AS released`
+const FORCE_RELEASE = (s: string) => `SELECT ${s}.force_release($1, $2) AS live`
+const FORGET_WAITER = (s: string) => `DELETE FROM ${s}.lock_waiters WHERE key = $1 AND owner = $2`
+const HOLDERS = (s: string, where: string) => `SELECT l.key, l.owner, l.token, l.acquired_at, l.expires_at, l.host, l.pid, l.username, l.command,
+    (SELECT count(*) FROM ${s}.lock_waiters w WHERE w.key = l.key AND w.expires_at > clock_timestamp()) AS waiters
+  FROM ${s}.leases l
+  WHERE ${where} l.expires_at > clock_timestamp()
+  ORDER BY l.key, l.token`
+const HOLDERS_OF_KEY = (s: string) => HOLDERS(s, 'l.key = $1 AND')
+const ALL_HOLDERS = (s: string) => HOLDERS(s, '')
+
+/** The lock statements of one schema, named for pg's per-session prepared statements. */
+export const lockStatements = (schema: Schema) => {
+  const named = (name: string, text: string): Statement => ({name: `dlq_${name}`, text})
+  const s = schema.sql
+  return {
+    acquire: named('acquire', ACQUIRE(s)),
+    renew: named('renew', RENEW(s)),
+    release: named('release', RELEASE(s)),
+    forceRelease: named('force_release', FORCE_RELEASE(s)),
+    forgetWaiter: named('forget_waiter', FORGET_WAITER(s)),
+    holdersOfKey: named('holders_of_key', HOLDERS_OF_KEY(s)),
+    allHolders: named('all_holders', ALL_HOLDERS(s)),
+  }
+}
+
+interface AcquireRow {
+  acquired: boolean
+  token: string | null
+  retry_ms: string | null
+}
+
+interface HolderRow {
+  key: string
+  owner: string
+  token: string
+  acquired_at: Date
+  expires_at: Date
+  host: string
+  pid: number
+  username: string
+  command: string
+  waiters: string
+}
+
+export class PostgresLocks implements LockDriver {
+  private readonly statements: ReturnType<typeof lockStatements>
+
+  constructor(private readonly connection: Connection) {
+    this.statements = lockStatements(connection.schema)
+  }
+
+  async acquire(request: AcquireRequest): Promise<Lease | undefined> {
+    const {key, owner, ttlMs, limit, holder, signal} = request
+    const deadline = Date.now() + request.waitMs
+    const waiting = request.waitMs > 0
+    let unlisten: (() => void) | undefined
+    let wake: (() => void) | undefined
+    let changed = false
+    let acquired = false
+    const onAbort = () => wake?.()
+    signal.addEventListener('abort', onAbort)
+    try {
+      for (;;) {
+        signal.throwIfAborted()
+        changed = false
+        const sent = Date.now() // the lease is counted from before the request: never longer than the server's
+        const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0])
+        if (row.acquired) {
+          acquired = true
+          return {key, owner, token: row.token!, ttlMs, expiresAt: new Date(sent + ttlMs)}
+        }
+        const now = Date.now()
+        if (now >= deadline) return undefined
+        if (request.onWaiting) request.onWaiting((await this.status(key))[0]?.holders ?? [])
+        if (!unlisten) {
+          unlisten = await this.connection.listen(this.connection.schema.channel('lock', key), () => {
+            changed = true
+            wake?.()
+          })
+          continue // try again now that a release cannot slip by unheard
+        }
+        if (changed) continue
+        const untilExpiry = row.retry_ms === null ? fallbackPollMs : Number(row.retry_ms) + 1
+        const sleep = Math.max(1, Math.min(deadline - now, untilExpiry, fallbackPollMs))
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, sleep)
+          wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+          if (changed || signal.aborted) wake()
+        })
+        wake = undefined
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+      unlisten?.()
+      if (!acquired && waiting) await this.connection.query(this.statements.forgetWaiter, [key, owner]).catch(() => {})
+    }
+  }
+
+  async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
+    const sent = Date.now()
+    const [row] = await this.connection.query<{token: string; ttl_ms: string}>(this.statements.renew, [key, owner, ttlMs ?? null])
+    if (!row) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    const granted = ttlMs ?? Number(row.ttl_ms)
+    return {key, owner, token: row.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
+  }
+
+  async release(key: string, owner: string): Promise<boolean> {
+    const [row] = await this.connection.query<{released: boolean}>(this.statements.release, [key, owner, this.connection.schema.channel('lock', key)])
+    return row.released
+  }
+
+  async forceRelease(key: string): Promise<number> {
+    const [row] = await this.connection.query<{live: number}>(this.statements.forceRelease, [key, this.connection.schema.channel('lock', key)])
+    return row.live
+  }
+
+  async status(key?: string): Promise<LockState[]> {
+    const rows = key === undefined
+      ? await this.connection.query<HolderRow>(this.statements.allHolders)
+      : await this.connection.query<HolderRow>(this.statements.holdersOfKey, [key])
+    const states = new Map<string, LockState>()
+    for (const row of rows) {
+      let state = states.get(row.key)
+      if (!state) states.set(row.key, (state = {key: row.key, holders: [], waiters: Number(row.waiters)}))
+      const holder: Holder = {
+        owner: row.owner, token: row.token, host: row.host, pid: row.pid, user: row.username, command: row.command,
+        acquiredAt: row.acquired_at, expiresAt: row.expires_at,
+      }
+      state.holders.push(holder)
+    }
+    return [...states.values()]
+  }
+}

@@ -1,0 +1,348 @@
+// PostgreSQL queues: one messages table, the classic SKIP LOCKED queue.
+// - push: one call per batch, one statement and one transaction: the bodies travel as one bytea[]
+//   in binary (no hex or escaping) and are inserted in order (unnest WITH ORDINALITY). The pusher
+//   first takes pg_advisory_xact_lock(space, hashtext(queue)) until commit, so the ids of a queue
+//   are handed out in commit order: a reader that has seen id N has seen every message below N
+//   (tail --follow reads "id > last seen" and would otherwise skip a slower concurrent push).
+// - reserve: the first `count` visible messages, FOR UPDATE SKIP LOCKED, so racing poppers never
+//   wait for or take each other's rows; each gets attempts + 1, a visibility deadline in the
+//   server's clock and a receipt naming this one reservation. A message whose reservation ran
+//   out after --max-attempts deliveries goes to the dead-letter queue instead of out again.
+// - settle: only rows still carrying the receipt are touched, so a popper whose reservation
+//   expired and was taken over cannot ack or return the new holder's delivery. ack deletes;
+//   retry makes the row visible (or buries it once its attempts reach the maximum); release also
+//   takes the delivery back.
+// - The dead-letter queue of Q is the queue named Q.dead, rows like any other.
+// - Blocked pops and tail --follow LISTEN on the queue's channel; push, retry and release NOTIFY
+//   it at commit. A reservation running out wakes nobody, so a blocked pop also sleeps no longer
+//   than until the next deadline; a slow poll is only the fallback.
+// Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
+// every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
+import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import type {Connection, Schema, Statement} from './connection.js'
+
+const maxMessageBytes = 1024 * 1024
+const fallbackPollMs = 5000
+const followPage = 1000
+
+/** Version 1 of the queue table and functions (applied by the migration in connection.ts). */
+export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
+  `CREATE TABLE ${s}.messages (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    queue text NOT NULL,
+    body bytea NOT NULL,
+    enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    attempts integer NOT NULL DEFAULT 0,
+    visible_at timestamptz NOT NULL DEFAULT '-infinity',
+    reserved_by text
+  )`,
+  `CREATE INDEX messages_by_queue ON ${s}.messages (queue, id)`,
+  `CREATE FUNCTION ${s}.push(p_queue text, p_bodies bytea[], p_channel text) RETURNS SETOF bigint
+  LANGUAGE plpgsql AS $fn$
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
+    RETURN QUERY INSERT INTO ${s}.messages (queue, body)
+      SELECT p_queue, b FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
+      RETURNING id;
+    PERFORM pg_notify(p_channel, '');
+  END
+  $fn$`,
+  `CREATE FUNCTION ${s}.bury(p_ids bigint[], p_dead text, p_dead_channel text) RETURNS void
+  LANGUAGE plpgsql AS $fn$
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_dead));
+    WITH gone AS (DELETE FROM ${s}.messages WHERE id = ANY (p_ids) RETURNING id, body, enqueued_at)
+      INSERT INTO ${s}.messages (queue, body, enqueued_at) SELECT p_dead, body, enqueued_at FROM gone ORDER BY id;
+    PERFORM pg_notify(p_dead_channel, '');
+  END
+  $fn$`,
+  `CREATE FUNCTION ${s}.reserve(p_queue text, p_count integer, p_visibility_ms bigint, p_receipt text, p_max_attempts integer, p_dead text, p_dead_channel text)
+  RETURNS TABLE (id bigint, body bytea, enqueued_at timestamptz, attempts integer)
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    now_ timestamptz := clock_timestamp();
+    spent bigint[];
+    fresh bigint[];
+  BEGIN
+    LOOP
+      SELECT array_agg(d.id) FILTER (WHERE d.attempts >= p_max_attempts), array_agg(d.id) FILTER (WHERE d.attempts < p_max_attempts)
+        INTO spent, fresh
+        FROM (SELECT m.id, m.attempts FROM ${s}.messages m
+              WHERE m.queue = p_queue AND m.visible_at <= now_
+              ORDER BY m.id LIMIT p_count FOR UPDATE SKIP LOCKED) d;
+      IF spent IS NOT NULL THEN
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+      END IF;
+      IF fresh IS NOT NULL THEN
+        RETURN QUERY UPDATE ${s}.messages m
+          SET attempts = m.attempts + 1, visible_at = now_ + p_visibility_ms * interval '1 millisecond', reserved_by = p_receipt
+          WHERE m.id = ANY (fresh)
+          RETURNING m.id, m.body, m.enqueued_at, m.attempts;
+        RETURN;
+      END IF;
+      -- Only spent messages came up: look again past them.
+      EXIT WHEN spent IS NULL;
+    END LOOP;
+  END
+  $fn$`,
+  `CREATE FUNCTION ${s}.settle(p_ids bigint[], p_receipts text[], p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    spent bigint[];
+  BEGIN
+    IF p_outcome = 'ack' THEN
+      DELETE FROM ${s}.messages m USING unnest(p_ids, p_receipts) AS t (id, receipt)
+        WHERE m.id = t.id AND m.reserved_by = t.receipt;
+      RETURN;
+    END IF;
+    IF p_outcome = 'retry' THEN
+      SELECT array_agg(x.id) INTO spent FROM (
+        SELECT m.id FROM ${s}.messages m JOIN unnest(p_ids, p_receipts) AS t (id, receipt) ON m.id = t.id AND m.reserved_by = t.receipt
+        WHERE m.attempts >= p_max_attempts FOR UPDATE OF m) x;
+      IF spent IS NOT NULL THEN
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+      END IF;
+    END IF;
+    UPDATE ${s}.messages m
+      SET visible_at = '-infinity', reserved_by = NULL,
+          attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
+      FROM unnest(p_ids, p_receipts) AS t (id, receipt)
+      WHERE m.id = t.id AND m.reserved_by = t.receipt;
+    IF FOUND THEN
+      PERFORM pg_notify(p_channel, '');
+    END IF;
+  END
+  $fn$`,
+]
+
+const PUSH = (s: string) => `SELECT id FROM ${s}.push($1, $2::bytea[], $3) AS id`
+const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
+const SETTLE = (s: string) => `SELECT ${s}.settle($1::bigint[], $2::text[], $3, $4, $5, $6, $7)`
+const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
+  WHERE id = $1 AND reserved_by = $2 AND visible_at > clock_timestamp()
+  RETURNING id`
+const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
+  FROM ${s}.messages WHERE queue = $1 AND visible_at > clock_timestamp()`
+const PEEK = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.messages
+  WHERE queue = $1 AND visible_at <= clock_timestamp()
+  ORDER BY id DESC LIMIT $2`
+const LAST_ID = (s: string) => `SELECT coalesce(max(id), 0) AS last FROM ${s}.messages WHERE queue = $1`
+const AFTER = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.messages
+  WHERE queue = $1 AND id > $2 AND visible_at <= clock_timestamp()
+  ORDER BY id LIMIT ${followPage}`
+const STATS = (s: string, where: string) => `SELECT queue,
+    count(*) FILTER (WHERE visible_at <= now()) AS waiting,
+    count(*) FILTER (WHERE visible_at > now()) AS in_flight,
+    floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms
+  FROM ${s}.messages ${where} GROUP BY queue ORDER BY queue`
+const STATS_OF_QUEUE = (s: string) => STATS(s, 'WHERE queue = $1 OR queue = $2')
+const ALL_STATS = (s: string) => STATS(s, '')
+
+/** The queue statements of one schema, named for pg's per-session prepared statements. */
+export const queueStatements = (schema: Schema) => {
+  const named = (name: string, text: string): Statement => ({name: `dlq_${name}`, text})
+  const s = schema.sql
+  return {
+    push: named('push', PUSH(s)),
+    reserve: named('reserve', RESERVE(s)),
+    settle: named('settle', SETTLE(s)),
+    extend: named('extend', EXTEND(s)),
+    nextDeadline: named('next_deadline', NEXT_DEADLINE(s)),
+    peek: named('peek', PEEK(s)),
+    lastId: named('last_id', LAST_ID(s)),
+    after: named('after', AFTER(s)),
+    statsOfQueue: named('stats_of_queue', STATS_OF_QUEUE(s)),
+    allStats: named('all_stats', ALL_STATS(s)),
+  }
+}
+
+/**
+ * A bytea[] in PostgreSQL's binary array format: pg sends a Buffer parameter as binary, so the
+ * bodies go over the wire as they are, without hex encoding and array-literal escaping.
+ */
+export function byteaArray(bodies: Buffer[]): Buffer {
+  let size = 20
+  for (const body of bodies) size += 4 + body.length
+  const out = Buffer.allocUnsafe(size)
+  out.writeInt32BE(1, 0) // dimensions
+  out.writeInt32BE(0, 4) // no NULLs
+  out.writeUInt32BE(17, 8) // element type: bytea
+  out.writeInt32BE(bodies.length, 12)
+  out.writeInt32BE(1, 16) // lower bound
+  let at = 20
+  for (const body of bodies) {
+    out.writeInt32BE(body.length, at)
+    body.copy(out, at + 4)
+    at += 4 + body.length
+  }
+  return out
+}
+
+interface MessageRow {
+  id: string
+  body: Buffer
+  enqueued_at: Date
+  attempts: number
+}
+
+interface StatsRow {
+  queue: string
+  waiting: string
+  in_flight: string
+  oldest_ms: string | null
+}
+
+const byId = (a: {id: string}, b: {id: string}) => (BigInt(a.id) < BigInt(b.id) ? -1 : BigInt(a.id) > BigInt(b.id) ? 1 : 0)
+
+export class PostgresQueues implements QueueDriver {
+  readonly maxMessageBytes = maxMessageBytes
+  private readonly reserver = `${Date.now().toString(36)}-${process.pid.toString(36)}-${Math.random().toString(36).slice(2, 10)}`
+  private reservations = 0
+  private readonly statements: ReturnType<typeof queueStatements>
+
+  constructor(private readonly connection: Connection) {
+    this.statements = queueStatements(connection.schema)
+  }
+
+  private channel(queue: string): string {
+    return this.connection.schema.channel('queue', queue)
+  }
+
+  async push(queue: string, bodies: Buffer[]): Promise<string[]> {
+    if (bodies.length === 0) return []
+    // A batch is at most a few MiB (the push command's batches): one statement, one commit.
+    const rows = await this.connection.query<{id: string}>(this.statements.push, [queue, byteaArray(bodies), this.channel(queue)], 60_000)
+    return rows.map((row) => row.id).sort((a, b) => byId({id: a}, {id: b}))
+  }
+
+  async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
+    const {signal} = request
+    const deadline = Date.now() + request.waitMs
+    const dead = `${queue}.dead`
+    let unlisten: (() => void) | undefined
+    let wake: (() => void) | undefined
+    let changed = false
+    const onAbort = () => wake?.()
+    signal.addEventListener('abort', onAbort)
+    try {
+      for (;;) {
+        signal.throwIfAborted()
+        changed = false
+        const receipt = `${this.reserver}-${++this.reservations}`
+        const rows = await this.connection.query<MessageRow>(this.statements.reserve, [queue, request.count, request.visibilityMs, receipt, request.maxAttempts, dead, this.channel(dead)])
+        if (rows.length > 0) {
+          return rows.sort(byId).map((row) => ({id: row.id, body: row.body, enqueuedAt: row.enqueued_at, attempts: row.attempts, receipt}))
+        }
+        const now = Date.now()
+        if (now >= deadline) return []
+        if (!unlisten) {
+          unlisten = await this.connection.listen(this.channel(queue), () => {
+            changed = true
+            wake?.()
+          })
+          continue // try again now that a push cannot slip by unheard
+        }
+        if (changed) continue
+        const [due] = await this.connection.query<{due_ms: string | null}>(this.statements.nextDeadline, [queue])
+        const untilDue = due?.due_ms === null || due === undefined ? fallbackPollMs : Number(due.due_ms) + 1
+        const sleep = Math.max(1, Math.min(deadline - Date.now(), untilDue, fallbackPollMs))
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, sleep)
+          wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+          if (changed || signal.aborted) wake()
+        })
+        wake = undefined
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+      unlisten?.()
+    }
+  }
+
+  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
+    if (messages.length === 0) return
+    const dead = `${queue}.dead`
+    await this.connection.query(this.statements.settle, [messages.map((m) => m.id), messages.map((m) => m.receipt), outcome, maxAttempts, this.channel(queue), dead, this.channel(dead)])
+  }
+
+  async extend(_queue: string, message: Message, visibilityMs: number): Promise<boolean> {
+    const rows = await this.connection.query(this.statements.extend, [message.id, message.receipt, visibilityMs])
+    return rows.length > 0
+  }
+
+  async peek(queue: string, count: number): Promise<Message[]> {
+    const rows = await this.connection.query<MessageRow>(this.statements.peek, [queue, count])
+    return rows.reverse().map((row) => this.message(row))
+  }
+
+  private message(row: MessageRow): Message {
+    return {id: row.id, body: row.body, enqueuedAt: row.enqueued_at, attempts: row.attempts, receipt: ''}
+  }
+
+  async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
+    let wake: (() => void) | undefined
+    let changed = false
+    const onAbort = () => wake?.()
+    signal.addEventListener('abort', onAbort)
+    // LISTEN first, then the last id: a push committed in between is both after `last` and heard.
+    const listening = this.connection.listen(this.channel(queue), () => {
+      changed = true
+      wake?.()
+    })
+    const start = this.connection.query<{last: string}>(this.statements.lastId, [queue])
+    let unlisten: (() => void) | undefined
+    try {
+      unlisten = await listening
+      let last = (await start)[0].last
+      while (!signal.aborted) {
+        changed = false
+        const rows = await this.connection.query<MessageRow>(this.statements.after, [queue, last])
+        if (rows.length > 0) {
+          last = rows[rows.length - 1].id
+          await onMessages(rows.map((row) => this.message(row)))
+          if (rows.length === followPage) continue
+        }
+        if (changed || signal.aborted) continue
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, fallbackPollMs)
+          wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+          if (changed || signal.aborted) wake()
+        })
+        wake = undefined
+      }
+    } finally {
+      signal.removeEventListener('abort', onAbort)
+      unlisten?.()
+      await start.catch(() => {})
+    }
+  }
+
+  async stats(queue?: string): Promise<QueueStats[]> {
+    const rows = queue === undefined
+      ? await this.connection.query<StatsRow>(this.statements.allStats)
+      : await this.connection.query<StatsRow>(this.statements.statsOfQueue, [queue, `${queue}.dead`])
+    const byName = new Map(rows.map((row) => [row.queue, row]))
+    // An emptied queue has no rows left, but it is still the queue its dead letters belong to.
+    const present = new Set([...byName.keys()].map((name) => (name.endsWith('.dead') ? name.slice(0, -5) : name)))
+    const names = queue === undefined ? [...present].sort() : [queue]
+    return names.map((name) => {
+      const row = byName.get(name)
+      const dead = byName.get(`${name}.dead`)
+      return {
+        queue: name,
+        waiting: Number(row?.waiting ?? 0),
+        inFlight: Number(row?.in_flight ?? 0),
+        dead: dead ? Number(dead.waiting) + Number(dead.in_flight) : 0,
+        ...(row?.oldest_ms == null ? {} : {oldestAgeMs: Number(row.oldest_ms)}),
+      }
+    })
+  }
+}
