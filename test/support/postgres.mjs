@@ -1,0 +1,134 @@
+// A real PostgreSQL for the tests: initdb in a temporary directory, a free loopback port, the
+// Unix socket in that directory (never the system's cluster or its port), password (SCRAM) login
+// for a test user that owns its database but is no superuser. When the tests run as root, initdb
+// and postgres run as the `postgres` OS user (PostgreSQL refuses to run as root).
+//
+//   const server = await startPostgres()   // {url, port, dir, user, password, database, sql(), ...}
+//   await server.restart()                  // immediate shutdown (SIGQUIT), then start again
+//   await server.halt(); await server.start()
+//   await server.stop()                     // stop and remove the directory
+import {execFile} from 'node:child_process'
+import {randomBytes} from 'node:crypto'
+import {existsSync, readdirSync} from 'node:fs'
+import {chown, mkdtemp, rm} from 'node:fs/promises'
+import {tmpdir} from 'node:os'
+import {join} from 'node:path'
+
+import {waitFor} from './cli.mjs'
+import {daemon, freePort} from './servers.mjs'
+
+const TEST_USER = 'dlq_test'
+const TEST_DATABASE = 'dlq_test'
+
+/** The newest installed PostgreSQL's bin directory. */
+function binDir() {
+  const root = '/usr/lib/postgresql'
+  const versions = existsSync(root) ? readdirSync(root).filter((v) => existsSync(join(root, v, 'bin', 'initdb'))) : []
+  if (versions.length === 0) throw new Error('PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)')
+  return join(root, versions.sort((a, b) => Number(b) - Number(a))[0], 'bin')
+}
+
+/** Who runs the server: ourselves, or the `postgres` OS user when we are root. */
+async function serverUser() {
+  if (process.getuid?.() !== 0) return {}
+  const id = (flag) =>
+    new Promise((resolve, reject) => execFile('id', [flag, 'postgres'], (error, stdout) => (error ? reject(new Error('running as root needs a "postgres" OS user')) : resolve(Number(stdout.trim())))))
+  return {uid: await id('-u'), gid: await id('-g')}
+}
+
+function exec(file, args, options = {}) {
+  return new Promise((resolve, reject) => {
+    execFile(file, args, {timeout: 60_000, ...options}, (error, stdout, stderr) => {
+      if (error) reject(new Error(`${file} ${args.join(' ')}: ${error.message}\n${stderr}`))
+      else resolve(stdout)
+    })
+  })
+}
+
+/**
+ * Starts a PostgreSQL server. Resolves once it accepts connections. The returned `url` logs in as
+ * the test user with its password: postgres://dlq_test:PASSWORD@127.0.0.1:PORT/dlq_test.
+ */
+export async function startPostgres() {
+  const bin = binDir()
+  const owner = await serverUser()
+  const dir = await mkdtemp(join(tmpdir(), 'dlq-pg-'))
+  if (owner.uid !== undefined) await chown(dir, owner.uid, owner.gid)
+  const data = join(dir, 'data')
+  const port = await freePort()
+  const password = randomBytes(12).toString('base64url')
+  const asServer = {...owner, env: {...process.env, LC_ALL: 'C', TZ: 'UTC'}}
+
+  // Superuser: local (socket) trust only, for the fixture's own SQL; TCP needs a password.
+  await exec(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-E', 'UTF8', '--locale=C', '--no-sync', '--auth-local=trust', '--auth-host=scram-sha-256'], asServer)
+
+  let server
+  const begin = async () => {
+    server = daemon(join(bin, 'postgres'), [
+      '-D', data, '-p', String(port),
+      '-c', 'listen_addresses=127.0.0.1',
+      '-c', `unix_socket_directories=${dir}`,
+      '-c', 'fsync=off', // tests only: the data need not survive the machine, only the server
+      '-c', 'full_page_writes=off',
+      '-c', 'max_connections=200',
+      '-c', 'shared_buffers=32MB',
+      '-c', 'logging_collector=off',
+      '-c', 'log_min_messages=fatal',
+    ], asServer)
+    await waitFor(() => isReady(bin, dir, port), {timeoutMs: 30_000, intervalMs: 50, what: `postgres on port ${port} (${server.output()})`})
+  }
+
+  /** Runs SQL as the superuser over the Unix socket; resolves with psql's unaligned output. */
+  const sql = (text, database = TEST_DATABASE) =>
+    exec(join(bin, 'psql'), ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', dir, '-p', String(port), '-U', 'postgres', '-d', database, '-c', text])
+
+  await begin()
+  await sql(`CREATE ROLE ${TEST_USER} LOGIN PASSWORD '${password}'`, 'postgres')
+  await sql(`CREATE DATABASE ${TEST_DATABASE} OWNER ${TEST_USER}`, 'postgres')
+
+  return {
+    port,
+    dir,
+    user: TEST_USER,
+    password,
+    database: TEST_DATABASE,
+    url: `postgres://${TEST_USER}:${password}@127.0.0.1:${port}/${TEST_DATABASE}`,
+    /** The URL without its password (give it by DLQ_PASSWORD, ?passwordFile=, PGPASSWORD…). */
+    bareUrl: `postgres://${TEST_USER}@127.0.0.1:${port}/${TEST_DATABASE}`,
+    sql,
+    pid: () => server.child.pid,
+    /** Immediate shutdown: every session is cut as by a crash; the data stays. */
+    async halt() {
+      await server.stop('SIGQUIT')
+    },
+    async start() {
+      await begin()
+    },
+    async restart() {
+      await server.stop('SIGQUIT')
+      await begin()
+    },
+    async stop() {
+      await server.stop('SIGQUIT')
+      await rm(dir, {recursive: true, force: true})
+    },
+  }
+}
+
+async function isReady(bin, dir, port) {
+  try {
+    await exec(join(bin, 'pg_isready'), ['-q', '-h', dir, '-p', String(port), '-d', 'postgres'], {timeout: 5000})
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The conformance entry for PostgreSQL: one server per suite file's describe block. */
+export const postgresBackend = {
+  name: 'postgres',
+  async setup() {
+    const server = await startPostgres()
+    return {url: server.url, teardown: () => server.stop()}
+  },
+}
