@@ -46,10 +46,11 @@ function exec(file, args, options = {}) {
 }
 
 /**
- * Starts a PostgreSQL server. Resolves once it accepts connections. The returned `url` logs in as
+ * Starts a PostgreSQL server (`config`: more `name=value` settings for postgres -c). Resolves
+ * once it accepts connections. The returned `url` logs in as
  * the test user with its password: postgres://dlq_test:PASSWORD@127.0.0.1:PORT/dlq_test.
  */
-export async function startPostgres() {
+export async function startPostgres({config = []} = {}) {
   const bin = binDir()
   const owner = await serverUser()
   const dir = await mkdtemp(join(tmpdir(), 'dlq-pg-'))
@@ -73,7 +74,7 @@ export async function startPostgres() {
       '-c', 'max_connections=200',
       '-c', 'shared_buffers=32MB',
       '-c', 'logging_collector=off',
-      '-c', 'log_min_messages=fatal',
+      ...config.flatMap((setting) => ['-c', setting]), // later settings win: e.g. fsync=on
     ], asServer)
     await waitFor(() => isReady(bin, dir, port), {timeoutMs: 30_000, intervalMs: 50, what: `postgres on port ${port} (${server.output()})`})
   }
@@ -89,6 +90,9 @@ export async function startPostgres() {
   return {
     port,
     dir,
+    /** The data directory (pg_hba.conf, server.crt…); files the server reads must be owned by `owner`. */
+    data,
+    owner,
     user: TEST_USER,
     password,
     database: TEST_DATABASE,

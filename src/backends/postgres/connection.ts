@@ -166,7 +166,7 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
         }
         return password
       },
-      ssl: await tlsOf(url, host, env),
+      ssl: await tlsOf(url, env),
       application_name: url.searchParams.get('application_name') ?? 'dlq',
       // Keys and queue names are UTF-8 whatever the database's default client encoding.
       options: '-c client_encoding=UTF8',
@@ -177,7 +177,7 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
 }
 
 /** ?sslmode= as libpq spells it (else $PGSSLMODE); prefer and allow connect without TLS. */
-async function tlsOf(url: URL, host: string, env: NodeJS.ProcessEnv): Promise<false | ConnectionOptions> {
+async function tlsOf(url: URL, env: NodeJS.ProcessEnv): Promise<false | ConnectionOptions> {
   const mode = url.searchParams.get('sslmode') ?? env.PGSSLMODE ?? 'disable'
   const rootFile = url.searchParams.get('sslrootcert')
   const ca = rootFile ? await readFile(rootFile).catch(() => { throw usageError('cannot read ?sslrootcert=', rootFile, 'name a PEM file with the CA certificate') }) : undefined
@@ -191,7 +191,7 @@ async function tlsOf(url: URL, host: string, env: NodeJS.ProcessEnv): Promise<fa
     case 'verify-ca':
       return {rejectUnauthorized: true, ca, checkServerIdentity: () => undefined}
     case 'verify-full':
-      return {rejectUnauthorized: true, ca, ...(host.includes(':') || /^[\d.]+$/.test(host) ? {} : {servername: host})}
+      return {rejectUnauthorized: true, ca} // pg checks the name (SNI only for names, never IPs)
     default:
       throw usageError('bad ?sslmode=', `${mode} in ${maskUrl(url.href)}`, 'disable, require, verify-ca or verify-full')
   }
@@ -314,13 +314,17 @@ export class Connection {
       client.on('notification', ({channel}) => {
         for (const handler of this.channels.get(channel) ?? []) handler()
       })
+      // pg's connectionTimeoutMillis covers the handshake; this also covers re-issuing LISTENs.
+      const timer = setTimeout(() => client.connection.stream.destroy(), Math.max(100, deadline - Date.now()))
       try {
         await client.connect()
         for (const channel of this.channels.keys()) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+        clearTimeout(timer)
         this.live = client
         this.log?.(`pg: connected to ${this.displayUrl} (pid ${(client as unknown as {processID: number}).processID})`)
         return client
       } catch (error) {
+        clearTimeout(timer)
         client.connection.stream.destroy()
         const code = (error as {code?: string}).code ?? ''
         const transient = retryableStates.has(code) || (retry && (socketCodes.has(code) || socketMessages.test(String((error as Error).message))))
@@ -357,11 +361,13 @@ export class Connection {
     if (code === '3D000') return unavailable(`cannot use ${this.displayUrl}`, why, 'create the database first, or name another in the URL')
     if (code === '42501') return unavailable(`permission denied on ${this.displayUrl}`, why, `dlq needs its own schema ${this.schema.sql}: grant CREATE on the database, or create the schema for this user`)
     if (code === '25006') return unavailable(`cannot write to ${this.displayUrl}`, why, 'the server is a read-only standby: use the primary')
-    if (unavailableStates.test(code) || socketCodes.has(code) || /CERT|TLS|SSL/.test(code) || socketMessages.test(why)) {
-      return unavailable(what.startsWith('cannot connect') ? what : `lost the connection to ${this.displayUrl}`, why, what.startsWith('cannot connect') ? 'is the server up and reachable?' : undefined)
+    // Whatever stops a connection (refused, timed out, TLS, a full server) means "unavailable".
+    const connecting = what.startsWith('cannot connect')
+    if (connecting || unavailableStates.test(code) || socketCodes.has(code) || socketMessages.test(why)) {
+      return unavailable(connecting ? what : `lost the connection to ${this.displayUrl}`, why, connecting ? 'is the server up and reachable?' : undefined)
     }
-    // Anything else is a bug in dlq (exit 1), reported with its SQLSTATE.
-    return Object.assign(new Error(`${what}: ${why}${code ? ` (SQLSTATE ${code})` : ''}`), {code})
+    // Anything else is a bug in dlq (exit 1), reported with the server's SQLSTATE if it has one.
+    return Object.assign(new Error(`${what}: ${why}${err.severity ? ` (SQLSTATE ${code})` : ''}`), {code})
   }
 
   private async migrate(): Promise<void> {
