@@ -1,0 +1,446 @@
+// ZooKeeper queues, after the queue recipe of the ZooKeeper documentation (kazoo/recipe/queue.py:
+// sequential nodes, take the lowest) with kazoo's LockingQueue idea of moving a message aside while
+// it is worked on, made atomic with a multi:
+//
+//   queues/<queue>/waiting/m<seq>[.<deliveries>]                     data: {"e":enqueued}\n<body>
+//   queues/<queue>/claimed/m<seq>.<delivery>.<deadline>.<reserver>   the same data
+//
+// - push: one multi of PERSISTENT_SEQUENTIAL creates per ~1 MB, so a batch is stored in order, all
+//   at once; the sequence number is the message id and FIFO order.
+// - reserve: read the lowest waiting nodes, then per message one multi {delete waiting/X, create
+//   claimed/Y}. Two poppers cannot both claim X: the delete of a node that is gone fails, and with
+//   it the whole multi. A waiting node's name says how often it was delivered, so the same name
+//   always holds the same data: a claim built on a stale read is still a correct claim.
+// - the claim's deadline (server clock, see connection.ts) and its reserver are in its name, so
+//   listing claimed/ is enough to find expired claims; whoever lists them returns them to waiting/
+//   (one multi each), or moves them to the queue <queue>.dead once --max-attempts deliveries are
+//   used up. extend renames the claim to a later deadline, again by one multi.
+// - ack deletes the claim; retry and release move it back by one multi. A claim that is gone
+//   (expired and taken by another popper) is left alone: its new owner settles it.
+// - waiting (pop --wait, tail --follow) is a child watch on waiting/ plus a timer for the earliest
+//   claim deadline; a slow poll remains as the fallback.
+// ZooKeeper keeps every znode in memory and lists a directory in one reply: it suits queues of
+// thousands of messages, not millions.
+import type {Watcher} from 'node-zookeeper-client'
+
+import {dataError} from '../../errors.js'
+import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import {Code, isCode, isConnectionLoss, Mode, type Op, type Session, time} from './connection.js'
+import {basename, decodeName, type Layout} from './paths.js'
+
+// jute.maxbuffer (the server's default limit of one request, 0xfffff bytes) must hold a claim: a
+// multi that deletes one node and creates another with the message, both named by long paths.
+const juteMaxBuffer = 0xfffff
+const requestOverhead = 4096
+const multiBytes = 900 * 1024
+const fallbackPollMs = 3000
+
+const waitingName = /^m(\d{10})(?:\.(\d+))?$/
+const claimName = /^m(\d{10})\.(\d+)\.(\d{13})\.([0-9a-z]+)$/
+
+interface Waiting {
+  name: string
+  seq: string
+  deliveries: number
+}
+
+interface Claim {
+  name: string
+  seq: string
+  delivery: number
+  deadline: number
+  reserver: string
+}
+
+function parseWaiting(name: string): Waiting | undefined {
+  const m = waitingName.exec(name)
+  return m ? {name, seq: m[1], deliveries: Number(m[2] ?? 0)} : undefined
+}
+
+function parseClaim(name: string): Claim | undefined {
+  const m = claimName.exec(name)
+  return m ? {name, seq: m[1], delivery: Number(m[2]), deadline: Number(m[3]), reserver: m[4]} : undefined
+}
+
+/** A claim about to be committed. */
+interface Claiming {
+  from: string
+  to: string
+  bytes: number
+  ops: Op[]
+  message: Message
+}
+
+/** Splits items into runs that fit one request: at most multiBytes and 1000 items each. */
+function chunks<T>(items: T[], size: (item: T) => number): T[][] {
+  const out: T[][] = []
+  let current: T[] = []
+  let bytes = 0
+  for (const item of items) {
+    const n = size(item) + 64
+    if (current.length > 0 && (bytes + n > multiBytes || current.length >= 1000)) {
+      out.push(current)
+      current = []
+      bytes = 0
+    }
+    current.push(item)
+    bytes += n
+  }
+  if (current.length > 0) out.push(current)
+  return out
+}
+
+const waitingFile = (seq: string, deliveries: number) => (deliveries > 0 ? `m${seq}.${deliveries}` : `m${seq}`)
+const claimFile = (c: Omit<Claim, 'name'>) => `m${c.seq}.${c.delivery}.${String(c.deadline).padStart(13, '0')}.${c.reserver}`
+const idOf = (seq: string) => String(Number(seq))
+
+function encode(enqueuedAt: number | undefined, body: Buffer): Buffer {
+  return Buffer.concat([Buffer.from(`${enqueuedAt === undefined ? '{}' : JSON.stringify({e: enqueuedAt})}\n`), body])
+}
+
+function decode(data: Buffer): {enqueuedAt?: number; body: Buffer} {
+  const nl = data.indexOf(10)
+  try {
+    const header = JSON.parse(data.subarray(0, nl).toString('utf8')) as {e?: number}
+    return {enqueuedAt: header.e, body: data.subarray(nl + 1)}
+  } catch {
+    return {body: data}
+  }
+}
+
+export class ZooKeeperQueues implements QueueDriver {
+  readonly maxMessageBytes: number
+  /** This process's id in claim names. */
+  private readonly reserver = `${Date.now().toString(36)}${process.pid.toString(36)}${Math.floor(Math.random() * 36 ** 6).toString(36)}`
+  /** Extensions in flight, per message id: settle waits for them (an extension renames the claim). */
+  private readonly extending = new Map<string, Promise<boolean>>()
+
+  constructor(
+    private readonly session: Session,
+    private readonly paths: Layout,
+  ) {
+    const longestPath = paths.queues.length + 1 + 255 * 3 + '.dead/claimed/'.length + 64
+    this.maxMessageBytes = juteMaxBuffer - 2 * longestPath - requestOverhead
+  }
+
+  private async dirs(queue: string): Promise<{waiting: string; claimed: string}> {
+    const dirs = this.paths.queue(queue)
+    await Promise.all([this.session.ensurePath(dirs.waiting), this.session.ensurePath(dirs.claimed)])
+    return dirs
+  }
+
+  private async list(dir: string, watcher?: Watcher): Promise<string[]> {
+    try {
+      return (await this.session.getChildren(dir, watcher)).children.sort()
+    } catch (error) {
+      if (isCode(error, Code.NO_NODE)) return []
+      throw error
+    }
+  }
+
+  /** Runs a multi; false when a node it needs is gone (someone else was first). */
+  private async attempt(ops: Op[], recover?: () => Promise<boolean>): Promise<boolean> {
+    try {
+      await this.session.multi(ops)
+      return true
+    } catch (error) {
+      if (isCode(error, Code.NO_NODE, Code.NODE_EXISTS)) return false
+      if (recover && isConnectionLoss(error)) return recover()
+      throw error
+    }
+  }
+
+  async push(queue: string, bodies: Buffer[]): Promise<string[]> {
+    if (bodies.length === 0) return []
+    const big = bodies.findIndex((b) => b.length > this.maxMessageBytes)
+    if (big !== -1) throw dataError(`message ${big + 1} is too large`, `${bodies[big].length} bytes, over ZooKeeper's limit of ${this.maxMessageBytes} bytes (jute.maxbuffer)`, 'nothing of this batch was pushed')
+    const {waiting} = await this.dirs(queue)
+    const ids: string[] = []
+    // One multi per request's worth, one after the other: each is stored whole, and in order.
+    for (const chunk of chunks(bodies, (b) => b.length + waiting.length)) {
+      const results = await this.session.multi(chunk.map((body) => ({op: 'create', path: `${waiting}/m`, data: encode(undefined, body), mode: Mode.PERSISTENT_SEQUENTIAL})))
+      for (const result of results) ids.push(idOf(basename(result.path ?? '').slice(1)))
+    }
+    return ids
+  }
+
+  /** Moves a message out of `from` into waiting/ (deliveries kept) or into the dead letters. */
+  private async returnMessage(queue: string, from: string, seq: string, deliveries: number, data: Buffer, maxAttempts: number): Promise<boolean> {
+    if (deliveries >= maxAttempts) {
+      const dead = await this.dirs(`${queue}.dead`)
+      const {enqueuedAt, body} = decode(data)
+      return this.attempt([{op: 'remove', path: from}, {op: 'create', path: `${dead.waiting}/m`, data: encode(enqueuedAt, body), mode: Mode.PERSISTENT_SEQUENTIAL}])
+    }
+    const {waiting} = this.paths.queue(queue)
+    return this.attempt([{op: 'remove', path: from}, {op: 'create', path: `${waiting}/${waitingFile(seq, deliveries)}`, data, mode: Mode.PERSISTENT}])
+  }
+
+  /** Returns expired claims; resolves with the earliest deadline still pending (server clock). */
+  private async sweep(queue: string, claimed: string, names: string[], now: number, maxAttempts: number): Promise<number> {
+    let earliest = Number.POSITIVE_INFINITY
+    await Promise.all(names.map(async (name) => {
+      const claim = parseClaim(name)
+      if (!claim) return
+      if (claim.deadline > now) {
+        earliest = Math.min(earliest, claim.deadline)
+        return
+      }
+      try {
+        const {data} = await this.session.getData(`${claimed}/${name}`)
+        await this.returnMessage(queue, `${claimed}/${name}`, claim.seq, claim.delivery, data, maxAttempts)
+      } catch (error) {
+        if (!isCode(error, Code.NO_NODE)) throw error
+      }
+    }))
+    return earliest
+  }
+
+  /** What a claim will do: read, named, not yet committed. */
+  private async prepareClaims(queue: string, dirs: {waiting: string; claimed: string}, entries: Waiting[], now: number, request: ReserveRequest): Promise<Claiming[]> {
+    const reads = await Promise.all(entries.map(async (entry) => {
+      const from = `${dirs.waiting}/${entry.name}`
+      try {
+        return {entry, from, ...(await this.session.getData(from))}
+      } catch (error) {
+        if (isCode(error, Code.NO_NODE)) return undefined // taken meanwhile
+        throw error
+      }
+    }))
+    const claims: Claiming[] = []
+    for (const read of reads) {
+      if (!read) continue
+      const {entry, from} = read
+      if (entry.deliveries >= request.maxAttempts) {
+        await this.returnMessage(queue, from, entry.seq, entry.deliveries, read.data, request.maxAttempts)
+        continue
+      }
+      const {enqueuedAt, body} = decode(read.data)
+      const enqueued = enqueuedAt ?? time(read.stat.ctime)
+      const delivery = entry.deliveries + 1
+      const name = claimFile({seq: entry.seq, delivery, deadline: Math.ceil(now + request.visibilityMs), reserver: this.reserver})
+      const to = `${dirs.claimed}/${name}`
+      const data = encode(enqueued, body)
+      claims.push({
+        from, to, bytes: data.length + from.length + to.length,
+        ops: [{op: 'remove', path: from}, {op: 'create', path: to, data, mode: Mode.PERSISTENT}],
+        message: {id: idOf(entry.seq), body, enqueuedAt: new Date(enqueued), attempts: delivery, receipt: name},
+      })
+    }
+    return claims
+  }
+
+  /**
+   * Commits claims in as few multis as fit a request, each all or nothing. A multi that fails lost
+   * a race for at least one message: the rest are tried again, then one by one.
+   */
+  private async commitClaims(dirs: {waiting: string}, claims: Claiming[], retried = false): Promise<Message[]> {
+    const out: Message[] = []
+    const failed: Claiming[] = []
+    for (const chunk of chunks(claims, (c) => c.bytes)) {
+      // A lost reply: the claim happened if its first node (named for this process) exists.
+      const ok = await this.attempt(chunk.flatMap((c) => c.ops), async () => (await this.session.exists(chunk[0].to)) !== null)
+      if (ok) out.push(...chunk.map((c) => c.message))
+      else failed.push(...chunk)
+    }
+    if (failed.length === 0) return out
+    if (failed.length === 1 || retried) {
+      const one = await Promise.all(failed.map(async (c) => ((await this.attempt(c.ops, async () => (await this.session.exists(c.to)) !== null)) ? c.message : undefined)))
+      return [...out, ...one.filter((m): m is Message => m !== undefined)]
+    }
+    const still = new Set(await this.list(dirs.waiting))
+    return [...out, ...(await this.commitClaims(dirs, failed.filter((c) => still.has(basename(c.from))), true))]
+  }
+
+  private async reserveOnce(queue: string, dirs: {waiting: string; claimed: string}, request: ReserveRequest, watcher?: Watcher): Promise<{messages: Message[]; waiting: number; nextDue: number}> {
+    const [waitingNames, claimedNames] = await Promise.all([this.list(dirs.waiting, watcher), this.list(dirs.claimed)])
+    const now = await this.session.serverNow()
+    const nextDue = await this.sweep(queue, dirs.claimed, claimedNames, now, request.maxAttempts)
+    const entries = waitingNames.map(parseWaiting).filter((w): w is Waiting => w !== undefined)
+    const messages: Message[] = []
+    // The lowest first; what others took first is skipped for the next ones in line.
+    for (let at = 0; at < entries.length && messages.length < request.count;) {
+      const batch = entries.slice(at, at + request.count - messages.length)
+      at += batch.length
+      messages.push(...(await this.commitClaims(dirs, await this.prepareClaims(queue, dirs, batch, now, request))))
+    }
+    return {messages, waiting: entries.length, nextDue}
+  }
+
+  async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
+    const dirs = await this.dirs(queue)
+    const deadline = Date.now() + request.waitMs
+    return this.waitFor(request.signal, deadline, async (watcher) => {
+      const {messages, waiting, nextDue} = await this.reserveOnce(queue, dirs, request, watcher)
+      // Messages were listed but others took them all: look again at once rather than wait.
+      return {done: messages.length > 0, value: messages, retryNow: waiting > 0 || nextDue <= this.session.nowEstimate(), next: nextDue}
+    }, [])
+  }
+
+  /**
+   * Runs `attempt` until it is done or the deadline passes, sleeping until the watch it set fires,
+   * its `next` time (server clock) comes, or the slow fallback poll.
+   */
+  private async waitFor<T>(signal: AbortSignal, deadline: number, attempt: (watcher?: Watcher) => Promise<{done: boolean; value: T; retryNow?: boolean; next: number}>, timedOut: T): Promise<T> {
+    let changed = false
+    let wake: (() => void) | undefined
+    const onChange = () => {
+      changed = true
+      wake?.()
+    }
+    signal.addEventListener('abort', onChange)
+    const stopSessionWatch = this.session.onChange(onChange)
+    let retries = 0
+    try {
+      for (;;) {
+        signal.throwIfAborted()
+        changed = false
+        const result = await attempt(Date.now() < deadline ? onChange : undefined)
+        if (result.done) return result.value
+        // Even a pop --wait 0 looks again when it lost every race: the queue is not empty.
+        if (result.retryNow && retries++ < 100) continue
+        if (Date.now() >= deadline) return timedOut
+        if (changed) continue
+        const next = result.next - (this.session.nowEstimate() - Date.now())
+        const sleep = Math.max(1, Math.min(deadline - Date.now(), next - Date.now() + 1, fallbackPollMs))
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, sleep)
+          wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
+          if (changed) wake()
+        })
+        wake = undefined
+      }
+    } finally {
+      signal.removeEventListener('abort', onChange)
+      stopSessionWatch()
+    }
+  }
+
+  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
+    if (messages.length === 0) return
+    const {waiting, claimed} = this.paths.queue(queue)
+    await Promise.all(messages.map((m) => this.extending.get(m.id)))
+    const mine = messages.filter((m) => parseClaim(m.receipt)?.reserver === this.reserver)
+    if (outcome === 'ack') {
+      // All at once; if some claim is gone (expired and taken by another popper), one by one.
+      const remove = (m: Message): Op => ({op: 'remove', path: `${claimed}/${m.receipt}`})
+      for (const chunk of chunks(mine, (m) => m.receipt.length + claimed.length)) {
+        if (await this.attempt(chunk.map(remove))) continue
+        await Promise.all(chunk.map((m) => this.attempt([remove(m)])))
+      }
+      return
+    }
+    await Promise.all(mine.map(async (message) => {
+      const claim = parseClaim(message.receipt)!
+      const path = `${claimed}/${message.receipt}`
+      const data = encode(message.enqueuedAt.getTime(), message.body)
+      if (outcome === 'release') {
+        await this.attempt([{op: 'remove', path}, {op: 'create', path: `${waiting}/${waitingFile(claim.seq, claim.delivery - 1)}`, data, mode: Mode.PERSISTENT}])
+      } else {
+        await this.returnMessage(queue, path, claim.seq, claim.delivery, data, maxAttempts)
+      }
+    }))
+  }
+
+  async extend(queue: string, message: Message, visibilityMs: number): Promise<boolean> {
+    const previous = this.extending.get(message.id) ?? Promise.resolve(true)
+    const next = previous.then(async () => {
+      const claim = parseClaim(message.receipt)
+      if (!claim || claim.reserver !== this.reserver) return false
+      const now = await this.session.serverNow()
+      if (claim.deadline <= now) return false // expired: someone may have returned it already
+      const {claimed} = this.paths.queue(queue)
+      const name = claimFile({...claim, deadline: Math.ceil(now + visibilityMs)})
+      const moved = await this.attempt([
+        {op: 'remove', path: `${claimed}/${message.receipt}`},
+        {op: 'create', path: `${claimed}/${name}`, data: encode(message.enqueuedAt.getTime(), message.body), mode: Mode.PERSISTENT},
+      ])
+      if (moved) message.receipt = name
+      return moved
+    })
+    const settled = next.catch(() => false)
+    this.extending.set(message.id, settled)
+    try {
+      return await next
+    } finally {
+      if (this.extending.get(message.id) === settled) this.extending.delete(message.id)
+    }
+  }
+
+  private async read(dir: string, entries: Waiting[]): Promise<Message[]> {
+    const messages = await Promise.all(entries.map(async (entry) => {
+      try {
+        const {data, stat} = await this.session.getData(`${dir}/${entry.name}`)
+        const {enqueuedAt, body} = decode(data)
+        return {id: idOf(entry.seq), body, enqueuedAt: new Date(enqueuedAt ?? time(stat.ctime)), attempts: entry.deliveries, receipt: ''}
+      } catch (error) {
+        if (isCode(error, Code.NO_NODE)) return undefined // reserved meanwhile: no longer waiting
+        throw error
+      }
+    }))
+    return messages.filter((m): m is Message => m !== undefined)
+  }
+
+  async peek(queue: string, count: number): Promise<Message[]> {
+    const {waiting} = this.paths.queue(queue)
+    const entries = (await this.list(waiting)).map(parseWaiting).filter((w): w is Waiting => w !== undefined)
+    const out: Message[] = []
+    for (let end = entries.length; end > 0 && out.length < count;) {
+      const start = Math.max(0, end - (count - out.length))
+      out.unshift(...(await this.read(waiting, entries.slice(start, end))))
+      end = start
+    }
+    return out
+  }
+
+  async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
+    const {waiting} = await this.dirs(queue)
+    // What is there already is history (tail -n prints it); new pushes have higher sequence numbers.
+    const history = (await this.list(waiting)).map(parseWaiting).filter((w): w is Waiting => w !== undefined)
+    let highest = history.reduce((max, w) => (w.seq > max ? w.seq : max), '')
+    await this.waitFor(signal, Number.POSITIVE_INFINITY, async (watcher) => {
+      const fresh = (await this.list(waiting, watcher)).map(parseWaiting).filter((w): w is Waiting => w !== undefined && w.seq > highest)
+      if (fresh.length > 0) {
+        highest = fresh.reduce((max, w) => (w.seq > max ? w.seq : max), highest)
+        const messages = await this.read(waiting, fresh)
+        if (messages.length > 0) await onMessages(messages)
+      }
+      return {done: false, value: undefined, next: Number.POSITIVE_INFINITY}
+    }, undefined).catch((error: unknown) => {
+      if (!signal.aborted) throw error
+    })
+  }
+
+  async stats(queue?: string): Promise<QueueStats[]> {
+    let names: string[]
+    if (queue !== undefined) names = [queue]
+    else names = (await this.list(this.paths.queues)).map(decodeName)
+    const all = new Set(names)
+    const now = this.session.nowEstimate()
+    const out: QueueStats[] = []
+    for (const name of [...all].sort()) {
+      if (queue === undefined && name.endsWith('.dead') && all.has(name.slice(0, -5))) continue
+      const dirs = this.paths.queue(name)
+      const dead = this.paths.queue(`${name}.dead`)
+      const [waiting, claimed, deadWaiting, deadClaimed] = await Promise.all([dirs.waiting, dirs.claimed, dead.waiting, dead.claimed].map((d) => this.list(d)))
+      const claims = claimed.map(parseClaim).filter((c): c is Claim => c !== undefined)
+      const inFlight = claims.filter((c) => c.deadline > now).length
+      const oldest = waiting.find((n) => parseWaiting(n))
+      let oldestAgeMs: number | undefined
+      if (oldest) {
+        const [message] = await this.read(dirs.waiting, [parseWaiting(oldest)!])
+        if (message) oldestAgeMs = Math.max(0, now - message.enqueuedAt.getTime())
+      }
+      out.push({
+        queue: name,
+        waiting: waiting.length + claims.length - inFlight,
+        inFlight,
+        dead: deadWaiting.length + deadClaimed.length,
+        ...(oldestAgeMs === undefined ? {} : {oldestAgeMs}),
+      })
+    }
+    return out
+  }
+}
