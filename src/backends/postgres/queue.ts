@@ -37,14 +37,20 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
     reserved_by text
   )`,
   `CREATE INDEX messages_by_queue ON ${s}.messages (queue, id)`,
-  `CREATE FUNCTION ${s}.push(p_queue text, p_bodies bytea[], p_channel text) RETURNS SETOF bigint
+  // The ids come back as one array, in the order of the bodies.
+  `CREATE FUNCTION ${s}.push(p_queue text, p_bodies bytea[], p_channel text) RETURNS bigint[]
   LANGUAGE plpgsql AS $fn$
+  DECLARE
+    ids bigint[];
   BEGIN
     PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
-    RETURN QUERY INSERT INTO ${s}.messages (queue, body)
-      SELECT p_queue, b FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
-      RETURNING id;
+    WITH pushed AS (
+      INSERT INTO ${s}.messages (queue, body)
+        SELECT p_queue, b FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
+        RETURNING id)
+      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
     PERFORM pg_notify(p_channel, '');
+    RETURN ids;
   END
   $fn$`,
   `CREATE FUNCTION ${s}.bury(p_ids bigint[], p_dead text, p_dead_channel text) RETURNS void
@@ -117,7 +123,7 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
   $fn$`,
 ]
 
-const PUSH = (s: string) => `SELECT id FROM ${s}.push($1, $2::bytea[], $3) AS id`
+const PUSH = (s: string) => `SELECT ${s}.push($1, $2::bytea[], $3) AS ids`
 const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
 const SETTLE = (s: string) => `SELECT ${s}.settle($1::bigint[], $2::text[], $3, $4, $5, $6, $7)`
 const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
@@ -213,8 +219,8 @@ export class PostgresQueues implements QueueDriver {
   async push(queue: string, bodies: Buffer[]): Promise<string[]> {
     if (bodies.length === 0) return []
     // A batch is at most a few MiB (the push command's batches): one statement, one commit.
-    const rows = await this.connection.query<{id: string}>(this.statements.push, [queue, byteaArray(bodies), this.channel(queue)], 60_000)
-    return rows.map((row) => row.id).sort((a, b) => byId({id: a}, {id: b}))
+    const [row] = await this.connection.query<{ids: string[]}>(this.statements.push, [queue, byteaArray(bodies), this.channel(queue)], 60_000)
+    return row.ids
   }
 
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
