@@ -507,6 +507,7 @@ const SECTIONS = {
   startup,
   handoff: handoffFile,
   queue: queueFile,
+  redis: async () => (await import('./redis.mjs')).benchRedis({root: ROOT, dlq: DLQ, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}),
 }
 
 async function main() {
