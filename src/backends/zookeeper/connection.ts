@@ -78,7 +78,8 @@ const defaultSessionTimeoutMs = 30_000
 
 /** zk://host:port[,host:port…][/chroot]: also the host list percent-encoded, which WHATWG URL can parse. */
 export async function parseTarget(url: URL): Promise<Target> {
-  const display = maskUrl(url.href)
+  // Shown with the host list as written (h1:2181,h2:2181), whatever encoding got it parsed.
+  const display = maskUrl(url.href).replace(url.host, decodeURIComponent(url.host))
   const hosts = decodeURIComponent(url.host).split(',').map((h) => h.trim())
   if (hosts.some((h) => h === '')) throw usageError('bad backend URL', `${display} names no ZooKeeper server`, 'zk://host:2181[,host:2181...][/chroot]')
   const servers = hosts.map((host) => {
@@ -161,7 +162,7 @@ export class Session {
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         client.close()
-        reject(unavailable(`cannot connect to ${this.target.display}`, `no ZooKeeper server answered within ${formatDuration(timeout)}`, 'is the ensemble up and reachable? (?connectTimeout= waits longer)'))
+        reject(unavailable(`cannot connect to ${this.target.display}`, `no ZooKeeper server answered within ${formatDuration(timeout)}`, 'is the ensemble up and reachable? ?connectTimeout=10s waits longer'))
       }, timeout)
       client.once('connected', () => {
         clearTimeout(timer)

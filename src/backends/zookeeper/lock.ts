@@ -72,10 +72,11 @@ interface Mine {
   key: string
   path: string
   record: Record
-  version: number
   token: string
   expiresAt: number
   lost?: string
+  /** The write that marks a waiter the holder, still in flight. */
+  confirming?: Promise<void>
 }
 
 const contenderPrefix = (owner: string) => `c.${encodeName(owner)}.`
@@ -220,26 +221,19 @@ export class ZooKeeperLocks implements LockDriver {
           for (const n of watched) if (n.record.acquired) nextExpiry = Math.min(nextExpiry, expiry(n) + expiryGraceMs - (now - Date.now()))
         }
         if (holds) {
+          let confirming: Promise<void> | undefined
           if (node.waiting) {
-            // Waited: record that (and when) we hold, which also starts the lease from now.
+            // Waited: record that (and when) we hold, which starts the lease from now and makes it
+            // expirable. Not awaited: our place in line already makes us the holder, and the
+            // session sends our later requests (renew, release, hand-over) after this one.
             const sent = Date.now()
-            const confirmed: Record = {...record, acquired: true, acquiredAt: sent}
-            try {
-              const stat = await this.session.setData(node.path, encode(confirmed), node.version)
-              this.session.observeWrite(stat, sent)
-              Object.assign(record, confirmed)
-              node.version = stat.version
-              node.sent = sent
-            } catch (error) {
-              if (!isCode(error, Code.NO_NODE, Code.BAD_VERSION)) throw error
-              if (isCode(error, Code.NO_NODE)) node = undefined
-              else node.version = (await this.session.exists(node.path))?.version ?? node.version
-              continue
-            }
+            Object.assign(record, {acquired: true, acquiredAt: sent})
+            node.sent = sent
+            confirming = this.session.setData(node.path, encode(record), node.version).then((stat) => this.session.observeWrite(stat, sent), () => {})
           }
           acquired = true
           const expiresAt = node.sent + request.ttlMs
-          this.mine.set(owner, {key, path: node.path, record: {...record}, version: node.version, token: node.token!, expiresAt})
+          this.mine.set(owner, {key, path: node.path, record: {...record}, token: node.token!, expiresAt, confirming})
           return {key, owner, token: node.token!, ttlMs: request.ttlMs, expiresAt: new Date(expiresAt)}
         }
         if (Date.now() >= deadline) return undefined
@@ -301,6 +295,7 @@ export class ZooKeeperLocks implements LockDriver {
   async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
     const own = this.mine.get(owner)
     if (own?.key === key) {
+      await own.confirming
       if (own.lost) throw new LockLostError(key, own.lost)
       if (Date.now() >= own.expiresAt - renewMarginMs(own.record.ttlMs)) {
         throw new LockLostError(key, `the lease expired at ${new Date(own.expiresAt).toISOString()} before it was renewed`)
@@ -315,12 +310,12 @@ export class ZooKeeperLocks implements LockDriver {
         throw new LockLostError(key, `the lease expired at ${new Date(expiry(node)).toISOString()} before it was renewed`)
       }
       const granted = ttlMs ?? node.record.ttlMs
-      const record: Record = {...node.record, ttlMs: ttlMs ?? node.record.ttlMs, leaseMs: granted}
+      const record: Record = {...node.record, leaseMs: granted}
       const sent = Date.now()
       try {
         const stat = await this.session.setData(node.path, encode(record), node.stat.version)
         this.session.observeWrite(stat, sent)
-        if (own?.key === key) Object.assign(own, {record, version: stat.version, expiresAt: sent + granted})
+        if (own?.key === key) Object.assign(own, {record, expiresAt: sent + granted})
         return {key, owner, token: this.token(node), ttlMs: granted, expiresAt: new Date(sent + granted)}
       } catch (error) {
         if (isCode(error, Code.BAD_VERSION)) continue // written meanwhile (another renewal): read again
@@ -335,6 +330,7 @@ export class ZooKeeperLocks implements LockDriver {
     this.mine.delete(owner)
     if (own?.key === key) {
       // Our own node: delete it whatever state it is in.
+      await own.confirming
       try {
         await this.session.remove(own.path)
         return own.lost === undefined
@@ -467,6 +463,7 @@ export class ZooKeeperLocks implements LockDriver {
     const holdings = [...this.mine.entries()]
     this.mine.clear()
     await Promise.all(holdings.map(async ([owner, own]) => {
+      await own.confirming
       const remaining = own.expiresAt - Date.now()
       if (own.lost !== undefined || remaining <= renewMarginMs(own.record.ttlMs)) {
         // Not worth waiting for: the session's end removes it as well.
