@@ -183,6 +183,33 @@ describe('zookeeper: a standalone server', {concurrency: 3}, () => {
     assert.equal(await readFile(join(dir, 'order'), 'utf8'), '1\n2\n3\n4\n')
   })
 
+  it('--limit 2: a waiter takes the slot of any holder ahead that leaves, not only the one it happens to watch', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('window')
+    // Each holder writes its name when it gets in, and stays until its own go-file exists.
+    const holder = (name) => spawnCli(server.url, ['lock', 'run', '--key', key, '--limit', '2', '--wait', '20s', '--', 'sh', '-c',
+      'echo "$2" >> "$1/in"; i=0; until [ -e "$1/go-$2" ] || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done', 'zk-test', dir, name])
+    const inside = async () => (await readFile(join(dir, 'in'), 'utf8').catch(() => '')).split('\n').filter(Boolean)
+    const queued = async (n) => (await zk.children(`/dlq/locks/${key}`).catch(() => [])).length >= n
+    const all = []
+    for (const name of ['a', 'b', 'c', 'd']) {
+      all.push(holder(name))
+      await waitFor(() => queued(all.length), {what: `${name} to queue up`, timeoutMs: 10_000})
+    }
+    await waitFor(async () => (await inside()).length === 2, {what: 'a and b inside'})
+    assert.deepEqual(await inside(), ['a', 'b'])
+    await writeFile(join(dir, 'go-a'), '')
+    await waitFor(async () => (await inside()).length === 3, {what: 'c to take the slot of a'})
+    // Now b and c hold and d waits behind them. When c (not b) leaves, d must get in at once.
+    await writeFile(join(dir, 'go-c'), '')
+    const leftAt = Date.now()
+    await waitFor(async () => (await inside()).length === 4, {what: 'd to take the slot of c', timeoutMs: 5000})
+    assert.ok(Date.now() - leftAt < 1500, `d got in ${Date.now() - leftAt}ms after c left (a missed wake-up waits for the 3s fallback poll)`)
+    assert.deepEqual(await inside(), ['a', 'b', 'c', 'd'])
+    for (const name of ['b', 'd']) await writeFile(join(dir, `go-${name}`), '')
+    assert.deepEqual((await Promise.all(all.map((h) => h.result))).map((r) => r.code), [0, 0, 0, 0])
+  })
+
   it("messages are limited below ZooKeeper's jute.maxbuffer: 1 MiB is refused with 65, 1 MB round-trips", async () => {
     const queue = uniqueName('big')
     const tooBig = await cli(server.url, ['queue', 'push', '--queue', queue, '--whole'], {input: Buffer.alloc(1024 * 1024, 'x')})
