@@ -28,15 +28,18 @@ const followPage = 1000
 /** Version 1 of the queue table and functions (applied by the migration in connection.ts). */
 export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
   `CREATE TABLE ${s}.messages (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     queue text NOT NULL,
+    id bigint GENERATED ALWAYS AS IDENTITY,
     body bytea NOT NULL,
     enqueued_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     attempts integer NOT NULL DEFAULT 0,
     visible_at timestamptz NOT NULL DEFAULT '-infinity',
-    reserved_by text
+    reserved_by text,
+    -- The only index. With a second one on id alone, a generic plan for "the first visible
+    -- messages of queue $1 by id" may walk that one and filter by queue: through every message
+    -- of every other queue. Every statement here names the queue.
+    PRIMARY KEY (queue, id)
   )`,
-  `CREATE INDEX messages_by_queue ON ${s}.messages (queue, id)`,
   // The ids come back as one array, in the order of the bodies.
   `CREATE FUNCTION ${s}.push(p_queue text, p_bodies bytea[], p_channel text) RETURNS bigint[]
   LANGUAGE plpgsql AS $fn$
@@ -53,11 +56,11 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
     RETURN ids;
   END
   $fn$`,
-  `CREATE FUNCTION ${s}.bury(p_ids bigint[], p_dead text, p_dead_channel text) RETURNS void
+  `CREATE FUNCTION ${s}.bury(p_queue text, p_ids bigint[], p_dead text, p_dead_channel text) RETURNS void
   LANGUAGE plpgsql AS $fn$
   BEGIN
     PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_dead));
-    WITH gone AS (DELETE FROM ${s}.messages WHERE id = ANY (p_ids) RETURNING id, body, enqueued_at)
+    WITH gone AS (DELETE FROM ${s}.messages WHERE queue = p_queue AND id = ANY (p_ids) RETURNING id, body, enqueued_at)
       INSERT INTO ${s}.messages (queue, body, enqueued_at) SELECT p_dead, body, enqueued_at FROM gone ORDER BY id;
     PERFORM pg_notify(p_dead_channel, '');
   END
@@ -78,12 +81,12 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
               WHERE m.queue = p_queue AND m.visible_at <= now_
               ORDER BY m.id LIMIT p_count FOR UPDATE SKIP LOCKED) d;
       IF spent IS NOT NULL THEN
-        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+        PERFORM ${s}.bury(p_queue, spent, p_dead, p_dead_channel);
       END IF;
       IF fresh IS NOT NULL THEN
         RETURN QUERY UPDATE ${s}.messages m
           SET attempts = m.attempts + 1, visible_at = now_ + p_visibility_ms * interval '1 millisecond', reserved_by = p_receipt
-          WHERE m.id = ANY (fresh)
+          WHERE m.queue = p_queue AND m.id = ANY (fresh)
           RETURNING m.id, m.body, m.enqueued_at, m.attempts;
         RETURN;
       END IF;
@@ -92,7 +95,7 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
     END LOOP;
   END
   $fn$`,
-  `CREATE FUNCTION ${s}.settle(p_ids bigint[], p_receipts text[], p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
+  `CREATE FUNCTION ${s}.settle(p_queue text, p_ids bigint[], p_receipts text[], p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
   LANGUAGE plpgsql AS $fn$
   #variable_conflict use_column
   DECLARE
@@ -100,22 +103,22 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
   BEGIN
     IF p_outcome = 'ack' THEN
       DELETE FROM ${s}.messages m USING unnest(p_ids, p_receipts) AS t (id, receipt)
-        WHERE m.id = t.id AND m.reserved_by = t.receipt;
+        WHERE m.queue = p_queue AND m.id = t.id AND m.reserved_by = t.receipt;
       RETURN;
     END IF;
     IF p_outcome = 'retry' THEN
       SELECT array_agg(x.id) INTO spent FROM (
         SELECT m.id FROM ${s}.messages m JOIN unnest(p_ids, p_receipts) AS t (id, receipt) ON m.id = t.id AND m.reserved_by = t.receipt
-        WHERE m.attempts >= p_max_attempts FOR UPDATE OF m) x;
+        WHERE m.queue = p_queue AND m.attempts >= p_max_attempts FOR UPDATE OF m) x;
       IF spent IS NOT NULL THEN
-        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+        PERFORM ${s}.bury(p_queue, spent, p_dead, p_dead_channel);
       END IF;
     END IF;
     UPDATE ${s}.messages m
       SET visible_at = '-infinity', reserved_by = NULL,
           attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
       FROM unnest(p_ids, p_receipts) AS t (id, receipt)
-      WHERE m.id = t.id AND m.reserved_by = t.receipt;
+      WHERE m.queue = p_queue AND m.id = t.id AND m.reserved_by = t.receipt;
     IF FOUND THEN
       PERFORM pg_notify(p_channel, '');
     END IF;
@@ -125,9 +128,9 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
 
 const PUSH = (s: string) => `SELECT ${s}.push($1, $2::bytea[], $3) AS ids`
 const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
-const SETTLE = (s: string) => `SELECT ${s}.settle($1::bigint[], $2::text[], $3, $4, $5, $6, $7)`
-const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $3::bigint * interval '1 millisecond'
-  WHERE id = $1 AND reserved_by = $2 AND visible_at > clock_timestamp()
+const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3::text[], $4, $5, $6, $7, $8)`
+const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
+  WHERE queue = $1 AND id = $2 AND reserved_by = $3 AND visible_at > clock_timestamp()
   RETURNING id`
 const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
   FROM ${s}.messages WHERE queue = $1 AND visible_at > clock_timestamp()`
@@ -273,11 +276,11 @@ export class PostgresQueues implements QueueDriver {
   async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
     if (messages.length === 0) return
     const dead = `${queue}.dead`
-    await this.connection.query(this.statements.settle, [messages.map((m) => m.id), messages.map((m) => m.receipt), outcome, maxAttempts, this.channel(queue), dead, this.channel(dead)])
+    await this.connection.query(this.statements.settle, [queue, messages.map((m) => m.id), messages.map((m) => m.receipt), outcome, maxAttempts, this.channel(queue), dead, this.channel(dead)])
   }
 
-  async extend(_queue: string, message: Message, visibilityMs: number): Promise<boolean> {
-    const rows = await this.connection.query(this.statements.extend, [message.id, message.receipt, visibilityMs])
+  async extend(queue: string, message: Message, visibilityMs: number): Promise<boolean> {
+    const rows = await this.connection.query(this.statements.extend, [queue, message.id, message.receipt, visibilityMs])
     return rows.length > 0
   }
 
