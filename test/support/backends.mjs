@@ -15,11 +15,13 @@
 //   every path in its sandbox that is not under the base directory). Hostile-name tests assert it
 //   is empty where a backend can tell.
 //
-// Adding a backend is adding one entry to `backends` below.
+// Adding a backend is adding one entry to `allBackends` below.
 import {mkdir, rm} from 'node:fs/promises'
 import {join, sep} from 'node:path'
 
 import {listRecursive, run, spawnDlq, tempDir} from './cli.mjs'
+import {postgresBackend} from './postgres.mjs'
+import {redisBackend} from './servers.mjs'
 
 export const fileBackend = {
   name: 'file',
@@ -43,7 +45,16 @@ export const fileBackend = {
   },
 }
 
-export const backends = [fileBackend]
+// Every backend with a driver. The servers' entries live beside their fixtures (servers.mjs,
+// postgres.mjs): each starts its own server on a free loopback port per describe block.
+export const allBackends = [fileBackend, redisBackend, postgresBackend]
+
+// DLQ_TEST_BACKENDS=file,redis runs the suite against those only (default: all of them).
+const wanted = (process.env.DLQ_TEST_BACKENDS ?? '').split(',').map((n) => n.trim()).filter(Boolean)
+for (const name of wanted) {
+  if (!allBackends.some((b) => b.name === name)) throw new Error(`DLQ_TEST_BACKENDS names ${name}; known: ${allBackends.map((b) => b.name).join(', ')}`)
+}
+export const backends = wanted.length === 0 ? allBackends : allBackends.filter((b) => wanted.includes(b.name))
 
 /**
  * A dlq bound to one backend URL: `dlq.run(['lock', 'run', '--key', K, '--', 'true'])` runs

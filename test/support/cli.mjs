@@ -213,7 +213,7 @@ export function runProgram(file, args, {input, env, cwd, timeoutMs = DEFAULT_TIM
  * Polls `predicate` (sync or async) until it returns a truthy value, which is returned. Past the
  * deadline it throws "timed out after Nms waiting for WHAT" (with the last error, if it threw).
  */
-export async function waitFor(predicate, {timeoutMs = 5000, intervalMs = 20, what = 'a condition'} = {}) {
+export async function waitFor(predicate, {timeoutMs = 10_000, intervalMs = 20, what = 'a condition'} = {}) {
   const deadline = Date.now() + timeoutMs
   let lastError
   for (;;) {
