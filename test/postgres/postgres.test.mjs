@@ -89,6 +89,12 @@ describe('postgres backend', {concurrency: 3}, () => {
       assert.match(ignored.stderr, /no.* password|password.*none/i)
     })
 
+    it('a Unix socket, as libpq URIs name one: postgres:///DB?host=/dir&port=P&user=U', async () => {
+      const r = await cli(`postgres:///${server.database}?${new URLSearchParams({host: server.dir, port: server.port, user: server.user})}`, ['lock', 'run', '--key', uniqueName(), '--', 'echo', 'via the socket'])
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(r.stdout, 'via the socket\n')
+    })
+
     it('a database that does not exist is 69; an unknown ?parameter= or a bad ?schema= is 64', async () => {
       const missing = await cli(`postgres://${server.user}:${server.password}@127.0.0.1:${server.port}/no_such_db`, ['lock', 'status'])
       assert.equal(missing.code, 69, missing.stderr)

@@ -44,7 +44,8 @@ export interface Schema {
   channel(kind: 'lock' | 'queue', name: string): string
 }
 
-const knownParameters = new Set(['schema', 'connectTimeout', 'password', 'passwordFile', 'sslmode', 'sslrootcert', 'host', 'application_name'])
+// Beside dlq's own, the libpq URI parameters that make sense here (a Unix socket is ?host=/dir).
+const knownParameters = new Set(['schema', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name'])
 const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 
 // 'dlq-migr' as a 64-bit integer: the one key every dlq process takes before it migrates a schema.
@@ -127,9 +128,10 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
   const schemaName = url.searchParams.get('schema') ?? 'dlq'
   if (!schemaPattern.test(schemaName)) throw usageError('bad ?schema=', `${JSON.stringify(schemaName)} in ${displayUrl}`, 'a schema name of letters, digits and _, at most 63, not starting with a digit')
   const host = url.hostname.replace(/^\[|\]$/g, '') || url.searchParams.get('host') || env.PGHOST || 'localhost'
-  const port = url.port ? Number(url.port) : Number(env.PGPORT || 5432)
+  const port = Number(url.port || url.searchParams.get('port') || env.PGPORT || 5432)
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw usageError('bad backend URL', `port in ${displayUrl}`, 'a port number, e.g. postgres://user@host:5432/db')
   const found = await credentials(url, env)
-  let user = found.user || env.PGUSER
+  let user = found.user || url.searchParams.get('user') || env.PGUSER
   if (!user) {
     try {
       user = userInfo().username
@@ -263,7 +265,9 @@ export class Connection {
     this.live = undefined
     if (!client) return
     // Terminate politely, but never wait long for a server that does not answer.
-    await Promise.race([client.end().catch(() => {}), sleep(500)])
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([client.end().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 500)))])
+    clearTimeout(timer)
     client.connection.stream.destroy()
   }
 
