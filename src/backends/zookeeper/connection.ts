@@ -177,6 +177,9 @@ export class Session {
     })
     const live: Live = {client, timeoutMs: client.getSessionTimeout()}
     this.lastHeard = Date.now()
+    clearInterval(this.watchdog)
+    this.watchdog = setInterval(() => this.checkLiveness(), Math.max(20, Math.floor(live.timeoutMs / 10)))
+    this.watchdog.unref()
     this.log?.(`zk: session to ${this.target.display} in ${Date.now() - started}ms, timeout ${live.timeoutMs}ms`)
     client.on('connected', () => {
       this.lastHeard = Math.max(this.lastHeard, Date.now())
@@ -187,9 +190,9 @@ export class Session {
       if (!this.closed) this.log?.('zk: disconnected')
     })
     client.on('expired', () => {
+      // The client is closed for good; the next request opens a new session.
       this.log?.('zk: session expired')
       if (this.live === live) this.live = undefined
-      client.close()
       this.lost('the ZooKeeper session expired: its ephemeral nodes are gone')
       this.changed()
     })
@@ -350,7 +353,7 @@ export class Session {
 
   /**
    * Calls `onLost` (once) when the session is gone or may be: expired, or nothing heard from the
-   * ensemble for nearly the session timeout. While anyone listens, a probe keeps the answers coming.
+   * ensemble for nearly the session timeout (the watchdog's probes keep answers coming meanwhile).
    */
   watchSession(onLost: (why: string) => void): () => void {
     let done = false
@@ -360,21 +363,20 @@ export class Session {
       this.lossListeners.delete(listener)
       onLost(why)
     }
-    this.lossListeners.add(listener)
     if (!this.live) {
       listener('the ZooKeeper session is gone')
       return () => {}
     }
-    this.watchdog ??= setInterval(() => this.checkLiveness(), Math.max(20, Math.floor(this.timeoutMs / 10)))
-    this.watchdog.unref()
+    this.lossListeners.add(listener)
     return () => {
       done = true
       this.lossListeners.delete(listener)
-      if (this.lossListeners.size === 0) {
-        clearInterval(this.watchdog)
-        this.watchdog = undefined
-      }
     }
+  }
+
+  /** A request failed because the connection dropped: worth another try (the client reconnects), for a while. */
+  retryable(error: unknown, troubleSince: number): boolean {
+    return isCode(error, Code.CONNECTION_LOSS) && !this.closed && Date.now() - troubleSince < this.target.connectTimeoutMs
   }
 
   private lost(why: string): void {
@@ -387,13 +389,13 @@ export class Session {
     const now = Date.now()
     const silent = now - this.lastHeard
     const timeout = live.timeoutMs
-    if (now - this.lastProbe >= timeout / 4) {
+    if (now - this.lastProbe >= timeout / 4 && now - this.lastHeard >= timeout / 4) {
       this.lastProbe = now
       this.exists(this.target.root).catch(() => {})
     }
     // The ensemble expires a session it has not heard from for its timeout, counted from no
     // earlier than the send time of our last answered request: give up a fifth before that.
-    if (silent > timeout * 0.8) {
+    if (silent > timeout * 0.8 && this.lossListeners.size > 0) {
       this.lost(`no answer from ZooKeeper for ${formatDuration(silent)} (session timeout ${formatDuration(timeout)}): the session may have expired`)
     } else if (silent > (timeout * 2) / 3 && now - this.failedOverAt > timeout / 3) {
       this.failedOverAt = now

@@ -177,91 +177,101 @@ export class ZooKeeperLocks implements LockDriver {
     signal.addEventListener('abort', onChange)
     const stopSessionWatch = this.session.onChange(onChange)
     let acquired = false
+    let troubleSince: number | undefined
     try {
       for (;;) {
-        signal.throwIfAborted()
-        changed = false
-        if (!node) {
-          record.acquired = true
-          record.acquiredAt = Date.now()
-          const entered = await this.enter(keyPath, owner, record)
-          node = {name: entered.name, path: `${keyPath}/${entered.name}`, version: 0, sent: entered.sent, received: entered.received, waiting: false}
-        }
-        const [{children}, own] = await Promise.all([
-          this.session.getChildren(keyPath),
-          node.token === undefined ? this.session.exists(node.path) : undefined,
-        ])
-        if (own) {
-          node.token = zxid(own.czxid).toString()
-          if (!node.waiting) this.session.observeWrite(own, node.sent, node.received)
-        }
-        const {contenders, leases} = split(children)
-        const index = contenders.indexOf(node.name)
-        if (index === -1) {
-          // Our node is gone (session expired, or deleted as expired while we were stopped): enter again.
-          node = undefined
-          continue
-        }
-        // Step 2: fewer than `limit` ahead and no lease to count: ours, with no further read.
-        let holds = leases.length === 0 && index < limit
-        let nextExpiry = Number.POSITIVE_INFINITY
-        if (!holds) {
-          // Step 3: read (and watch) the nodes that can change our turn.
-          const window = contenders.slice(Math.max(0, index - limit), index)
-          const watched = await this.read(keyPath, index < limit ? [...window, ...leases] : window, watcher)
-          if (watched.length < window.length + (index < limit ? leases.length : 0)) continue // one went meanwhile
-          const now = this.session.nowEstimate()
-          const expired = watched.filter((n) => this.expired(n, now))
-          if (expired.length > 0) {
-            await Promise.all(expired.map((n) => this.collect(n)))
+        try {
+          signal.throwIfAborted()
+          changed = false
+          if (!node) {
+            record.acquired = true
+            record.acquiredAt = Date.now()
+            const entered = await this.enter(keyPath, owner, record)
+            node = {name: entered.name, path: `${keyPath}/${entered.name}`, version: 0, sent: entered.sent, received: entered.received, waiting: false}
+          }
+          const [{children}, own] = await Promise.all([
+            this.session.getChildren(keyPath),
+            node.token === undefined ? this.session.exists(node.path) : undefined,
+          ])
+          if (own) {
+            node.token = zxid(own.czxid).toString()
+            if (!node.waiting) this.session.observeWrite(own, node.sent, node.received)
+          }
+          const {contenders, leases} = split(children)
+          const index = contenders.indexOf(node.name)
+          if (index === -1) {
+            // Our node is gone (session expired, or deleted as expired while we were stopped): enter again.
+            node = undefined
             continue
           }
-          const liveLeases = watched.filter((n) => n.name.startsWith('l.')).length
-          holds = index + liveLeases < limit
-          for (const n of watched) if (n.record.acquired) nextExpiry = Math.min(nextExpiry, expiry(n) + expiryGraceMs - (now - Date.now()))
-        }
-        if (holds) {
-          let confirming: Promise<void> | undefined
-          if (node.waiting) {
-            // Waited: record that (and when) we hold, which starts the lease from now and makes it
-            // expirable. Not awaited: our place in line already makes us the holder, and the
-            // session sends our later requests (renew, release, hand-over) after this one.
-            const sent = Date.now()
-            Object.assign(record, {acquired: true, acquiredAt: sent})
-            node.sent = sent
-            confirming = this.session.setData(node.path, encode(record), node.version).then((stat) => this.session.observeWrite(stat, sent), () => {})
+          // Step 2: fewer than `limit` ahead and no lease to count: ours, with no further read.
+          let holds = leases.length === 0 && index < limit
+          let nextExpiry = Number.POSITIVE_INFINITY
+          if (!holds) {
+            // Step 3: read (and watch) the nodes that can change our turn.
+            const window = contenders.slice(Math.max(0, index - limit), index)
+            const watched = await this.read(keyPath, index < limit ? [...window, ...leases] : window, watcher)
+            if (watched.length < window.length + (index < limit ? leases.length : 0)) continue // one went meanwhile
+            const now = this.session.nowEstimate()
+            const expired = watched.filter((n) => this.expired(n, now))
+            if (expired.length > 0) {
+              await Promise.all(expired.map((n) => this.collect(n)))
+              continue
+            }
+            const liveLeases = watched.filter((n) => n.name.startsWith('l.')).length
+            holds = index + liveLeases < limit
+            for (const n of watched) if (n.record.acquired) nextExpiry = Math.min(nextExpiry, expiry(n) + expiryGraceMs - (now - Date.now()))
           }
-          acquired = true
-          const expiresAt = node.sent + request.ttlMs
-          this.mine.set(owner, {key, path: node.path, record: {...record}, token: node.token!, expiresAt, confirming})
-          return {key, owner, token: node.token!, ttlMs: request.ttlMs, expiresAt: new Date(expiresAt)}
-        }
-        if (Date.now() >= deadline) return undefined
-        if (!node.waiting) {
-          // Waiting is the session's business: unmark so that no one expires us while we wait.
-          try {
-            const stat = await this.session.setData(node.path, encode({...record, acquired: false}), node.version)
-            node.version = stat.version
-            node.waiting = true
-          } catch (error) {
-            if (!isCode(error, Code.NO_NODE, Code.BAD_VERSION)) throw error
-            if (isCode(error, Code.NO_NODE)) node = undefined
-            else node.version = (await this.session.exists(node.path))?.version ?? node.version
+          if (holds) {
+            let confirming: Promise<void> | undefined
+            if (node.waiting) {
+              // Waited: record that (and when) we hold, which starts the lease from now and makes it
+              // expirable. Not awaited: our place in line already makes us the holder, and the
+              // session sends our later requests (renew, release, hand-over) after this one.
+              const sent = Date.now()
+              Object.assign(record, {acquired: true, acquiredAt: sent})
+              node.sent = sent
+              confirming = this.session.setData(node.path, encode(record), node.version).then((stat) => this.session.observeWrite(stat, sent), () => {})
+            }
+            acquired = true
+            const expiresAt = node.sent + request.ttlMs
+            this.mine.set(owner, {key, path: node.path, record: {...record}, token: node.token!, expiresAt, confirming})
+            return {key, owner, token: node.token!, ttlMs: request.ttlMs, expiresAt: new Date(expiresAt)}
           }
-          continue
-        }
-        if (request.onWaiting) request.onWaiting((await this.status(key))[0]?.holders ?? [])
-        if (changed) continue
-        const sleep = Math.max(1, Math.min(deadline - Date.now(), nextExpiry - Date.now(), fallbackPollMs))
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, sleep)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
+          if (Date.now() >= deadline) return undefined
+          if (!node.waiting) {
+            // Waiting is the session's business: unmark so that no one expires us while we wait.
+            try {
+              const stat = await this.session.setData(node.path, encode({...record, acquired: false}), node.version)
+              node.version = stat.version
+              node.waiting = true
+            } catch (error) {
+              if (!isCode(error, Code.NO_NODE, Code.BAD_VERSION)) throw error
+              if (isCode(error, Code.NO_NODE)) node = undefined
+              else node.version = (await this.session.exists(node.path))?.version ?? node.version
+            }
+            continue
           }
-          if (changed) wake()
-        })
-        wake = undefined
+          if (request.onWaiting) request.onWaiting((await this.status(key))[0]?.holders ?? [])
+          if (changed) continue
+          troubleSince = undefined
+          const sleep = Math.max(1, Math.min(deadline - Date.now(), nextExpiry - Date.now(), fallbackPollMs))
+          await new Promise<void>((resolve) => {
+            const timer = setTimeout(resolve, sleep)
+            wake = () => {
+              clearTimeout(timer)
+              resolve()
+            }
+            if (changed) wake()
+          })
+          wake = undefined
+        } catch (error) {
+          // The connection dropped (a server of the ensemble went away): the client reconnects,
+          // and the loop starts over from what ZooKeeper says now.
+          troubleSince ??= Date.now()
+          if (signal.aborted || !this.session.retryable(error, troubleSince)) throw error
+          await new Promise((resolve) => setTimeout(resolve, 100))
+        }
       }
     } finally {
       signal.removeEventListener('abort', onChange)

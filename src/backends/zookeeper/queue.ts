@@ -290,11 +290,22 @@ export class ZooKeeperQueues implements QueueDriver {
     signal.addEventListener('abort', onChange)
     const stopSessionWatch = this.session.onChange(onChange)
     let retries = 0
+    let troubleSince: number | undefined
     try {
       for (;;) {
         signal.throwIfAborted()
         changed = false
-        const result = await attempt(Date.now() < deadline ? onChange : undefined)
+        let result
+        try {
+          result = await attempt(Date.now() < deadline ? onChange : undefined)
+        } catch (error) {
+          // The connection dropped: the client reconnects, and the attempt starts over.
+          troubleSince ??= Date.now()
+          if (signal.aborted || !this.session.retryable(error, troubleSince)) throw error
+          await new Promise((resolve) => setTimeout(resolve, 100))
+          continue
+        }
+        troubleSince = undefined
         if (result.done) return result.value
         // Even a pop --wait 0 looks again when it lost every race: the queue is not empty.
         if (result.retryNow && retries++ < 100) continue
