@@ -9,7 +9,8 @@
 // - When the server goes away (a restart), the next statement connects again, retrying for the
 //   connect timeout: a `lock run` whose lease is still in its table keeps its lock when renewals
 //   resume before the lease expires. LISTEN channels are re-issued on the new session and their
-//   waiters woken, since notifications sent meanwhile are lost.
+//   waiters woken, since notifications sent meanwhile are lost. LISTEN and NOTIFY share the one
+//   session: unlike Redis pub/sub, a listening PostgreSQL session still runs statements.
 // - The schema (`dlq`, or ?schema=) is created on first use by a versioned migration: one
 //   transaction holding pg_advisory_xact_lock on a fixed key while it reads schema_version, so of
 //   two dlq processes starting at once one migrates and the other waits, then finds it done.
@@ -204,7 +205,7 @@ export class Connection {
   readonly schema: Schema
   private live?: Client
   private tail: Promise<unknown> = Promise.resolve()
-  private readonly channels = new Map<string, Set<() => void>>()
+  private readonly channels = new Map<string, {handlers: Set<() => void>; ready: Promise<void>}>()
   private closed = false
 
   private constructor(
@@ -234,29 +235,26 @@ export class Connection {
   /**
    * Calls `onNotify` on every NOTIFY of `channel`, and whenever the session was lost (a
    * notification may have been missed). Resolves once the session listens; returns the unlisten.
+   * A channel stays listened to after its last handler is gone: the next wait on it needs no
+   * round trip, and no UNLISTEN sits in front of the statement that follows a hand-off.
    */
   async listen(channel: string, onNotify: () => void): Promise<() => void> {
-    let handlers = this.channels.get(channel)
-    if (!handlers) {
-      handlers = new Set()
-      this.channels.set(channel, handlers)
+    let entry = this.channels.get(channel)
+    if (!entry) {
+      const ready = this.query(`LISTEN ${quoteIdentifier(channel)}`).then(() => {})
+      entry = {handlers: new Set(), ready}
+      this.channels.set(channel, entry)
+      ready.catch(() => this.channels.get(channel) === entry && this.channels.delete(channel))
     }
+    const {handlers, ready} = entry
     handlers.add(onNotify)
     try {
-      await this.query(`LISTEN ${quoteIdentifier(channel)}`)
+      await ready
     } catch (error) {
-      this.forget(channel, onNotify)
+      handlers.delete(onNotify)
       throw error
     }
-    return () => this.forget(channel, onNotify)
-  }
-
-  private forget(channel: string, onNotify: () => void): void {
-    const handlers = this.channels.get(channel)
-    if (!handlers?.delete(onNotify) || handlers.size > 0) return
-    this.channels.delete(channel)
-    // Not awaited: nobody needs the answer, and the caller (a lock hand-off) should not wait for it.
-    if (this.live) this.query(`UNLISTEN ${quoteIdentifier(channel)}`).catch(() => {})
+    return () => handlers.delete(onNotify)
   }
 
   async close(): Promise<void> {
@@ -316,13 +314,16 @@ export class Connection {
       })
       client.on('end', () => this.drop(client))
       client.on('notification', ({channel}) => {
-        for (const handler of this.channels.get(channel) ?? []) handler()
+        for (const handler of this.channels.get(channel)?.handlers ?? []) handler()
       })
       // pg's connectionTimeoutMillis covers the handshake; this also covers re-issuing LISTENs.
       const timer = setTimeout(() => client.connection.stream.destroy(), Math.max(100, deadline - Date.now()))
       try {
         await client.connect()
-        for (const channel of this.channels.keys()) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+        for (const [channel, {handlers}] of this.channels) {
+          if (handlers.size > 0) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+          else this.channels.delete(channel) // nobody waits on it any more: no need to listen again
+        }
         clearTimeout(timer)
         this.live = client
         this.log?.(`pg: connected to ${this.displayUrl} (pid ${(client as unknown as {processID: number}).processID})`)
@@ -342,7 +343,7 @@ export class Connection {
   private drop(client: Client): void {
     if (this.live === client) {
       this.live = undefined
-      for (const handlers of this.channels.values()) for (const handler of handlers) handler()
+      for (const {handlers} of this.channels.values()) for (const handler of handlers) handler()
     }
     client.connection.stream.destroy()
   }

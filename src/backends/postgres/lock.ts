@@ -16,6 +16,7 @@
 // - Waiters LISTEN on the key's channel and are woken by the NOTIFY the release sends at commit,
 //   or by a timer at the earliest expiry; a slow poll is only the fallback. Their presence is a
 //   row with an expiry in lock_waiters, refreshed by each poll, so `lock status` counts them.
+//   Holders listen as well, and so notice a force release at once (watchLoss).
 //
 // Why not just pg_advisory_lock(key) for the whole run: a session-level advisory lock records no
 // holder (no host, pid or command for `lock status`), has no TTL, so `lock acquire --token` could
@@ -129,6 +130,7 @@ const RENEW = (s: string) => `UPDATE ${s}.leases SET expires_at = clock_timestam
   RETURNING token, ttl_ms`
 const RELEASE = (s: string) => `SELECT ${s}.release($1, $2, $3) AS released`
 const FORCE_RELEASE = (s: string) => `SELECT ${s}.force_release($1, $2) AS live`
+const HOLDS = (s: string) => `SELECT 1 FROM ${s}.leases WHERE key = $1 AND owner = $2 AND expires_at > clock_timestamp()`
 const FORGET_WAITER = (s: string) => `DELETE FROM ${s}.lock_waiters WHERE key = $1 AND owner = $2`
 const HOLDERS = (s: string, where: string) => `SELECT l.key, l.owner, l.token, l.acquired_at, l.expires_at, l.host, l.pid, l.username, l.command,
     (SELECT count(*) FROM ${s}.lock_waiters w WHERE w.key = l.key AND w.expires_at > clock_timestamp()) AS waiters
@@ -147,6 +149,7 @@ export const lockStatements = (schema: Schema) => {
     renew: named('renew', RENEW(s)),
     release: named('release', RELEASE(s)),
     forceRelease: named('force_release', FORCE_RELEASE(s)),
+    holds: named('holds', HOLDS(s)),
     forgetWaiter: named('forget_waiter', FORGET_WAITER(s)),
     holdersOfKey: named('holders_of_key', HOLDERS_OF_KEY(s)),
     allHolders: named('all_holders', ALL_HOLDERS(s)),
@@ -245,6 +248,30 @@ export class PostgresLocks implements LockDriver {
   async forceRelease(key: string): Promise<number> {
     const [row] = await this.connection.query<{live: number}>(this.statements.forceRelease, [key, this.connection.schema.channel('lock', key)])
     return row.live
+  }
+
+  /**
+   * A force release NOTIFYs the key's channel like any release: the holder listens too and, on
+   * each notification, checks that its lease is still there, so it learns of the loss at once
+   * rather than at its next renewal. When the server cannot be asked, renewals decide.
+   */
+  watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
+    let stopped = false
+    let unlisten: (() => void) | undefined
+    const check = () => {
+      if (stopped) return
+      this.connection.query(this.statements.holds, [lease.key, lease.owner]).then((rows) => {
+        if (!stopped && rows.length === 0) onLost(`no lease with owner ${lease.owner} any more (it was force-released, or expired)`)
+      }, () => {})
+    }
+    this.connection.listen(this.connection.schema.channel('lock', lease.key), check).then((off) => {
+      unlisten = off
+      if (stopped) off()
+    }, () => {})
+    return () => {
+      stopped = true
+      unlisten?.()
+    }
   }
 
   async status(key?: string): Promise<LockState[]> {
