@@ -2,7 +2,7 @@
 // while the command runs, digest auth, a create whose reply is lost, fair waiting, and ZooKeeper's
 // message size limit. Against real ZooKeeper 3.8 servers on free loopback ports.
 import assert from 'node:assert/strict'
-import {existsSync} from 'node:fs'
+import {existsSync, readdirSync, readFileSync, readlinkSync} from 'node:fs'
 import {readFile, writeFile} from 'node:fs/promises'
 import {createServer, connect} from 'node:net'
 import {join} from 'node:path'
@@ -10,7 +10,7 @@ import {after, before, describe, it} from 'node:test'
 
 import {isAlive, oneErrorLine, run, spawnDlq, stillFalse, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
 import {freePort} from '../support/servers.mjs'
-import {fourLetters, rawClient, startZooKeeper} from '../support/zookeeper.mjs'
+import {rawClient, startZooKeeper} from '../support/zookeeper.mjs'
 
 const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
 const spawnCli = (url, args, opts) => spawnDlq([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
@@ -23,6 +23,20 @@ const statusOf = async (url, key) => {
   assert.equal(r.code, 0, r.stderr)
   return JSON.parse(r.stdout).locks[0]
 }
+/** The ports of the TCP peers of process `pid` (Linux /proc): which server a dlq is connected to. */
+function serverPortsOf(pid) {
+  const inodes = new Set()
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1]
+      if (inode) inodes.add(inode)
+    } catch {}
+  }
+  return readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1).map((line) => line.trim().split(/\s+/))
+    .filter((fields) => inodes.has(fields[9]))
+    .map((fields) => parseInt(fields[2].split(':')[1], 16))
+}
+
 // The znode of a key: names are %-encoded as in src/backends/zookeeper/paths.ts (these are plain).
 const contendersOf = async (zk, key) => (await zk.children(`/dlq/locks/${key}`)).filter((n) => n.startsWith('c.'))
 
@@ -33,7 +47,7 @@ describe('zookeeper: a three-server ensemble', () => {
   })
   after(() => ensemble?.stop())
 
-  it('a lock held through the loss of its server stays held (and renewed); queues keep working', async (t) => {
+  it('a lock held through the loss of its server stays held (and renewed), its waiter still gets it next; queues keep working', async (t) => {
     const dir = await tempDir(t)
     const key = uniqueName('ensemble')
     const queue = uniqueName('ensemble-q')
@@ -42,10 +56,12 @@ describe('zookeeper: a three-server ensemble', () => {
     await waitFor(() => existsSync(join(dir, 'ready')), {what: 'the holder to start', timeoutMs: 10_000})
     assert.equal((await cli(url, ['queue', 'push', '--queue', queue, 'a', 'b', 'c'])).code, 0)
 
-    // The holder is the only client left: its server lists two connections (it and this `stat`).
-    const clients = await Promise.all(ensemble.ports.map(async (port) => ((await fourLetters(port, 'stat')).match(/^ \/127\.0\.0\.1:/gm) ?? []).length))
-    const victim = clients.findIndex((n) => n >= 2)
-    assert.notEqual(victim, -1, `no server lists the holder's connection: ${clients}`)
+    const waiter = spawnCli(url, ['lock', 'run', '--key', key, '--wait', '30s', '--', 'sh', '-c', 'echo > "$1/waiter"', 'zk-test', dir], {timeoutMs: 40_000})
+    await waitFor(async () => (await statusOf(url, key)).waiters === 1, {what: 'the waiter to queue up', timeoutMs: 10_000})
+
+    // Kill the very server the holder is connected to.
+    const victim = ensemble.ports.findIndex((port) => serverPortsOf(holder.pid).includes(port))
+    assert.notEqual(victim, -1, `the holder is connected to none of ${ensemble.ports}`)
     await ensemble.kill(victim)
     const killedAt = Date.now()
 
@@ -63,9 +79,13 @@ describe('zookeeper: a three-server ensemble', () => {
 
     // Renewals go on through a surviving server: the lease is extended past the kill + its TTL.
     await waitFor(async () => Date.parse((await statusOf(url, key)).holders[0].expiresAt) > killedAt + 3000, {what: 'a renewal after the kill', timeoutMs: 10_000})
+    assert.equal(existsSync(join(dir, 'waiter')), false, 'the waiter got in while the holder held')
     await writeFile(join(dir, 'go'), '')
     const r = await holder.result
     assert.equal(r.code, 0, `the holder must finish normally, not lose its lock: ${r.stderr}`)
+    const w = await waiter.result
+    assert.equal(w.code, 0, `the waiter gets the lock once the holder is done: ${w.stderr}`)
+    assert.ok(existsSync(join(dir, 'waiter')))
     const free = await cli(url, ['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])
     assert.equal(free.code, 0, free.stderr)
   })
