@@ -365,7 +365,7 @@ export class ZooKeeperLocks implements LockDriver {
   }
 
   /** Who holds the key, in token order, as seen from outside (each contender with its own limit). */
-  private async holdsOf(key: string): Promise<{holders: Known[]; waiters: number}> {
+  private async holdsOf(key: string, tidy = false): Promise<{holders: Known[]; waiters: number}> {
     const keyPath = this.paths.key(key)
     let children: string[]
     try {
@@ -373,6 +373,12 @@ export class ZooKeeperLocks implements LockDriver {
     } catch (error) {
       if (isCode(error, Code.NO_NODE)) return {holders: [], waiters: 0}
       throw error
+    }
+    if (children.length === 0 && tidy) {
+      // An idle key's node would stay forever (node-zookeeper-client cannot create CONTAINER
+      // nodes, which the server deletes when empty). An acquirer racing this re-creates it.
+      await this.session.remove(keyPath).catch(() => {})
+      return {holders: [], waiters: 0}
     }
     const {contenders, leases} = split(children)
     const nodes = await this.read(keyPath, [...leases, ...contenders])
@@ -414,7 +420,7 @@ export class ZooKeeperLocks implements LockDriver {
     }
     const states: LockState[] = []
     for (const name of keys) {
-      const {holders, waiters} = await this.holdsOf(name)
+      const {holders, waiters} = await this.holdsOf(name, key === undefined)
       if (holders.length > 0) states.push({key: name, holders: holders.map((n) => this.holder(n)), waiters})
     }
     return states

@@ -4,6 +4,7 @@
 //   <root>/locks/<key>/l.<owner>              a lease that outlives its session (lock acquire)
 //   <root>/queues/<queue>/waiting/m<seq>[.<deliveries>]
 //   <root>/queues/<queue>/claimed/m<seq>.<delivery>.<deadline>.<reserver>
+//   <root>/clock                              written once by a process to learn the server's clock
 //
 // A key or queue name (1–255 bytes of UTF-8, may contain `/`) becomes ONE znode name: every byte
 // outside [A-Za-z0-9_-] (and a leading dot, so never `.` or `..`) is %XX-encoded, as the file
@@ -29,7 +30,6 @@ export interface Layout {
   root: string
   locks: string
   queues: string
-  clock: string
   key(key: string): string
   queue(queue: string): {root: string; waiting: string; claimed: string}
 }
@@ -41,7 +41,6 @@ export function layout(root: string): Layout {
     root,
     locks,
     queues,
-    clock: `${root}/clock`,
     key: (key) => `${locks}/${encodeName(key)}`,
     queue: (queue) => {
       const dir = `${queues}/${encodeName(queue)}`
