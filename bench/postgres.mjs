@@ -9,9 +9,10 @@
 //   - pop: the driver's reserve+ack in 1000s vs a plain SKIP LOCKED loop; and the CLI's
 //     `queue pop --count 1000` loop for reference (process start-up included).
 //
-//   export async function benchPostgres({bin, log}) → [report, …]
-// bin: the dlq launcher (bin/run.cjs); log(line): progress. Each report is {title, table: {header,
-// rows}, verdicts: [{ok, target, measured}], notes}, the shape bench/bench.mjs prints.
+//   export async function benchPostgres({bin, log, sections}) → [report, …]
+// bin: the dlq launcher (bin/run.cjs); log(line): progress; sections: some of 'locks', 'handoff',
+// 'queues' (default all). Each report is {title, table: {header, rows}, verdicts: [{ok, target,
+// measured}], notes}, the shape bench/bench.mjs prints. Run alone: node bench/postgres.mjs [SECTION…]
 import {spawn, spawnSync} from 'node:child_process'
 import {mkdtempSync, readFileSync, renameSync, rmSync, watch, writeFileSync} from 'node:fs'
 import os from 'node:os'
@@ -41,8 +42,9 @@ function quantile(values, q) {
 }
 const fmt = (n, digits = 1) => (Number.isFinite(n) ? n.toFixed(digits) : '-')
 const fmtInt = (n) => (Number.isFinite(n) ? Math.round(n).toLocaleString('en-US') : '-')
+const stats = (xs) => [String(xs.length), fmt(quantile(xs, 0.5), 2), fmt(quantile(xs, 0.99), 2), fmt(Math.min(...xs), 2), fmt(Math.max(...xs), 2)]
 
-export async function benchPostgres({bin = join(ROOT, 'bin', 'run.cjs'), log = () => {}} = {}) {
+export async function benchPostgres({bin = join(ROOT, 'bin', 'run.cjs'), log = () => {}, sections = ['locks', 'handoff', 'queues']} = {}) {
   const env = {...process.env, NO_COLOR: '1'}
   delete env.DLQ_BACKEND
   log('postgres: starting a server (initdb)…')
@@ -60,12 +62,24 @@ export async function benchPostgres({bin = join(ROOT, 'bin', 'run.cjs'), log = (
     const first = spawnSync(NODE, [bin, 'lock', 'status', '-b', server.url], {env, encoding: 'utf8'})
     if (first.status !== 0) throw new Error(`dlq lock status: ${first.stderr}`)
     const reports = []
-    log('postgres: acquire+release…')
-    reports.push(await lockThroughput(server, openPostgresBackend, lockStatements, rawClient))
-    log('postgres: hand-off latency…')
-    reports.push(await handoff(server, bin, env, rawClient))
-    log('postgres: queue push and pop…')
-    reports.push(await queues(server, bin, env, openPostgresBackend, rawClient))
+    if (sections.includes('locks')) {
+      log('postgres: acquire+release…')
+      reports.push(await lockThroughput(server, openPostgresBackend, lockStatements, rawClient))
+    }
+    if (sections.includes('handoff')) {
+      log('postgres: hand-off latency…')
+      const {schemaOf} = await import(join(ROOT, 'dist', 'backends', 'postgres', 'connection.js'))
+      const report = await handoff(server, bin, env, rawClient, schemaOf('dlq').channel('lock', 'h'))
+      log('postgres: hand-off latency through the driver alone…')
+      const driver = await driverHandoff(server)
+      report.table.rows.push(['driver alone: release() start → the waiting process\'s acquire() resolved', ...stats(driver)])
+      report.notes.push('"driver alone": two node processes using dist/backends/postgres directly, no CLI, no command to spawn: the PostgreSQL part of a hand-off.')
+      reports.push(report)
+    }
+    if (sections.includes('queues')) {
+      log('postgres: queue push and pop…')
+      reports.push(await queues(server, bin, env, openPostgresBackend, rawClient))
+    }
     return reports
   } finally {
     await server.stop()
@@ -163,9 +177,14 @@ async function lockThroughput(server, openPostgresBackend, lockStatements, rawCl
  * dlq.lock_waiters) for 30 ms and nothing else is starting up, so the figure is the hand-off, not
  * dlq's start-up. The replacement waiter is spawned 40 ms after a holder exits.
  */
-async function handoff(server, bin, env, rawClient) {
+async function handoff(server, bin, env, rawClient, channel) {
   const dir = mkdtempSync(join(os.tmpdir(), 'dlq-bench-pg-handoff-'))
   const observer = await rawClient()
+  // An idle session listening on the key's channel sees each release commit (its NOTIFY).
+  const listener = await rawClient()
+  const notified = []
+  listener.on('notification', () => notified.push(nowMs()))
+  await listener.query(`LISTEN ${channel}`)
   const log = join(dir, 'log')
   const gate = join(dir, 'gate')
   const holding = join(dir, 'holding')
@@ -235,6 +254,7 @@ async function handoff(server, bin, env, rawClient) {
     watcher.close()
     for (const p of procs) if (!p.exited) p.child.kill('SIGKILL')
     await observer.end()
+    await listener.end()
   }
   const records = readFileSync(log, 'utf8').trim().split('\n').map((line) => {
     const [token, start, end] = line.split(' ')
@@ -242,10 +262,13 @@ async function handoff(server, bin, env, rawClient) {
   }).sort((a, b) => a.start - b.start)
   rmSync(dir, {recursive: true, force: true})
   const gaps = []
+  const phases = [] // [command ended → release seen, release seen → next command running]
   let overlaps = 0
   let disorder = 0
   for (let i = 1; i < records.length; i++) {
     gaps.push(records[i].start - records[i - 1].end)
+    const seen = notified.find((t) => t >= records[i - 1].end && t <= records[i].start)
+    if (seen !== undefined) phases.push([seen - records[i - 1].end, records[i].start - seen])
     if (records[i].start < records[i - 1].end) overlaps++
     if (records[i].token <= records[i - 1].token) disorder++
   }
@@ -261,10 +284,74 @@ async function handoff(server, bin, env, rawClient) {
     title: 'postgres (b) lock hand-off latency between two dlq lock run processes (ms)',
     table: {
       header: ['holders', 'n', 'median ms', 'p99 ms', 'min ms', 'max ms'],
-      rows: [['dlq lock run --wait forever, 1 waiter', String(gaps.length), fmt(median, 2), fmt(quantile(gaps, 0.99), 2), fmt(Math.min(...gaps), 2), fmt(Math.max(...gaps), 2)]],
+      rows: [
+        ['dlq lock run --wait forever, 1 waiter', ...stats(gaps)],
+        ['  1. command ended → release committed (NOTIFY seen by an observer)', ...stats(phases.map((p) => p[0]))],
+        ['  2. release committed → next command running', ...stats(phases.map((p) => p[1]))],
+      ],
     },
     verdicts: [{ok: median < 5, target: 'hand-off median < 5 ms', measured: `${fmt(median, 2)} ms (p99 ${fmt(quantile(gaps, 0.99), 2)} ms)`}],
     notes,
+  }
+}
+
+/**
+ * The PostgreSQL part alone: two node processes (this file, forked) take turns on one key through
+ * the driver. Each waits with waitMs Infinity; the holder releases 30 ms after the other is seen
+ * waiting. Measured: release() called → the other process's acquire() resolved.
+ */
+async function driverHandoff(server, rounds = HANDOFFS) {
+  const {fork} = await import('node:child_process')
+  const me = fileURLToPath(import.meta.url)
+  const kids = ['a', 'b'].map((name) => fork(me, ['--driver-handoff', server.url, name], {stdio: ['ignore', 'ignore', 'inherit', 'ipc']}))
+  const gaps = []
+  try {
+    await new Promise((resolveAll, rejectAll) => {
+      let releasedAt
+      let holder
+      let ready = 0
+      for (const kid of kids) {
+        kid.on('error', rejectAll)
+        kid.on('exit', (code) => code && rejectAll(new Error(`driver hand-off: a process exited ${code}`)))
+        kid.on('message', (m) => {
+          if (m.ready && ++ready === 2) for (const k of kids) k.send({start: true})
+          if (m.acquired) {
+            if (releasedAt !== undefined) gaps.push(m.at - releasedAt)
+            if (gaps.length >= rounds) return resolveAll()
+            holder = kid
+            // let the other one settle in its wait before the release
+            setTimeout(() => holder.send({release: true}), 30)
+          }
+          if (m.releasing) releasedAt = m.at
+        })
+      }
+    })
+  } finally {
+    for (const kid of kids) kid.kill()
+  }
+  return gaps
+}
+
+async function driverHandoffChild(url, name) {
+  const {openPostgresBackend} = await import(join(ROOT, 'dist', 'backends', 'postgres', 'index.js'))
+  const backend = await openPostgresBackend(new URL(url), {})
+  const signal = new AbortController().signal
+  const holder = {host: os.hostname(), pid: process.pid, user: 'bench', command: 'bench'}
+  const next = (type) => new Promise((r) => process.on('message', function on(m) {
+    if (m[type]) {
+      process.off('message', on)
+      r()
+    }
+  }))
+  process.send({ready: true})
+  await next('start')
+  for (let i = 0; ; i++) {
+    const owner = `${name}-${i}`
+    await backend.locks.acquire({key: 'driver-handoff', owner, ttlMs: 30_000, limit: 1, waitMs: Infinity, signal, holder})
+    process.send({acquired: true, at: nowMs()})
+    await next('release')
+    process.send({releasing: true, at: nowMs()})
+    await backend.locks.release('driver-handoff', owner)
   }
 }
 
@@ -363,9 +450,12 @@ async function queues(server, bin, env, openPostgresBackend, rawClient) {
   }
 }
 
-// `node bench/postgres.mjs` runs this section alone.
-if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const reports = await benchPostgres({log: (line) => console.error(line)})
+// `node bench/postgres.mjs [locks] [handoff] [queues]` runs this section (or some of it) alone.
+if (process.argv[2] === '--driver-handoff') {
+  await driverHandoffChild(process.argv[3], process.argv[4])
+} else if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  const wanted = process.argv.slice(2)
+  const reports = await benchPostgres({log: (line) => console.error(line), ...(wanted.length ? {sections: wanted} : {})})
   for (const report of reports) {
     console.log(`\n== ${report.title}`)
     const all = [report.table.header, ...report.table.rows]

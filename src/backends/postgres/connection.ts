@@ -75,7 +75,8 @@ const socketMessages = /Connection terminated|timeout expired|Client has encount
 const quoteIdentifier = (name: string) => `"${name.replace(/"/g, '""')}"`
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
-function schemaOf(name: string): Schema {
+/** The names derived from a schema name (exported for the benchmarks, which listen like dlq). */
+export function schemaOf(name: string): Schema {
   const hash = (text: string) => createHash('md5').update(text).digest()
   return {
     name,
