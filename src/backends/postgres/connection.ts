@@ -89,8 +89,6 @@ export function schemaOf(name: string): Schema {
 interface Settings {
   displayUrl: string
   config: ClientConfig
-  host: string
-  port: number
   /** Every secret this connection may send: scrubbed from messages. */
   secrets: () => string[]
   schema: Schema
@@ -100,6 +98,7 @@ interface Settings {
 /** libpq's password file: host:port:database:user:password, `*` matches anything, `\` escapes. */
 async function passwordFromFile(host: string, port: number, database: string, user: string, env: NodeJS.ProcessEnv): Promise<string | undefined> {
   const file = env.PGPASSFILE || join(env.HOME || homedir(), '.pgpass')
+  const hostname = host.startsWith('/') ? 'localhost' : host // libpq's name for a Unix socket
   try {
     const info = await stat(file)
     // libpq ignores a password file that others can read.
@@ -113,7 +112,7 @@ async function passwordFromFile(host: string, port: number, database: string, us
         else fields[fields.length - 1] += line[i]
       }
       if (fields.length !== 5) continue
-      const wanted = [host, String(port), database, user]
+      const wanted = [hostname, String(port), database, user]
       if (wanted.every((value, i) => fields[i] === '*' || fields[i] === value)) return fields[4]
     }
   } catch {
@@ -152,8 +151,6 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
   const timeoutMs = connectTimeoutMs(url)
   return {
     displayUrl,
-    host,
-    port,
     secrets: () => (password ? [password] : []),
     schema: schemaOf(schemaName),
     timeoutMs,
@@ -276,7 +273,9 @@ export class Connection {
     return result
   }
 
-  private async send<Row extends QueryResultRow>(statement: Statement | string, values: unknown[], timeoutMs: number): Promise<Row[]> {
+  /** One statement on the live session (connecting first if needed), or on `session` only. */
+  private async send<Row extends QueryResultRow>(statement: Statement | string, values: unknown[], timeoutMs: number, session?: Client): Promise<Row[]> {
+    if (session && this.live !== session) throw unavailable(`lost the connection to ${this.displayUrl}`, 'the session of a transaction ended', 'try again')
     const client = this.live ?? (await this.connect(true))
     const name = typeof statement === 'string' ? statement.replace(/\s+/g, ' ').slice(0, 60) : statement.name
     const started = Date.now()
@@ -356,7 +355,7 @@ export class Connection {
   }
 
   /** pg's error → a DlqError carrying SPEC §4's exit code; the password never in its text. */
-  describe(error: unknown, what: string): Error {
+  private describe(error: unknown, what: string): Error {
     if (error instanceof DlqError) return error
     const err = error as Error & {code?: string; severity?: string}
     const code = err.code ?? ''
@@ -390,7 +389,9 @@ export class Connection {
       throw unavailable(`schema ${s} in ${this.displayUrl} is at version ${version}`, `this dlq knows versions up to ${LATEST_VERSION}`, 'upgrade dlq, or use another ?schema=')
     }
     await this.serial(async () => {
-      const run = (text: string, values: unknown[] = []) => this.send(text, values, Math.max(this.settings.timeoutMs, 30_000))
+      // One session throughout: a statement sent after a reconnect would run outside the transaction.
+      const session = this.live ?? (await this.connect(true))
+      const run = (text: string, values: unknown[] = []) => this.send(text, values, Math.max(this.settings.timeoutMs, 30_000), session)
       await run('BEGIN')
       try {
         await run(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`)
