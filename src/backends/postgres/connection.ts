@@ -365,6 +365,7 @@ export class Connection {
     }
     if (code === '3D000') return unavailable(`cannot use ${this.displayUrl}`, why, 'create the database first, or name another in the URL')
     if (code === '42501') return unavailable(`permission denied on ${this.displayUrl}`, why, `dlq needs its own schema ${this.schema.sql}: grant CREATE on the database, or create the schema for this user`)
+    if (code === '22P05' || code === '22021') return usageError('a key or queue name the database cannot store', why, 'dlq needs a UTF8 (or SQL_ASCII) database for names beyond its encoding')
     if (code === '25006') return unavailable(`cannot write to ${this.displayUrl}`, why, 'the server is a read-only standby: use the primary')
     // Whatever stops a connection (refused, timed out, TLS, a full server) means "unavailable".
     const connecting = what.startsWith('cannot connect')
