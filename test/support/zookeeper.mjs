@@ -13,7 +13,7 @@ import {daemon, freePort} from './servers.mjs'
 
 const CLASSPATH = '/etc/zookeeper/conf:/usr/share/java/zookeeper.jar'
 // A small heap and the quick JIT tier: test servers start faster and leave the CPU to the tests.
-const JVM = ['-Xmx128m', '-Xss512k', '-XX:+UseSerialGC', '-XX:TieredStopAtLevel=1', '-Dzookeeper.admin.enableServer=false']
+const JVM = ['-Xmx256m', '-Xss512k', '-XX:+UseSerialGC', '-XX:TieredStopAtLevel=1', '-Dzookeeper.admin.enableServer=false']
 
 /** Sends a four-letter word (srvr, ruok, …) and resolves with the reply ('' when nobody answers). */
 export function fourLetters(port, word, timeoutMs = 1000) {
