@@ -11,8 +11,7 @@ import {constants} from 'node:os'
 
 import type {Lease, LockDriver} from './backends/types.js'
 import {LockLostError, toDlqError} from './errors.js'
-
-export const forwardedSignals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
+import type {SignalRouter} from './signals.js'
 
 export interface Supervision {
   command: string
@@ -21,6 +20,8 @@ export interface Supervision {
   lease: Lease
   locks: LockDriver
   killGraceMs: number
+  /** Signals held since the lock was taken; forwarded to the command's group once it runs. */
+  signals: SignalRouter
   /** dlq's own messages (lost lock, release trouble). */
   say: (line: string) => void
 }
@@ -83,11 +84,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
 
   const reaper = pid === undefined ? undefined : startReaper(pid, job.killGraceMs)
 
-  const forwards = forwardedSignals.map((signal) => {
-    const handler = () => killGroup(signal)
-    process.on(signal, handler)
-    return () => process.off(signal, handler)
-  })
+  job.signals.forwardTo(killGroup)
 
   let lost: string | undefined
   let lease = job.lease
@@ -153,7 +150,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     })
   }
   clearTimeout(killTimer)
-  for (const off of forwards) off()
+  job.signals.forwardTo(undefined)
   reaper?.stdin?.end('ok\n')
 
   let exitCode: number

@@ -3,13 +3,16 @@
 //   queues/<queue>/tmp/  a batch being written (never read by anyone else)
 //   queues/<queue>/new/  waiting:   <batch>.<start>.<count>.<deliveries so far>
 //   queues/<queue>/cur/  reserved:  <batch>.<start>.<count>.<this delivery>.<deadline ms>.<reserver>
+//                        being split: <waiting name>.<give-up ms>.<reserver>.split
 //
 // - push: one file per batch (one fdatasync for the whole batch, then the rename into new/ and an
 //   fsync of new/), named <ms><seq>-<random> so name order is FIFO order.
 // - reserve: rename new/F → cur/F…deadline.reserver. Exactly one reserver's rename succeeds. When a
-//   reserver needs fewer messages than F holds, it writes the rest back as new/F' (same batch, later
-//   start: it sorts where F was) and only then renames its claim down to what it took; a crash in
-//   between duplicates the rest, never loses it (at-least-once).
+//   reserver needs fewer messages than F holds, it claims F as `….split`, writes the rest back as
+//   new/F' (same batch, later start: it sorts where F was) and only then renames its claim down to
+//   what it took; a crash in between duplicates the rest, never loses it (at-least-once). Another
+//   reserver that finds new/ empty while a split is under way waits for it (up to a second) rather
+//   than report an empty queue; a split abandoned by a crash goes back to new/ after splitGraceMs.
 // - a file's name says which messages of its content it covers (content carries its own start), so
 //   splitting is a rename, not a rewrite.
 // - ack = unlink; retry/release = rename back into new/ (or into <queue>.dead/new/ once the
@@ -29,6 +32,9 @@ const fallbackPollMs = 1000
 const staleTmpMs = 3_600_000
 const waitingName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)$/
 const claimName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)\.(\d{13})\.([0-9a-f]+)$/
+const splitName = /^((\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+))\.(\d{13})\.([0-9a-f]+)\.split$/
+const splitGraceMs = 10_000
+const splitWaitMs = 1000
 
 interface Waiting {
   name: string
@@ -162,8 +168,11 @@ export class FileQueues implements QueueDriver {
     if (dead) this.log?.(`file: ${waiting.count} messages of ${waiting.batch} dead after ${waiting.deliveries} deliveries`)
   }
 
-  /** Returns expired claims; resolves with the earliest deadline still pending. */
-  private async sweep(queue: string, dirs: QueueDirs, maxAttempts: number): Promise<number> {
+  /**
+   * Returns expired claims (and abandoned splits); resolves with the earliest deadline still
+   * pending, and whether another reserver is splitting a batch right now.
+   */
+  private async sweep(queue: string, dirs: QueueDirs, maxAttempts: number): Promise<{earliest: number; splitting: boolean}> {
     const now = Date.now()
     if (now - this.tmpSwept > staleTmpMs) {
       // Batches a killed push never renamed into new/: never visible, never acknowledged to anyone.
@@ -174,7 +183,18 @@ export class FileQueues implements QueueDriver {
       }
     }
     let earliest = Number.POSITIVE_INFINITY
-    for (const claim of await this.listClaims(dirs.cur)) {
+    let splitting = false
+    const names = await readdir(dirs.cur)
+    for (const name of names) {
+      const split = splitName.exec(name)
+      if (!split) continue
+      if (Number(split[6]) > now) {
+        splitting ||= split[7] !== this.reserver
+        continue
+      }
+      await rename(join(dirs.cur, name), join(dirs.new, split[1])).catch(() => {}) // its reserver died mid-split
+    }
+    for (const claim of names.map(parseClaim).filter((c): c is Claim => c !== undefined)) {
       if (claim.deadline > now) {
         earliest = Math.min(earliest, claim.deadline)
         continue
@@ -183,7 +203,7 @@ export class FileQueues implements QueueDriver {
         if (!isMissing(error)) throw error
       })
     }
-    return earliest
+    return {earliest, splitting}
   }
 
   private async readMessages(path: string, entry: Waiting, deliveries: number): Promise<Message[]> {
@@ -197,8 +217,8 @@ export class FileQueues implements QueueDriver {
     return out
   }
 
-  private async reserveOnce(queue: string, dirs: QueueDirs, request: ReserveRequest): Promise<{messages: Message[]; earliest: number}> {
-    const earliest = await this.sweep(queue, dirs, request.maxAttempts)
+  private async reserveOnce(queue: string, dirs: QueueDirs, request: ReserveRequest): Promise<{messages: Message[]; earliest: number; splitting: boolean}> {
+    const {earliest, splitting} = await this.sweep(queue, dirs, request.maxAttempts)
     const messages: Message[] = []
     for (const entry of await this.listWaiting(dirs.new)) {
       if (messages.length >= request.count) break
@@ -207,8 +227,10 @@ export class FileQueues implements QueueDriver {
         await this.returnTo(queue, dirs, from, entry, request.maxAttempts).catch(() => {})
         continue
       }
+      const need = request.count - messages.length
       const claim = {...entry, deliveries: entry.deliveries + 1, deadline: Date.now() + request.visibilityMs, reserver: this.reserver}
-      const claimed = join(dirs.cur, claimFile(claim))
+      const splits = entry.count > need
+      const claimed = join(dirs.cur, splits ? `${entry.name}.${pad(Date.now() + splitGraceMs, 13)}.${this.reserver}.split` : claimFile(claim))
       try {
         await rename(from, claimed)
       } catch (error) {
@@ -216,8 +238,7 @@ export class FileQueues implements QueueDriver {
         throw error
       }
       let taken = await this.readMessages(claimed, entry, claim.deliveries)
-      const need = request.count - messages.length
-      if (taken.length > need) {
+      if (splits) {
         // Give back the rest first (durably), then shrink the claim: a crash between duplicates, never loses.
         const rest = {batch: entry.batch, start: entry.start + need, count: entry.count - need, deliveries: entry.deliveries}
         await this.writeDurably(dirs, dirs.new, waitingFile(rest), encodeBatch(rest.start, taken.slice(need).map((m) => m.body)))
@@ -227,15 +248,20 @@ export class FileQueues implements QueueDriver {
       messages.push(...taken)
     }
     if (messages.length > 0) this.log?.(`file: reserved ${messages.length} messages from ${dirs.new}`)
-    return {messages, earliest}
+    return {messages, earliest, splitting}
   }
 
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
     const dirs = await this.dirs(queue)
     const deadline = Date.now() + request.waitMs
     return this.waitFor(dirs.new, request.signal, deadline, async () => {
-      const {messages, earliest} = await this.reserveOnce(queue, dirs, request)
-      return {done: messages.length > 0, value: messages, next: earliest}
+      const started = Date.now()
+      for (;;) {
+        const {messages, earliest, splitting} = await this.reserveOnce(queue, dirs, request)
+        // new/ looked empty only because another reserver is putting back the rest of a batch.
+        if (messages.length > 0 || !splitting || Date.now() - started > splitWaitMs) return {done: messages.length > 0, value: messages, next: earliest}
+        await new Promise((resolve) => setTimeout(resolve, 2))
+      }
     }, [])
   }
 

@@ -261,6 +261,23 @@ export class Session {
     return this.request('create', path, (c, reply) => c.create(path, data, this.acl, mode, reply))
   }
 
+  /**
+   * create, and the zxid of its reply, which is the new node's czxid: the library keeps the zxid of
+   * the latest reply and sets it just before it calls back (synchronously). Callers check it once
+   * against exists(), in case a version of the library does otherwise.
+   */
+  createWithZxid(path: string, data: Buffer, mode: CreateModeValue): Promise<{path: string; zxid?: bigint}> {
+    return this.request('create', path, (c, reply) => c.create(path, data, this.acl, mode, (error, created) => {
+      const last = c.connectionManager?.zxid
+      reply(error, {path: created, zxid: Buffer.isBuffer(last) && last.length === 8 ? zxid(last) : undefined})
+    }))
+  }
+
+  /** Whether the offset to the server's clock was measured (else nowEstimate() is the local clock). */
+  get clockKnown(): boolean {
+    return this.offsetMs !== undefined
+  }
+
   remove(path: string, version = -1): Promise<void> {
     return this.request('delete', path, (c, reply) => c.remove(path, version, (error) => reply(error)))
   }

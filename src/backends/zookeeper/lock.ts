@@ -102,6 +102,8 @@ function split(children: string[]): {contenders: string[]; leases: string[]} {
 
 export class ZooKeeperLocks implements LockDriver {
   private readonly mine = new Map<string, Mine>()
+  /** Whether a create's reply zxid is its node's czxid (checked once against exists()). */
+  private replyZxids?: boolean
 
   constructor(
     private readonly session: Session,
@@ -135,13 +137,13 @@ export class ZooKeeperLocks implements LockDriver {
   }
 
   /** Step 1: create our contender node, finding it again if the create's reply was lost. */
-  private async enter(keyPath: string, owner: string, record: Record): Promise<{name: string; sent: number; received: number}> {
+  private async enter(keyPath: string, owner: string, record: Record): Promise<{name: string; sent: number; received: number; czxid?: bigint}> {
     const prefix = contenderPrefix(owner)
     for (let attempt = 0; ; attempt++) {
       const sent = Date.now()
       try {
-        const path = await this.session.create(`${keyPath}/${prefix}`, encode(record), Mode.EPHEMERAL_SEQUENTIAL)
-        return {name: basename(path), sent, received: Date.now()}
+        const {path, zxid: czxid} = await this.session.createWithZxid(`${keyPath}/${prefix}`, encode(record), Mode.EPHEMERAL_SEQUENTIAL)
+        return {name: basename(path), sent, received: Date.now(), czxid}
       } catch (error) {
         if (isCode(error, Code.NO_NODE) && attempt < 3) {
           this.session.forget(keyPath)
@@ -166,7 +168,7 @@ export class ZooKeeperLocks implements LockDriver {
     const keyPath = this.paths.key(key)
     const deadline = Date.now() + request.waitMs
     const record: Record = {owner, ...request.holder, limit, ttlMs: request.ttlMs, leaseMs: request.ttlMs, acquired: true, acquiredAt: Date.now()}
-    let node: {name: string; path: string; version: number; token?: string; sent: number; received: number; waiting: boolean} | undefined
+    let node: {name: string; path: string; version: number; token?: string; replyZxid?: bigint; sent: number; received: number; waiting: boolean} | undefined
     let changed = false
     let wake: (() => void) | undefined
     const onChange = () => {
@@ -187,7 +189,9 @@ export class ZooKeeperLocks implements LockDriver {
             record.acquired = true
             record.acquiredAt = Date.now()
             const entered = await this.enter(keyPath, owner, record)
-            node = {name: entered.name, path: `${keyPath}/${entered.name}`, version: 0, sent: entered.sent, received: entered.received, waiting: false}
+            node = {name: entered.name, path: `${keyPath}/${entered.name}`, version: 0, sent: entered.sent, received: entered.received, waiting: false, replyZxid: entered.czxid}
+            // Step 4: the create's reply carries the czxid; read it back only until that is proven.
+            if (this.replyZxids) node.token = entered.czxid?.toString()
           }
           const [{children}, own] = await Promise.all([
             this.session.getChildren(keyPath),
@@ -197,6 +201,7 @@ export class ZooKeeperLocks implements LockDriver {
             node.token = zxid(own.czxid).toString()
             if (!node.waiting) this.session.observeWrite(own, node.sent, node.received)
           }
+          if (own && this.replyZxids === undefined) this.replyZxids = node.replyZxid !== undefined && node.token === node.replyZxid.toString()
           const {contenders, leases} = split(children)
           const index = contenders.indexOf(node.name)
           if (index === -1) {

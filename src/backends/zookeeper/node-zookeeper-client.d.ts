@@ -105,12 +105,15 @@ declare module 'node-zookeeper-client' {
     retries?: number
   }
 
-  /**
-   * Internals reached only to close a connection that stopped answering: the library has no read
-   * timeout (alexguan/node-zookeeper-client#13), so a paused server would hold the client forever.
-   */
+  /** Internals, each used with a fallback (see connection.ts). */
   export interface ConnectionManager {
+    /**
+     * Closed when a connection stops answering: the library has no read timeout
+     * (alexguan/node-zookeeper-client#13), so a paused server would hold the client forever.
+     */
     socket?: {destroy(): void}
+    /** The zxid of the last reply, set just before that reply's callback runs. */
+    zxid?: Buffer
   }
 
   export interface Client extends EventEmitter {

@@ -1,5 +1,3 @@
-import {constants} from 'node:os'
-
 import * as Flags from '@oclif/core/flags'
 
 import {DlqCommand} from '../../base.js'
@@ -7,7 +5,8 @@ import {formatDuration, parseDuration} from '../../duration.js'
 import {usageError} from '../../errors.js'
 import {checkLimit, checkTtl, conflictFlag, describeHolders, holderInfo, keyFlag, limitFlag, newOwner, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
-import {forwardedSignals, supervise} from '../../supervisor.js'
+import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
+import {supervise} from '../../supervisor.js'
 
 export default class LockRun extends DlqCommand {
   static summary = 'Run a command while holding a lock.'
@@ -35,7 +34,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
 
   async run(): Promise<void> {
     const {flags, argv} = await this.parse(LockRun)
-    const [command, ...args] = argv as string[]
+    const [command, ...args] = commandAfterDashes(this.argv, argv as string[])
     const key = checkName(flags.key, 'key')
     const waitMs = parseDuration(flags.wait, 'wait')
     const ttlMs = checkTtl(flags.ttl)
@@ -49,16 +48,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
     const backend = await this.backend(flags.backend, flags.verbose)
     const preload = import('execa').catch(() => {}) // ready by the time the lock is, not after
     // A signal while waiting cancels the wait at once and leaves nothing behind (exit 128+N).
-    const abort = new AbortController()
-    let cancelledBy: NodeJS.Signals | undefined
-    const cancels = forwardedSignals.map((signal) => {
-      const handler = () => {
-        cancelledBy ??= signal
-        abort.abort()
-      }
-      process.on(signal, handler)
-      return () => process.off(signal, handler)
-    })
+    const signals = new SignalRouter()
 
     const owner = newOwner()
     const started = Date.now()
@@ -66,7 +56,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
     let shown = false
     const lease = await backend.locks
       .acquire({
-        key, owner, ttlMs, limit, waitMs, signal: abort.signal,
+        key, owner, ttlMs, limit, waitMs, signal: signals.signal,
         holder: holderInfo([command, ...args].join(' ')),
         onWaiting: statusLine
           ? (holders) => {
@@ -76,15 +66,15 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
           : undefined,
       })
       .catch((error: unknown) => {
-        if (abort.signal.aborted) return undefined
+        if (signals.signal.aborted) return undefined
         throw error
       })
     if (shown) process.stderr.write('\r\u001B[2K')
-    for (const off of cancels) off()
-    if (cancelledBy) {
+    if (signals.first) {
       if (lease) await backend.locks.release(key, owner).catch(() => {})
-      await this.finish(128 + (constants.signals[cancelledBy] ?? 0))
+      await this.finish(signalExitCode(signals.first))
     }
+    signals.hold() // from here on, a signal is for the command: kept until it runs, then forwarded
     if (!lease) {
       const [state] = await backend.locks.status(key).catch(() => [])
       say(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}`)
@@ -94,7 +84,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
     this.log2(`acquired ${key} with fencing token ${lease.token}`)
     await preload
     const outcome = await supervise({
-      command, args, lease, locks: backend.locks, killGraceMs,
+      command, args, lease, locks: backend.locks, killGraceMs, signals,
       say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
       env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.token},
     })

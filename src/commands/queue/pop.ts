@@ -1,5 +1,3 @@
-import {constants} from 'node:os'
-
 import * as Flags from '@oclif/core/flags'
 
 import type {Backend, Message} from '../../backends/types.js'
@@ -9,7 +7,7 @@ import {usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
 import {writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
-import {forwardedSignals} from '../../supervisor.js'
+import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
 
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
@@ -37,7 +35,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
   async run(): Promise<void> {
     const {flags, argv} = await this.parse(QueuePop)
     const queue = checkName(flags.queue, 'queue')
-    const command = argv as string[]
+    const command = commandAfterDashes(this.argv, argv as string[])
     const waitMs = parseDuration(flags.wait, 'wait')
     const visibilityMs = parseDuration(flags.visibility, 'visibility')
     if (!Number.isFinite(visibilityMs) || visibilityMs < 100) throw usageError('bad --visibility', flags.visibility, 'a finite duration of at least 100ms')
@@ -47,29 +45,18 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     if (!flags.exec && command.length > 0) throw usageError('unexpected arguments', command.join(' '), 'to run a command per message, use --exec -- COMMAND')
 
     const backend = await this.backend(flags.backend, flags.verbose)
-    const abort = new AbortController()
-    let stoppedBy: NodeJS.Signals | undefined
-    const offs = forwardedSignals.map((signal) => {
-      const handler = () => {
-        stoppedBy ??= signal
-        abort.abort()
-      }
-      process.on(signal, handler)
-      return () => process.off(signal, handler)
-    })
-    const options = {visibilityMs, waitMs, maxAttempts: flags['max-attempts'], signal: abort.signal}
-    const stopped = () => this.finish(128 + (constants.signals[stoppedBy!] ?? 0))
-
-    if (flags.exec) {
-      for (const off of offs) off()
-      return this.work(backend, queue, command, {...options, count: flags.count})
-    }
+    const signals = new SignalRouter()
+    const options = {visibilityMs, waitMs, maxAttempts: flags['max-attempts'], signal: signals.signal}
+    if (flags.exec) return this.work(backend, queue, command, signals, {...options, count: flags.count})
 
     const messages = await backend.queues.reserve(queue, {...options, count: flags.count ?? 1}).catch((error: unknown) => {
-      if (abort.signal.aborted) return []
+      if (signals.signal.aborted) return []
       throw error
     })
-    if (stoppedBy) return stopped()
+    if (signals.first) {
+      await backend.queues.settle(queue, messages, 'release', options.maxAttempts)
+      return this.finish(signalExitCode(signals.first))
+    }
     if (messages.length === 0) {
       process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(waitMs)}\n`)
       return this.finish(75)
@@ -77,7 +64,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     let written = 0
     let broken = false
     for (const message of messages) {
-      if (stoppedBy) break
+      if (signals.first) break
       try {
         await writeOut(process.stdout, render(message, this.jsonEnabled(), flags.null))
         written++
@@ -88,43 +75,37 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     }
     await backend.queues.settle(queue, messages.slice(0, written), 'ack', options.maxAttempts)
     await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts)
-    if (stoppedBy) return stopped()
-    return this.finish(broken ? 128 + constants.signals.SIGPIPE : 0)
+    if (signals.first) return this.finish(signalExitCode(signals.first))
+    return this.finish(broken ? signalExitCode('SIGPIPE') : 0)
   }
 
   /** Worker mode: one message at a time through COMMAND, acked on exit 0. */
-  private async work(backend: Backend, queue: string, command: string[], options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}): Promise<void> {
+  private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}): Promise<void> {
     const {execa} = await import('execa')
-    const abort = new AbortController()
-    let stoppedBy: NodeJS.Signals | undefined
-    let child: ReturnType<typeof execa> | undefined
-    const offs = forwardedSignals.map((signal) => {
-      const handler = () => {
-        stoppedBy ??= signal
-        if (child?.pid) child.kill(signal)
-        else abort.abort()
-      }
-      process.on(signal, handler)
-      return () => process.off(signal, handler)
-    })
     let processed = 0
-    while (options.count === undefined || processed < options.count) {
-      const [message] = await backend.queues.reserve(queue, {...options, count: 1, signal: abort.signal}).catch((error: unknown) => {
-        if (abort.signal.aborted) return [] as Message[]
+    while ((options.count === undefined || processed < options.count) && !signals.first) {
+      const [message] = await backend.queues.reserve(queue, {...options, count: 1}).catch((error: unknown) => {
+        if (signals.signal.aborted) return [] as Message[]
         throw error
       })
       if (!message) break
+      if (signals.first) {
+        await backend.queues.settle(queue, [message], 'release', options.maxAttempts) // never started: not a delivery
+        break
+      }
+      signals.hold()
       // Keep the message reserved while the command works on it, however long that takes.
       const extender = setInterval(() => void backend.queues.extend(queue, message, options.visibilityMs).catch(() => {}), Math.max(50, options.visibilityMs / 3))
-      child = execa(command[0], command.slice(1), {
+      const child = execa(command[0], command.slice(1), {
         input: message.body,
         stdout: 'inherit',
         stderr: 'inherit',
         reject: false,
         env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts)},
       })
+      signals.forwardTo((signal) => child.kill(signal))
       const result = await child
-      child = undefined
+      signals.waitAgain()
       clearInterval(extender)
       const ok = result.exitCode === 0
       await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts)
@@ -134,10 +115,9 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
         process.stderr.write(`dlq: message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}\n`)
       }
       processed++
-      if (stoppedBy) break
     }
-    for (const off of offs) off()
-    if (stoppedBy) return this.finish(128 + (constants.signals[stoppedBy] ?? 0))
+    signals.dispose()
+    if (signals.first) return this.finish(signalExitCode(signals.first))
     if (processed === 0) {
       process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(options.waitMs)}\n`)
       return this.finish(75)

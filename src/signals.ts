@@ -1,0 +1,65 @@
+// Signals sent to dlq (SIGINT, SIGTERM, SIGHUP, SIGQUIT), routed by phase, so that none is lost and
+// none kills dlq behind the command's back: while dlq waits, a signal cancels the wait; from the
+// moment a command is about to run, signals are held and then forwarded to it, including those
+// that arrive between taking the lock and starting the command.
+import {constants} from 'node:os'
+
+export const forwardedSignals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
+export type ForwardedSignal = (typeof forwardedSignals)[number]
+
+/** The exit code of a process killed by `signal`, as shells report it. */
+export const signalExitCode = (signal: NodeJS.Signals) => 128 + (constants.signals[signal] ?? 0)
+
+export class SignalRouter {
+  /** The first signal received, if any. */
+  first?: ForwardedSignal
+  private readonly abort = new AbortController()
+  private holding = false
+  private readonly held: ForwardedSignal[] = []
+  private target?: (signal: ForwardedSignal) => void
+  private readonly handlers = forwardedSignals.map((signal) => {
+    const handler = () => this.receive(signal)
+    process.on(signal, handler)
+    return () => process.off(signal, handler)
+  })
+
+  /** Aborted by the first signal received while waiting. */
+  get signal(): AbortSignal {
+    return this.abort.signal
+  }
+
+  private receive(signal: ForwardedSignal): void {
+    this.first ??= signal
+    if (this.target) this.target(signal)
+    else if (this.holding) this.held.push(signal)
+    else this.abort.abort()
+  }
+
+  /** From now on, keep signals for the command about to start instead of cancelling. */
+  hold(): void {
+    this.holding = true
+  }
+
+  /** Sends held and future signals to `target` (the command's process group). */
+  forwardTo(target: ((signal: ForwardedSignal) => void) | undefined): void {
+    this.target = target
+    if (target) for (const signal of this.held.splice(0)) target(signal)
+  }
+
+  /** Back to cancelling: for a worker between two messages. */
+  waitAgain(): void {
+    this.holding = false
+    this.target = undefined
+    if (this.held.splice(0).length > 0 || this.first) this.abort.abort()
+  }
+
+  dispose(): void {
+    for (const off of this.handlers) off()
+  }
+}
+
+/** The command after `--`, verbatim from the raw arguments (oclif's argv can reorder repeated words). */
+export function commandAfterDashes(raw: string[], parsed: string[]): string[] {
+  const dashes = raw.indexOf('--')
+  return dashes === -1 ? parsed : raw.slice(dashes + 1)
+}
