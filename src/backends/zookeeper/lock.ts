@@ -217,8 +217,13 @@ export class ZooKeeperLocks implements LockDriver {
             const window = contenders.slice(Math.max(0, index - limit), index)
             const watched = await this.read(keyPath, index < limit ? [...window, ...leases] : window, watcher)
             if (watched.length < window.length + (index < limit ? leases.length : 0)) continue // one went meanwhile
-            const now = this.session.nowEstimate()
-            const expired = watched.filter((n) => this.expired(n, now))
+            let now = this.session.nowEstimate()
+            let expired = watched.filter((n) => this.expired(n, now))
+            if (expired.length > 0 && !this.session.clockKnown) {
+              // About to delete someone's node: on the server's clock, not on a guess.
+              now = await this.session.serverNow()
+              expired = watched.filter((n) => this.expired(n, now))
+            }
             if (expired.length > 0) {
               await Promise.all(expired.map((n) => this.collect(n)))
               continue
@@ -247,7 +252,9 @@ export class ZooKeeperLocks implements LockDriver {
           if (!node.waiting) {
             // Waiting is the session's business: unmark so that no one expires us while we wait.
             try {
+              const sent = Date.now()
               const stat = await this.session.setData(node.path, encode({...record, acquired: false}), node.version)
+              this.session.observeWrite(stat, sent)
               node.version = stat.version
               node.waiting = true
             } catch (error) {
