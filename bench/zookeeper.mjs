@@ -203,8 +203,9 @@ export async function benchZooKeeper({bin = join(ROOT, 'bin', 'run.cjs'), log = 
         {ok: round.popped === QUEUE_MESSAGES && round.inOrder, target: 'pop returns every message once, in order', measured: `${round.popped} of ${QUEUE_MESSAGES}, ${round.inOrder ? 'in order' : 'OUT OF ORDER'}`},
       ],
       notes: [
-        'a dlq cycle: create the contender node (EPHEMERAL_SEQUENTIAL, holder record as data), getChildren and exists (its czxid is the',
-        '  fencing token) pipelined, delete. The raw loop has the same two writes and one read, without a token.',
+        'a dlq cycle: create the contender node (EPHEMERAL_SEQUENTIAL, holder record as data; the reply\'s zxid is its czxid, the',
+        '  fencing token), getChildren, delete: the raw loop\'s three requests (the first acquire of a process also reads the node back',
+        '  with exists() once, to check that the reply\'s zxid is the czxid).',
         'rounds alternate dlq-first and raw-first; the ratio is the median of the per-pair ratios (robust to a busy machine).',
         'hand-off: the holder\'s delete (an fsynced write), the watch notification, the waiter\'s getChildren; its setData marking it',
         '  the holder is sent but not waited for. Each process holds 20 ms, and queues up again 5 ms after its release.',

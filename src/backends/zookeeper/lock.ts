@@ -15,7 +15,8 @@
 //    ahead is blocked only by leases, so it watches those too.
 // 4. The fencing token is the node's czxid: zxids increase across the whole ensemble, and nodes hold
 //    in creation order, so every acquisition of a key gets a larger token (force releases included,
-//    and nothing is kept per key that could reset it).
+//    and nothing is kept per key that could reset it). It is the zxid of the create's reply, so an
+//    uncontended acquire+release costs the recipe's three requests (create, getChildren, delete).
 // 5. A holder's record carries its lease (`leaseMs`): it expires at the node's mtime + leaseMs on
 //    the server's clock, and renewals rewrite it (setData, compare-and-set on the version). A holder
 //    whose process died but whose session lingers (kill -9: the session outlives it by its timeout)
