@@ -49,6 +49,15 @@ export interface Schema {
 const knownParameters = new Set(['schema', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name'])
 const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 
+// Keys and queue names are UTF-8 whatever the database's default client encoding. And every dlq
+// statement reads or writes a few rows through an index (the first messages of one queue in id
+// order, a lease by key, rows by (queue, id)), which is always the right plan; but right after a
+// bulk push the statistics still say the queue is tiny, and the planner would sort, hash or
+// bitmap-scan the whole queue for each pop (160 ms instead of 1.5 ms for 1000 of 300,000). These
+// settings, for dlq's own sessions only, leave it the index and nested loops.
+const SESSION_SETTINGS = ['client_encoding=UTF8', 'enable_seqscan=off', 'enable_bitmapscan=off', 'enable_sort=off', 'enable_hashjoin=off', 'enable_mergejoin=off']
+  .map((setting) => `-c ${setting}`).join(' ')
+
 // 'dlq-migr' as a 64-bit integer: the one key every dlq process takes before it migrates a schema.
 const MIGRATION_LOCK = '7236841547384498034'
 const SCHEMA_EXISTS = 'SELECT 1 FROM pg_namespace WHERE nspname = $1'
@@ -169,8 +178,7 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
       },
       ssl: await tlsOf(url, env),
       application_name: url.searchParams.get('application_name') ?? 'dlq',
-      // Keys and queue names are UTF-8 whatever the database's default client encoding.
-      options: '-c client_encoding=UTF8',
+      options: SESSION_SETTINGS,
       keepAlive: true,
       connectionTimeoutMillis: timeoutMs,
     },

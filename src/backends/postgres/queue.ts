@@ -56,11 +56,12 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
     RETURN ids;
   END
   $fn$`,
-  `CREATE FUNCTION ${s}.bury(p_queue text, p_ids bigint[], p_dead text, p_dead_channel text) RETURNS void
+  // p_rows: row versions this transaction has locked (FOR UPDATE), so their ctids cannot move.
+  `CREATE FUNCTION ${s}.bury(p_rows tid[], p_dead text, p_dead_channel text) RETURNS void
   LANGUAGE plpgsql AS $fn$
   BEGIN
     PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_dead));
-    WITH gone AS (DELETE FROM ${s}.messages WHERE queue = p_queue AND id = ANY (p_ids) RETURNING id, body, enqueued_at)
+    WITH gone AS (DELETE FROM ${s}.messages WHERE ctid = ANY (p_rows) RETURNING id, body, enqueued_at)
       INSERT INTO ${s}.messages (queue, body, enqueued_at) SELECT p_dead, body, enqueued_at FROM gone ORDER BY id;
     PERFORM pg_notify(p_dead_channel, '');
   END
@@ -71,22 +72,24 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
   #variable_conflict use_column
   DECLARE
     now_ timestamptz := clock_timestamp();
-    spent bigint[];
-    fresh bigint[];
+    spent tid[];
+    fresh tid[];
   BEGIN
     LOOP
-      SELECT array_agg(d.id) FILTER (WHERE d.attempts >= p_max_attempts), array_agg(d.id) FILTER (WHERE d.attempts < p_max_attempts)
+      -- The rows are locked here, so their ctids stay put until commit: the UPDATE below finds
+      -- them by ctid (a TID scan), whatever the planner believes about the queue's size.
+      SELECT array_agg(d.ctid) FILTER (WHERE d.attempts >= p_max_attempts), array_agg(d.ctid) FILTER (WHERE d.attempts < p_max_attempts)
         INTO spent, fresh
-        FROM (SELECT m.id, m.attempts FROM ${s}.messages m
+        FROM (SELECT m.ctid, m.attempts FROM ${s}.messages m
               WHERE m.queue = p_queue AND m.visible_at <= now_
               ORDER BY m.id LIMIT p_count FOR UPDATE SKIP LOCKED) d;
       IF spent IS NOT NULL THEN
-        PERFORM ${s}.bury(p_queue, spent, p_dead, p_dead_channel);
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
       END IF;
       IF fresh IS NOT NULL THEN
         RETURN QUERY UPDATE ${s}.messages m
           SET attempts = m.attempts + 1, visible_at = now_ + p_visibility_ms * interval '1 millisecond', reserved_by = p_receipt
-          WHERE m.queue = p_queue AND m.id = ANY (fresh)
+          WHERE m.ctid = ANY (fresh)
           RETURNING m.id, m.body, m.enqueued_at, m.attempts;
         RETURN;
       END IF;
@@ -99,7 +102,7 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
   LANGUAGE plpgsql AS $fn$
   #variable_conflict use_column
   DECLARE
-    spent bigint[];
+    spent tid[];
   BEGIN
     IF p_outcome = 'ack' THEN
       DELETE FROM ${s}.messages m USING unnest(p_ids, p_receipts) AS t (id, receipt)
@@ -107,11 +110,11 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
       RETURN;
     END IF;
     IF p_outcome = 'retry' THEN
-      SELECT array_agg(x.id) INTO spent FROM (
-        SELECT m.id FROM ${s}.messages m JOIN unnest(p_ids, p_receipts) AS t (id, receipt) ON m.id = t.id AND m.reserved_by = t.receipt
+      SELECT array_agg(x.ctid) INTO spent FROM (
+        SELECT m.ctid FROM ${s}.messages m JOIN unnest(p_ids, p_receipts) AS t (id, receipt) ON m.id = t.id AND m.reserved_by = t.receipt
         WHERE m.queue = p_queue AND m.attempts >= p_max_attempts FOR UPDATE OF m) x;
       IF spent IS NOT NULL THEN
-        PERFORM ${s}.bury(p_queue, spent, p_dead, p_dead_channel);
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
       END IF;
     END IF;
     UPDATE ${s}.messages m
