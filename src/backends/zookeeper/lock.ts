@@ -47,7 +47,7 @@ const renewMarginMs = (ttlMs: number) => Math.min(250, ttlMs / 10)
 const fallbackPollMs = 3000
 const NODE_DELETED = 2
 
-interface Record extends HolderInfo {
+interface HolderRecord extends HolderInfo {
   owner: string
   limit: number
   /** The TTL the lease was taken with: what renew uses by default. */
@@ -64,7 +64,7 @@ interface Record extends HolderInfo {
 interface Known {
   name: string
   path: string
-  record: Record
+  record: HolderRecord
   stat: Stat
 }
 
@@ -72,7 +72,7 @@ interface Known {
 interface Mine {
   key: string
   path: string
-  record: Record
+  record: HolderRecord
   token: string
   expiresAt: number
   lost?: string
@@ -82,13 +82,13 @@ interface Mine {
 
 const contenderPrefix = (owner: string) => `c.${encodeName(owner)}.`
 const leaseName = (owner: string) => `l.${encodeName(owner)}`
-const encode = (record: Record) => Buffer.from(JSON.stringify(record))
+const encode = (record: HolderRecord) => Buffer.from(JSON.stringify(record))
 const expiry = (node: Known) => time(node.stat.mtime) + node.record.leaseMs
 
 /** A node that is not dlq's (or is damaged) counts as a live contender that never expires. */
-function parse(data: Buffer, name: string): Record {
+function parse(data: Buffer, name: string): HolderRecord {
   try {
-    const record = JSON.parse(data.toString('utf8')) as Record
+    const record = JSON.parse(data.toString('utf8')) as HolderRecord
     if (typeof record.owner === 'string' && typeof record.leaseMs === 'number') return record
   } catch {
     // fall through
@@ -138,7 +138,7 @@ export class ZooKeeperLocks implements LockDriver {
   }
 
   /** Step 1: create our contender node, finding it again if the create's reply was lost. */
-  private async enter(keyPath: string, owner: string, record: Record): Promise<{name: string; sent: number; received: number; czxid?: bigint}> {
+  private async enter(keyPath: string, owner: string, record: HolderRecord): Promise<{name: string; sent: number; received: number; czxid?: bigint}> {
     const prefix = contenderPrefix(owner)
     for (let attempt = 0; ; attempt++) {
       const sent = Date.now()
@@ -168,7 +168,7 @@ export class ZooKeeperLocks implements LockDriver {
     this.session.preferTimeout(request.ttlMs)
     const keyPath = this.paths.key(key)
     const deadline = Date.now() + request.waitMs
-    const record: Record = {owner, ...request.holder, limit, ttlMs: request.ttlMs, leaseMs: request.ttlMs, acquired: true, acquiredAt: Date.now()}
+    const record: HolderRecord = {owner, ...request.holder, limit, ttlMs: request.ttlMs, leaseMs: request.ttlMs, acquired: true, acquiredAt: Date.now()}
     let node: {name: string; path: string; version: number; token?: string; replyZxid?: bigint; sent: number; received: number; waiting: boolean} | undefined
     let changed = false
     let wake: (() => void) | undefined
@@ -333,7 +333,7 @@ export class ZooKeeperLocks implements LockDriver {
         throw new LockLostError(key, `the lease expired at ${new Date(expiry(node)).toISOString()} before it was renewed`)
       }
       const granted = ttlMs ?? node.record.ttlMs
-      const record: Record = {...node.record, leaseMs: granted}
+      const record: HolderRecord = {...node.record, leaseMs: granted}
       const sent = Date.now()
       try {
         const stat = await this.session.setData(node.path, encode(record), node.stat.version)
@@ -499,7 +499,7 @@ export class ZooKeeperLocks implements LockDriver {
         this.session.remove(own.path).catch(() => {})
         return
       }
-      const record: Record = {...own.record, leaseMs: Math.floor(remaining), token: own.token}
+      const record: HolderRecord = {...own.record, leaseMs: Math.floor(remaining), token: own.token}
       const keyPath = own.path.slice(0, own.path.lastIndexOf('/'))
       await this.session.multi([
         {op: 'create', path: `${keyPath}/${leaseName(owner)}`, data: encode(record), mode: Mode.PERSISTENT},

@@ -7,15 +7,16 @@
 //
 // - push: one multi of PERSISTENT_SEQUENTIAL creates per ~1 MB, so a batch is stored in order, all
 //   at once; the sequence number is the message id and FIFO order.
-// - reserve: read the lowest waiting nodes, then per message one multi {delete waiting/X, create
-//   claimed/Y}. Two poppers cannot both claim X: the delete of a node that is gone fails, and with
-//   it the whole multi. A waiting node's name says how often it was delivered, so the same name
-//   always holds the same data: a claim built on a stale read is still a correct claim.
+// - reserve: read the lowest waiting nodes, then claim them with a multi of {delete waiting/X,
+//   create claimed/Y} pairs, as many as fit one request. Two poppers cannot both claim X: the delete
+//   of a node that is gone fails, and with it the whole multi (the loser tries the rest again, then
+//   one by one). A waiting node's name says how often it was delivered, so the same name always
+//   holds the same data: a claim built on a stale read is still a correct claim.
 // - the claim's deadline (server clock, see connection.ts) and its reserver are in its name, so
 //   listing claimed/ is enough to find expired claims; whoever lists them returns them to waiting/
 //   (one multi each), or moves them to the queue <queue>.dead once --max-attempts deliveries are
 //   used up. extend renames the claim to a later deadline, again by one multi.
-// - ack deletes the claim; retry and release move it back by one multi. A claim that is gone
+// - ack deletes the claims (one multi); retry and release move a claim back by one multi. A claim that is gone
 //   (expired and taken by another popper) is left alone: its new owner settles it.
 // - waiting (pop --wait, tail --follow) is a child watch on waiting/ plus a timer for the earliest
 //   claim deadline; a slow poll remains as the fallback.
