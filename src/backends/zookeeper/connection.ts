@@ -7,8 +7,8 @@
 //   expiry is only reported once a server is reached again (#20). So the session keeps its own
 //   clock: `lastHeard` is when the latest answered request was sent. Silent for 2/3 of the session
 //   timeout → the socket is closed so the client fails over to another server (as the Java client
-//   does); silent for nearly the whole session timeout → anyone watching for loss is told, before
-//   the ensemble can expire the session and let another holder in;
+//   does); silent for 3/4 of it → anyone watching for loss is told, before the ensemble can expire
+//   the session and let another holder in;
 // - deadlines (lock expiry, message visibility) are read on the server's clock: a znode's mtime is
 //   the leader's time of the write, and each process learns its offset from a write of its own.
 import {formatDuration} from '../../duration.js'
@@ -178,7 +178,7 @@ export class Session {
     const live: Live = {client, timeoutMs: client.getSessionTimeout()}
     this.lastHeard = Date.now()
     clearInterval(this.watchdog)
-    this.watchdog = setInterval(() => this.checkLiveness(), Math.max(20, Math.floor(live.timeoutMs / 10)))
+    this.watchdog = setInterval(() => this.checkLiveness(), Math.max(20, Math.floor(live.timeoutMs / 20)))
     this.watchdog.unref()
     this.log?.(`zk: session to ${this.target.display} in ${Date.now() - started}ms, timeout ${live.timeoutMs}ms`)
     client.on('connected', () => {
@@ -411,8 +411,9 @@ export class Session {
       this.exists(this.target.root).catch(() => {})
     }
     // The ensemble expires a session it has not heard from for its timeout, counted from no
-    // earlier than the send time of our last answered request: give up a fifth before that.
-    if (silent > timeout * 0.8 && this.lossListeners.size > 0) {
+    // earlier than the send time of our last answered request: give up a quarter before that
+    // (this check runs every 1/20 of it, so the loss is reported by 4/5 of the timeout).
+    if (silent > timeout * 0.75 && this.lossListeners.size > 0) {
       this.lost(`no answer from ZooKeeper for ${formatDuration(silent)} (session timeout ${formatDuration(timeout)}): the session may have expired`)
     } else if (silent > (timeout * 2) / 3 && now - this.failedOverAt > timeout / 3) {
       this.failedOverAt = now
