@@ -21,6 +21,7 @@ import {join, sep} from 'node:path'
 
 import {listRecursive, run, spawnDlq, tempDir} from './cli.mjs'
 import {postgresBackend} from './postgres.mjs'
+import {zookeeperBackend} from './zookeeper.mjs'
 import {redisBackend} from './servers.mjs'
 
 export const fileBackend = {
@@ -47,7 +48,7 @@ export const fileBackend = {
 
 // Every backend with a driver. The servers' entries live beside their fixtures (servers.mjs,
 // postgres.mjs): each starts its own server on a free loopback port per describe block.
-export const allBackends = [fileBackend, redisBackend, postgresBackend]
+export const allBackends = [fileBackend, redisBackend, zookeeperBackend, postgresBackend]
 
 // DLQ_TEST_BACKENDS=file,redis runs the suite against those only (default: all of them).
 const wanted = (process.env.DLQ_TEST_BACKENDS ?? '').split(',').map((n) => n.trim()).filter(Boolean)
