@@ -1,6 +1,7 @@
 // What only the ZooKeeper backend has: an ensemble that loses a server, a session that is lost
-// while the command runs, digest auth, a create whose reply is lost, fair waiting, and ZooKeeper's
-// message size limit. Against real ZooKeeper 3.8 servers on free loopback ports.
+// while the command runs, digest auth, a create whose reply is lost, fair waiting, --limit waiters
+// watching the nodes ahead of them, and ZooKeeper's message size limit. Against real ZooKeeper 3.8
+// servers on free loopback ports.
 import assert from 'node:assert/strict'
 import {existsSync, readdirSync, readFileSync, readlinkSync} from 'node:fs'
 import {readFile, writeFile} from 'node:fs/promises'
@@ -8,7 +9,7 @@ import {createServer, connect} from 'node:net'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
-import {isAlive, oneErrorLine, run, spawnDlq, stillFalse, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
+import {isAlive, oneErrorLine, run, shUntil, spawnDlq, stillFalse, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
 import {freePort} from '../support/servers.mjs'
 import {rawClient, startZooKeeper} from '../support/zookeeper.mjs'
 
@@ -52,7 +53,7 @@ describe('zookeeper: a three-server ensemble', () => {
     const key = uniqueName('ensemble')
     const queue = uniqueName('ensemble-q')
     const url = ensemble.url
-    const holder = spawnCli(url, ['lock', 'run', '--key', key, '--ttl', '3s', '--', 'sh', '-c', 'echo > "$1/ready"; i=0; until [ -e "$1/go" ] || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done', 'zk-test', dir], {timeoutMs: 40_000})
+    const holder = spawnCli(url, ['lock', 'run', '--key', key, '--ttl', '3s', '--', 'sh', '-c', `echo > "$1/ready"; ${shUntil('[ -e "$1/go" ]', 20)}`, 'zk-test', dir], {timeoutMs: 40_000})
     await waitFor(() => existsSync(join(dir, 'ready')), {what: 'the holder to start', timeoutMs: 10_000})
     assert.equal((await cli(url, ['queue', 'push', '--queue', queue, 'a', 'b', 'c'])).code, 0)
 
@@ -178,7 +179,7 @@ describe('zookeeper: a standalone server', {concurrency: 3}, () => {
     const key = uniqueName('lostreply')
     const proxy = await replyDroppingProxy(server.ports[0], (frame) => frame.includes(`/locks/${key}/c.`))
     t.after(() => proxy.close())
-    const holder = spawnCli(`zk://127.0.0.1:${proxy.port}/dlq`, ['lock', 'run', '--key', key, '--wait', '5s', '--', 'sh', '-c', 'echo > "$1/ready"; i=0; until [ -e "$1/go" ] || [ $i -ge 200 ]; do sleep 0.05; i=$((i+1)); done', 'zk-test', dir])
+    const holder = spawnCli(`zk://127.0.0.1:${proxy.port}/dlq`, ['lock', 'run', '--key', key, '--wait', '5s', '--', 'sh', '-c', `echo > "$1/ready"; ${shUntil('[ -e "$1/go" ]', 10)}`, 'zk-test', dir])
     await waitFor(() => existsSync(join(dir, 'ready')) || holder.exited, {what: 'the holder to start', timeoutMs: 10_000})
     assert.equal(proxy.dropped(), 1, 'the proxy dropped the reply to the create')
     assert.equal((await contendersOf(zk, key)).length, 1, 'exactly one contender node')
@@ -209,7 +210,7 @@ describe('zookeeper: a standalone server', {concurrency: 3}, () => {
     const key = uniqueName('window')
     // Each holder writes its name when it gets in, and stays until its own go-file exists.
     const holder = (name) => spawnCli(server.url, ['lock', 'run', '--key', key, '--limit', '2', '--wait', '20s', '--', 'sh', '-c',
-      'echo "$2" >> "$1/in"; i=0; until [ -e "$1/go-$2" ] || [ $i -ge 400 ]; do sleep 0.05; i=$((i+1)); done', 'zk-test', dir, name])
+      `echo "$2" >> "$1/in"; ${shUntil('[ -e "$1/go-$2" ]', 20)}`, 'zk-test', dir, name])
     const inside = async () => (await readFile(join(dir, 'in'), 'utf8').catch(() => '')).split('\n').filter(Boolean)
     const queued = async (n) => (await zk.children(`/dlq/locks/${key}`).catch(() => [])).length >= n
     const all = []
