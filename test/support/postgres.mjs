@@ -7,7 +7,7 @@
 //   await server.restart()                  // immediate shutdown (SIGQUIT), then start again
 //   await server.halt(); await server.start()
 //   await server.stop()                     // stop and remove the directory
-import {execFile} from 'node:child_process'
+import {execFile, execFileSync} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import {existsSync, readdirSync} from 'node:fs'
 import {chown, mkdtemp, rm} from 'node:fs/promises'
@@ -20,12 +20,16 @@ import {daemon, freePort} from './servers.mjs'
 const TEST_USER = 'dlq_test'
 const TEST_DATABASE = 'dlq_test'
 
-/** The newest installed PostgreSQL's bin directory. */
+/** The newest installed PostgreSQL's bin directory (Debian's layout), else pg_config's. */
 function binDir() {
   const root = '/usr/lib/postgresql'
   const versions = existsSync(root) ? readdirSync(root).filter((v) => existsSync(join(root, v, 'bin', 'initdb'))) : []
-  if (versions.length === 0) throw new Error('PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb)')
-  return join(root, versions.sort((a, b) => Number(b) - Number(a))[0], 'bin')
+  if (versions.length > 0) return join(root, versions.sort((a, b) => Number(b) - Number(a))[0], 'bin')
+  try {
+    const dir = execFileSync('pg_config', ['--bindir'], {encoding: 'utf8'}).trim()
+    if (existsSync(join(dir, 'initdb'))) return dir
+  } catch {}
+  throw new Error('PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb, no pg_config --bindir)')
 }
 
 /** Who runs the server: ourselves, or the `postgres` OS user when we are root. */
