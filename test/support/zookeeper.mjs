@@ -36,8 +36,9 @@ const serving = async (port) => /^Mode: (standalone|leader|follower)$/m.test(awa
 
 /**
  * Starts `servers` ZooKeeper servers (1 = standalone, 3 = an ensemble) and waits until each serves.
- * Returns {url, connectString, ports, dir, pid(i), kill(i), pause(i), resume(i), start(i), stop()}
- * where i indexes the servers (0-based) and url is `zk://…/dlq` naming all of them.
+ * Returns {url, urlFor(root, userinfo), connectString, ports, dir, pid(i), kill(i), pause(i),
+ * resume(i), start(i), stop()} where i indexes the servers (0-based) and url is `zk://…/dlq` naming
+ * all of them. forceSync: fsync every write, as production servers do (the bench); tests skip it.
  */
 export async function startZooKeeper({servers = 1, tickTime = 100, forceSync = false} = {}) {
   const dir = await mkdtemp(join(tmpdir(), 'dlq-zookeeper-'))
