@@ -10,11 +10,10 @@
 import {execFile, execFileSync} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import {existsSync, readdirSync} from 'node:fs'
-import {chown, mkdtemp, rm} from 'node:fs/promises'
-import {tmpdir} from 'node:os'
+import {chown} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {waitFor} from './cli.mjs'
+import {removeTempDir, tempDir, waitFor} from './cli.mjs'
 import {daemon, freePort} from './servers.mjs'
 
 const TEST_USER = 'dlq_test'
@@ -57,7 +56,7 @@ function exec(file, args, options = {}) {
 export async function startPostgres({config = []} = {}) {
   const bin = binDir()
   const owner = await serverUser()
-  const dir = await mkdtemp(join(tmpdir(), 'dlq-pg-'))
+  const dir = await tempDir('dlq-pg-') // removed at exit too, should stop() never run
   if (owner.uid !== undefined) await chown(dir, owner.uid, owner.gid)
   const data = join(dir, 'data')
   const port = await freePort()
@@ -118,7 +117,7 @@ export async function startPostgres({config = []} = {}) {
     },
     async stop() {
       await server.stop('SIGQUIT')
-      await rm(dir, {recursive: true, force: true})
+      await removeTempDir(dir)
     },
   }
 }
