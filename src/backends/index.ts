@@ -24,7 +24,10 @@ export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessE
 
 export async function openBackend(url: string, options: BackendOptions & {isDefault?: boolean} = {}): Promise<Backend> {
   // A bare path is a directory: `-b /var/lock/dlq` means what it says.
-  const href = url.startsWith('/') || url.startsWith('./') || url.startsWith('../') ? pathToFileURL(url).href : url
+  const href = (url.startsWith('/') || url.startsWith('./') || url.startsWith('../') ? pathToFileURL(url).href : url)
+    // WHATWG URL cannot parse ZooKeeper's host list (zk://h1:2181,h2:2181/chroot); with its colons
+    // %-encoded it is one opaque host, which the ZooKeeper driver decodes and splits.
+    .replace(/^(zk:\/\/(?:[^/?#@]*@)?)([^/?#@]*,[^/?#]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
   let parsed: URL
   try {
     parsed = new URL(href)

@@ -36,7 +36,7 @@ describe('redis: connection and credentials', () => {
 
   it('a wrong password is exit 69, and no password is ever printed, even with --verbose', async () => {
     const r = await cli(`redis://alice:wrong-pw-123@127.0.0.1:${server.port}`, ['lock', 'run', '--verbose', '--key', 'k', '--', 'true'])
-    assert.equal(r.code, 69)
+    assert.equal(r.code, 69, r.stderr)
     assert.match(r.stderr, /authentication refused/)
     assert.doesNotMatch(r.stdout + r.stderr, /wrong-pw-123/)
     assert.match(r.stderr, /alice:\*\*\*@/)
@@ -54,7 +54,7 @@ describe('redis: connection and credentials', () => {
   it('an unreachable server is exit 69 with one line, quickly', async () => {
     const port = await freePort()
     const r = await cli(`redis://127.0.0.1:${port}`, ['lock', 'run', '--key', 'k', '--', 'true'])
-    assert.equal(r.code, 69)
+    assert.equal(r.code, 69, r.stderr)
     oneErrorLine(r, assert)
     assert.match(r.stderr, /cannot connect/)
   })
@@ -79,7 +79,7 @@ describe('redis: TLS (rediss://)', () => {
     assert.equal(ok.code, 0, ok.stderr)
     assert.equal(ok.stdout, 'tls\n')
     const refused = await cli(`rediss://127.0.0.1:${server.port}`, ['lock', 'status'])
-    assert.equal(refused.code, 69)
+    assert.equal(refused.code, 69, refused.stderr)
     oneErrorLine(refused, assert)
     assert.match(refused.stderr, /certificate/)
   })
