@@ -502,12 +502,14 @@ async function queueFile() {
 
 // ---------------------------------------------------------------------------------------------
 
-/** Sections in run order. Later: redis (lock hand-off via pub/sub, queue push/pop), zk, postgres. */
+/** Sections in run order: the file backend, then one per server backend. */
 const SECTIONS = {
   startup,
   handoff: handoffFile,
   queue: queueFile,
   redis: async () => (await import('./redis.mjs')).benchRedis({root: ROOT, dlq: DLQ, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}),
+  zookeeper: async () => (await import('./zookeeper.mjs')).benchZooKeeper({bin: DLQ}),
+  postgres: async () => (await import('./postgres.mjs')).benchPostgres({bin: DLQ}),
 }
 
 async function main() {
@@ -522,9 +524,9 @@ async function main() {
   for (const [name, run] of Object.entries(SECTIONS)) {
     if (wanted.length && !wanted.includes(name)) continue
     try {
-      const report = await run()
-      ;(report.notes ??= []).push(`load average after this section: ${load()}`)
-      printReport(report)
+      const reports = [await run()].flat()
+      ;(reports.at(-1).notes ??= []).push(`load average after this section: ${load()}`)
+      for (const report of reports) printReport(report)
     } catch (error) {
       console.log(`\n== ${name}: FAILED: ${error.message}`)
     } finally {
