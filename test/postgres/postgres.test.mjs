@@ -136,6 +136,20 @@ describe('postgres backend', {concurrency: 3}, () => {
       assert.deepEqual(tables.trim().split('\n'), ['dlq.leases', 'iso_a.leases', 'iso_b.leases'])
     })
 
+    it('a database whose default isolation is REPEATABLE READ: --limit 1 still lets one holder in at a time', async (t) => {
+      // Under a snapshot taken before the advisory lock was granted, an acquirer would miss the
+      // lease committed by the one it waited for: dlq's sessions insist on READ COMMITTED.
+      await server.sql('CREATE DATABASE snapshot_db OWNER dlq_test', 'postgres')
+      await server.sql("ALTER DATABASE snapshot_db SET default_transaction_isolation = 'repeatable read'", 'postgres')
+      const url = server.url.replace(/\/dlq_test$/, '/snapshot_db')
+      const dir = await tempDir(t)
+      const script = 'mkdir "$1/inside" 2>/dev/null || echo overlap >> "$1/overlaps"; sleep 0.05; rmdir "$1/inside" 2>/dev/null; true'
+      const racers = Array.from({length: 8}, () => cli(url, ['lock', 'run', '--key', 'k', '--wait', '30s', '--', 'sh', '-c', script, 'dlq-test-sh', dir], {timeoutMs: 40_000}))
+      const results = await Promise.all(racers)
+      assert.deepEqual(results.map((r) => r.code), Array(8).fill(0), results.map((r) => r.stderr).join(''))
+      assert.equal(await readFile(join(dir, 'overlaps'), 'utf8').catch(() => ''), '', 'two holders were inside at once')
+    })
+
     it('lock status counts the waiters, and a cancelled waiter leaves none behind', async () => {
       const key = uniqueName('waiters')
       const held = await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '30s'])

@@ -54,9 +54,13 @@ const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 // order, a lease by key, rows by (queue, id)), which is always the right plan; but right after a
 // bulk push the statistics still say the queue is tiny, and the planner would sort, hash or
 // bitmap-scan the whole queue for each pop (160 ms instead of 1.5 ms for 1000 of 300,000). These
-// settings, for dlq's own sessions only, leave it the index and nested loops.
-const SESSION_SETTINGS = ['client_encoding=UTF8', 'enable_seqscan=off', 'enable_bitmapscan=off', 'enable_sort=off', 'enable_hashjoin=off', 'enable_mergejoin=off']
-  .map((setting) => `-c ${setting}`).join(' ')
+// settings, for dlq's own sessions only, leave it the index and nested loops. Last, the lock
+// functions rely on READ COMMITTED (each statement sees what committed before it, the count after
+// the advisory lock included), whatever default a database sets.
+const SESSION_SETTINGS = [
+  'client_encoding=UTF8', 'enable_seqscan=off', 'enable_bitmapscan=off', 'enable_sort=off', 'enable_hashjoin=off', 'enable_mergejoin=off',
+  'default_transaction_isolation=read\\ committed', // the backslash keeps the space inside the value
+].map((setting) => `-c ${setting}`).join(' ')
 
 // 'dlq-migr' as a 64-bit integer: the one key every dlq process takes before it migrates a schema.
 const MIGRATION_LOCK = '7236841547384498034'
