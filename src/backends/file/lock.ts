@@ -20,18 +20,18 @@
 // - Entries below the highest that have expired are deleted by whoever passes by.
 // Clocks: expiry is compared with the local clock, so machines sharing a directory over NFS must
 // keep their clocks in sync (as proper-lockfile's mtime check also assumes).
-import {watch, type FSWatcher} from 'node:fs'
+import {watch} from 'node:fs'
 import {chmod, link, lstat, lutimes, open, readdir, stat, unlink, writeFile, constants} from 'node:fs/promises'
 import {dirname, join} from 'node:path'
 
 import {LockLostError} from '../../errors.js'
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {decodeName, encodeName, type Modes, safeDir} from './paths.js'
+import {waitFor} from './watch.js'
 
 const entryName = /^\d{20}$/
 // A renewal this close to expiry is refused: a waiter may already have counted the lease as gone.
 const renewMarginMs = (ttlMs: number) => Math.min(250, ttlMs / 10)
-const fallbackPollMs = 1000
 
 interface Entry {
   name: string
@@ -148,48 +148,15 @@ export class FileLocks implements LockDriver {
     const dir = await this.keyDir(request.key)
     const tmpDir = await safeDir(this.base, ['tmp'], this.modes)
     const tmp = join(tmpDir, `lock-${request.owner}`)
-    const deadline = Date.now() + request.waitMs
-    let watcher: FSWatcher | undefined
-    let wake: (() => void) | undefined
-    let changed = false
-    const onAbort = () => wake?.()
-    request.signal.addEventListener('abort', onAbort)
     try {
-      for (;;) {
-        request.signal.throwIfAborted()
-        changed = false
+      return await waitFor<Lease | undefined>(dir, request.signal, Date.now() + request.waitMs, async () => {
         const result = await this.tryAcquire(dir, request, tmp)
-        if (!Array.isArray(result)) return result
-        const now = Date.now()
-        if (now >= deadline) return undefined
+        if (!Array.isArray(result)) return {done: true, value: result, next: 0}
         request.onWaiting?.(result)
-        if (!watcher) {
-          try {
-            watcher = watch(dir, {persistent: false}, () => {
-              changed = true
-              wake?.()
-            })
-            watcher.on('error', () => {})
-          } catch {
-            // inotify exhausted or unsupported: the timers below still work
-          }
-          continue // rescan once now that the watch is armed, so no release slips between
-        }
-        if (changed) continue
-        const nextExpiry = Math.min(...result.map((h) => h.expiresAt.getTime()))
-        const sleep = Math.max(1, Math.min(deadline - now, nextExpiry - now + 1, fallbackPollMs))
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, sleep)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
-          }
-        })
-        wake = undefined
-      }
+        // A holder that died is noticed at its expiry, without any event.
+        return {done: false, value: undefined, next: Math.min(...result.map((h) => h.expiresAt.getTime()))}
+      }, undefined)
     } finally {
-      request.signal.removeEventListener('abort', onAbort)
-      watcher?.close()
       this.tidy(unlink(tmp))
     }
   }

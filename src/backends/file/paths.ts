@@ -9,26 +9,21 @@ import {lstat, mkdir, readFile, writeFile, chmod} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {unavailable} from '../../errors.js'
+import {percentDecode, percentEncode} from '../names.js'
 
 const maxComponent = 200
 const hashed = /^(.*)~([0-9a-f]{32})$/
 
 export function encodeName(name: string): string {
-  let out = ''
-  const bytes = Buffer.from(name, 'utf8')
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i]
-    const plain = (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === 0x2d || (b === 0x2e && i > 0)
-    out += plain ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
-  }
+  const out = percentEncode(name)
   if (out.length <= maxComponent) return out
-  const digest = createHash('sha256').update(bytes).digest('hex').slice(0, 32)
+  const digest = createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32)
   return `${out.slice(0, 150).replace(/%[0-9A-F]?$/, '')}~${digest}`
 }
 
 export async function decodeName(dir: string, component: string): Promise<string> {
   if (hashed.test(component)) return readFile(join(dir, component, 'name'), 'utf8')
-  return Buffer.from(component.replace(/%([0-9A-F]{2})/g, (_m, hex: string) => String.fromCharCode(parseInt(hex, 16))), 'latin1').toString('utf8')
+  return percentDecode(component)
 }
 
 export interface Modes {

@@ -11,8 +11,8 @@
 //   reserver needs fewer messages than F holds, it claims F as `….split`, writes the rest back as
 //   new/F' (same batch, later start: it sorts where F was) and only then renames its claim down to
 //   what it took; a crash in between duplicates the rest, never loses it (at-least-once). Another
-//   reserver that finds new/ empty while a split is under way waits for it (up to a second) rather
-//   than report an empty queue; a split abandoned by a crash goes back to new/ after splitGraceMs.
+//   reserver that finds new/ empty while a split is under way waits for it rather than report an
+//   empty queue; a split abandoned by a crash goes back to new/ after splitGraceMs.
 // - a file's name says which messages of its content it covers (content carries its own start), so
 //   splitting is a rename, not a rewrite.
 // - ack = unlink; retry/release = rename back into new/ (or into <queue>.dead/new/ once the
@@ -20,21 +20,19 @@
 //   next looks. A settle that finds its claim gone (expired and taken by another) changes nothing.
 // - waiting and --follow watch new/ (fs.watch) plus a timer for the earliest claim deadline.
 import {randomBytes} from 'node:crypto'
-import {watch, type FSWatcher} from 'node:fs'
 import {chmod, lstat, open, readdir, readFile, rename, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
 import {decodeName, encodeName, type Modes, safeDir} from './paths.js'
+import {waitFor} from './watch.js'
 
 const maxMessageBytes = 1024 * 1024
-const fallbackPollMs = 1000
 const staleTmpMs = 3_600_000
 const waitingName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)$/
 const claimName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)\.(\d{13})\.([0-9a-f]+)$/
 const splitName = /^((\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+))\.(\d{13})\.([0-9a-f]+)\.split$/
 const splitGraceMs = 10_000
-const splitWaitMs = 1000
 
 interface Waiting {
   name: string
@@ -254,62 +252,16 @@ export class FileQueues implements QueueDriver {
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
     const dirs = await this.dirs(queue)
     const deadline = Date.now() + request.waitMs
-    return this.waitFor(dirs.new, request.signal, deadline, async () => {
+    return waitFor(dirs.new, request.signal, deadline, async () => {
       const started = Date.now()
       for (;;) {
         const {messages, earliest, splitting} = await this.reserveOnce(queue, dirs, request)
         // new/ looked empty only because another reserver is putting back the rest of a batch.
-        if (messages.length > 0 || !splitting || Date.now() - started > splitWaitMs) return {done: messages.length > 0, value: messages, next: earliest}
+        // A split either finishes or is given back after splitGraceMs, so this wait is bounded.
+        if (messages.length > 0 || !splitting || Date.now() - started > splitGraceMs) return {done: messages.length > 0, value: messages, next: earliest}
         await new Promise((resolve) => setTimeout(resolve, 2))
       }
     }, [])
-  }
-
-  /**
-   * Runs `attempt` until it is done or the deadline passes, sleeping between tries until dir changes
-   * (fs.watch), the attempt's own `next` time, or the slow fallback poll.
-   */
-  private async waitFor<T>(dir: string, signal: AbortSignal, deadline: number, attempt: () => Promise<{done: boolean; value: T; next: number}>, timedOut: T): Promise<T> {
-    let watcher: FSWatcher | undefined
-    let wake: (() => void) | undefined
-    let changed = false
-    const onAbort = () => wake?.()
-    signal.addEventListener('abort', onAbort)
-    try {
-      for (;;) {
-        signal.throwIfAborted()
-        changed = false
-        const result = await attempt()
-        if (result.done) return result.value
-        const now = Date.now()
-        if (now >= deadline) return timedOut
-        if (!watcher) {
-          try {
-            watcher = watch(dir, {persistent: false}, () => {
-              changed = true
-              wake?.()
-            })
-            watcher.on('error', () => {})
-          } catch {
-            // no inotify: timers only
-          }
-          continue // try again now that the watch is armed
-        }
-        if (changed) continue
-        const sleep = Math.max(1, Math.min(deadline - now, result.next - now + 1, fallbackPollMs))
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, sleep)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
-          }
-        })
-        wake = undefined
-      }
-    } finally {
-      signal.removeEventListener('abort', onAbort)
-      watcher?.close()
-    }
   }
 
   async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
@@ -389,7 +341,7 @@ export class FileQueues implements QueueDriver {
     const dirs = await this.dirs(queue)
     // Batches already there are history (tail -n prints those); only batches never seen are new.
     const seen = new Set((await this.listWaiting(dirs.new)).map((w) => w.batch))
-    await this.waitFor(dirs.new, signal, Number.POSITIVE_INFINITY, async () => {
+    await waitFor(dirs.new, signal, Number.POSITIVE_INFINITY, async () => {
       for (const entry of await this.listWaiting(dirs.new)) {
         if (seen.has(entry.batch)) continue
         seen.add(entry.batch)

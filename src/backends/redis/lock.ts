@@ -11,6 +11,7 @@
 // - all keys of one lock share the hash tag {dlq:l:KEY}, so the scripts stay valid on Redis Cluster.
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {LockLostError} from '../../errors.js'
+import {Wakeup} from '../wakeup.js'
 import {type Client, num, Script, text} from './connection.js'
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
@@ -123,15 +124,12 @@ export class RedisLocks implements LockDriver {
     const deadline = Date.now() + request.waitMs
     const record = JSON.stringify(request.holder)
     let subscriber: Client | undefined
-    let wake: (() => void) | undefined
-    let changed = false
     let acquired = false
-    const onAbort = () => wake?.()
-    request.signal.addEventListener('abort', onAbort)
+    const wakeup = new Wakeup(request.signal)
     try {
       for (;;) {
         request.signal.throwIfAborted()
-        changed = false
+        wakeup.changed = false
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
         const reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
         this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
@@ -146,26 +144,15 @@ export class RedisLocks implements LockDriver {
         if (!subscriber) {
           subscriber = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
           subscriber.on('error', () => {})
-          subscriber.on('message', () => {
-            changed = true
-            wake?.()
-          })
+          subscriber.on('message', wakeup.wake)
           await subscriber.subscribe(keys.channel)
           continue // try again now that a release cannot slip by unheard
         }
-        if (changed) continue
-        const sleep = Math.max(1, Math.min(deadline - now, num(reply[1]) + 1, fallbackPollMs))
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, sleep)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
-          }
-        })
-        wake = undefined
+        if (wakeup.changed) continue
+        await wakeup.sleep(Math.max(1, Math.min(deadline - now, num(reply[1]) + 1, fallbackPollMs)))
       }
     } finally {
-      request.signal.removeEventListener('abort', onAbort)
+      wakeup.dispose()
       subscriber?.disconnect()
       if (!acquired) await this.client.zrem(keys.waiters, request.owner).catch(() => {})
     }

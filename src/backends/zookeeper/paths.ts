@@ -11,20 +11,8 @@
 // backend does it. ZooKeeper has no short name limit, so unlike a file name nothing is hashed and
 // the encoding is reversible: `lock status` and `queue status` read the names back.
 
-export function encodeName(name: string): string {
-  let out = ''
-  const bytes = Buffer.from(name, 'utf8')
-  for (let i = 0; i < bytes.length; i++) {
-    const b = bytes[i]
-    const plain = (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a) || b === 0x5f || b === 0x2d || (b === 0x2e && i > 0)
-    out += plain ? String.fromCharCode(b) : `%${b.toString(16).toUpperCase().padStart(2, '0')}`
-  }
-  return out
-}
-
-export function decodeName(component: string): string {
-  return Buffer.from(component.replace(/%([0-9A-F]{2})/g, (_m, hex: string) => String.fromCharCode(parseInt(hex, 16))), 'latin1').toString('utf8')
-}
+export {percentEncode as encodeName, percentDecode as decodeName} from '../names.js'
+import {percentEncode as encodeName} from '../names.js'
 
 export interface Layout {
   root: string
