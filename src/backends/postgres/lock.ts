@@ -25,6 +25,7 @@
 // silently while the command runs on.
 import {LockLostError} from '../../errors.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
+import {Wakeup} from '../wakeup.js'
 import type {Connection, Schema, Statement} from './connection.js'
 
 const fallbackPollMs = 2000
@@ -187,15 +188,12 @@ export class PostgresLocks implements LockDriver {
     const deadline = Date.now() + request.waitMs
     const waiting = request.waitMs > 0
     let unlisten: (() => void) | undefined
-    let wake: (() => void) | undefined
-    let changed = false
     let acquired = false
-    const onAbort = () => wake?.()
-    signal.addEventListener('abort', onAbort)
+    const wakeup = new Wakeup(signal)
     try {
       for (;;) {
         signal.throwIfAborted()
-        changed = false
+        wakeup.changed = false
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
         const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0])
         if (row.acquired) {
@@ -206,27 +204,15 @@ export class PostgresLocks implements LockDriver {
         if (now >= deadline) return undefined
         if (request.onWaiting) request.onWaiting((await this.status(key))[0]?.holders ?? [])
         if (!unlisten) {
-          unlisten = await this.connection.listen(this.connection.schema.channel('lock', key), () => {
-            changed = true
-            wake?.()
-          })
+          unlisten = await this.connection.listen(this.connection.schema.channel('lock', key), wakeup.wake)
           continue // try again now that a release cannot slip by unheard
         }
-        if (changed) continue
+        if (wakeup.changed) continue
         const untilExpiry = row.retry_ms === null ? fallbackPollMs : Number(row.retry_ms) + 1
-        const sleep = Math.max(1, Math.min(deadline - now, untilExpiry, fallbackPollMs))
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, sleep)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
-          }
-          if (changed || signal.aborted) wake()
-        })
-        wake = undefined
+        await wakeup.sleep(Math.max(1, Math.min(deadline - now, untilExpiry, fallbackPollMs)))
       }
     } finally {
-      signal.removeEventListener('abort', onAbort)
+      wakeup.dispose()
       unlisten?.()
       if (!acquired && waiting) await this.connection.query(this.statements.forgetWaiter, [key, owner]).catch(() => {})
     }

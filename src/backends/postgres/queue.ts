@@ -19,6 +19,7 @@
 // Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
 // every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import {Wakeup} from '../wakeup.js'
 import type {Connection, Schema, Statement} from './connection.js'
 
 const maxMessageBytes = 1024 * 1024
@@ -234,14 +235,11 @@ export class PostgresQueues implements QueueDriver {
     const deadline = Date.now() + request.waitMs
     const dead = `${queue}.dead`
     let unlisten: (() => void) | undefined
-    let wake: (() => void) | undefined
-    let changed = false
-    const onAbort = () => wake?.()
-    signal.addEventListener('abort', onAbort)
+    const wakeup = new Wakeup(signal)
     try {
       for (;;) {
         signal.throwIfAborted()
-        changed = false
+        wakeup.changed = false
         const receipt = `${this.reserver}-${++this.reservations}`
         const rows = await this.connection.query<MessageRow>(this.statements.reserve, [queue, request.count, request.visibilityMs, receipt, request.maxAttempts, dead, this.channel(dead)])
         if (rows.length > 0) {
@@ -250,28 +248,17 @@ export class PostgresQueues implements QueueDriver {
         const now = Date.now()
         if (now >= deadline) return []
         if (!unlisten) {
-          unlisten = await this.connection.listen(this.channel(queue), () => {
-            changed = true
-            wake?.()
-          })
+          unlisten = await this.connection.listen(this.channel(queue), wakeup.wake)
           continue // try again now that a push cannot slip by unheard
         }
-        if (changed) continue
+        if (wakeup.changed) continue
         const [due] = await this.connection.query<{due_ms: string | null}>(this.statements.nextDeadline, [queue])
-        const untilDue = due?.due_ms === null || due === undefined ? fallbackPollMs : Number(due.due_ms) + 1
-        const sleep = Math.max(1, Math.min(deadline - Date.now(), untilDue, fallbackPollMs))
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, sleep)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
-          }
-          if (changed || signal.aborted) wake()
-        })
-        wake = undefined
+        if (wakeup.changed) continue
+        const untilDue = due?.due_ms == null ? fallbackPollMs : Number(due.due_ms) + 1
+        await wakeup.sleep(Math.max(1, Math.min(deadline - Date.now(), untilDue, fallbackPollMs)))
       }
     } finally {
-      signal.removeEventListener('abort', onAbort)
+      wakeup.dispose()
       unlisten?.()
     }
   }
@@ -297,41 +284,27 @@ export class PostgresQueues implements QueueDriver {
   }
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
-    let wake: (() => void) | undefined
-    let changed = false
-    const onAbort = () => wake?.()
-    signal.addEventListener('abort', onAbort)
+    const wakeup = new Wakeup(signal)
     // LISTEN first, then the last id: a push committed in between is both after `last` and heard.
-    const listening = this.connection.listen(this.channel(queue), () => {
-      changed = true
-      wake?.()
-    })
+    const listening = this.connection.listen(this.channel(queue), wakeup.wake)
     const start = this.connection.query<{last: string}>(this.statements.lastId, [queue])
     let unlisten: (() => void) | undefined
     try {
       unlisten = await listening
       let last = (await start)[0].last
       while (!signal.aborted) {
-        changed = false
+        wakeup.changed = false
         const rows = await this.connection.query<MessageRow>(this.statements.after, [queue, last])
         if (rows.length > 0) {
           last = rows[rows.length - 1].id
           await onMessages(rows.map((row) => this.message(row)))
           if (rows.length === followPage) continue
         }
-        if (changed || signal.aborted) continue
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, fallbackPollMs)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
-          }
-          if (changed || signal.aborted) wake()
-        })
-        wake = undefined
+        if (wakeup.changed || signal.aborted) continue
+        await wakeup.sleep(fallbackPollMs)
       }
     } finally {
-      signal.removeEventListener('abort', onAbort)
+      wakeup.dispose()
       unlisten?.()
       await start.catch(() => {})
     }
