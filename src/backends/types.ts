@@ -106,6 +106,11 @@ export interface QueueStats {
 export interface QueueDriver {
   /** Largest message the backend accepts, in bytes. */
   readonly maxMessageBytes: number
+  /**
+   * How many push() batches may be in flight at once without reordering messages (default 1).
+   * Only a driver whose one connection applies requests in order can allow more.
+   */
+  readonly pushConcurrency?: number
   /** Appends one batch in order; resolves with the ids once the batch is durable. */
   push(queue: string, bodies: Buffer[]): Promise<string[]>
   /** Reserves up to `count` messages, waiting up to `waitMs` for the first. [] when none came. */

@@ -36,11 +36,23 @@ export default class QueuePush extends DlqCommand {
     const keepIds = this.jsonEnabled()
     const ids: string[] = []
     let count = 0
+    // Up to pushConcurrency batches in flight (drivers whose connection keeps order), confirmed
+    // in order; whatever stops the input, everything before it is confirmed first.
+    const window = Math.max(1, backend.queues.pushConcurrency ?? 1)
+    const inFlight: Promise<string[]>[] = []
+    const confirm = async () => {
+      const pushed = await inFlight.shift()!
+      count += pushed.length
+      if (keepIds) ids.push(...pushed)
+    }
     const pushAll = async (source: AsyncIterable<Buffer[]> | Iterable<Buffer[]>) => {
-      for await (const batch of source) {
-        const pushed = await backend.queues.push(queue, batch)
-        count += pushed.length
-        if (keepIds) ids.push(...pushed)
+      try {
+        for await (const batch of source) {
+          inFlight.push(backend.queues.push(queue, batch))
+          if (inFlight.length >= window) await confirm()
+        }
+      } finally {
+        while (inFlight.length > 0) await confirm()
       }
     }
     if (args.length > 0) {
