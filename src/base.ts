@@ -55,7 +55,8 @@ export abstract class DlqCommand extends Command {
 
   protected override async catch(error: Interfaces.CommandError): Promise<void> {
     const failure = toDlqError(error)
-    if (this.verbose || process.argv.includes('--verbose')) process.stderr.write(`${(error as Error).stack ?? error}\n`)
+    // Even a stack trace never shows a password: any user:password@ in it is masked.
+    if (this.verbose || process.argv.includes('--verbose')) process.stderr.write(`${String((error as Error).stack ?? error).replace(/(\/\/[^\s:/@]*:)[^\s@/]*@/g, '$1***@')}\n`)
     if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify(failure.toJSON())}\n`)
     else note(failure.line())
     await this.finish(failure.exitCode)
