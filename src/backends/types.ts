@@ -41,11 +41,19 @@ export interface Lease {
   expiresAt: Date
 }
 
+/** A process waiting for a lock, where the backend knows its waiters in order (ZooKeeper). */
+export interface Waiter extends HolderInfo {
+  owner: string
+  since: Date
+}
+
 export interface LockState {
   key: string
   holders: Holder[]
   /** Waiters, where the backend can tell. */
   waiters?: number
+  /** The waiters in the order they will get the lock, where the backend's queue is fair. */
+  queue?: Waiter[]
 }
 
 export interface LockDriver {

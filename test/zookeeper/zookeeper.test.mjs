@@ -198,6 +198,9 @@ describe('zookeeper: a standalone server', {concurrency: 3}, () => {
       waiters.push(spawnCli(server.url, ['lock', 'run', '--key', key, '--wait', '20s', '--', 'sh', '-c', `echo ${i} >> "$1/order"`, 'zk-test', dir]))
       await waitFor(async () => (await statusOf(server.url, key)).waiters === i, {what: `waiter ${i} to queue up`, timeoutMs: 10_000})
     }
+    // lock status lists the waiters in the order they will get the lock.
+    const queue = (await statusOf(server.url, key)).queue
+    assert.deepEqual(queue.map((w) => w.pid), waiters.map((w) => w.pid))
     const released = await cli(server.url, ['lock', 'release', '--key', key, '--token', held.stdout.trim()])
     assert.equal(released.code, 0, released.stderr)
     const results = await Promise.all(waiters.map((w) => w.result))

@@ -378,20 +378,20 @@ export class ZooKeeperLocks implements LockDriver {
   }
 
   /** Who holds the key, in token order, as seen from outside (each contender with its own limit). */
-  private async holdsOf(key: string, tidy = false): Promise<{holders: Known[]; waiters: number}> {
+  private async holdsOf(key: string, tidy = false): Promise<{holders: Known[]; waiters: number; queue: Known[]}> {
     const keyPath = this.paths.key(key)
     let children: string[]
     try {
       children = (await this.session.getChildren(keyPath)).children
     } catch (error) {
-      if (isCode(error, Code.NO_NODE)) return {holders: [], waiters: 0}
+      if (isCode(error, Code.NO_NODE)) return {holders: [], waiters: 0, queue: []}
       throw error
     }
     if (children.length === 0 && tidy) {
       // An idle key's node would stay forever (node-zookeeper-client cannot create CONTAINER
       // nodes, which the server deletes when empty). An acquirer racing this re-creates it.
       await this.session.remove(keyPath).catch(() => {})
-      return {holders: [], waiters: 0}
+      return {holders: [], waiters: 0, queue: []}
     }
     const {contenders, leases} = split(children)
     const nodes = await this.read(keyPath, [...leases, ...contenders])
@@ -400,14 +400,14 @@ export class ZooKeeperLocks implements LockDriver {
     const liveLeases = live.filter((n) => n.name.startsWith('l.'))
     const holders = [...liveLeases]
     let ahead = 0
-    let waiters = 0
+    const queue: Known[] = [] // contenders in sequence order: the order they will hold (fair)
     for (const node of live.filter((n) => n.name.startsWith('c.'))) {
       if (liveLeases.length + ahead < node.record.limit) holders.push(node)
-      else waiters++
+      else queue.push(node)
       ahead++
     }
     holders.sort((a, b) => (BigInt(this.token(a)) < BigInt(this.token(b)) ? -1 : 1))
-    return {holders, waiters}
+    return {holders, waiters: queue.length, queue}
   }
 
   private holder(node: Known): Holder {
@@ -433,8 +433,13 @@ export class ZooKeeperLocks implements LockDriver {
     }
     const states: LockState[] = []
     for (const name of keys) {
-      const {holders, waiters} = await this.holdsOf(name, key === undefined)
-      if (holders.length > 0) states.push({key: name, holders: holders.map((n) => this.holder(n)), waiters})
+      const {holders, waiters, queue} = await this.holdsOf(name, key === undefined)
+      if (holders.length > 0) {
+        states.push({
+          key: name, holders: holders.map((n) => this.holder(n)), waiters,
+          queue: queue.map(({record, stat}) => ({owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command, since: new Date(time(stat.ctime))})),
+        })
+      }
     }
     return states
   }

@@ -7,7 +7,7 @@ import {paint, table} from '../../output.js'
 
 export default class LockStatus extends DlqCommand {
   static summary = 'Show who holds which locks, since when and until when.'
-  static description = 'Lists held locks (all, or one key) with each holder: owner id, host, pid, user, command, acquired at, expires at, fencing token, and the number of waiters where the backend can tell. A table for people, --json for scripts. Exit 0.'
+  static description = 'Lists held locks (all, or one key) with each holder: owner id, host, pid, user, command, acquired at, expires at, fencing token, and the number of waiters where the backend can tell; on ZooKeeper, whose waiting is fair, also the waiters in the order they will get the lock. A table for people, --json for scripts. Exit 0.'
   static examples = ['<%= config.bin %> lock status', '<%= config.bin %> lock status --key deploy --json']
 
   static flags = {
@@ -27,10 +27,16 @@ export default class LockStatus extends DlqCommand {
     }
     const chalk = await paint(process.stdout, flags.color)
     const now = Date.now()
-    const rows = states.flatMap((s) => s.holders.map((h) => [
-      s.key, h.token, `${h.user}@${h.host}`, String(h.pid), formatDuration(now - h.acquiredAt.getTime()) + ' ago',
-      `in ${formatDuration(h.expiresAt.getTime() - now)}`, s.waiters === undefined ? '-' : String(s.waiters), h.owner, h.command,
-    ]))
+    const rows = states.flatMap((s) => [
+      ...s.holders.map((h) => [
+        s.key, h.token, `${h.user}@${h.host}`, String(h.pid), formatDuration(now - h.acquiredAt.getTime()) + ' ago',
+        `in ${formatDuration(h.expiresAt.getTime() - now)}`, s.waiters === undefined ? '-' : String(s.waiters), h.owner, h.command,
+      ]),
+      // Where the backend queues fairly, the waiters follow in the order they will get the lock.
+      ...(s.queue ?? []).map((w, i) => [
+        s.key, `(next ${i + 1})`, `${w.user}@${w.host}`, String(w.pid), `waiting ${formatDuration(now - w.since.getTime())}`, '-', '-', w.owner, w.command,
+      ]),
+    ])
     process.stdout.write(table(['KEY', 'TOKEN', 'HOLDER', 'PID', 'ACQUIRED', 'EXPIRES', 'WAITERS', 'OWNER', 'COMMAND'], rows, chalk.bold))
   }
 }
