@@ -36,6 +36,7 @@ import type {Stat, Watcher} from 'node-zookeeper-client'
 
 import {LockLostError} from '../../errors.js'
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
+import {Wakeup} from '../wakeup.js'
 import {Code, isCode, isConnectionLoss, Mode, type Session, time, zxid} from './connection.js'
 import {basename, decodeName, encodeName, type Layout, sequenceOf} from './paths.js'
 
@@ -170,14 +171,9 @@ export class ZooKeeperLocks implements LockDriver {
     const deadline = Date.now() + request.waitMs
     const record: HolderRecord = {owner, ...request.holder, limit, ttlMs: request.ttlMs, leaseMs: request.ttlMs, acquired: true, acquiredAt: Date.now()}
     let node: {name: string; path: string; version: number; token?: string; replyZxid?: bigint; sent: number; received: number; waiting: boolean} | undefined
-    let changed = false
-    let wake: (() => void) | undefined
-    const onChange = () => {
-      changed = true
-      wake?.()
-    }
+    const wakeup = new Wakeup(signal)
+    const onChange = wakeup.wake
     const watcher: Watcher = onChange
-    signal.addEventListener('abort', onChange)
     const stopSessionWatch = this.session.onChange(onChange)
     let acquired = false
     let troubleSince: number | undefined
@@ -185,7 +181,7 @@ export class ZooKeeperLocks implements LockDriver {
       for (;;) {
         try {
           signal.throwIfAborted()
-          changed = false
+          wakeup.changed = false
           if (!node) {
             record.acquired = true
             record.acquiredAt = Date.now()
@@ -266,18 +262,10 @@ export class ZooKeeperLocks implements LockDriver {
             continue
           }
           if (request.onWaiting) request.onWaiting((await this.status(key))[0]?.holders ?? [])
-          if (changed) continue
+          if (wakeup.changed) continue
           troubleSince = undefined
           const sleep = Math.max(1, Math.min(deadline - Date.now(), nextExpiry - Date.now(), fallbackPollMs))
-          await new Promise<void>((resolve) => {
-            const timer = setTimeout(resolve, sleep)
-            wake = () => {
-              clearTimeout(timer)
-              resolve()
-            }
-            if (changed) wake()
-          })
-          wake = undefined
+          await wakeup.sleep(sleep)
         } catch (error) {
           // The connection dropped (a server of the ensemble went away): the client reconnects,
           // and the loop starts over from what ZooKeeper says now.
@@ -287,7 +275,7 @@ export class ZooKeeperLocks implements LockDriver {
         }
       }
     } finally {
-      signal.removeEventListener('abort', onChange)
+      wakeup.dispose()
       stopSessionWatch()
       if (!acquired && node) await this.session.remove(node.path).catch(() => {})
     }

@@ -26,6 +26,7 @@ import type {Watcher} from 'node-zookeeper-client'
 
 import {dataError} from '../../errors.js'
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import {Wakeup} from '../wakeup.js'
 import {Code, isCode, isConnectionLoss, Mode, type Op, type Session, time} from './connection.js'
 import {basename, decodeName, type Layout} from './paths.js'
 
@@ -293,20 +294,15 @@ export class ZooKeeperQueues implements QueueDriver {
    * its `next` time (server clock) comes, or the slow fallback poll.
    */
   private async waitFor<T>(signal: AbortSignal, deadline: number, attempt: (watcher?: Watcher) => Promise<{done: boolean; value: T; retryNow?: boolean; next: number}>, timedOut: T): Promise<T> {
-    let changed = false
-    let wake: (() => void) | undefined
-    const onChange = () => {
-      changed = true
-      wake?.()
-    }
-    signal.addEventListener('abort', onChange)
+    const wakeup = new Wakeup(signal)
+    const onChange = wakeup.wake
     const stopSessionWatch = this.session.onChange(onChange)
     let retries = 0
     let troubleSince: number | undefined
     try {
       for (;;) {
         signal.throwIfAborted()
-        changed = false
+        wakeup.changed = false
         let result
         try {
           result = await attempt(Date.now() < deadline ? onChange : undefined)
@@ -322,21 +318,13 @@ export class ZooKeeperQueues implements QueueDriver {
         // Even a pop --wait 0 looks again when it lost every race: the queue is not empty.
         if (result.retryNow && retries++ < 100) continue
         if (Date.now() >= deadline) return timedOut
-        if (changed) continue
+        if (wakeup.changed) continue
         const next = result.next - (this.session.nowEstimate() - Date.now())
         const sleep = Math.max(1, Math.min(deadline - Date.now(), next - Date.now() + 1, fallbackPollMs))
-        await new Promise<void>((resolve) => {
-          const timer = setTimeout(resolve, sleep)
-          wake = () => {
-            clearTimeout(timer)
-            resolve()
-          }
-          if (changed) wake()
-        })
-        wake = undefined
+        await wakeup.sleep(sleep)
       }
     } finally {
-      signal.removeEventListener('abort', onChange)
+      wakeup.dispose()
       stopSessionWatch()
     }
   }
