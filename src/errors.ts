@@ -55,6 +55,10 @@ export function toDlqError(error: unknown, context = 'backend operation failed')
   if (err && typeof err === 'object' && err.code && unavailableCodes.has(err.code)) {
     return unavailable(context, err.message.replace(/^\w+: /, ''))
   }
+  // Client libraries' words for a connection that went away or stopped answering mid-command.
+  if (err instanceof Error && /Connection is closed|Stream isn't writeable|Command timed out|Connection terminated|connection timeout/i.test(err.message)) {
+    return unavailable(context, firstLine(err.message), 'the backend stopped answering')
+  }
   if (err && typeof err === 'object' && typeof err.oclif?.exit === 'number' && err.oclif.exit !== 0) {
     // oclif's own parse errors (unknown flag, missing value, bad option): usage.
     return usageError('bad usage', firstLine(err.message), 'see --help')

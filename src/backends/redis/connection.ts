@@ -52,6 +52,8 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   })
   try {
     await client.connect()
+    // connect() can resolve before the AUTH reply: one round trip proves the session usable.
+    await client.ping()
   } catch (error) {
     client.disconnect()
     const message = (cause ?? (error as Error)).message
