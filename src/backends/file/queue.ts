@@ -167,10 +167,9 @@ export class FileQueues implements QueueDriver {
   }
 
   /**
-   * Returns expired claims (and abandoned splits); resolves with the earliest deadline still
-   * pending, and whether another reserver is splitting a batch right now.
+   * Returns expired claims (and abandoned splits); resolves with the earliest deadline still pending.
    */
-  private async sweep(queue: string, dirs: QueueDirs, maxAttempts: number): Promise<{earliest: number; splitting: boolean}> {
+  private async sweep(queue: string, dirs: QueueDirs, maxAttempts: number): Promise<{earliest: number}> {
     const now = Date.now()
     if (now - this.tmpSwept > staleTmpMs) {
       // Batches a killed push never renamed into new/: never visible, never acknowledged to anyone.
@@ -181,15 +180,11 @@ export class FileQueues implements QueueDriver {
       }
     }
     let earliest = Number.POSITIVE_INFINITY
-    let splitting = false
     const names = await readdir(dirs.cur)
     for (const name of names) {
       const split = splitName.exec(name)
       if (!split) continue
-      if (Number(split[6]) > now) {
-        splitting ||= split[7] !== this.reserver
-        continue
-      }
+      if (Number(split[6]) > now) continue
       await rename(join(dirs.cur, name), join(dirs.new, split[1])).catch(() => {}) // its reserver died mid-split
     }
     for (const claim of names.map(parseClaim).filter((c): c is Claim => c !== undefined)) {
@@ -201,7 +196,15 @@ export class FileQueues implements QueueDriver {
         if (!isMissing(error)) throw error
       })
     }
-    return {earliest, splitting}
+    return {earliest}
+  }
+
+  private async splitInProgress(dirs: QueueDirs): Promise<boolean> {
+    const now = Date.now()
+    return (await readdir(dirs.cur)).some((name) => {
+      const split = splitName.exec(name)
+      return split !== null && Number(split[6]) > now && split[7] !== this.reserver
+    })
   }
 
   private async readMessages(path: string, entry: Waiting, deliveries: number): Promise<Message[]> {
@@ -215,8 +218,9 @@ export class FileQueues implements QueueDriver {
     return out
   }
 
-  private async reserveOnce(queue: string, dirs: QueueDirs, request: ReserveRequest): Promise<{messages: Message[]; earliest: number; splitting: boolean}> {
-    const {earliest, splitting} = await this.sweep(queue, dirs, request.maxAttempts)
+  private async reserveOnce(queue: string, dirs: QueueDirs, request: ReserveRequest): Promise<{messages: Message[]; earliest: number; raced: boolean}> {
+    const {earliest} = await this.sweep(queue, dirs, request.maxAttempts)
+    let raced = false
     const messages: Message[] = []
     for (const entry of await this.listWaiting(dirs.new)) {
       if (messages.length >= request.count) break
@@ -232,7 +236,10 @@ export class FileQueues implements QueueDriver {
       try {
         await rename(from, claimed)
       } catch (error) {
-        if (isMissing(error)) continue // another reserver was first
+        if (isMissing(error)) {
+          raced = true // another reserver was first
+          continue
+        }
         throw error
       }
       let taken = await this.readMessages(claimed, entry, claim.deliveries)
@@ -246,7 +253,7 @@ export class FileQueues implements QueueDriver {
       messages.push(...taken)
     }
     if (messages.length > 0) this.log?.(`file: reserved ${messages.length} messages from ${dirs.new}`)
-    return {messages, earliest, splitting}
+    return {messages, earliest, raced}
   }
 
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
@@ -254,12 +261,16 @@ export class FileQueues implements QueueDriver {
     const deadline = Date.now() + request.waitMs
     return waitFor(dirs.new, request.signal, deadline, async () => {
       const started = Date.now()
-      for (;;) {
-        const {messages, earliest, splitting} = await this.reserveOnce(queue, dirs, request)
-        // new/ looked empty only because another reserver is putting back the rest of a batch.
-        // A split either finishes or is given back after splitGraceMs, so this wait is bounded.
-        if (messages.length > 0 || !splitting || Date.now() - started > splitGraceMs) return {done: messages.length > 0, value: messages, next: earliest}
-        await new Promise((resolve) => setTimeout(resolve, 2))
+      for (let tries = 0; ; tries++) {
+        const {messages, earliest, raced} = await this.reserveOnce(queue, dirs, request)
+        if (messages.length > 0) return {done: true, value: messages, next: earliest}
+        // Nothing taken, yet the queue may not be empty: another reserver won the race for what we
+        // saw, or is putting back the rest of a batch it split. Its marker leaves cur/ only after
+        // the rest is in new/, so looking at cur/ and then new/ cannot miss both. A split either
+        // finishes or is given back after splitGraceMs, so this is bounded.
+        const busy = raced || (await this.splitInProgress(dirs)) || (await this.listWaiting(dirs.new)).length > 0
+        if (!busy || Date.now() - started > splitGraceMs) return {done: false, value: messages, next: earliest}
+        await new Promise((resolve) => setTimeout(resolve, tries < 5 ? 0 : 2))
       }
     }, [])
   }
