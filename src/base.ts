@@ -6,10 +6,8 @@ import type * as Interfaces from '@oclif/core/interfaces'
 
 import {openBackend, resolveBackendUrl, maskUrl} from './backends/index.js'
 import type {Backend} from './backends/types.js'
-import {toDlqError, DlqError} from './errors.js'
+import {toDlqError} from './errors.js'
 import {note} from './output.js'
-
-export type BaseFlags<T extends typeof Command> = Interfaces.InferredFlags<(typeof DlqCommand)['baseFlags'] & T['flags']>
 
 export abstract class DlqCommand extends Command {
   static enableJsonFlag = true
@@ -62,5 +60,3 @@ export abstract class DlqCommand extends Command {
     await this.finish(failure.exitCode)
   }
 }
-
-export {DlqError}
