@@ -113,6 +113,20 @@ for (const backend of backends) {
       assert.equal((await queueStats(ctx.dlq, queue)).dead, 0)
     })
 
+    it('a dead letter is delivered from Q.dead as a message of its own, attempts counted afresh', async () => {
+      const queue = uniqueName('redead')
+      await pushArgs(ctx.dlq, queue, ['poison'])
+      const failed = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--max-attempts', '1', '--exec', '--', 'sh', '-c', 'cat > /dev/null; exit 3'])
+      assert.notEqual(failed.code, 75, failed.stderr)
+      assert.equal((await queueStats(ctx.dlq, queue)).dead, 1, 'dead after its one attempt')
+      // Popped with the same --max-attempts, it is delivered (attempt 1), not buried again in Q.dead.dead.
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', `${queue}.dead`, '--max-attempts', '1', '--json'])
+      assert.equal(r.code, 0, r.stderr)
+      const message = JSON.parse(r.stdout)
+      assert.deepEqual([message.body, message.attempts], ['poison', 1])
+      assert.deepEqual(await queueStats(ctx.dlq, `${queue}.dead`).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 0, 0])
+    })
+
     it('queue status --json reports waiting, inFlight and dead', async (t) => {
       const dir = await tempDir(t)
       const queue = uniqueName('status')

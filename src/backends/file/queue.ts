@@ -158,11 +158,15 @@ export class FileQueues implements QueueDriver {
     return (await readdir(dir)).map(parseClaim).filter((c): c is Claim => c !== undefined)
   }
 
-  /** Where a message goes when it becomes visible again: back to new/, or to the dead letters. */
+  /**
+   * Where a message goes when it becomes visible again: back to new/, or to the dead letters. A
+   * dead letter starts Q.dead with no deliveries, as on the other backends: with its count from Q
+   * kept, a pop of Q.dead with the same --max-attempts would bury it again, in Q.dead.dead.
+   */
   private async returnTo(queue: string, dirs: QueueDirs, from: string, waiting: Omit<Waiting, 'name'>, maxAttempts: number): Promise<void> {
     const dead = waiting.deliveries >= maxAttempts
     const target = dead ? (await this.dirs(`${queue}.dead`)).new : dirs.new
-    await rename(from, join(target, waitingFile(waiting)))
+    await rename(from, join(target, waitingFile(dead ? {...waiting, deliveries: 0} : waiting)))
     if (dead) this.log?.(`file: ${waiting.count} messages of ${waiting.batch} dead after ${waiting.deliveries} deliveries`)
   }
 
