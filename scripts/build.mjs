@@ -13,6 +13,8 @@ await build({
   target: 'node20',
   external: ['ioredis', 'pg', 'node-zookeeper-client', 'typescript', 'ts-node'],
   alias: {debug: './scripts/stubs/debug.cjs'},
+  define: {'import.meta.url': '__importMetaUrl'}, // src/builtins.ts: createRequire(import.meta.url)
+  banner: {js: 'var __importMetaUrl = require("node:url").pathToFileURL(__filename).href;'},
   supported: {'dynamic-import': false}, // import() of an external becomes a lazy require()
   minifySyntax: true,
   minifyWhitespace: true,

@@ -4,10 +4,10 @@
 //   whose encoding exceeds 200 bytes become a prefix plus a SHA-256, with the real name in `name`;
 // - every directory dlq creates is checked with lstat, so a planted symlink is refused, never followed;
 // - files are 0600 and directories 0700, or 0660/2770 when the base directory is setgid (shared by a group).
-import {createHash} from 'node:crypto'
 import {lstat, mkdir, readFile, writeFile, chmod} from 'node:fs/promises'
 import {join} from 'node:path'
 
+import {crypto} from '../../builtins.js'
 import {unavailable} from '../../errors.js'
 import {percentDecode, percentEncode} from '../names.js'
 
@@ -17,7 +17,7 @@ const hashed = /^(.*)~([0-9a-f]{32})$/
 export function encodeName(name: string): string {
   const out = percentEncode(name)
   if (out.length <= maxComponent) return out
-  const digest = createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32)
+  const digest = crypto().createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32)
   return `${out.slice(0, 150).replace(/%[0-9A-F]?$/, '')}~${digest}`
 }
 
