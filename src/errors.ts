@@ -7,6 +7,8 @@ export const ExitCode = {
   data: 65,
   unavailable: 69,
   lockLost: 70,
+  /** stdout could not be written (a full disk, an I/O error): sysexits' EX_IOERR. */
+  output: 74,
   notNow: 75,
 } as const
 
@@ -34,6 +36,10 @@ export const dataError = (what: string, why: string, hint?: string) => new DlqEr
 export const unavailable = (what: string, why: string, hint?: string) =>
   new DlqError(ExitCode.unavailable, what, why, hint)
 export const notNow = (what: string, why: string, hint?: string) => new DlqError(ExitCode.notNow, what, why, hint)
+
+/** A write to stdout that failed for another reason than a reader that has gone (EPIPE). */
+export const outputError = (error: unknown) =>
+  new DlqError(ExitCode.output, 'cannot write to stdout', (error instanceof Error ? error.message : String(error)).replace(/^\w+: /, '').replace(/, write$/, ''))
 
 /** A lease that was lost: renewal failed, found another owner, or the backend said so. */
 export class LockLostError extends DlqError {
