@@ -67,9 +67,16 @@ export function toDlqError(error: unknown, context = 'backend operation failed')
   }
   if (err && typeof err === 'object' && typeof err.oclif?.exit === 'number' && err.oclif.exit !== 0) {
     // oclif's own parse errors (unknown flag, missing value, bad option): usage.
-    return usageError('bad usage', firstLine(err.message), 'see --help')
+    return usageError('bad usage', parseProblem(err.message), 'see --help')
   }
   return new DlqError(1, 'internal error', firstLine(err instanceof Error ? err.message : String(err)), 'run with --verbose for details')
 }
+
+// oclif's parse errors put what is wrong on later lines ("Parsing --limit" / "Expected an
+// integer but received: abc"), under a header, above a "See more help" line: keep just the problem.
+const parseProblem = (message: string) =>
+  message.split('\n').map((l) => l.trim())
+    .filter((l) => l !== '' && !/^(See more help with|The following errors? occurred)/.test(l))
+    .join('; ').replace(/^(Parsing --[\w-]+); /, '$1: ')
 
 const firstLine = (s: string) => s.split('\n').map((l) => l.trim()).find(Boolean) ?? s
