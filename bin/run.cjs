@@ -55,5 +55,17 @@ while (args.length > 0) {
   else break
 }
 if (globals.length > 0) args.splice(['lock', 'queue'].includes(args[0]) && args[1] && !args[1].startsWith('-') ? 2 : 1, 0, ...globals)
+// `dlq help lock run` (SPEC §5) is `dlq lock run --help`: no help plugin is loaded.
+if (args[0] === 'help') args.splice(0, args.length, ...args.slice(1).filter((a) => !a.startsWith('-')), '--help')
+// A mistyped command is a usage error like any other (exit 64, one line), not oclif's exit 2.
+const words = args.slice(0, (args.indexOf('--') + 1 || args.length + 1) - 1).filter((a) => !a.startsWith('-'))
+if (words.length > 0 && !['lock', 'queue'].includes(words[0].split(':')[0])) {
+  process.stderr.write(`dlq: unknown command ${JSON.stringify(words[0])} (see dlq --help)\n`)
+  process.exit(64)
+}
+if (['lock', 'queue'].includes(words[0]) && words[1] && !Object.hasOwn(bundle.exports.COMMANDS, `${words[0]}:${words[1]}`) && args.indexOf(words[1]) === 1) {
+  process.stderr.write(`dlq: unknown command "${words[0]} ${words[1]}" (see dlq ${words[0]} --help)\n`)
+  process.exit(64)
+}
 
 execute({args, dir: __filename})
