@@ -136,6 +136,7 @@ describe('bad flags, keys and queue names', {concurrency: 4}, () => {
       [['queue', 'push', '--queue', key, '-0', '--whole'], /--whole/],
       [['lock', 'frobnicate'], /unknown command "lock frobnicate"/],
       [['frobnicate'], /unknown command "frobnicate"/],
+      [['-b', '/tmp'], /no command given/],
     ]
     for (const [args, pattern] of cases) {
       const r = await run(args)
