@@ -46,7 +46,6 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
     }
 
     const backend = await this.backend(flags.backend, flags.verbose)
-    const preload = import('execa').catch(() => {}) // ready by the time the lock is, not after
     // A signal while waiting cancels the wait at once and leaves nothing behind (exit 128+N).
     const signals = new SignalRouter()
 
@@ -82,7 +81,6 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
       return
     }
     this.log2(`acquired ${key} with fencing token ${lease.token}`)
-    await preload
     const outcome = await supervise({
       command, args, lease, locks: backend.locks, killGraceMs, signals,
       say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
