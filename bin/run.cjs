@@ -54,6 +54,22 @@ while (args.length > 0) {
   else if (/^(--backend=|-b.)/.test(args[0]) || ['--verbose', '--json', '--no-color', '--color'].includes(args[0])) globals.push(args.shift())
   else break
 }
+// `dlq help lock run` (SPEC §5) is `dlq lock run --help`, `dlq -h` is `dlq --help`: no help plugin is loaded.
+if (args[0] === '-h') args[0] = '--help'
+if (args[0] === 'help') args.splice(0, args.length, ...args.slice(1).filter((a) => !a.startsWith('-')), '--help')
+// A mistyped command is a usage error like any other (exit 64, one line), not oclif's exit 2.
+const usage = (line) => {
+  process.stderr.write(`dlq: ${line}\n`)
+  process.exit(64)
+}
+const [topic, command] = args
+const {COMMANDS} = bundle.exports
+if (topic === undefined ? globals.length > 0 : !['lock', 'queue', '--help', '--version'].includes(topic) && !Object.hasOwn(COMMANDS, topic)) {
+  usage(topic === undefined ? 'no command given (see dlq --help)' : `unknown ${topic.startsWith('-') ? 'flag' : 'command'} ${JSON.stringify(topic)} (see dlq --help)`)
+}
+if (['lock', 'queue'].includes(topic) && command !== undefined && !command.startsWith('-') && !Object.hasOwn(COMMANDS, `${topic}:${command}`)) {
+  usage(`unknown command "${topic} ${command}" (see dlq ${topic} --help)`)
+}
 if (globals.length > 0) args.splice(['lock', 'queue'].includes(args[0]) && args[1] && !args[1].startsWith('-') ? 2 : 1, 0, ...globals)
 
 execute({args, dir: __filename})

@@ -6,8 +6,8 @@ import type * as Interfaces from '@oclif/core/interfaces'
 
 import {openBackend, resolveBackendUrl, maskUrl} from './backends/index.js'
 import type {Backend} from './backends/types.js'
-import {toDlqError} from './errors.js'
-import {note} from './output.js'
+import {DlqError, ExitCode, outputError, toDlqError} from './errors.js'
+import {note, readerGone} from './output.js'
 
 export abstract class DlqCommand extends Command {
   static enableJsonFlag = true
@@ -25,6 +25,34 @@ export abstract class DlqCommand extends Command {
 
   private opened?: Backend
   protected verbose = false
+  private outputFailure?: Error
+  private outputReported = false
+
+  override async init(): Promise<void> {
+    await super.init()
+    // oclif's own listener rethrows every stdout error but EPIPE, which crashes dlq with a stack
+    // trace of the bundle. A failed write (a full disk) is one line and exit 74 instead; EPIPE is
+    // for the commands to handle (pop keeps what it could not write, acquire releases its lease).
+    process.stdout.removeAllListeners('error')
+    process.stdout.on('error', (error: Error) => {
+      this.outputFailure ??= error
+      if (this.reportOutputFailure()) process.exitCode = ExitCode.output
+    })
+  }
+
+  /** Reports, once, a stdout that failed other than by its reader going away; true if it did. */
+  private reportOutputFailure(): boolean {
+    const error = this.outputFailure
+    if (!error || readerGone(error)) return false
+    if (!this.outputReported) this.report(outputError(error))
+    return true
+  }
+
+  private report(failure: DlqError): void {
+    if (failure.exitCode === ExitCode.output) this.outputReported = true
+    if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify(failure.toJSON())}\n`)
+    else note(failure.line())
+  }
 
   protected log2(line: string): void {
     if (this.verbose) note(`dlq: ${line}`)
@@ -48,15 +76,14 @@ export abstract class DlqCommand extends Command {
   /** Ends the process now with `code` (after closing the backend): no handle can keep dlq alive. */
   protected async finish(code: number): Promise<never> {
     await this.closeBackend()
-    process.exit(code)
+    process.exit(code === 0 && this.reportOutputFailure() ? ExitCode.output : code)
   }
 
   protected override async catch(error: Interfaces.CommandError): Promise<void> {
     const failure = toDlqError(error)
     // Even a stack trace never shows a password: any user:password@ in it is masked.
     if (this.verbose || process.argv.includes('--verbose')) process.stderr.write(`${String((error as Error).stack ?? error).replace(/(\/\/[^\s:/@]*:)[^\s@/]*@/g, '$1***@')}\n`)
-    if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify(failure.toJSON())}\n`)
-    else note(failure.line())
+    if (failure.exitCode !== ExitCode.output || !this.outputReported) this.report(failure)
     await this.finish(failure.exitCode)
   }
 }

@@ -11,7 +11,7 @@ export const keyFlag = Flags.string({char: 'k', summary: 'Lock key: 1–255 byte
 export const ttlFlag = (summary: string) => Flags.string({summary, default: '30s', helpValue: 'DURATION'})
 export const waitFlag = (fallback: string) => Flags.string({char: 'w', summary: 'How long to wait for the lock; 0 tries once.', default: fallback, helpValue: 'DURATION'})
 export const limitFlag = Flags.integer({summary: 'Semaphore: up to N holders of the key at once.', default: 1, helpValue: 'N'})
-export const conflictFlag = Flags.integer({summary: 'Exit code when the lock was not acquired within --wait.', default: 75, helpValue: 'CODE'})
+export const conflictFlag = Flags.integer({summary: 'Exit code when the lock was not acquired within --wait.', default: 75, min: 0, max: 255, helpValue: 'CODE'})
 export const tokenFlag = (summary: string) => Flags.string({char: 't', summary, helpValue: 'TOKEN'})
 
 export function checkLimit(limit: number): number {

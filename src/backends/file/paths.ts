@@ -41,6 +41,20 @@ export async function modesFor(base: string): Promise<Modes> {
 
 const known = new Set<string>()
 
+const unsafePath = (path: string, isLink: boolean) =>
+  unavailable(`unsafe path ${path}`, isLink ? 'it is a symbolic link' : 'it is not a directory', 'dlq never follows links inside its directory; remove it')
+
+/** For readers (status): does `path` exist as a real directory? A symlink there is refused, not followed. */
+export async function existingDir(path: string): Promise<boolean> {
+  const info = await lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined
+    throw error
+  })
+  if (info === undefined) return false
+  if (!info.isDirectory()) throw unsafePath(path, info.isSymbolicLink())
+  return true
+}
+
 /** mkdir -p of `parts` below `base`, refusing any component that is a symlink or not a directory. */
 export async function safeDir(base: string, parts: string[], modes: Modes, realName?: string): Promise<string> {
   let path = base
@@ -57,9 +71,7 @@ export async function safeDir(base: string, parts: string[], modes: Modes, realN
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
     }
     const info = await lstat(path)
-    if (!info.isDirectory()) {
-      throw unavailable(`unsafe path ${path}`, info.isSymbolicLink() ? 'it is a symbolic link' : 'it is not a directory', 'dlq never follows links inside its directory; remove it')
-    }
+    if (!info.isDirectory()) throw unsafePath(path, info.isSymbolicLink())
     known.add(path)
   }
   return path

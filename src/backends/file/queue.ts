@@ -23,8 +23,8 @@ import {chmod, lstat, open, readdir, readFile, rename, unlink, constants} from '
 import {join} from 'node:path'
 
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
-import {decodeName, encodeName, type Modes, safeDir} from './paths.js'
 import {crypto} from '../../builtins.js'
+import {decodeName, encodeName, existingDir, type Modes, safeDir} from './paths.js'
 import {waitFor} from './watch.js'
 
 const maxMessageBytes = 1024 * 1024
@@ -393,6 +393,7 @@ export class FileQueues implements QueueDriver {
     for (const name of [...all].sort()) {
       if (queue === undefined && name.endsWith('.dead') && all.has(name.slice(0, -5))) continue
       const root = join(queuesDir, encodeName(name))
+      await existingDir(root) // a planted symlink is refused, never read through
       const waiting = await this.countOf(join(root, 'new'), parseWaiting)
       const inFlight = await this.countOf(join(root, 'cur'), parseClaim)
       const dead = await this.countOf(join(queuesDir, encodeName(`${name}.dead`), 'new'), parseWaiting)

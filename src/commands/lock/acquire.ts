@@ -2,6 +2,8 @@ import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
 import {checkLimit, checkTtl, describeHolders, holderInfo, keyFlag, limitFlag, newOwner, ttlFlag, waitFlag, conflictFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
+import {readerGone, writeOut} from '../../output.js'
+import {signalExitCode} from '../../signals.js'
 
 export default class LockAcquire extends DlqCommand {
   static summary = 'Take a lock that outlives this process; print its owner token.'
@@ -20,7 +22,7 @@ export default class LockAcquire extends DlqCommand {
     'conflict-exit-code': conflictFlag,
   }
 
-  async run(): Promise<{key: string; owner: string; token: string; expiresAt: string}> {
+  async run(): Promise<void> {
     const {flags} = await this.parse(LockAcquire)
     const key = checkName(flags.key, 'key')
     const ttlMs = checkTtl(flags.ttl)
@@ -36,8 +38,16 @@ export default class LockAcquire extends DlqCommand {
       process.stderr.write(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}\n`)
       return this.finish(flags['conflict-exit-code'])
     }
-    if (!this.jsonEnabled()) process.stdout.write(`${owner}\n`)
+    const result = {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
+    try {
+      await writeOut(process.stdout, this.jsonEnabled() ? `${JSON.stringify(result, null, 2)}\n` : `${owner}\n`)
+    } catch (error) {
+      // Nobody got the token, so nobody could renew or release the lease: let it go now rather
+      // than leave the key held until its TTL.
+      await backend.locks.release(key, owner)
+      if (readerGone(error)) return this.finish(signalExitCode('SIGPIPE'))
+      throw error
+    }
     await this.closeBackend()
-    return {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
   }
 }
