@@ -4,10 +4,10 @@ import {Command} from '@oclif/core/command'
 import * as Flags from '@oclif/core/flags'
 import type * as Interfaces from '@oclif/core/interfaces'
 
-import {openBackend, resolveBackendUrl, maskUrl} from './backends/index.js'
 import type {Backend} from './backends/types.js'
-import {DlqError, ExitCode, outputError, toDlqError} from './errors.js'
+import {DlqError, ExitCode, outputError} from './errors.js'
 import {note, readerGone} from './output.js'
+import {Session} from './session.js'
 
 export abstract class DlqCommand extends Command {
   static enableJsonFlag = true
@@ -23,7 +23,7 @@ export abstract class DlqCommand extends Command {
     color: Flags.boolean({summary: 'Colour output on a terminal (--no-color, or NO_COLOR, turns it off).', allowNo: true, default: true, helpGroup: 'GLOBAL'}),
   }
 
-  private opened?: Backend
+  protected readonly session = new Session()
   protected verbose = false
   private outputFailure?: Error
   private outputReported = false
@@ -55,34 +55,25 @@ export abstract class DlqCommand extends Command {
   }
 
   protected log2(line: string): void {
-    if (this.verbose) note(`dlq: ${line}`)
+    this.session.log2(line)
   }
 
   protected async backend(flag: string | undefined, verbose: boolean): Promise<Backend> {
     this.verbose = verbose
-    const {url, isDefault} = resolveBackendUrl(flag)
-    this.log2(`backend ${maskUrl(url)}`)
-    this.opened = await openBackend(url, {isDefault, log: verbose ? (line) => this.log2(line) : undefined})
-    return this.opened
+    return this.session.backend(flag, verbose)
   }
 
   protected async closeBackend(): Promise<void> {
-    const backend = this.opened
-    this.opened = undefined
-    // Closing is a courtesy to the server: never worth hanging for when it does not answer.
-    await Promise.race([backend?.close().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+    await this.session.closeBackend()
   }
 
   /** Ends the process now with `code` (after closing the backend): no handle can keep dlq alive. */
   protected async finish(code: number): Promise<never> {
-    await this.closeBackend()
-    process.exit(code === 0 && this.reportOutputFailure() ? ExitCode.output : code)
+    return this.session.finish(code === 0 && this.reportOutputFailure() ? ExitCode.output : code)
   }
 
   protected override async catch(error: Interfaces.CommandError): Promise<void> {
-    const failure = toDlqError(error)
-    // Even a stack trace never shows a password: any user:password@ in it is masked.
-    if (this.verbose || process.argv.includes('--verbose')) process.stderr.write(`${String((error as Error).stack ?? error).replace(/(\/\/[^\s:/@]*:)[^\s@/]*@/g, '$1***@')}\n`)
+    const failure = this.session.failure(error)
     if (failure.exitCode !== ExitCode.output || !this.outputReported) this.report(failure)
     await this.finish(failure.exitCode)
   }

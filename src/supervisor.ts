@@ -76,17 +76,24 @@ interface Exit {
 }
 
 export async function supervise(job: Supervision): Promise<Outcome> {
+  let lease = job.lease
+  // dlq's deadline comes a little before the backend's (1% of the TTL + 10 ms, as Redlock allows
+  // for clock drift), so the command normally has its SIGTERM before another holder can get in.
+  const deadline = () => lease.expiresAt.getTime() - lease.ttlMs / 100 - 10
+  const timeLeft = () => Math.max(0, deadline() - Date.now())
   const reaper = startReaper(job.killGraceMs)
-  // node's own spawn, not execa: it returns the moment the command is exec'd, so the watchdog
-  // learns its group in the same tick (execa's extra work after the spawn left a window in which a
-  // SIGSTOPped dlq had a command running unwatched), and lock run starts faster without it.
+  // node's own spawn, not execa: it returns the moment the command is exec'd, and the watchdog
+  // gets the command's group and the lease's time left in the same write, the very next thing.
+  // (A SIGSTOP between spawn and that write would leave the command unwatched: with execa's extra
+  // work after the spawn, that window was long enough to hit under load.)
+  const env = {...process.env, ...job.env}
   const child = spawn(job.command, job.args, {
     stdio: 'inherit',
     detached: true, // its own process group: lost-lock kills reach grandchildren too
-    env: {...process.env, ...job.env},
+    env,
   })
   const pid = child.pid
-  reaper?.stdin?.write(pid === undefined ? 'ok\n' : `${pid}\n`)
+  reaper?.stdin?.write(pid === undefined ? 'ok\n' : `${pid}\n${(timeLeft() / 1000).toFixed(3)}\n`)
   const exited = new Promise<Exit>((resolve) => {
     child.once('error', (error) => pid === undefined && resolve({code: null, signal: null, error})) // only spawn errors: dlq never kills or messages through `child`
     child.once('exit', (code, signal) => resolve({code, signal}))
@@ -112,7 +119,6 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   job.signals.forwardTo(killGroup)
 
   let lost: string | undefined
-  let lease = job.lease
   let renewTimer: NodeJS.Timeout | undefined
   let killTimer: NodeJS.Timeout | undefined
   let killedHard = false
@@ -137,16 +143,11 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     killTimer = setTimeout(check, Math.min(50, job.killGraceMs))
   }
 
-  // However a renewal hangs (server paused, partition), the lease is over at its expiry. dlq's
-  // deadline comes a little before the backend's (1% of the TTL + 10 ms, as Redlock allows for
-  // clock drift), so the command normally has its SIGTERM before another holder can get in.
-  const deadline = () => lease.expiresAt.getTime() - lease.ttlMs / 100 - 10
+  // However a renewal hangs (server paused, partition), the lease is over at its deadline.
   let expiryTimer: NodeJS.Timeout | undefined
   const armExpiry = () => {
     clearTimeout(expiryTimer)
-    const left = Math.max(0, deadline() - Date.now())
-    reaper?.stdin?.write(`${(left / 1000).toFixed(3)}\n`)
-    expiryTimer = setTimeout(() => loseLock('no renewal succeeded before the lease expired (backend unreachable, or dlq stopped?)'), left)
+    expiryTimer = setTimeout(() => loseLock('no renewal succeeded before the lease expired (backend unreachable, or dlq stopped?)'), timeLeft())
   }
   armExpiry()
 
@@ -154,7 +155,10 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   const renew = async () => {
     try {
       lease = await job.locks.renew(lease.key, lease.owner, lease.ttlMs)
-      if (lost === undefined) armExpiry()
+      if (lost === undefined) {
+        reaper?.stdin?.write(`${(timeLeft() / 1000).toFixed(3)}\n`)
+        armExpiry()
+      }
     } catch (error) {
       if (error instanceof LockLostError) return loseLock(error.why)
       // Backend trouble: keep trying while the lease lasts; past its expiry, assume it is gone.

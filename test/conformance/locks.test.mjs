@@ -183,12 +183,13 @@ for (const backend of backends) {
     it('renews the lease while the command runs longer than --ttl', async (t) => {
       const dir = await tempDir(t)
       const key = uniqueName('renew')
-      const holder = ctx.dlq.spawn(['lock', 'run', '--key', key, '--ttl', '1s', '--', 'sh', '-c', `echo > "$1/ready"; ${shUntil('[ -e "$1/go" ]')}`, SH0, dir], {t})
+      // --ttl 2s: renewals every 667 ms, so a loaded machine's slow round trip is not a lost lease.
+      const holder = ctx.dlq.spawn(['lock', 'run', '--key', key, '--ttl', '2s', '--', 'sh', '-c', `echo > "$1/ready"; ${shUntil('[ -e "$1/go" ]')}`, SH0, dir], {t})
       await waitFor(() => existsSync(join(dir, 'ready')), {what: 'the command to start'})
       // A waiter that would take the lock the moment the lease lapsed waits 2.5 TTLs in vain.
-      const waiter = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '2500ms', '--', 'echo', 'got it'])
+      const waiter = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '5s', '--', 'echo', 'got it'])
       assert.equal(waiter.code, 75, `the lock was free while its holder ran: ${waiter.stdout}${waiter.stderr}`)
-      assert.ok(waiter.ms >= 2500)
+      assert.ok(waiter.ms >= 5000)
       const [state] = await statusOf(ctx.dlq, key)
       assert.ok(new Date(state.holders[0].expiresAt).getTime() > Date.now(), 'the lease is renewed into the future')
       await writeFile(join(dir, 'go'), '')

@@ -1,6 +1,7 @@
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
-import {checkLimit, checkTtl, describeHolders, holderInfo, keyFlag, limitFlag, newOwner, ttlFlag, waitFlag, conflictFlag} from '../../lockflags.js'
+import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner} from '../../holding.js'
+import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {signalExitCode} from '../../signals.js'
@@ -28,6 +29,7 @@ export default class LockAcquire extends DlqCommand {
     const ttlMs = checkTtl(flags.ttl)
     const waitMs = parseDuration(flags.wait, 'wait')
     const limit = checkLimit(flags.limit)
+    const conflictExitCode = checkExitCode(flags['conflict-exit-code'], 'conflict-exit-code')
     const backend = await this.backend(flags.backend, flags.verbose)
     const owner = newOwner()
     const abort = new AbortController()
@@ -36,7 +38,7 @@ export default class LockAcquire extends DlqCommand {
     if (!lease) {
       const [state] = await backend.locks.status(key)
       process.stderr.write(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}\n`)
-      return this.finish(flags['conflict-exit-code'])
+      return this.finish(conflictExitCode)
     }
     const result = {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
     try {
