@@ -63,8 +63,11 @@ while (args.length > 0) {
 // `lock run` (cron guards) without oclif when its arguments are plain (src/fast.ts); DLQ_FAST_PATH=0
 // turns that off, so the tests can hold the two paths to the same behaviour.
 if (args[0] === 'lock' && args[1] === 'run' && process.env.DLQ_FAST_PATH !== '0') {
-  const manifest = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'oclif.manifest.json'), 'utf8'))
-  if (load('lock-run').tryLockRun([...globals, ...args.slice(2)], manifest.commands['lock:run'].flags)) return
+  let flags
+  try {
+    flags = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'oclif.manifest.json'), 'utf8')).commands['lock:run'].flags
+  } catch {} // no manifest (a build in progress): oclif does without
+  if (flags && load('lock-run').tryLockRun([...globals, ...args.slice(2)], flags)) return
 }
 
 const {execute, COMMANDS} = load('dlq')
