@@ -31,6 +31,10 @@ export class Session {
 
   /** Ends the process now with `code` (after closing the backend): no handle can keep dlq alive. */
   async finish(code: number): Promise<never> {
+    // The close may leave nothing for the event loop to wait on (its timer is unref'd, and a
+    // ZooKeeper client whose session just expired never says "disconnected" again): Node then
+    // exits by itself before process.exit below, with this code rather than 0.
+    process.exitCode = code
     await this.closeBackend()
     process.exit(code)
   }
