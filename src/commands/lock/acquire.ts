@@ -40,6 +40,7 @@ export default class LockAcquire extends DlqCommand {
       process.stderr.write(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}\n`)
       return this.finish(conflictExitCode)
     }
+    await backend.locks.detach?.(key, owner)
     const result = {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
     try {
       await writeOut(process.stdout, this.jsonEnabled() ? `${JSON.stringify(result, null, 2)}\n` : `${owner}\n`)
