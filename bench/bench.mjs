@@ -109,12 +109,14 @@ async function startup() {
     {name: 'dlq lock run --key k -- true', cmd: DLQ, args: ['-b', backend, 'lock', 'run', '--key', 'k', '--', 'true'], times: []},
     {name: 'node -e 0', cmd: NODE, args: ['-e', '0'], times: []},
     {name: 'flock FILE true', cmd: 'flock', args: [flockFile, 'true'], times: []},
+    // the same through oclif (what the fast path of src/fast.ts saves)
+    {name: 'dlq lock run … (DLQ_FAST_PATH=0)', cmd: DLQ, args: ['-b', backend, 'lock', 'run', '--key', 'k', '--', 'true'], env: {...benchEnv, DLQ_FAST_PATH: '0'}, times: []},
   ]
   for (let i = 0; i < STARTUP_WARMUP + STARTUP_RUNS; i++) {
     // interleaved, order rotated every round so no candidate always runs right after another
     for (let j = 0; j < candidates.length; j++) {
       const c = candidates[(i + j) % candidates.length]
-      const {ms, result} = spawnTimed(c.cmd, c.args)
+      const {ms, result} = spawnTimed(c.cmd, c.args, c.env ? {env: c.env} : {})
       expectStatus(result, [0], c.name)
       if (i >= STARTUP_WARMUP) c.times.push(ms)
     }

@@ -1,47 +1,52 @@
 #!/usr/bin/env node
 // Starts dlq fast: the CLI is one bundled file (dist/dlq.cjs), compiled from a V8 code cache when one
 // is there (Node 20 has no module.enableCompileCache), and the cache is written after the first run.
+// `lock run` with plain arguments takes a faster path still: dist/lock-run.cjs, without oclif.
 'use strict'
 const fs = require('node:fs')
 const path = require('node:path')
 const vm = require('node:vm')
 const Module = require('node:module')
 
-const file = path.join(__dirname, '..', 'dist', 'dlq.cjs')
-const source = fs.readFileSync(file, 'utf8')
-const stamp = `${process.version}-${process.arch}-${fs.statSync(file).mtimeMs}-${source.length}`
 const cacheDirs = [path.join(__dirname, '..', 'dist', '.cache'), path.join(process.env.XDG_CACHE_HOME || path.join(require('node:os').homedir(), '.cache'), 'dlq')]
-let cachedData
-for (const dir of cacheDirs) {
-  try {
-    cachedData = fs.readFileSync(path.join(dir, `${stamp}.v8`))
-    break
-  } catch {}
+
+/** Loads dist/NAME.cjs like require() would, compiled from (and then into) the code cache. */
+function load(name) {
+  const file = path.join(__dirname, '..', 'dist', `${name}.cjs`)
+  const source = fs.readFileSync(file, 'utf8')
+  const stamp = `${name}-${process.version}-${process.arch}-${fs.statSync(file).mtimeMs}-${source.length}`
+  let cachedData
+  for (const dir of cacheDirs) {
+    try {
+      cachedData = fs.readFileSync(path.join(dir, `${stamp}.v8`))
+      break
+    } catch {}
+  }
+  const script = new vm.Script(Module.wrap(source), {filename: file, cachedData, importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER})
+  if (cachedData === undefined || script.cachedDataRejected) {
+    // Written at exit, so the functions this run compiled lazily are in the cache too.
+    process.once('exit', () => {
+      const data = script.createCachedData()
+      for (const dir of cacheDirs) {
+        try {
+          fs.mkdirSync(dir, {recursive: true, mode: 0o700})
+          const tmp = path.join(dir, `${stamp}.${process.pid}.tmp`)
+          fs.writeFileSync(tmp, data, {mode: 0o600})
+          fs.renameSync(tmp, path.join(dir, `${stamp}.v8`))
+          for (const old of fs.readdirSync(dir)) if (old.startsWith(`${name}-`) && old.endsWith('.v8') && old !== `${stamp}.v8`) fs.rmSync(path.join(dir, old), {force: true})
+          return
+        } catch {}
+      }
+    })
+  }
+  const bundle = new Module(file, module)
+  bundle.filename = file
+  bundle.paths = Module._nodeModulePaths(path.dirname(file))
+  require.cache[file] = bundle // oclif loads the same file for its commands: hand it this one
+  script.runInThisContext()(bundle.exports, Module.createRequire(file), bundle, file, path.dirname(file))
+  bundle.loaded = true
+  return bundle.exports
 }
-const script = new vm.Script(Module.wrap(source), {filename: file, cachedData, importModuleDynamically: vm.constants.USE_MAIN_CONTEXT_DEFAULT_LOADER})
-if (cachedData === undefined || script.cachedDataRejected) {
-  // Written at exit, so the functions this run compiled lazily are in the cache too.
-  process.once('exit', () => {
-    const data = script.createCachedData()
-    for (const dir of cacheDirs) {
-      try {
-        fs.mkdirSync(dir, {recursive: true, mode: 0o700})
-        const tmp = path.join(dir, `${stamp}.${process.pid}.tmp`)
-        fs.writeFileSync(tmp, data, {mode: 0o600})
-        fs.renameSync(tmp, path.join(dir, `${stamp}.v8`))
-        for (const old of fs.readdirSync(dir)) if (old.endsWith('.v8') && old !== `${stamp}.v8`) fs.rmSync(path.join(dir, old), {force: true})
-        return
-      } catch {}
-    }
-  })
-}
-const bundle = new Module(file, module)
-bundle.filename = file
-bundle.paths = Module._nodeModulePaths(path.dirname(file))
-require.cache[file] = bundle // oclif loads the same file for its commands: hand it this one
-script.runInThisContext()(bundle.exports, Module.createRequire(file), bundle, file, path.dirname(file))
-bundle.loaded = true
-const {execute} = bundle.exports
 
 // oclif's short flags are letters only; `-0` (NUL framing, as in xargs -0) is spelled --null.
 const args = process.argv.slice(2)
@@ -53,6 +58,34 @@ while (args.length > 0) {
   if (args[0] === '-b' || args[0] === '--backend') globals.push(...args.splice(0, 2))
   else if (/^(--backend=|-b.)/.test(args[0]) || ['--verbose', '--json', '--no-color', '--color'].includes(args[0])) globals.push(args.shift())
   else break
+}
+
+// `lock run` (cron guards) without oclif when its arguments are plain (src/fast.ts); DLQ_FAST_PATH=0
+// turns that off, so the tests can hold the two paths to the same behaviour.
+if (args[0] === 'lock' && args[1] === 'run' && process.env.DLQ_FAST_PATH !== '0') {
+  let flags
+  try {
+    flags = JSON.parse(fs.readFileSync(path.join(__dirname, '..', 'oclif.manifest.json'), 'utf8')).commands['lock:run'].flags
+  } catch {} // no manifest (a build in progress): oclif does without
+  if (flags && load('lock-run').tryLockRun([...globals, ...args.slice(2)], flags)) return
+}
+
+const {execute, COMMANDS} = load('dlq')
+
+// `dlq help lock run` (SPEC §5) is `dlq lock run --help`, `dlq -h` is `dlq --help`: no help plugin is loaded.
+if (args[0] === '-h') args[0] = '--help'
+if (args[0] === 'help') args.splice(0, args.length, ...args.slice(1).filter((a) => !a.startsWith('-')), '--help')
+// A mistyped command is a usage error like any other (exit 64, one line), not oclif's exit 2.
+const usage = (line) => {
+  process.stderr.write(`dlq: ${line}\n`)
+  process.exit(64)
+}
+const [topic, command] = args
+if (topic === undefined ? globals.length > 0 : !['lock', 'queue', '--help', '--version'].includes(topic) && !Object.hasOwn(COMMANDS, topic)) {
+  usage(topic === undefined ? 'no command given (see dlq --help)' : `unknown ${topic.startsWith('-') ? 'flag' : 'command'} ${JSON.stringify(topic)} (see dlq --help)`)
+}
+if (['lock', 'queue'].includes(topic) && command !== undefined && !command.startsWith('-') && !Object.hasOwn(COMMANDS, `${topic}:${command}`)) {
+  usage(`unknown command "${topic} ${command}" (see dlq ${topic} --help)`)
 }
 if (globals.length > 0) args.splice(['lock', 'queue'].includes(args[0]) && args[1] && !args[1].startsWith('-') ? 2 : 1, 0, ...globals)
 

@@ -4,10 +4,10 @@ import {Command} from '@oclif/core/command'
 import * as Flags from '@oclif/core/flags'
 import type * as Interfaces from '@oclif/core/interfaces'
 
-import {openBackend, resolveBackendUrl, maskUrl} from './backends/index.js'
 import type {Backend} from './backends/types.js'
-import {toDlqError} from './errors.js'
-import {note} from './output.js'
+import {DlqError, ExitCode, outputError} from './errors.js'
+import {note, readerGone} from './output.js'
+import {Session} from './session.js'
 
 export abstract class DlqCommand extends Command {
   static enableJsonFlag = true
@@ -23,44 +23,58 @@ export abstract class DlqCommand extends Command {
     color: Flags.boolean({summary: 'Colour output on a terminal (--no-color, or NO_COLOR, turns it off).', allowNo: true, default: true, helpGroup: 'GLOBAL'}),
   }
 
-  private opened?: Backend
+  protected readonly session = new Session()
   protected verbose = false
+  private outputFailure?: Error
+  private outputReported = false
+
+  override async init(): Promise<void> {
+    await super.init()
+    // oclif's own listener rethrows every stdout error but EPIPE, which crashes dlq with a stack
+    // trace of the bundle. A failed write (a full disk) is one line and exit 74 instead; EPIPE is
+    // for the commands to handle (pop keeps what it could not write, acquire releases its lease).
+    process.stdout.removeAllListeners('error')
+    process.stdout.on('error', (error: Error) => {
+      this.outputFailure ??= error
+      if (this.reportOutputFailure()) process.exitCode = ExitCode.output
+    })
+  }
+
+  /** Reports, once, a stdout that failed other than by its reader going away; true if it did. */
+  private reportOutputFailure(): boolean {
+    const error = this.outputFailure
+    if (!error || readerGone(error)) return false
+    if (!this.outputReported) this.report(outputError(error))
+    return true
+  }
+
+  private report(failure: DlqError): void {
+    if (failure.exitCode === ExitCode.output) this.outputReported = true
+    if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify(failure.toJSON())}\n`)
+    else note(failure.line())
+  }
 
   protected log2(line: string): void {
-    if (this.verbose) note(`dlq: ${line}`)
+    this.session.log2(line)
   }
 
   protected async backend(flag: string | undefined, verbose: boolean): Promise<Backend> {
     this.verbose = verbose
-    const {url, isDefault} = resolveBackendUrl(flag)
-    this.log2(`backend ${maskUrl(url)}`)
-    this.opened = await openBackend(url, {isDefault, log: verbose ? (line) => this.log2(line) : undefined})
-    return this.opened
+    return this.session.backend(flag, verbose)
   }
 
   protected async closeBackend(): Promise<void> {
-    const backend = this.opened
-    this.opened = undefined
-    // Closing is a courtesy to the server: never worth hanging for when it does not answer.
-    await Promise.race([backend?.close().catch(() => {}), new Promise((resolve) => setTimeout(resolve, 1000).unref())])
+    await this.session.closeBackend()
   }
 
   /** Ends the process now with `code` (after closing the backend): no handle can keep dlq alive. */
   protected async finish(code: number): Promise<never> {
-    // The close may leave nothing for the event loop to wait on (its timer is unref'd, and a
-    // ZooKeeper client whose session just expired never says "disconnected" again): Node then
-    // exits by itself before process.exit below, with this code rather than 0.
-    process.exitCode = code
-    await this.closeBackend()
-    process.exit(code)
+    return this.session.finish(code === 0 && this.reportOutputFailure() ? ExitCode.output : code)
   }
 
   protected override async catch(error: Interfaces.CommandError): Promise<void> {
-    const failure = toDlqError(error)
-    // Even a stack trace never shows a password: any user:password@ in it is masked.
-    if (this.verbose || process.argv.includes('--verbose')) process.stderr.write(`${String((error as Error).stack ?? error).replace(/(\/\/[^\s:/@]*:)[^\s@/]*@/g, '$1***@')}\n`)
-    if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify(failure.toJSON())}\n`)
-    else note(failure.line())
+    const failure = this.session.failure(error)
+    if (failure.exitCode !== ExitCode.output || !this.outputReported) this.report(failure)
     await this.finish(failure.exitCode)
   }
 }

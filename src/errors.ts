@@ -7,6 +7,8 @@ export const ExitCode = {
   data: 65,
   unavailable: 69,
   lockLost: 70,
+  /** stdout could not be written (a full disk, an I/O error): sysexits' EX_IOERR. */
+  output: 74,
   notNow: 75,
 } as const
 
@@ -35,6 +37,10 @@ export const unavailable = (what: string, why: string, hint?: string) =>
   new DlqError(ExitCode.unavailable, what, why, hint)
 export const notNow = (what: string, why: string, hint?: string) => new DlqError(ExitCode.notNow, what, why, hint)
 
+/** A write to stdout that failed for another reason than a reader that has gone (EPIPE). */
+export const outputError = (error: unknown) =>
+  new DlqError(ExitCode.output, 'cannot write to stdout', (error instanceof Error ? error.message : String(error)).replace(/^\w+: /, '').replace(/, write$/, ''))
+
 /** A lease that was lost: renewal failed, found another owner, or the backend said so. */
 export class LockLostError extends DlqError {
   constructor(key: string, why: string) {
@@ -61,9 +67,16 @@ export function toDlqError(error: unknown, context = 'backend operation failed')
   }
   if (err && typeof err === 'object' && typeof err.oclif?.exit === 'number' && err.oclif.exit !== 0) {
     // oclif's own parse errors (unknown flag, missing value, bad option): usage.
-    return usageError('bad usage', firstLine(err.message), 'see --help')
+    return usageError('bad usage', parseProblem(err.message), 'see --help')
   }
   return new DlqError(1, 'internal error', firstLine(err instanceof Error ? err.message : String(err)), 'run with --verbose for details')
 }
+
+// oclif's parse errors put what is wrong on later lines ("Parsing --limit" / "Expected an
+// integer but received: abc"), under a header, above a "See more help" line: keep just the problem.
+const parseProblem = (message: string) =>
+  message.split('\n').map((l) => l.trim())
+    .filter((l) => l !== '' && !/^(See more help with|The following errors? occurred)/.test(l))
+    .join('; ').replace(/^(Parsing --[\w-]+); /, '$1: ')
 
 const firstLine = (s: string) => s.split('\n').map((l) => l.trim()).find(Boolean) ?? s

@@ -10,8 +10,9 @@ export interface BatchLimits {
   maxMessageBytes: number
 }
 
-const tooLarge = (index: number, size: number, limit: number, pushed: number) =>
-  dataError(`message ${index + 1} is too large`, `${size}${size > limit ? '' : '+'} bytes, over the limit of ${limit} bytes`, `the ${pushed} messages before it were pushed; nothing after it was`)
+// The reading stops at the limit, so the size is known only when the message's end was in sight.
+const tooLarge = (index: number, size: number | undefined, limit: number, pushed: number) =>
+  dataError(`message ${index + 1} is too large`, `${size === undefined ? '' : `${size} bytes, `}over the limit of ${limit} bytes`, `the ${pushed} messages before it were pushed; nothing after it was`)
 
 /**
  * Yields batches of messages in order. A message over maxMessageBytes throws (exit 65) after the
@@ -44,7 +45,7 @@ export async function* batches(input: AsyncIterable<Buffer>, framing: Framing, l
     if (framing === 'whole') {
       pending.push(chunk)
       pendingBytes += chunk.length
-      if (pendingBytes > limits.maxMessageBytes) throw tooLarge(0, pendingBytes, limits.maxMessageBytes, 0)
+      if (pendingBytes > limits.maxMessageBytes) throw tooLarge(0, undefined, limits.maxMessageBytes, 0)
       continue
     }
     for (;;) {
@@ -56,7 +57,7 @@ export async function* batches(input: AsyncIterable<Buffer>, framing: Framing, l
           yield batch
           batch = []
         }
-        throw tooLarge(index, pendingBytes + piece.length, limits.maxMessageBytes, yielded)
+        throw tooLarge(index, end === -1 ? undefined : pendingBytes + piece.length, limits.maxMessageBytes, yielded)
       }
       if (end === -1) {
         if (piece.length > 0) {

@@ -2,6 +2,8 @@
 // and never with NO_COLOR or --no-color; tables for people, --json for scripts.
 import type {ChalkInstance} from 'chalk'
 
+import {outputError} from './errors.js'
+
 export interface OutputOptions {
   color: boolean
   json: boolean
@@ -25,14 +27,20 @@ export function table(header: string[], rows: string[][], bold: (s: string) => s
   return [bold(line(header)), ...rows.map(line)].join('\n') + '\n'
 }
 
-/** Writes and resolves once the bytes were handed to the OS; rejects on EPIPE and friends. */
+/** The reader of our stdout has gone (`| head -1`): Unix tools stop quietly then. */
+export const readerGone = (error: unknown) => (error as NodeJS.ErrnoException | undefined)?.code === 'EPIPE'
+
+/**
+ * Writes and resolves once the bytes were handed to the OS. Rejects with the EPIPE error when the
+ * reader has gone (see readerGone), or with an outputError (exit 74) for any other failure.
+ */
 export function writeOut(stream: NodeJS.WriteStream, data: string | Buffer): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onError = (error: Error) => reject(error)
-    stream.once('error', onError)
+    const fail = (error: Error) => reject(readerGone(error) ? error : outputError(error))
+    stream.once('error', fail)
     stream.write(data, (error) => {
-      stream.off('error', onError)
-      if (error) reject(error)
+      stream.off('error', fail)
+      if (error) fail(error)
       else resolve()
     })
   })

@@ -33,16 +33,31 @@ export interface Outcome {
 
 const signalNumber = (name: string) => constants.signals[name as NodeJS.Signals] ?? 0
 
-// If dlq itself dies (kill -9), its lease runs out while the command would go on unprotected. A
-// tiny watcher outside the command's group holds a pipe from dlq: end of file without "ok" means
-// dlq is gone, and the command's group gets SIGTERM, then SIGKILL after the grace.
-const reaperScript = 'read -r word; [ "$word" = ok ] && exit 0; kill -TERM -"$1" 2>/dev/null || exit 0; sleep "$2"; kill -KILL -"$1" 2>/dev/null; exit 0'
+// The lease's watchdog, outside dlq and outside the command's group: a tiny shell that holds a pipe
+// from dlq. It starts before the command, so there is no moment where the command runs unwatched.
+// The first line is the command's process group; each further line is the time left on the lease,
+// in seconds, after the last successful renewal. When that runs out with no newer line (dlq
+// SIGSTOPped, or starved), the group gets SIGTERM, then SIGKILL after the grace: a frozen dlq cannot
+// let its command outlive its lease. End of file without "ok" means dlq itself died (kill -9): the
+// group is stopped at once the same way. "ok" (the command has exited) ends the watch. The timer is
+// a subshell around a background sleep that it kills when it is replaced, so no stray sleep lingers.
+const reaperScript = `
+read -r pg && [ "$pg" != ok ] || exit 0
+stop() { kill -TERM -"$pg" 2>/dev/null || exit 0; sleep "$1" & s=$!; wait "$s"; kill -KILL -"$pg" 2>/dev/null; exit 0; }
+t=
+while read -r left; do
+  [ -n "$t" ] && kill "$t" 2>/dev/null
+  [ "$left" = ok ] && exit 0
+  (trap 'kill "$s" 2>/dev/null; exit 0' TERM; sleep "$left" & s=$!; wait "$s" && stop "$1") & t=$!
+done
+[ -n "$t" ] && kill "$t" 2>/dev/null
+stop "$1"`
 
-function startReaper(pgid: number, graceMs: number): ChildProcess | undefined {
+function startReaper(graceMs: number): ChildProcess | undefined {
   try {
-    const reaper = spawn('/bin/sh', ['-c', reaperScript, 'dlq-reaper', String(pgid), String(Math.ceil(graceMs / 1000))], {
+    const reaper = spawn('/bin/sh', ['-c', reaperScript, 'dlq-reaper', (graceMs / 1000).toFixed(3)], {
       stdio: ['pipe', 'ignore', 'ignore'],
-      detached: true, // its own session: a Ctrl-C for dlq does not reach it
+      detached: true, // its own session: neither a Ctrl-C nor a SIGSTOP for dlq reaches it
     })
     reaper.on('error', () => {})
     reaper.stdin?.on('error', () => {})
@@ -54,16 +69,35 @@ function startReaper(pgid: number, graceMs: number): ChildProcess | undefined {
   }
 }
 
+interface Exit {
+  code: number | null
+  signal: NodeJS.Signals | null
+  error?: NodeJS.ErrnoException
+}
+
 export async function supervise(job: Supervision): Promise<Outcome> {
-  const {execa} = await import('execa') // only lock run pays for loading it
-  const child = execa(job.command, job.args, {
+  let lease = job.lease
+  // dlq's deadline comes a little before the backend's (1% of the TTL + 10 ms, as Redlock allows
+  // for clock drift), so the command normally has its SIGTERM before another holder can get in.
+  const deadline = () => lease.expiresAt.getTime() - lease.ttlMs / 100 - 10
+  const timeLeft = () => Math.max(0, deadline() - Date.now())
+  const reaper = startReaper(job.killGraceMs)
+  // node's own spawn, not execa: it returns the moment the command is exec'd, and the watchdog
+  // gets the command's group and the lease's time left in the same write, the very next thing.
+  // (A SIGSTOP between spawn and that write would leave the command unwatched: with execa's extra
+  // work after the spawn, that window was long enough to hit under load.)
+  const env = {...process.env, ...job.env}
+  const child = spawn(job.command, job.args, {
     stdio: 'inherit',
     detached: true, // its own process group: lost-lock kills reach grandchildren too
-    reject: false,
-    env: job.env,
-    cleanup: false, // dlq decides when the command dies; never behind its back
+    env,
   })
   const pid = child.pid
+  reaper?.stdin?.write(pid === undefined ? 'ok\n' : `${pid}\n${(timeLeft() / 1000).toFixed(3)}\n`)
+  const exited = new Promise<Exit>((resolve) => {
+    child.once('error', (error) => pid === undefined && resolve({code: null, signal: null, error})) // only spawn errors: dlq never kills or messages through `child`
+    child.once('exit', (code, signal) => resolve({code, signal}))
+  })
   const killGroup = (signal: NodeJS.Signals) => {
     if (pid === undefined) return
     try {
@@ -82,12 +116,9 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     }
   }
 
-  const reaper = pid === undefined ? undefined : startReaper(pid, job.killGraceMs)
-
   job.signals.forwardTo(killGroup)
 
   let lost: string | undefined
-  let lease = job.lease
   let renewTimer: NodeJS.Timeout | undefined
   let killTimer: NodeJS.Timeout | undefined
   let killedHard = false
@@ -112,11 +143,11 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     killTimer = setTimeout(check, Math.min(50, job.killGraceMs))
   }
 
-  // However a renewal hangs (server paused, partition), the lease is over at its expiry.
+  // However a renewal hangs (server paused, partition), the lease is over at its deadline.
   let expiryTimer: NodeJS.Timeout | undefined
   const armExpiry = () => {
     clearTimeout(expiryTimer)
-    expiryTimer = setTimeout(() => loseLock('no renewal succeeded before the lease expired (backend unreachable?)'), Math.max(0, lease.expiresAt.getTime() - Date.now()))
+    expiryTimer = setTimeout(() => loseLock('no renewal succeeded before the lease expired (backend unreachable, or dlq stopped?)'), timeLeft())
   }
   armExpiry()
 
@@ -124,23 +155,31 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   const renew = async () => {
     try {
       lease = await job.locks.renew(lease.key, lease.owner, lease.ttlMs)
-      if (lost === undefined) armExpiry()
+      if (lost === undefined) {
+        reaper?.stdin?.write(`${(timeLeft() / 1000).toFixed(3)}\n`)
+        armExpiry()
+      }
     } catch (error) {
       if (error instanceof LockLostError) return loseLock(error.why)
       // Backend trouble: keep trying while the lease lasts; past its expiry, assume it is gone.
-      if (Date.now() >= lease.expiresAt.getTime()) return loseLock(`could not renew before the lease expired: ${toDlqError(error).why}`)
+      if (Date.now() >= deadline()) return loseLock(`could not renew before the lease expired: ${toDlqError(error).why}`)
     }
     if (lost === undefined) {
-      renewTimer = setTimeout(() => void renew(), Math.max(1, Math.min(renewEvery, lease.expiresAt.getTime() - Date.now())))
+      renewTimer = setTimeout(() => void renew(), Math.max(1, Math.min(renewEvery, deadline() - Date.now())))
     }
   }
   renewTimer = setTimeout(() => void renew(), renewEvery)
   const stopWatching = job.locks.watchLoss?.(lease, loseLock)
 
-  const result = await child
+  const result = await exited
   clearTimeout(renewTimer)
   clearTimeout(expiryTimer)
   stopWatching?.()
+  // dlq was stopped past the lease's end (SIGSTOP, a suspended VM): the watchdog ended the command.
+  if (lost === undefined && Date.now() >= deadline()) {
+    lost = 'the lease expired while dlq was not running (stopped or starved)'
+    job.say(`dlq: lock ${JSON.stringify(lease.key)} lost: ${lost} (the command was stopped)`)
+  }
   if (lost !== undefined && !killedHard && groupAlive()) {
     // The direct child is gone but its group is not: finish the kill grace, then SIGKILL.
     await new Promise<void>((resolve) => {
@@ -154,13 +193,13 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   reaper?.stdin?.end('ok\n')
 
   let exitCode: number
-  if (result.failed && result.exitCode === undefined && result.signal === undefined) {
+  if (result.error && pid === undefined) {
     // Not started at all: the shells' convention.
-    const code = (result as {code?: string}).code
-    job.say(`dlq: cannot run ${JSON.stringify(job.command)}: ${code === 'ENOENT' ? 'command not found' : result.shortMessage}`)
-    exitCode = code === 'ENOENT' ? 127 : 126
+    const notFound = result.error.code === 'ENOENT'
+    job.say(`dlq: cannot run ${JSON.stringify(job.command)}: ${notFound ? 'command not found' : result.error.code === 'EACCES' ? 'permission denied' : result.error.message}`)
+    exitCode = notFound ? 127 : 126
   } else if (result.signal) exitCode = 128 + signalNumber(result.signal)
-  else exitCode = result.exitCode ?? 1
+  else exitCode = result.code ?? 1
 
   try {
     if (lost === undefined) await job.locks.release(lease.key, lease.owner)

@@ -2,7 +2,7 @@
 // loads ioredis, pg or node-zookeeper-client (startup time is a product feature).
 import {homedir} from 'node:os'
 import {join} from 'node:path'
-import {pathToFileURL} from 'node:url'
+import {fileURLToPath, pathToFileURL} from 'node:url'
 
 import {usageError} from '../errors.js'
 import type {Backend, BackendOptions} from './types.js'
@@ -17,6 +17,9 @@ export function defaultBackendUrl(env: NodeJS.ProcessEnv = process.env): string 
 
 /** --backend, else DLQ_BACKEND, else the embedded file: default. */
 export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): {url: string; isDefault: boolean} {
+  // An empty --backend is a mistake (`-b "$URL"` with URL unset), not a request for the default:
+  // falling back would take the lock on another backend than the other processes use.
+  if (flag !== undefined && flag.trim() === '') throw usageError('bad backend URL', '--backend is empty', 'give a URL, or leave out --backend for $DLQ_BACKEND or the default')
   const url = flag ?? env.DLQ_BACKEND
   if (url && url.trim() !== '') return {url: url.trim(), isDefault: false}
   return {url: defaultBackendUrl(env), isDefault: true}
@@ -34,10 +37,28 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
   } catch {
     throw usageError('bad backend URL', JSON.stringify(maskUrl(url)), 'use file:///dir, redis://host, zk://host or postgres://user@host/db')
   }
+  // The drivers decode these; a stray % would otherwise surface as an internal error.
+  for (const part of [parsed.username, parsed.password, parsed.pathname]) {
+    try {
+      decodeURIComponent(part)
+    } catch {
+      throw usageError('bad backend URL', `${maskUrl(url)} has a malformed %-escape`, 'write a literal % as %25')
+    }
+  }
   switch (parsed.protocol) {
     case 'file:': {
       if (parsed.host !== '' && parsed.host !== 'localhost') {
         throw usageError('bad backend URL', `${maskUrl(url)} names host ${parsed.host}`, 'a file: URL names a local or mounted directory: file:///path')
+      }
+      let dir: string
+      try {
+        dir = fileURLToPath(parsed)
+      } catch (error) {
+        throw usageError('bad backend URL', `${maskUrl(url)}: ${(error as Error).message}`, 'a file: URL names a local or mounted directory: file:///path')
+      }
+      // `file://` or `/` (`file://$DIR` with DIR unset) would scatter dlq's directories over /.
+      if (/^\/+$/.test(dir)) {
+        throw usageError('bad backend URL', `${maskUrl(url)} names the root directory`, 'give a directory of its own: file:///var/lock/dlq')
       }
       const {openFileBackend} = await import('./file/index.js')
       return openFileBackend(parsed, {...options, create: options.isDefault ?? false})

@@ -75,6 +75,11 @@ export interface LockDriver {
    * Returns a function that stops watching.
    */
   watchLoss?(lease: Lease, onLost: (why: string) => void): () => void
+  /**
+   * For `lock acquire`: makes a holding outlive this process where it is tied to the connection
+   * (a ZooKeeper session), before its token is printed. Fails rather than hand out a dead token.
+   */
+  detach?(key: string, owner: string): Promise<void>
 }
 
 export interface Message {

@@ -75,6 +75,19 @@ for (const backend of backends) {
       assert.deepEqual(got, cases.map((words) => `0 ${words.map((w) => `[${w}]`).join('')}`))
     })
 
+    it('a command that cannot start gives 127 (not found) or 126 (not executable), one line, and leaves the lock free', async (t) => {
+      const dir = await tempDir(t)
+      const key = uniqueName('nostart')
+      const missing = await ctx.dlq.run(['lock', 'run', '--key', key, '--', join(dir, 'no-such-command')])
+      assert.equal(missing.code, 127, missing.stderr)
+      assert.match(oneErrorLine(missing, assert), /not found/)
+      await writeFile(join(dir, 'plain'), 'echo hi\n', {mode: 0o644})
+      const plain = await ctx.dlq.run(['lock', 'run', '--key', key, '--', join(dir, 'plain')])
+      assert.equal(plain.code, 126, plain.stderr)
+      assert.match(oneErrorLine(plain, assert), /permission denied/)
+      assert.deepEqual(await statusOf(ctx.dlq, key), [])
+    })
+
     it('a command killed by signal 9 gives exit 137', async () => {
       const r = await ctx.dlq.run(['lock', 'run', '--key', uniqueName('sig'), '--', 'sh', '-c', 'kill -9 $$'])
       assert.equal(r.signal, null, 'dlq itself must exit, not die')
@@ -170,12 +183,13 @@ for (const backend of backends) {
     it('renews the lease while the command runs longer than --ttl', async (t) => {
       const dir = await tempDir(t)
       const key = uniqueName('renew')
-      const holder = ctx.dlq.spawn(['lock', 'run', '--key', key, '--ttl', '1s', '--', 'sh', '-c', `echo > "$1/ready"; ${shUntil('[ -e "$1/go" ]')}`, SH0, dir], {t})
+      // --ttl 2s: renewals every 667 ms, so a loaded machine's slow round trip is not a lost lease.
+      const holder = ctx.dlq.spawn(['lock', 'run', '--key', key, '--ttl', '2s', '--', 'sh', '-c', `echo > "$1/ready"; ${shUntil('[ -e "$1/go" ]')}`, SH0, dir], {t})
       await waitFor(() => existsSync(join(dir, 'ready')), {what: 'the command to start'})
       // A waiter that would take the lock the moment the lease lapsed waits 2.5 TTLs in vain.
-      const waiter = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '2500ms', '--', 'echo', 'got it'])
+      const waiter = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '5s', '--', 'echo', 'got it'])
       assert.equal(waiter.code, 75, `the lock was free while its holder ran: ${waiter.stdout}${waiter.stderr}`)
-      assert.ok(waiter.ms >= 2500)
+      assert.ok(waiter.ms >= 5000)
       const [state] = await statusOf(ctx.dlq, key)
       assert.ok(new Date(state.holders[0].expiresAt).getTime() > Date.now(), 'the lease is renewed into the future')
       await writeFile(join(dir, 'go'), '')
@@ -200,6 +214,27 @@ for (const backend of backends) {
       const r = await waiter.result
       assert.equal(r.code, 0, r.stderr)
       killPid(orphan)
+    })
+
+    it('SIGSTOP of dlq past its TTL: the watchdog stops the command at the lease end while dlq stays stopped; dlq exits 70 once continued', async (t) => {
+      const dir = await tempDir(t)
+      const key = uniqueName('frozen')
+      const holder = ctx.dlq.spawn(['lock', 'run', '--key', key, '--ttl', '1s', '--kill-grace', '1s', '--', 'sh', '-c', 'echo $$ > "$1/pid"; exec sleep 30', SH0, dir], {t})
+      const pid = await waitFor(() => readPid(join(dir, 'pid')), {what: 'the command to start'})
+      t.after(() => killPid(pid))
+      t.after(() => void holder.kill('SIGCONT'))
+      assert.ok(holder.kill('SIGSTOP'))
+      const stoppedAt = Date.now()
+      await waitFor(() => !isAlive(pid), {what: "the frozen dlq's command to be stopped", timeoutMs: 5000})
+      const took = Date.now() - stoppedAt
+      assert.ok(took <= 1000 + 1000, `the command outlived its 1s lease by ${took - 1000}ms with dlq stopped`)
+      const waiter = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '10s', '--', 'true'])
+      assert.equal(waiter.code, 0, waiter.stderr)
+      assert.ok(holder.kill('SIGCONT'))
+      const r = await holder.result
+      assert.equal(r.code, 70, r.stderr)
+      assert.ok(r.stderrLines.some((l) => /^dlq: .*\blost\b/i.test(l)), r.stderr)
+      assert.deepEqual(await statusOf(ctx.dlq, key), [])
     })
 
     it('SIGTERM to dlq is forwarded to the command; dlq exits with its code and the lock is free afterwards', async (t) => {

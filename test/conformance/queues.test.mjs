@@ -226,6 +226,7 @@ for (const backend of backends) {
       const stderr = await readFile(join(dir, 'stderr'), 'utf8')
       const rc = (await readFile(join(dir, 'rc'), 'utf8')).trim()
       assert.equal(stderr, '', `dlq printed on stderr (exit ${rc}): ${stderr}`)
+      assert.equal(rc, '141', 'quietly, as a Unix tool killed by SIGPIPE')
       const stats = await queueStats(ctx.dlq, queue)
       assert.deepEqual([stats.waiting, stats.inFlight], [19, 0], `after head -1 took one message, the queue has ${JSON.stringify(stats)}`)
       const rest = await drainJson(ctx.dlq, queue)

@@ -1,11 +1,12 @@
 // Conformance: bad input (SPEC §1, §4). A usage error is exit 64 with exactly one line on stderr,
 // starting with `dlq: `, and no stack trace; an unusable backend is 69 the same way.
 import assert from 'node:assert/strict'
+import {spawnSync} from 'node:child_process'
 import {existsSync} from 'node:fs'
 import {after, before, describe, it} from 'node:test'
 
 import {fileBackend, useBackend} from '../support/backends.mjs'
-import {oneErrorLine, run, uniqueName} from '../support/cli.mjs'
+import {BIN, NODE, oneErrorLine, run, runProgram, uniqueName} from '../support/cli.mjs'
 
 // One command of each kind, to be run against a backend URL.
 const commands = (key) => [
@@ -23,6 +24,15 @@ describe('backend URLs', {concurrency: 4}, () => {
     ['a malformed URL (broken IPv6 host)', 'redis://[::1', 64],
     ['a malformed URL (bad port)', 'redis://localhost:99999999', 64],
     ['a directory that does not exist', 'file:///does/not/exist', 69],
+    ['a malformed URL (zk, bad port)', 'zk://127.0.0.1:99999/dlq', 64],
+    ['a malformed URL (zk, no server)', 'zk://', 64],
+    ['a malformed URL (postgres, broken IPv6 host)', 'postgres://u:pw@[::1/db', 64],
+    ['a malformed %-escape in a password', 'redis://u:pa%ss@127.0.0.1:1', 64],
+    ['a malformed %-escape in a path', 'postgres://u@127.0.0.1:1/d%ZZ', 64],
+    ['a malformed %-escape in a file: URL', 'file:///tmp/%ZZ', 64],
+    ['a file: URL naming another host', 'file://otherhost/var/lock/dlq', 64],
+    ['a file: URL naming the root directory (file://$DIR with DIR unset)', 'file://', 64],
+    ['a bare / (a path variable that was empty)', '/', 64],
   ]) {
     it(`${what}: ${url} → exit ${code}, one line`, async () => {
       assert.equal(existsSync('/does/not/exist'), false)
@@ -37,6 +47,25 @@ describe('backend URLs', {concurrency: 4}, () => {
       oneErrorLine(viaEnv, assert)
     })
   }
+
+  it('an empty --backend (-b "$URL" with URL unset) is 64, not a silent fall-back to the default; an empty DLQ_BACKEND is unset', async () => {
+    for (const args of commands(uniqueName('empty'))) {
+      const r = await run([...args.slice(0, 2), '-b', '', ...args.slice(2)])
+      assert.equal(r.code, 64, `dlq ${args.join(' ')} -b '': ${r.stderr}`)
+      assert.match(oneErrorLine(r, assert), /--backend is empty/)
+    }
+    const viaEnv = await run(['lock', 'status'], {env: {DLQ_BACKEND: ''}})
+    assert.equal(viaEnv.code, 0, viaEnv.stderr)
+  })
+
+  it('no password in the line, whatever is wrong with the URL', async () => {
+    for (const url of ['redis://u:s3cret-pw@[::1', 'postgres://u:s3cret-pw@h:99999999/db', 'zk://u:s3cret-pw@127.0.0.1:1/dlq?connectTimeout=1x', 'redis://u:s3cret-pw%ZZ@h']) {
+      const r = await run(['lock', 'status', '-b', url])
+      assert.equal(r.code, 64, `${url}: ${r.stderr}`)
+      oneErrorLine(r, assert)
+      assert.doesNotMatch(r.stderr, /s3cret-pw/, url)
+    }
+  })
 
   it('an error with --json is one JSON object on stderr carrying the exit code', async () => {
     const r = await run(['lock', 'status', '-b', 'foo://x', '--json'])
@@ -66,6 +95,16 @@ describe('bad flags, keys and queue names', {concurrency: 4}, () => {
     'a bad duration (pop --wait 1x)': ['queue', 'pop', '--queue', key, '--wait', '1x'],
     'a bad duration (pop --wait=-1)': ['queue', 'pop', '--queue', key, '--wait=-1'],
     'a bad duration (pop --visibility 1x)': ['queue', 'pop', '--queue', key, '--visibility', '1x'],
+    'a duration past a year (--wait 99999999999h)': ['lock', 'run', '--key', key, '--wait', '99999999999h', '--', 'true'],
+    'a duration past a year (--ttl 99999999999h)': ['lock', 'acquire', '--key', key, '--ttl', '99999999999h'],
+    'a duration past a year (--kill-grace 99999999999h)': ['lock', 'run', '--key', key, '--kill-grace', '99999999999h', '--', 'true'],
+    'a duration past a year (pop --wait 99999999999h)': ['queue', 'pop', '--queue', key, '--wait', '99999999999h'],
+    'a duration past a year (pop --visibility 99999999999h)': ['queue', 'pop', '--queue', key, '--visibility', '99999999999h'],
+    'a duration past a year (renew --ttl 99999999999h)': ['lock', 'renew', '--key', key, '--token', 't', '--ttl', '99999999999h'],
+    '--limit 0 (lock acquire)': ['lock', 'acquire', '--key', key, '--limit', '0'],
+    '--count 0 (pop --exec)': ['queue', 'pop', '--queue', key, '--count', '0', '--exec', '--', 'true'],
+    '--conflict-exit-code 300 (not an exit code)': ['lock', 'run', '--key', key, '--conflict-exit-code', '300', '--', 'true'],
+    'an unknown command': ['lock', 'frobnicate', '--key', key],
     '--limit 0': ['lock', 'run', '--key', key, '--limit', '0', '--', 'true'],
     '--limit=-1': ['lock', 'run', '--key', key, '--limit=-1', '--', 'true'],
     '--limit abc': ['lock', 'run', '--key', key, '--limit', 'abc', '--', 'true'],
@@ -84,6 +123,42 @@ describe('bad flags, keys and queue names', {concurrency: 4}, () => {
       assert.equal(r.stdout, '')
     })
   }
+
+  it('the one line names what was wrong: the flag and the value, or the missing flag', async () => {
+    const cases = [
+      [['lock', 'run', '--key', key, '--limit', 'abc', '--', 'true'], /--limit.*abc/],
+      [['lock', 'run', '--key', key, '--limit', '0', '--', 'true'], /--limit.*0/],
+      [['queue', 'pop', '--queue', key, '--count', '0'], /--count.*0/],
+      [['lock', 'run', '--key', key, '--wait', '1x', '--', 'true'], /--wait.*1x/],
+      [['lock', 'run', '--key', key, '--wait=-1', '--', 'true'], /--wait.*-1/],
+      [['lock', 'run', '--key', key, '--ttl', '99999999999h', '--', 'true'], /--ttl.*99999999999h.*longer than a year/],
+      [['queue', 'pop'], /Missing required flag queue/],
+      [['queue', 'push', '--queue', key, '-0', '--whole'], /--whole/],
+      [['lock', 'frobnicate'], /unknown command "lock frobnicate"/],
+      [['frobnicate'], /unknown command "frobnicate"/],
+      [['-b', '/tmp'], /no command given/],
+    ]
+    for (const [args, pattern] of cases) {
+      const r = await run(args)
+      assert.equal(r.code, 64, `dlq ${args.join(' ')}: ${r.stderr}`)
+      assert.match(oneErrorLine(r, assert), pattern, `dlq ${args.join(' ')}`)
+    }
+  })
+
+  it('a NUL cannot reach dlq in argv: the shell cuts the key there, and dlq uses the key it was given', async () => {
+    // Arguments are C strings (execve): a program cannot even be started with a NUL in one.
+    assert.throws(() => spawnSync(NODE, [BIN, 'lock', 'run', '--key', 'a\0b', '--', 'true']), {code: 'ERR_INVALID_ARG_VALUE'})
+    // What bash passes for the two ways a user might write one; dlq sees a valid key and uses it.
+    // (checkName refuses a NUL however else one might arrive: test/unit/parsing.test.mjs.)
+    const printKey = (word) => runProgram('bash', ['-c', `"$@" --key ${word} -- printenv DLQ_LOCK_KEY`, 'dlq-test-sh', NODE, BIN, 'lock', 'run', '-b', ctx.dlq.url])
+    const ansi = await printKey("$'a\\0b'")
+    assert.equal(ansi.code, 0, ansi.stderr)
+    assert.equal(ansi.stdout, 'a\n', 'bash ends $\'a\\0b\' at the NUL')
+    const substituted = await printKey('"$(printf \'a\\0b\')"')
+    assert.equal(substituted.code, 0, substituted.stderr)
+    assert.equal(substituted.stdout, 'ab\n', 'bash drops the NUL from $(...)')
+    assert.match(substituted.stderr, /ignored null byte/, 'and says so itself')
+  })
 
   // Invalid keys and queue names: 1–255 bytes of UTF-8 without control characters, or exit 64.
   const badNames = {

@@ -51,6 +51,18 @@ describe('redis: connection and credentials', () => {
     assert.doesNotMatch(r.stdout + r.stderr, /s3cret-pw/)
   })
 
+  it('a database index the server does not have is exit 69, and nothing lands in database 0', async () => {
+    const queue = uniqueName('nodb')
+    const r = await cli(`redis://alice:s3cret-pw@127.0.0.1:${server.port}/99999`, ['queue', 'push', '--queue', queue, 'lost?'])
+    assert.equal(r.code, 69, r.stderr)
+    assert.match(oneErrorLine(r, assert), /cannot use database 99999 .*DB index is out of range/)
+    assert.doesNotMatch(r.stderr, /s3cret-pw/)
+    assert.equal(redisCli(server.port, '--user', 'alice', '--pass', 's3cret-pw', '--no-auth-warning', 'EXISTS', `{dlq:q:${queue}}:stream`).trim(), '0')
+    const other = await cli(`redis://alice:s3cret-pw@127.0.0.1:${server.port}/3`, ['queue', 'push', '--queue', queue, 'kept'])
+    assert.equal(other.code, 0, other.stderr)
+    assert.equal(redisCli(server.port, '--user', 'alice', '--pass', 's3cret-pw', '--no-auth-warning', '-n', '3', 'EXISTS', `{dlq:q:${queue}}:stream`).trim(), '1')
+  })
+
   it('an unreachable server is exit 69 with one line, quickly', async () => {
     const port = await freePort()
     const r = await cli(`redis://127.0.0.1:${port}`, ['lock', 'run', '--key', 'k', '--', 'true'])

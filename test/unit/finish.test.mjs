@@ -9,14 +9,10 @@ import {ROOT} from '../support/cli.mjs'
 describe('finishing a command', () => {
   it('exits with its code even when closing the backend leaves the event loop empty', () => {
     const script = `
-      import {DlqCommand} from './dist/base.js'
-      class Probe extends DlqCommand {
-        async run() {
-          this.opened = {close: () => new Promise(() => {})} // never settles, holds no handle
-          await this.finish(70)
-        }
-      }
-      void new Probe([], {bin: 'dlq', runHook: async () => ({successes: [], failures: []})}).run() // as bin/run.cjs: not a top-level await
+      import {Session} from './dist/session.js'
+      const session = new Session()
+      session.opened = {close: () => new Promise(() => {})} // never settles, holds no handle
+      void session.finish(70) // as bin/run.cjs runs a command: not a top-level await
     `
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {cwd: ROOT, encoding: 'utf8', timeout: 10_000})
     assert.equal(r.status, 70, r.stderr)

@@ -26,7 +26,7 @@ import {dirname, join} from 'node:path'
 
 import {LockLostError} from '../../errors.js'
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
-import {decodeName, encodeName, type Modes, safeDir} from './paths.js'
+import {decodeName, encodeName, existingDir, type Modes, safeDir} from './paths.js'
 import {waitFor} from './watch.js'
 
 const entryName = /^\d{20}$/
@@ -227,6 +227,7 @@ export class FileLocks implements LockDriver {
     const now = Date.now()
     for (const component of components) {
       const dir = join(locksDir, component)
+      if (!(await existingDir(dir))) continue
       const {entries} = await this.scan(dir)
       const holders = await this.holders(dir, entries.filter((e) => e.expiresMs > now))
       if (holders.length === 0) continue

@@ -4,10 +4,10 @@
 //   whose encoding exceeds 200 bytes become a prefix plus a SHA-256, with the real name in `name`;
 // - every directory dlq creates is checked with lstat, so a planted symlink is refused, never followed;
 // - files are 0600 and directories 0700, or 0660/2770 when the base directory is setgid (shared by a group).
-import {createHash} from 'node:crypto'
 import {lstat, mkdir, readFile, writeFile, chmod} from 'node:fs/promises'
 import {join} from 'node:path'
 
+import {crypto} from '../../builtins.js'
 import {unavailable} from '../../errors.js'
 import {percentDecode, percentEncode} from '../names.js'
 
@@ -17,7 +17,7 @@ const hashed = /^(.*)~([0-9a-f]{32})$/
 export function encodeName(name: string): string {
   const out = percentEncode(name)
   if (out.length <= maxComponent) return out
-  const digest = createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32)
+  const digest = crypto().createHash('sha256').update(name, 'utf8').digest('hex').slice(0, 32)
   return `${out.slice(0, 150).replace(/%[0-9A-F]?$/, '')}~${digest}`
 }
 
@@ -41,6 +41,20 @@ export async function modesFor(base: string): Promise<Modes> {
 
 const known = new Set<string>()
 
+const unsafePath = (path: string, isLink: boolean) =>
+  unavailable(`unsafe path ${path}`, isLink ? 'it is a symbolic link' : 'it is not a directory', 'dlq never follows links inside its directory; remove it')
+
+/** For readers (status): does `path` exist as a real directory? A symlink there is refused, not followed. */
+export async function existingDir(path: string): Promise<boolean> {
+  const info = await lstat(path).catch((error: NodeJS.ErrnoException) => {
+    if (error.code === 'ENOENT') return undefined
+    throw error
+  })
+  if (info === undefined) return false
+  if (!info.isDirectory()) throw unsafePath(path, info.isSymbolicLink())
+  return true
+}
+
 /** mkdir -p of `parts` below `base`, refusing any component that is a symlink or not a directory. */
 export async function safeDir(base: string, parts: string[], modes: Modes, realName?: string): Promise<string> {
   let path = base
@@ -57,9 +71,7 @@ export async function safeDir(base: string, parts: string[], modes: Modes, realN
       if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error
     }
     const info = await lstat(path)
-    if (!info.isDirectory()) {
-      throw unavailable(`unsafe path ${path}`, info.isSymbolicLink() ? 'it is a symbolic link' : 'it is not a directory', 'dlq never follows links inside its directory; remove it')
-    }
+    if (!info.isDirectory()) throw unsafePath(path, info.isSymbolicLink())
     known.add(path)
   }
   return path

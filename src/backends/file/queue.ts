@@ -19,12 +19,12 @@
 //   deliveries reach --max-attempts); a claim whose deadline passed is renamed back by whoever
 //   next looks. A settle that finds its claim gone (expired and taken by another) changes nothing.
 // - waiting and --follow watch new/ (fs.watch) plus a timer for the earliest claim deadline.
-import {randomBytes} from 'node:crypto'
 import {chmod, lstat, open, readdir, readFile, rename, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
-import {decodeName, encodeName, type Modes, safeDir} from './paths.js'
+import {crypto} from '../../builtins.js'
+import {decodeName, encodeName, existingDir, type Modes, safeDir} from './paths.js'
 import {waitFor} from './watch.js'
 
 const maxMessageBytes = 1024 * 1024
@@ -85,7 +85,7 @@ function decodeBatch(data: Buffer): {first: number; bodies: Buffer[]} {
 let sequence = 0
 function newBatch(): string {
   sequence = (sequence + 1) % 36 ** 6
-  return `${pad(Date.now(), 13)}${sequence.toString(36).padStart(6, '0')}-${randomBytes(5).toString('hex')}`
+  return `${pad(Date.now(), 13)}${sequence.toString(36).padStart(6, '0')}-${crypto().randomBytes(5).toString('hex')}`
 }
 
 const batchTime = (batch: string) => Number(batch.slice(0, 13))
@@ -101,7 +101,10 @@ interface QueueDirs {
 export class FileQueues implements QueueDriver {
   readonly maxMessageBytes = maxMessageBytes
   /** This process's id in claim names: settle and extend touch only our own claims. */
-  private readonly reserver = randomBytes(6).toString('hex')
+  private reserverId?: string
+  private get reserver(): string {
+    return (this.reserverId ??= crypto().randomBytes(6).toString('hex')) // drawn on first use: lock runs never need it
+  }
   private tmpSwept = 0
 
   constructor(
@@ -394,6 +397,7 @@ export class FileQueues implements QueueDriver {
     for (const name of [...all].sort()) {
       if (queue === undefined && name.endsWith('.dead') && all.has(name.slice(0, -5))) continue
       const root = join(queuesDir, encodeName(name))
+      await existingDir(root) // a planted symlink is refused, never read through
       const waiting = await this.countOf(join(root, 'new'), parseWaiting)
       const inFlight = await this.countOf(join(root, 'cur'), parseClaim)
       const dead = await this.countOf(join(queuesDir, encodeName(`${name}.dead`), 'new'), parseWaiting)

@@ -54,9 +54,15 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     await client.connect()
     // connect() can resolve before the AUTH reply: one round trip proves the session usable.
     await client.ping()
+    // ioredis reports a refused SELECT only as an event and goes on in database 0: ask again, so
+    // that a database the server does not have is an error, not someone else's locks and queues.
+    if (db !== 0) await client.select(db)
   } catch (error) {
     client.disconnect()
     const message = (cause ?? (error as Error)).message
+    if (/DB index/i.test(message)) {
+      throw unavailable(`cannot use database ${db} of ${maskUrl(url.href)}`, message, 'the server has fewer: see its "databases" setting')
+    }
     if (/WRONGPASS|NOAUTH|NOPERM|invalid password|AUTH/i.test(message)) {
       throw unavailable(`authentication refused by ${maskUrl(url.href)}`, message.replace(password ?? '\0', '***'), 'check the user and DLQ_PASSWORD or ?passwordFile=')
     }

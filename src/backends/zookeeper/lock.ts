@@ -477,6 +477,14 @@ export class ZooKeeperLocks implements LockDriver {
     }
   }
 
+  /** `lock acquire`: the holding becomes a persistent node now, so a failure is reported. */
+  async detach(key: string, owner: string): Promise<void> {
+    const own = this.mine.get(owner)
+    if (own === undefined || own.key !== key) throw new LockLostError(key, 'this process does not hold it')
+    this.mine.delete(owner)
+    await this.persist(owner, own)
+  }
+
   /**
    * Step 7, when the backend closes: leases still held outlive this process as persistent nodes;
    * anything else of ours is deleted (the session's close would remove it too).
@@ -484,20 +492,23 @@ export class ZooKeeperLocks implements LockDriver {
   async handOver(): Promise<void> {
     const holdings = [...this.mine.entries()]
     this.mine.clear()
-    await Promise.all(holdings.map(async ([owner, own]) => {
-      await own.confirming
-      const remaining = own.expiresAt - Date.now()
-      if (own.lost !== undefined || remaining <= renewMarginMs(own.record.ttlMs)) {
-        // Not worth waiting for: the session's end removes it as well.
-        this.session.remove(own.path).catch(() => {})
-        return
-      }
-      const record: HolderRecord = {...own.record, leaseMs: Math.floor(remaining), token: own.token}
-      const keyPath = own.path.slice(0, own.path.lastIndexOf('/'))
-      await this.session.multi([
-        {op: 'create', path: `${keyPath}/${leaseName(owner)}`, data: encode(record), mode: Mode.PERSISTENT},
-        {op: 'remove', path: own.path},
-      ])
-    }))
+    await Promise.allSettled(holdings.map(([owner, own]) => this.persist(owner, own)))
+  }
+
+  private async persist(owner: string, own: Mine): Promise<void> {
+    await own.confirming
+    const remaining = own.expiresAt - Date.now()
+    if (own.lost !== undefined || remaining <= renewMarginMs(own.record.ttlMs)) {
+      // Not worth waiting for: the session's end removes it as well.
+      this.session.remove(own.path).catch(() => {})
+      if (own.lost !== undefined) throw new LockLostError(own.key, own.lost)
+      return
+    }
+    const record: HolderRecord = {...own.record, leaseMs: Math.floor(remaining), token: own.token}
+    const keyPath = own.path.slice(0, own.path.lastIndexOf('/'))
+    await this.session.multi([
+      {op: 'create', path: `${keyPath}/${leaseName(owner)}`, data: encode(record), mode: Mode.PERSISTENT},
+      {op: 'remove', path: own.path},
+    ])
   }
 }

@@ -1,7 +1,10 @@
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
-import {checkLimit, checkTtl, describeHolders, holderInfo, keyFlag, limitFlag, newOwner, ttlFlag, waitFlag, conflictFlag} from '../../lockflags.js'
+import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner} from '../../holding.js'
+import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
+import {readerGone, writeOut} from '../../output.js'
+import {signalExitCode} from '../../signals.js'
 
 export default class LockAcquire extends DlqCommand {
   static summary = 'Take a lock that outlives this process; print its owner token.'
@@ -20,12 +23,13 @@ export default class LockAcquire extends DlqCommand {
     'conflict-exit-code': conflictFlag,
   }
 
-  async run(): Promise<{key: string; owner: string; token: string; expiresAt: string}> {
+  async run(): Promise<void> {
     const {flags} = await this.parse(LockAcquire)
     const key = checkName(flags.key, 'key')
     const ttlMs = checkTtl(flags.ttl)
     const waitMs = parseDuration(flags.wait, 'wait')
     const limit = checkLimit(flags.limit)
+    const conflictExitCode = checkExitCode(flags['conflict-exit-code'], 'conflict-exit-code')
     const backend = await this.backend(flags.backend, flags.verbose)
     const owner = newOwner()
     const abort = new AbortController()
@@ -34,10 +38,19 @@ export default class LockAcquire extends DlqCommand {
     if (!lease) {
       const [state] = await backend.locks.status(key)
       process.stderr.write(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}\n`)
-      return this.finish(flags['conflict-exit-code'])
+      return this.finish(conflictExitCode)
     }
-    if (!this.jsonEnabled()) process.stdout.write(`${owner}\n`)
+    await backend.locks.detach?.(key, owner)
+    const result = {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
+    try {
+      await writeOut(process.stdout, this.jsonEnabled() ? `${JSON.stringify(result, null, 2)}\n` : `${owner}\n`)
+    } catch (error) {
+      // Nobody got the token, so nobody could renew or release the lease: let it go now rather
+      // than leave the key held until its TTL.
+      await backend.locks.release(key, owner)
+      if (readerGone(error)) return this.finish(signalExitCode('SIGPIPE'))
+      throw error
+    }
     await this.closeBackend()
-    return {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
   }
 }

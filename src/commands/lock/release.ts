@@ -2,7 +2,8 @@ import * as Flags from '@oclif/core/flags'
 
 import {DlqCommand} from '../../base.js'
 import {notNow, usageError} from '../../errors.js'
-import {describeHolders, keyFlag, tokenFlag} from '../../lockflags.js'
+import {describeHolders} from '../../holding.js'
+import {keyFlag, tokenFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
 
 export default class LockRelease extends DlqCommand {

@@ -1,6 +1,7 @@
 import {DlqCommand} from '../../base.js'
 import {LockLostError, notNow} from '../../errors.js'
-import {checkTtl, describeHolders, keyFlag} from '../../lockflags.js'
+import {checkTtl, describeHolders} from '../../holding.js'
+import {keyFlag} from '../../lockflags.js'
 import * as Flags from '@oclif/core/flags'
 import {checkName} from '../../names.js'
 

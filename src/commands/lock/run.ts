@@ -1,12 +1,9 @@
 import * as Flags from '@oclif/core/flags'
 
 import {DlqCommand} from '../../base.js'
-import {formatDuration, parseDuration} from '../../duration.js'
-import {usageError} from '../../errors.js'
-import {checkLimit, checkTtl, conflictFlag, describeHolders, holderInfo, keyFlag, limitFlag, newOwner, ttlFlag, waitFlag} from '../../lockflags.js'
-import {checkName} from '../../names.js'
-import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
-import {supervise} from '../../supervisor.js'
+import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
+import {lockRun} from '../../lockrun.js'
+import {commandAfterDashes} from '../../signals.js'
 
 export default class LockRun extends DlqCommand {
   static summary = 'Run a command while holding a lock.'
@@ -34,60 +31,6 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
 
   async run(): Promise<void> {
     const {flags, argv} = await this.parse(LockRun)
-    const [command, ...args] = commandAfterDashes(this.argv, argv as string[])
-    const key = checkName(flags.key, 'key')
-    const waitMs = parseDuration(flags.wait, 'wait')
-    const ttlMs = checkTtl(flags.ttl)
-    const killGraceMs = parseDuration(flags['kill-grace'], 'kill-grace')
-    const limit = checkLimit(flags.limit)
-    if (!command) throw usageError('no command to run', 'lock run needs a command after --', 'dlq lock run --key KEY -- COMMAND [ARGS...]')
-    const say = (line: string) => {
-      if (!flags.quiet) process.stderr.write(`${line}\n`)
-    }
-
-    const backend = await this.backend(flags.backend, flags.verbose)
-    const preload = import('execa').catch(() => {}) // ready by the time the lock is, not after
-    // A signal while waiting cancels the wait at once and leaves nothing behind (exit 128+N).
-    const signals = new SignalRouter()
-
-    const owner = newOwner()
-    const started = Date.now()
-    const statusLine = !flags.quiet && process.stderr.isTTY
-    let shown = false
-    const lease = await backend.locks
-      .acquire({
-        key, owner, ttlMs, limit, waitMs, signal: signals.signal,
-        holder: holderInfo([command, ...args].join(' ')),
-        onWaiting: statusLine
-          ? (holders) => {
-            shown = true
-            process.stderr.write(`\r\u001B[2Kdlq: waiting for ${key}: ${describeHolders(holders)}; waited ${formatDuration(Date.now() - started)}`)
-          }
-          : undefined,
-      })
-      .catch((error: unknown) => {
-        if (signals.signal.aborted) return undefined
-        throw error
-      })
-    if (shown) process.stderr.write('\r\u001B[2K')
-    if (signals.first) {
-      if (lease) await backend.locks.release(key, owner).catch(() => {})
-      await this.finish(signalExitCode(signals.first))
-    }
-    signals.hold() // from here on, a signal is for the command: kept until it runs, then forwarded
-    if (!lease) {
-      const [state] = await backend.locks.status(key).catch(() => [])
-      say(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}`)
-      await this.finish(flags['conflict-exit-code'])
-      return
-    }
-    this.log2(`acquired ${key} with fencing token ${lease.token}`)
-    await preload
-    const outcome = await supervise({
-      command, args, lease, locks: backend.locks, killGraceMs, signals,
-      say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
-      env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.token},
-    })
-    await this.finish(outcome.exitCode)
+    return lockRun(flags, commandAfterDashes(this.argv, argv as string[]), this.session)
   }
 }

@@ -5,7 +5,7 @@ import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
 import {usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
-import {writeOut} from '../../output.js'
+import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
 
@@ -62,21 +62,22 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       return this.finish(75)
     }
     let written = 0
-    let broken = false
+    let failure: unknown
     for (const message of messages) {
       if (signals.first) break
       try {
         await writeOut(process.stdout, render(message, this.jsonEnabled(), flags.null))
         written++
-      } catch {
-        broken = true // EPIPE: the reader is gone; what was not written stays in the queue
+      } catch (error) {
+        failure = error // the reader is gone, or stdout failed: what was not written stays in the queue
         break
       }
     }
     await backend.queues.settle(queue, messages.slice(0, written), 'ack', options.maxAttempts)
     await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts)
     if (signals.first) return this.finish(signalExitCode(signals.first))
-    return this.finish(broken ? signalExitCode('SIGPIPE') : 0)
+    if (failure !== undefined && !readerGone(failure)) throw failure
+    return this.finish(failure === undefined ? 0 : signalExitCode('SIGPIPE'))
   }
 
   /** Worker mode: one message at a time through COMMAND, acked on exit 0. */

@@ -3,7 +3,7 @@ import * as Flags from '@oclif/core/flags'
 import {DlqCommand} from '../../base.js'
 import {usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
-import {writeOut} from '../../output.js'
+import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 
 export default class QueueTail extends DlqCommand {
@@ -35,7 +35,7 @@ export default class QueueTail extends DlqCommand {
       if (flags.lines > 0) await print(await backend.queues.peek(queue, flags.lines))
       await following
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== 'EPIPE') throw error
+      if (!readerGone(error)) throw error
     }
     return this.finish(0)
   }

@@ -1,0 +1,205 @@
+// What only the file backend has: its directory. A directory dlq may not write (by its mode, and on
+// a read-only mount), a regular file where the directory should be, and symlinks planted where dlq
+// expects its own directories or lock entries, which it must refuse and never follow. Each case:
+// one line, exit 69, nothing lost, nothing left locked. (A missing directory: usage.test.mjs.)
+//
+// Tests run as root (so does CI), and root writes wherever mode bits forbid (CAP_DAC_OVERRIDE).
+// So the permission cases run dlq through setpriv(1) (util-linux, on every Debian) with
+// CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped from its bounding set: still uid 0 and the
+// directory's owner, but held to the mode bits like any other user. The read-only mount uses
+// unshare(1) -m: a private mount namespace in which the directory is bind-mounted read-only (EROFS),
+// seen by nothing else. Each test first shows that its mechanism really denies a write, so it can
+// never pass without testing anything.
+import assert from 'node:assert/strict'
+import {chmod, lstat, mkdir, readdir, readFile, rm, stat, symlink, unlink, utimes, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import {after, before, describe, it} from 'node:test'
+
+import {encodeName} from '../../dist/backends/file/paths.js'
+import {fileBackend, useBackend} from '../support/backends.mjs'
+import {BIN, NODE, oneErrorLine, runProgram, tempDir, uniqueName} from '../support/cli.mjs'
+import {drainJson, pushArgs, queueStats} from '../support/queues.mjs'
+
+const withoutDacOverride = ['--bounding-set=-dac_override,-dac_read_search']
+
+/** `dlq ARGS… -b URL` held to the mode bits (see the header). */
+const asPlainUser = (url, args) => runProgram('setpriv', [...withoutDacOverride, NODE, BIN, ...args.slice(0, 2), '-b', url, ...args.slice(2)])
+
+/** `dlq ARGS… -b URL` with `dir` mounted read-only, in a mount namespace of its own. */
+const onReadOnlyMount = (dir, url, args) => runProgram('unshare', ['-m', 'sh', '-c', 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && shift && exec "$@"',
+  'dlq-test-sh', dir, NODE, BIN, ...args.slice(0, 2), '-b', url, ...args.slice(2)])
+
+const lockCommands = (key) => [
+  ['lock', 'run', '--key', key, '--', 'true'],
+  ['lock', 'acquire', '--key', key],
+  ['lock', 'renew', '--key', key, '--token', 'some-token'],
+  ['lock', 'release', '--key', key, '--token', 'some-token'],
+  ['lock', 'release', '--key', key, '--force'],
+  ['lock', 'status', '--key', key],
+  ['lock', 'status'],
+]
+const queueCommands = (queue) => [
+  ['queue', 'push', '--queue', queue, 'more'],
+  ['queue', 'pop', '--queue', queue],
+  ['queue', 'pop', '--queue', queue, '--exec', '--', 'true'],
+  ['queue', 'tail', '--queue', queue],
+  ['queue', 'status', '--queue', queue],
+  ['queue', 'status'],
+]
+
+const statusOf = async (dlq, key) => JSON.parse((await dlq.run(['lock', 'status', '--key', key, '--json'])).stdout).locks
+
+describe('file backend: a directory dlq may not write', {concurrency: 1}, () => {
+  const ctx = useBackend(fileBackend, {before, after})
+
+  it('mode 0555 (dlq held to the mode bits): every command is exit 69 with one line naming the directory; the queue and the held lock are untouched', async (t) => {
+    const base = ctx.instance.baseDir
+    const queue = uniqueName('ro-queue')
+    const key = uniqueName('ro-held')
+    await pushArgs(ctx.dlq, queue, ['a', 'b', 'c'])
+    const token = (await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '5m'])).stdout.trim()
+    await chmod(base, 0o555)
+    t.after(() => chmod(base, 0o700))
+    const probe = await runProgram('setpriv', [...withoutDacOverride, 'sh', '-c', 'touch "$1/probe"', 'dlq-test-sh', base])
+    assert.notEqual(probe.code, 0, 'setpriv without CAP_DAC_OVERRIDE must be denied a write into a 0555 directory')
+
+    for (const args of [...lockCommands(key), ...queueCommands(queue)]) {
+      const r = await asPlainUser(ctx.dlq.url, args)
+      assert.equal(r.code, 69, `${args.join(' ')}: ${r.stderr}`)
+      const line = oneErrorLine(r, assert)
+      assert.ok(line.includes(`backend directory ${base} is not writable`), `${args.join(' ')}: ${line}`)
+      assert.equal(r.stdout, '')
+    }
+
+    await chmod(base, 0o700)
+    assert.deepEqual((await statusOf(ctx.dlq, key)).map((l) => l.holders.map((h) => h.owner)), [[token]], 'the held lock is still held, by its owner')
+    assert.deepEqual((await drainJson(ctx.dlq, queue)).map((m) => m.body), ['a', 'b', 'c'])
+    assert.equal((await ctx.dlq.run(['lock', 'release', '--key', key, '--token', token])).code, 0)
+    assert.equal((await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])).code, 0)
+  })
+
+  it("a queue's and the locks' directories not writable (made by another user): 69 with one line; nothing lost, nothing left in flight", async (t) => {
+    const base = ctx.instance.baseDir
+    const queue = uniqueName('ro-inner')
+    const key = uniqueName('ro-inner')
+    await pushArgs(ctx.dlq, queue, ['a', 'b', 'c'])
+    const queueDir = join(base, 'queues', encodeName(queue))
+    const locked = [join(base, 'locks'), join(queueDir, 'new'), join(queueDir, 'cur')]
+    await mkdir(locked[0], {recursive: true})
+    for (const dir of locked) await chmod(dir, 0o555)
+    t.after(() => Promise.all(locked.map((dir) => chmod(dir, 0o700))))
+
+    for (const args of [['queue', 'pop', '--queue', queue], ['queue', 'pop', '--queue', queue, '--count', '10', '--exec', '--', 'true'], ['queue', 'push', '--queue', queue, 'more'], ['lock', 'run', '--key', key, '--', 'true']]) {
+      const r = await asPlainUser(ctx.dlq.url, args)
+      assert.equal(r.code, 69, `${args.join(' ')}: ${r.stderr}`)
+      assert.match(oneErrorLine(r, assert), /permission denied/, args.join(' '))
+    }
+    for (const dir of locked) await chmod(dir, 0o700)
+    const stats = await queueStats(ctx.dlq, queue)
+    assert.deepEqual([stats.waiting, stats.inFlight], [3, 0], JSON.stringify(stats))
+    assert.deepEqual((await drainJson(ctx.dlq, queue)).map((m) => m.body), ['a', 'b', 'c'])
+    assert.deepEqual(await statusOf(ctx.dlq, key), [])
+    assert.equal((await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])).code, 0)
+  })
+
+  it('a read-only mount (EROFS): 69 with one line; the queue and the held lock are untouched', async () => {
+    const base = ctx.instance.baseDir
+    const queue = uniqueName('erofs')
+    const key = uniqueName('erofs')
+    await pushArgs(ctx.dlq, queue, ['a', 'b'])
+    const token = (await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '5m'])).stdout.trim()
+    const probe = await runProgram('unshare', ['-m', 'sh', '-c', 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1" && ! touch "$1/probe" 2>/dev/null', 'dlq-test-sh', base])
+    assert.equal(probe.code, 0, `a read-only bind mount in a private namespace must deny a write: ${probe.stderr}`)
+
+    for (const args of [['lock', 'run', '--key', key, '--wait', '0', '--', 'true'], ['lock', 'acquire', '--key', uniqueName('erofs')], ['lock', 'release', '--key', key, '--force'], ['queue', 'push', '--queue', queue, 'more'], ['queue', 'pop', '--queue', queue]]) {
+      const r = await onReadOnlyMount(base, ctx.dlq.url, args)
+      assert.equal(r.code, 69, `${args.join(' ')}: ${r.stderr}`)
+      assert.match(oneErrorLine(r, assert), /is not writable: EROFS/, args.join(' '))
+    }
+    assert.deepEqual((await statusOf(ctx.dlq, key)).map((l) => l.holders.map((h) => h.owner)), [[token]])
+    assert.deepEqual((await drainJson(ctx.dlq, queue)).map((m) => m.body), ['a', 'b'])
+    assert.equal((await ctx.dlq.run(['lock', 'release', '--key', key, '--token', token])).code, 0)
+  })
+
+  it('a regular file where the directory should be: 69 with one line', async (t) => {
+    const dir = await tempDir(t)
+    await writeFile(join(dir, 'not-a-dir'), 'x')
+    const r = await runProgram(NODE, [BIN, 'lock', 'run', '-b', `file://${join(dir, 'not-a-dir')}`, '--key', 'k', '--', 'true'])
+    assert.equal(r.code, 69, r.stderr)
+    assert.match(oneErrorLine(r, assert), /is not a directory/)
+  })
+})
+
+describe('file backend: symlinks planted in its directory are refused, never followed', {concurrency: 1}, () => {
+  const ctx = useBackend(fileBackend, {before, after})
+
+  const refusedEverywhere = async (commands, planted) => {
+    for (const args of commands) {
+      const r = await ctx.dlq.run(args)
+      assert.equal(r.code, 69, `${args.join(' ')}: ${r.stderr}`)
+      const line = oneErrorLine(r, assert)
+      assert.match(line, /unsafe path .*: it is a symbolic link/, args.join(' '))
+      assert.ok(line.includes(planted), `${args.join(' ')} names ${planted}: ${line}`)
+    }
+  }
+
+  it("at a key's lock directory: every lock command is 69 naming it; the link's target stays empty; once removed, the key works", async (t) => {
+    const outside = await tempDir(t)
+    const key = uniqueName('planted')
+    const planted = join(ctx.instance.baseDir, 'locks', encodeName(key))
+    await mkdir(join(ctx.instance.baseDir, 'locks'), {recursive: true})
+    await symlink(outside, planted)
+    await refusedEverywhere(lockCommands(key), planted)
+    assert.deepEqual(await readdir(outside), [], 'nothing was written through the link')
+    assert.ok((await lstat(planted)).isSymbolicLink(), 'dlq does not remove it either: that is for whoever planted it')
+    await unlink(planted)
+    assert.equal((await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])).code, 0)
+    assert.deepEqual(await statusOf(ctx.dlq, key), [])
+  })
+
+  it("at a queue's directory: every queue command is 69 naming it; the link's target stays empty", async (t) => {
+    const outside = await tempDir(t)
+    const queue = uniqueName('planted')
+    const planted = join(ctx.instance.baseDir, 'queues', encodeName(queue))
+    await mkdir(join(ctx.instance.baseDir, 'queues'), {recursive: true})
+    await symlink(outside, planted)
+    await refusedEverywhere(queueCommands(queue), planted)
+    assert.deepEqual(await readdir(outside), [])
+    await unlink(planted)
+    await pushArgs(ctx.dlq, queue, ['works'])
+    assert.deepEqual((await drainJson(ctx.dlq, queue)).map((m) => m.body), ['works'])
+  })
+
+  it('at a lock entry (the next fencing token): skipped, never written through; the lock is taken with the token after it', async (t) => {
+    const outside = await tempDir(t)
+    const victim = join(outside, 'victim')
+    await writeFile(victim, 'precious')
+    await utimes(victim, 1_000_000, 1_000_000)
+    const key = uniqueName('planted-entry')
+    const keyDir = join(ctx.instance.baseDir, 'locks', encodeName(key))
+    await mkdir(keyDir, {recursive: true, mode: 0o700})
+    await symlink(victim, join(keyDir, '1'.padStart(20, '0')))
+    const r = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'printenv', 'DLQ_FENCING_TOKEN'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stdout, '2\n')
+    assert.equal(await readFile(victim, 'utf8'), 'precious')
+    assert.equal((await stat(victim)).mtimeMs, 1_000_000_000, 'its mtime (a lease expiry, to dlq) was not touched')
+    assert.deepEqual(await statusOf(ctx.dlq, key), [], 'the link is no holder')
+    const forced = await ctx.dlq.run(['lock', 'release', '--key', key, '--force'])
+    assert.equal(forced.code, 0, forced.stderr)
+    assert.equal((await stat(victim)).mtimeMs, 1_000_000_000)
+  })
+
+  it("at dlq's own locks/ and tmp/ directories: 69 naming them", async (t) => {
+    const outside = await tempDir(t)
+    const base = ctx.instance.baseDir
+    for (const name of ['locks', 'tmp']) {
+      const planted = join(base, name)
+      await rm(planted, {recursive: true, force: true})
+      await symlink(outside, planted)
+      await refusedEverywhere([['lock', 'run', '--key', uniqueName('k'), '--', 'true']], planted)
+      await unlink(planted)
+    }
+    assert.deepEqual(await readdir(outside), [])
+  })
+})
