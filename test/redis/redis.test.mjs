@@ -132,6 +132,20 @@ describe('redis: losing the lock', () => {
     assert.equal(again.code, 0, again.stderr)
   })
 
+  it('fencing tokens go on increasing across a restart that lost the counter (no persistence)', async () => {
+    const key = uniqueName('fence')
+    const token = async () => {
+      const r = await cli(server.url, ['lock', 'run', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+      assert.equal(r.code, 0, r.stderr)
+      return BigInt(r.stdout.trim())
+    }
+    const before = [await token(), await token()]
+    await server.restart() // save "" and appendonly no: the counter is gone
+    const after = [await token(), await token()]
+    const all = [...before, ...after]
+    for (let i = 1; i < all.length; i++) assert.ok(all[i] > all[i - 1], `fencing tokens must strictly increase: ${all.join(', ')}`)
+  })
+
   it('a paused server (SIGSTOP past the TTL): the holder stops its command within TTL + grace', async (t) => {
     const dir = await tempDir(t)
     const key = uniqueName('pause')

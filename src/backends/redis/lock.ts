@@ -5,7 +5,9 @@
 //   scores with the client's Date.now());
 // - acquire, renew and release are Lua scripts keyed on the owner token: compare-and-set, never a
 //   bare DEL of someone else's lock; expired holders are pruned inside the same script;
-// - the fencing token is INCR'd in the acquiring script, so it increases with every acquisition;
+// - the fencing token is INCR'd in the acquiring script, so it increases with every acquisition,
+//   and never falls below the server's clock in microseconds, so a restart that lost the counter
+//   (no persistence configured) cannot hand out a token again;
 // - waiters are woken by a PUBLISH from the releasing script (one round trip after the release),
 //   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
 // - all keys of one lock share the hash tag {dlq:l:KEY}, so the scripts stay valid on Redis Cluster.
@@ -32,7 +34,16 @@ if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {1, redis.call('HGET', KEYS[2], ARGV[1]), now + ttl}
 end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  local record = redis.call('INCR', KEYS[3]) .. ' ' .. now .. ' ' .. ttl .. ' ' .. ARGV[4]
+  -- The counter is only as durable as the server is configured to be: a restart without appendonly,
+  -- a crash between fsyncs or an older RDB snapshot takes it back. Kept at or above the server's
+  -- clock in microseconds, it goes on increasing across such a restart too.
+  local token = redis.call('INCR', KEYS[3])
+  local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  if token < floor then
+    token = floor
+    redis.call('SET', KEYS[3], string.format('%.0f', token))
+  end
+  local record = string.format('%.0f', token) .. ' ' .. now .. ' ' .. ttl .. ' ' .. ARGV[4]
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[1], record)
   redis.call('ZREM', KEYS[4], ARGV[1])
