@@ -69,16 +69,17 @@ async function cleanup() {
   for (const dir of workDirs.splice(0)) rmSync(dir, {recursive: true, force: true})
 }
 
-for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
-  process.on(signal, () => {
-    if (interrupted) return
-    interrupted = true
-    process.stderr.write(`\ntorture: ${signal}: stopping every process it started and its servers…\n`)
-    cleanup().finally(() => process.exit(signal === 'SIGINT' ? 130 : 143))
-  })
+function bail(why, code) {
+  if (interrupted) return
+  interrupted = true
+  process.stderr.write(`\ntorture: ${why}: stopping every process it started and its servers…\n`)
+  cleanup().finally(() => process.exit(code))
 }
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) process.on(signal, () => bail(signal, signal === 'SIGINT' ? 130 : 143))
+// A bug in the torture itself must not leave servers, processes or directories behind either.
+for (const event of ['uncaughtException', 'unhandledRejection']) process.on(event, (error) => bail(`${event}: ${error?.stack ?? error}`, 1))
 
-const say = (line) => process.stderr.write(`torture: ${line}\n`)
+const say = (line) => interrupted || process.stderr.write(`torture: ${line}\n`)
 
 async function torture(target) {
   const backend = BACKENDS.includes(target) ? await startBackend(target) : borrowBackend(target)
@@ -104,6 +105,7 @@ async function torture(target) {
   lockers.start()
   queues.start()
   await injector.run(began + seconds * 1000)
+  if (interrupted) await new Promise(() => {}) // bail() ends the process
   injector.finish()
   const faultsEnded = Date.now()
 

@@ -67,7 +67,9 @@ export class FencedStore {
         if (message.t === 'hello') {
           const long = this.wantLong || Math.random() < this.longShare
           this.wantLong = false
-          acquisition = {token: BigInt(message.token), tokenText: message.token, owner: message.owner, pid: message.pid, ppid: message.ppid, start: message.at, long, writes: []}
+          // A token that is not an integer (DLQ_FENCING_TOKEN's contract) sorts below every other.
+          const token = /^\d+$/.test(message.token ?? '') ? BigInt(message.token) : -1n
+          acquisition = {token, tokenText: String(message.token), badToken: token < 0n, owner: message.owner, pid: message.pid, ppid: message.ppid, start: message.at, long, writes: []}
           this.acquisitions.push(acquisition)
           socket.write(`${JSON.stringify({pauses: plan(long)})}\n`)
         } else if (message.t === 'write') {
@@ -154,6 +156,10 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
     else highest = w.acquisition.token
   }
   checks.push({name: 'fenced writes accepted out of token order', figure: outOfOrder, limit: 0, ok: outOfOrder === 0, must: true})
+
+  const malformed = store.acquisitions.filter((a) => a.badToken)
+  for (const a of malformed.slice(0, 2)) samples.push(`DLQ_FENCING_TOKEN ${JSON.stringify(a.tokenText)} is not an integer`)
+  checks.push({name: 'tokens that are not integers', figure: malformed.length, limit: 0, ok: malformed.length === 0, must: true})
 
   // 2. One token, two acquisitions.
   const byToken = new Map()

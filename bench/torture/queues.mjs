@@ -229,7 +229,9 @@ export function checkQueues({q, events, drain, drainLimitMs, workers}) {
         processHits.add(hit)
         continue
       }
-      const server = events.find((e) => e.server && (serverHits.get(e) ?? 0) < workers && e.at <= next.at && (e.until ?? e.at) >= d.at)
+      // A server fault that ended just before the first delivery's handler started may still have
+      // held its reservation: a claim sent before a pause is applied after it, already expired.
+      const server = events.find((e) => e.server && (serverHits.get(e) ?? 0) < workers && e.at <= next.at && (e.until ?? e.at) >= d.at - 1000)
       if (server) {
         serverHits.set(server, (serverHits.get(server) ?? 0) + 1)
         continue
