@@ -53,14 +53,26 @@ if (options.help) usage()
 const seconds = Number(options.seconds)
 if (!Number.isFinite(seconds) || seconds < 5) usage(`--seconds ${options.seconds}: give a number of seconds, 5 or more`)
 const targets = (options.backend ?? BACKENDS).flatMap((b) => (BACKENDS.includes(b) ? [b] : b.includes(':') ? [b] : b.split(',')))
-for (const t of targets) if (!BACKENDS.includes(t) && !t.includes(':')) usage(`--backend ${t}: give one of ${BACKENDS.join(', ')} or a URL`)
+for (const t of targets) {
+  if (!BACKENDS.includes(t) && !t.includes(':')) usage(`--backend ${t}: give one of ${BACKENDS.join(', ')} or a URL`)
+  if (!BACKENDS.includes(t)) {
+    try {
+      borrowBackend(t)
+    } catch (error) {
+      usage(error.message)
+    }
+  }
+}
 
 const workDirs = []
 let current // the backend being tortured, for cleanup
 let interrupted = false
 
 async function cleanup() {
-  current?.injector && (current.injector.aborted = true)
+  // No loop may start another process once the sweep has begun.
+  if (current?.injector) current.injector.aborted = true
+  if (current?.lockers) current.lockers.stopping = true
+  if (current?.queues) Object.assign(current.queues, {stopping: true, producing: false})
   try {
     current?.backend?.resume?.()
   } catch {}
@@ -99,7 +111,7 @@ async function torture(target) {
   process.env.TORTURE_STORE = store.path
   process.env.TORTURE_HANDLED = queues.handledLog
   const injector = new Injector({server: backend, store, lockers, queues, ttlMs: SETTINGS.ttlMs, killGraceMs: SETTINGS.killGraceMs, visibilityMs: SETTINGS.visibilityMs, log: options.verbose ? (line) => say(`  ${line}`) : undefined})
-  current.injector = injector
+  Object.assign(current, {injector, lockers, queues})
 
   const began = Date.now()
   lockers.start()

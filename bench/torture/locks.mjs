@@ -268,7 +268,7 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
     limit: `≤ ${seconds(staleLimit)}`,
     ok: slowest <= staleLimit,
     must: true,
-    note: `${measured} holders caught by ${pauses.length} pauses`,
+    note: `${measured} holder${measured === 1 ? "" : "s"} caught by ${pauses.length} pause${pauses.length === 1 ? "" : "s"}`,
   })
 
   const lostRuns = lockers.runs.filter(reportedLost).length

@@ -99,5 +99,6 @@ export function borrowBackend(url) {
     const hosts = decodeURIComponent(parsed.host).split(',').map((h) => h.replace(/:\d+$/, ''))
     if (!hosts.every((h) => loopback.has(h))) throw new Error(`--backend ${parsed.protocol}//…: the torture only talks to servers on 127.0.0.1 (it was given ${hosts.join(', ')})`)
   }
-  return {name, url, description: `${parsed.protocol}//${parsed.host}, given by URL: server faults skipped (not ours to pause)`, borrowed: true, ...noFaults, stop: async () => {}}
+  const where = name === 'file' ? `file://${decodeURIComponent(parsed.pathname)}` : `${parsed.protocol}//${parsed.host}` // never the password
+  return {name, url, description: `${where}, given by URL: server faults skipped (not ours to pause)`, borrowed: true, ...noFaults, stop: async () => {}}
 }
