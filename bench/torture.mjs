@@ -118,7 +118,6 @@ async function torture(target) {
   queues.start()
   await injector.run(began + seconds * 1000)
   if (interrupted) await new Promise(() => {}) // bail() ends the process
-  injector.finish()
   const faultsEnded = Date.now()
 
   say(`${backend.name}: faults over after ${((faultsEnded - began) / 1000).toFixed(1)} s; stopping the lockers, draining the queue`)

@@ -53,6 +53,7 @@ export class Injector {
   }
 
   note(event) {
+    event.group = KINDS.find((k) => k.name === event.kind)?.group
     this.events.push(event)
     this.log?.(`${new Date(event.at).toISOString().slice(11, 23)} ${event.kind}${event.detail ? `: ${event.detail}` : ''}`)
     return event
@@ -162,12 +163,4 @@ export class Injector {
     }
   }
 
-  /** Marks the measurements a server fault could have disturbed. */
-  finish() {
-    const serverFaults = this.events.filter((e) => e.server)
-    for (const e of this.events.filter((x) => x.measure === 'unusable')) {
-      const window = [e.at, e.at + this.ttlMs + 1000]
-      if (serverFaults.some((s) => s.at <= window[1] && (s.until ?? s.at) >= window[0])) e.excluded = true
-    }
-  }
 }

@@ -225,20 +225,23 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
   checks.push({name: 'CSs overlapped by a newer one, within kill-grace, exit 70', figure: allowed, limit: 'reported', ok: true, must: false})
 
   // 6. How long the key stayed unusable after a holder died (killed, or stopped past its TTL).
+  // Not measured when a server fault began before the key was usable again and within the limit
+  // (the injector waits for the key before its next fault, so this is for the record only).
+  const unusableLimit = ttlMs + 1000
   const unusable = events.filter((e) => e.measure === 'unusable')
+  const serverFaults = events.filter((e) => e.server)
   let longest = 0
   let excluded = 0
   for (const e of unusable) {
-    if (e.excluded) {
+    const next = acquisitions.concat(store.holders()).filter((a) => a.start > e.at && a.owner !== e.owner).sort((x, y) => x.start - y.start)[0]
+    const gap = next ? next.start - e.at : Number.POSITIVE_INFINITY
+    if (serverFaults.some((s) => s.at >= e.at && s.at < e.at + Math.min(gap, unusableLimit))) {
       excluded++
       continue
     }
-    const next = acquisitions.concat(store.holders()).filter((a) => a.start > e.at && a.owner !== e.owner).sort((x, y) => x.start - y.start)[0]
-    const gap = next ? next.start - e.at : Number.POSITIVE_INFINITY
     e.gap = gap
     longest = Math.max(longest, gap)
   }
-  const unusableLimit = ttlMs + 1000
   checks.push({
     name: 'longest key unusable after a holder died',
     figure: unusable.length - excluded === 0 ? 'n/a' : seconds(longest),
