@@ -171,7 +171,7 @@ function report(result) {
   lines.push(`== ${backend.name}: ${backend.description}`)
   lines.push(`   ${(result.faultMs / 1000).toFixed(0)} s of faults, ${(result.runMs / 1000).toFixed(0)} s in all; ${SETTINGS.lockers} lockers (--ttl ${SETTINGS.ttl} --kill-grace ${SETTINGS.killGrace}), ${SETTINGS.producers} producers, ${SETTINGS.workers} workers (--visibility ${SETTINGS.visibility} --max-attempts ${SETTINGS.maxAttempts})`)
   const f = locks.facts
-  lines.push(`   locks: ${f.acquisitions} acquisitions by ${f.runs} dlq runs (${f.lostRuns} reported the lock lost, exit 70); ${f.writes} fenced writes, ${f.rejected} rejected as stale`)
+  lines.push(`   locks: ${f.acquisitions} acquisitions (critical sections, CS) by ${f.runs} dlq runs (${f.lostRuns} reported the lock lost, exit 70); ${f.writes} fenced writes, ${f.rejected} rejected as stale`)
   const q = queue.facts
   lines.push(`   queue: ${q.pushed} ids pushed (${q.poison} poison) by ${q.pushes.ok} pushes (${q.pushes.failed} failed); ${q.handled} handled OK in ${q.deliveries} deliveries by ${q.workerRuns} worker runs`)
   const faultRows = [['fault', 'injected']]
@@ -186,6 +186,7 @@ function report(result) {
     for (const c of checks) checkRows.push([`${section}: ${c.name}${c.note ? ` (${c.note})` : ''}`, c.figure, c.limit, c.must ? (c.ok ? 'PASS' : 'FAIL') : 'info'])
   }
   lines.push(table(checkRows))
+  lines.push(`   duplicates limit: one per worker fault, ${SETTINGS.workers} per server fault (one message in hand per worker)`)
   for (const s of [...locks.samples, ...queue.samples]) lines.push(`   ! ${s}`)
   return lines.join('\n')
 }

@@ -221,8 +221,8 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
       }
     }
   }
-  checks.push({name: 'CSs overlapped by a newer one, beyond kill-grace or not lost', figure: forbidden, limit: 0, ok: forbidden === 0, must: true})
-  checks.push({name: 'CSs overlapped by a newer one, within kill-grace, exit 70', figure: allowed, limit: 'reported', ok: true, must: false})
+  checks.push({name: 'overlapping CSs not covered by a lost lock', figure: forbidden, limit: 0, ok: forbidden === 0, must: true})
+  checks.push({name: 'overlapping CSs within kill-grace of a lost lock', figure: allowed, limit: 'reported', ok: true, must: false})
 
   // 6. How long the key stayed unusable after a holder died (killed, or stopped past its TTL).
   // Not measured when a server fault began before the key was usable again and within the limit

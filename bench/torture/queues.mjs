@@ -244,12 +244,12 @@ export function checkQueues({q, events, drain, drainLimitMs, workers}) {
   // message in hand per worker.
   const budget = events.filter((e) => e.group === 'queue').length + workers * events.filter((e) => e.server).length
   checks.push({
-    name: 'duplicate deliveries (an id handled OK, then delivered again)',
+    name: 'duplicates (handled OK, delivered again)',
     figure: duplicates,
     limit: `≤ ${budget}`,
     ok: unexplained === 0 && duplicates <= budget,
     must: true,
-    note: unexplained ? `${unexplained} not explained by a fault` : `one per worker fault, ${workers} per server fault`,
+    note: unexplained ? `${unexplained} not explained by a fault` : undefined,
   })
 
   // Uncertain ids: reported only.
