@@ -34,21 +34,38 @@ export interface Outcome {
 const signalNumber = (name: string) => constants.signals[name as NodeJS.Signals] ?? 0
 
 // The lease's watchdog, outside dlq and outside the command's group: a tiny shell that holds a pipe
-// from dlq. It starts before the command, so there is no moment where the command runs unwatched.
-// The first line is the command's process group; each further line is the time left on the lease,
-// in seconds, after the last successful renewal. When that runs out with no newer line (dlq
-// SIGSTOPped, or starved), the group gets SIGTERM, then SIGKILL after the grace: a frozen dlq cannot
-// let its command outlive its lease. End of file without "ok" means dlq itself died (kill -9): the
-// group is stopped at once the same way. "ok" (the command has exited) ends the watch. The timer is
-// a subshell around a background sleep that it kills when it is replaced, so no stray sleep lingers.
+// from dlq. Each number it reads is the time left on the lease, in seconds (the first is written
+// before the command is spawned, the others after each successful renewal); when that runs out
+// with no newer line (dlq SIGSTOPped, or starved), the command's group gets SIGTERM, then SIGKILL
+// after the grace: a frozen dlq cannot let its command outlive its lease. "pg=N" names the group,
+// written right after the spawn; should dlq be stopped before it could write that, the watchdog
+// finds the group in /proc: dlq's child that leads a group of its own, other than the watchdog.
+// End of file without "ok" means dlq itself died (kill -9): the group is stopped at once the same
+// way. "ok" (the command has exited) ends the watch. The timer is a subshell around a background
+// sleep that it kills when it is replaced, so no stray sleep lingers.
 const reaperScript = `
-read -r pg && [ "$pg" != ok ] || exit 0
-stop() { kill -TERM -"$pg" 2>/dev/null || exit 0; sleep "$1" & s=$!; wait "$s"; kill -KILL -"$pg" 2>/dev/null; exit 0; }
+pg=
+scan() {
+  for d in /proc/[0-9]*; do
+    p=\${d#/proc/}; [ "$p" = "$$" ] && continue
+    read -r l < "$d/stat" 2>/dev/null || continue
+    set -- \${l##*) }
+    [ "$2" = "$PPID" ] && [ "$3" = "$p" ] && { echo "$p"; return; }
+  done
+}
+stop() {
+  [ -n "$pg" ] || pg=$(scan)
+  [ -n "$pg" ] && kill -TERM -"$pg" 2>/dev/null || exit 0
+  sleep "$1" & s=$!; wait "$s"; kill -KILL -"$pg" 2>/dev/null; exit 0
+}
 t=
-while read -r left; do
-  [ -n "$t" ] && kill "$t" 2>/dev/null
-  [ "$left" = ok ] && exit 0
-  (trap 'kill "$s" 2>/dev/null; exit 0' TERM; sleep "$left" & s=$!; wait "$s" && stop "$1") & t=$!
+while read -r word; do
+  case $word in
+    ok) [ -n "$t" ] && kill "$t" 2>/dev/null; exit 0 ;;
+    pg=*) pg=\${word#pg=} ;;
+    *) [ -n "$t" ] && kill "$t" 2>/dev/null
+      (trap 'kill "$s" 2>/dev/null; exit 0' TERM; sleep "$word" & s=$!; wait "$s" && stop "$1") & t=$! ;;
+  esac
 done
 [ -n "$t" ] && kill "$t" 2>/dev/null
 stop "$1"`
@@ -82,18 +99,18 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   const deadline = () => lease.expiresAt.getTime() - lease.ttlMs / 100 - 10
   const timeLeft = () => Math.max(0, deadline() - Date.now())
   const reaper = startReaper(job.killGraceMs)
-  // node's own spawn, not execa: it returns the moment the command is exec'd, and the watchdog
-  // gets the command's group and the lease's time left in the same write, the very next thing.
-  // (A SIGSTOP between spawn and that write would leave the command unwatched: with execa's extra
-  // work after the spawn, that window was long enough to hit under load.)
-  const env = {...process.env, ...job.env}
+  const tellReaper = (line: string) => reaper?.stdin?.write(`${line}\n`)
+  // The watchdog's timer runs before the command does: dlq may be stopped at any instruction.
+  tellReaper((timeLeft() / 1000).toFixed(3))
+  // node's own spawn (not execa, whose extra work after the spawn only widened the moment before
+  // the watchdog learns the group, and costs start-up time).
   const child = spawn(job.command, job.args, {
     stdio: 'inherit',
     detached: true, // its own process group: lost-lock kills reach grandchildren too
-    env,
+    env: {...process.env, ...job.env},
   })
   const pid = child.pid
-  reaper?.stdin?.write(pid === undefined ? 'ok\n' : `${pid}\n${(timeLeft() / 1000).toFixed(3)}\n`)
+  tellReaper(pid === undefined ? 'ok' : `pg=${pid}`)
   const exited = new Promise<Exit>((resolve) => {
     child.once('error', (error) => pid === undefined && resolve({code: null, signal: null, error})) // only spawn errors: dlq never kills or messages through `child`
     child.once('exit', (code, signal) => resolve({code, signal}))
@@ -156,7 +173,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     try {
       lease = await job.locks.renew(lease.key, lease.owner, lease.ttlMs)
       if (lost === undefined) {
-        reaper?.stdin?.write(`${(timeLeft() / 1000).toFixed(3)}\n`)
+        tellReaper((timeLeft() / 1000).toFixed(3))
         armExpiry()
       }
     } catch (error) {
