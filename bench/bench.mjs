@@ -379,7 +379,7 @@ async function handoffFile() {
   const notes = [
     'hand-off = start(next) − end(previous), both $EPOCHREALTIME (bash builtin, no fork) inside the critical sections. It includes:',
     '  the previous bash exiting, its dlq noticing and releasing (lutimes to 0), the waiter\'s inotify wake-up, rescan and',
-    '  link(2) of a new entry, execa spawning bash, bash starting. Not included: dlq start-up (every waiter was observed',
+    '  link(2) of a new entry, the supervisor spawning bash, bash starting. Not included: dlq start-up (every waiter was observed',
     '  waiting — inotify watch armed, via /proc — before the holder was let go) and the releasing dlq\'s own exit.',
     `dlq 1 waiter: ${dlq.holders} holders in ${fmt(dlqSeconds, 1)} s; at each release the winner had been waiting ≥ ${fmt(Math.min(...dlq.waited), 0)} ms (median ${fmt(median(dlq.waited), 0)} ms).`,
     'each holder holds ≥ 20 ms, and until every other process has been waiting ≥ 25 ms (so ~1 dlq start-up per hand-off).',
