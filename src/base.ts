@@ -24,7 +24,6 @@ export abstract class DlqCommand extends Command {
   }
 
   protected readonly session = new Session()
-  protected verbose = false
   private outputFailure?: Error
   private outputReported = false
 
@@ -59,7 +58,6 @@ export abstract class DlqCommand extends Command {
   }
 
   protected async backend(flag: string | undefined, verbose: boolean): Promise<Backend> {
-    this.verbose = verbose
     return this.session.backend(flag, verbose)
   }
 

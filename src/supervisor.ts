@@ -147,15 +147,15 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     clearTimeout(expiryTimer)
     job.say(`dlq: lock ${JSON.stringify(lease.key)} lost: ${why} (stopping the command)`)
     killGroup('SIGTERM')
-    const deadline = Date.now() + job.killGraceMs
+    const killAt = Date.now() + job.killGraceMs
     // Grandchildren outlive a direct child that exits at once: keep the whole group in view.
     const check = () => {
       if (!groupAlive()) return
-      if (Date.now() >= deadline) {
+      if (Date.now() >= killAt) {
         killGroup('SIGKILL')
         killedHard = true // cannot be ignored; what remains are zombies awaiting their reaper
         groupDone?.()
-      } else killTimer = setTimeout(check, Math.min(50, Math.max(1, deadline - Date.now())))
+      } else killTimer = setTimeout(check, Math.min(50, Math.max(1, killAt - Date.now())))
     }
     killTimer = setTimeout(check, Math.min(50, job.killGraceMs))
   }

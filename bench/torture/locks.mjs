@@ -11,7 +11,7 @@
 import {createServer} from 'node:net'
 import {join} from 'node:path'
 
-import {DLQ, NODE, ROOT, isAlive, randomBetween, randomInt, signalGroup, start, waitUntil} from './procs.mjs'
+import {DLQ, NODE, ROOT, endRuns, isAlive, randomBetween, randomInt, start} from './procs.mjs'
 
 const CHILD = join(ROOT, 'bench', 'torture', 'child.mjs')
 
@@ -126,9 +126,7 @@ export class Lockers {
   /** Stops looping and ends the dlq processes still running (SIGTERM: forwarded to the command). */
   async stop() {
     this.stopping = true
-    for (const run of this.live()) signalGroup(run.pid, 'SIGTERM')
-    const ended = await waitUntil(() => this.live().length === 0, {timeoutMs: 15_000, intervalMs: 50})
-    if (!ended) for (const run of this.live()) signalGroup(run.pid, 'SIGKILL')
+    const ended = await endRuns(() => this.live())
     await Promise.all(this.loops)
     return ended
   }

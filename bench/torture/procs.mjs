@@ -81,6 +81,17 @@ export function runDlq(args, {input, timeoutMs = 30_000} = {}) {
   })
 }
 
+/**
+ * Ends the runs `live()` lists: SIGTERM to each one's group (dlq forwards it, an idle wait is
+ * cancelled), SIGKILL to whatever is left after 15 s. True if they all ended by themselves.
+ */
+export async function endRuns(live) {
+  for (const run of live()) signalGroup(run.pid, 'SIGTERM')
+  const ended = await waitUntil(() => live().length === 0, {timeoutMs: 15_000, intervalMs: 50})
+  if (!ended) for (const run of live()) signalGroup(run.pid, 'SIGKILL')
+  return ended
+}
+
 /** Sends a signal to one pid; false when it is gone. Never 0, -1 or init. */
 export function signalPid(pid, signal) {
   if (!Number.isInteger(pid) || pid <= 1) return false

@@ -7,7 +7,7 @@
 import {open} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import {DLQ, NODE, ROOT, childrenOf, randomInt, runDlq, signalGroup, start, waitUntil} from './procs.mjs'
+import {DLQ, NODE, ROOT, childrenOf, endRuns, randomInt, runDlq, start, waitUntil} from './procs.mjs'
 
 const HANDLER = join(ROOT, 'bench', 'torture', 'handler.sh')
 const POISON_SHARE = 0.02
@@ -142,9 +142,7 @@ export class QueueTorture {
   /** Stops the workers (SIGTERM: an idle worker's wait is cancelled), then reads the dead letters. */
   async finish() {
     this.stopping = true
-    for (const run of this.liveWorkers()) signalGroup(run.pid, 'SIGTERM')
-    const ended = await waitUntil(() => this.liveWorkers().length === 0, {timeoutMs: 15_000, intervalMs: 50})
-    if (!ended) for (const run of this.liveWorkers()) signalGroup(run.pid, 'SIGKILL')
+    const ended = await endRuns(() => this.liveWorkers())
     await Promise.all(this.workerLoops)
     clearInterval(this.tailer)
     await this.readRecords()
