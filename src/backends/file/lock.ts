@@ -1,54 +1,55 @@
-// File-backend locks: leases in a directory per key, safe on local disks and NFS.
+// File-backend locks: a versioned lease state per key, changed only by compare-and-swap renames,
+// safe on local disks and NFS and exact whatever the delay between any two system calls. The
+// protocol, its invariants and the argument for them are in leases.ts; this module runs its steps
+// against the real directory and adds waiting.
 //
-// The protocol follows proper-lockfile's semantics (an entry whose mtime is the heartbeat; stale
-// after the TTL) but never reclaims by rmdir-then-mkdir, which lets two processes in
-// (moxystudio/node-proper-lockfile#121). Instead every acquisition creates a NEW entry:
+// It keeps proper-lockfile's semantics (a lease that is stale after its TTL, no server), but not its
+// mechanism: mkdir/rmdir reclaim lets two processes in (moxystudio/node-proper-lockfile#121), and
+// so did this backend's own first protocol (a generation file per holder, with old generations
+// collected), because a scanner delayed past a collection could link a generation that had
+// already been held.
 //
-//   locks/<key>/<gen>   gen = 20-digit decimal; the highest gen ever created is never deleted
-//
-// - An entry's mtime IS its lease's expiry. Renewal is one lutimes(); release sets it to 0.
-// - To acquire: scan the entries; if fewer than `limit` are unexpired, hard-link a holder record
-//   to gen = max+1. link(2) fails with EEXIST when the name exists (atomic on NFS too, unlike
-//   O_EXCL on old NFS: see open(2)), so of all racers that saw the same max exactly one wins, and
-//   the rest rescan. A stale holder is never removed to make room: a newer gen simply outnumbers it.
-// - Why this is exact for --limit N: between a scan and its link, the only change that could add
-//   a holder is another link, which takes gen max+1 first and makes ours fail; expiries and
-//   releases only remove holders, and an expired lease is never renewed (renew refuses).
-// - gen is the fencing token: strictly increasing per key, because the highest entry is kept.
-// - Waiters watch the key's directory (inotify via fs.watch) and arm a timer for the earliest
-//   expiry; a slow poll remains only for NFS, where another machine's changes raise no event.
-// - Entries below the highest that have expired are deleted by whoever passes by.
-// Clocks: expiry is compared with the local clock, so machines sharing a directory over NFS must
-// keep their clocks in sync (as proper-lockfile's mtime check also assumes).
+// - Creating a key's directory is itself atomic: it is built in tmp/ with its first state and
+//   renamed into place, so there is never a key directory without a state, and never two first
+//   states (rename onto a directory that is not empty fails). It is never removed afterwards.
+// - Waiters watch the key's directory (inotify via fs.watch: every commit renames the marker) and
+//   arm a timer for the earliest expiry; a slow poll remains only for NFS, where another
+//   machine's changes raise no event.
+// - State files are written without fsync: after a power loss the state may be older than what
+//   was acknowledged (leases expire by then anyway), and so may the fencing counter.
 import {watch} from 'node:fs'
-import {chmod, link, lstat, lutimes, open, readdir, stat, unlink, writeFile, constants} from 'node:fs/promises'
-import {dirname, join} from 'node:path'
+import {chmod, mkdir, open, readdir, rename, rm, unlink, writeFile, lstat, constants} from 'node:fs/promises'
+import {join} from 'node:path'
 
-import {LockLostError} from '../../errors.js'
-import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
+import {LockLostError, unavailable} from '../../errors.js'
+import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
+import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, request as nextRequest} from './leases.js'
 import {decodeName, encodeName, existingDir, type Modes, safeDir} from './paths.js'
 import {waitFor} from './watch.js'
 
-const entryName = /^\d{20}$/
 // A renewal this close to expiry is refused: a waiter may already have counted the lease as gone.
 const renewMarginMs = (ttlMs: number) => Math.min(250, ttlMs / 10)
 
-interface Entry {
-  name: string
-  gen: bigint
-  expiresMs: number
+/** Fresh ids for state names: unique per process and call, without loading node:crypto. */
+let idCount = 0
+function freshId(): string {
+  const random = Math.floor(Math.random() * 2 ** 48).toString(36)
+  return `${Date.now().toString(36)}${process.pid.toString(36)}${(idCount++).toString(36)}${random}`
 }
 
-interface Record extends HolderInfo {
-  owner: string
-  acquiredAt: string
-  ttlMs: number
+const errorCode = (error: unknown) => (error as NodeJS.ErrnoException).code
+
+function toHolder(record: HolderRecord): Holder {
+  return {
+    owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
+    token: record.token, acquiredAt: new Date(record.acquiredMs), expiresAt: new Date(record.expiresMs),
+  }
 }
 
 export class FileLocks implements LockDriver {
-  /** owner → entry path, for this process's own leases. */
+  /** owner → key directory, for this process's own leases. */
   private readonly mine = new Map<string, string>()
-  private readonly ttls = new Map<string, number>()
+  private readonly ready = new Set<string>()
 
   constructor(
     private readonly base: string,
@@ -56,199 +57,218 @@ export class FileLocks implements LockDriver {
     private readonly log?: (line: string) => void,
   ) {}
 
-  private keyDir(key: string): Promise<string> {
-    return safeDir(this.base, ['locks', encodeName(key)], this.modes, key)
-  }
-
-  private async scan(dir: string): Promise<{entries: Entry[]; max: bigint}> {
-    let names: string[]
+  /** One step of a transaction: the system call a Request names, in `dir`. */
+  private async perform(dir: string, step: Request): Promise<Reply> {
     try {
-      names = await readdir(dir)
+      switch (step.op) {
+        case 'list':
+          return {names: await readdir(dir)}
+        case 'read': {
+          const handle = await open(join(dir, step.name), constants.O_RDONLY | constants.O_NOFOLLOW)
+          try {
+            return {data: await handle.readFile('utf8')}
+          } finally {
+            await handle.close()
+          }
+        }
+        case 'write': {
+          const path = join(dir, step.name)
+          const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, this.modes.file)
+          try {
+            await handle.writeFile(step.data)
+            if (this.modes.shared) await handle.chmod(this.modes.file)
+          } finally {
+            await handle.close()
+          }
+          return {ok: true}
+        }
+        case 'rename':
+          await rename(join(dir, step.from), join(dir, step.to))
+          return {ok: true}
+        case 'unlink':
+          await unlink(join(dir, step.name))
+          return {ok: true}
+      }
     } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return {entries: [], max: 0n}
+      if (errorCode(error) === 'ENOENT' && step.op !== 'list') return {missing: true}
       throw error
     }
-    const entries: Entry[] = []
-    let max = 0n
-    for (const name of names) {
-      if (!entryName.test(name)) continue
-      const gen = BigInt(name)
-      if (gen > max) max = gen
-      try {
-        const info = await lstat(join(dir, name))
-        if (info.isFile()) entries.push({name, gen, expiresMs: info.mtimeMs})
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'ENOENT') throw error
-      }
-    }
-    this.log?.(`file: scan ${dir}: ${entries.length} entries, max ${max}`)
-    return {entries, max}
   }
 
-  private async readHolder(dir: string, entry: Entry): Promise<(Holder & {ttlMs: number}) | undefined> {
+  /**
+   * Runs one transaction to its outcome. The collection that follows a commit is housekeeping
+   * nobody waits for (off the hand-off path); release() lets it finish before the process ends.
+   */
+  private async transact(dir: string, intent: Intent): Promise<Outcome> {
+    let tx = begin(intent)
     try {
-      const handle = await open(join(dir, entry.name), constants.O_RDONLY | constants.O_NOFOLLOW)
-      try {
-        const record = JSON.parse(await handle.readFile('utf8')) as Record
-        return {
-          owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
-          token: entry.gen.toString(), acquiredAt: new Date(record.acquiredAt), expiresAt: new Date(entry.expiresMs), ttlMs: record.ttlMs,
-        }
-      } finally {
-        await handle.close()
+      for (let step = nextRequest(tx); step && !tx.outcome; step = nextRequest(tx)) {
+        tx = advance(tx, await this.perform(dir, step), Date.now(), freshId)
       }
-    } catch {
-      return undefined // released and collected, or being written: not a holder now
+    } catch (error) {
+      if (error instanceof DamagedState) throw unavailable(`damaged lock directory ${dir}`, error.message, 'clear it with dlq lock release --force, or remove the directory if no dlq uses the key')
+      throw error
     }
+    this.log?.(`file: ${intent.kind} ${dir}: ${tx.outcome!.kind} (state ${tx.version}${tx.newId ? ` → ${BigInt(tx.version!) + 1n}` : ''})`)
+    if (nextRequest(tx)) this.tidy(this.finishCollecting(dir, tx))
+    return tx.outcome!
   }
 
-  private async holders(dir: string, live: Entry[]): Promise<Holder[]> {
-    const holders = await Promise.all(live.map((entry) => this.readHolder(dir, entry)))
-    return holders.filter((h): h is Holder & {ttlMs: number} => h !== undefined).map(({ttlMs: _ttl, ...holder}) => holder)
+  private async finishCollecting(dir: string, tx: ReturnType<typeof begin>): Promise<void> {
+    for (let step = nextRequest(tx); step; step = nextRequest(tx)) tx = advance(tx, await this.perform(dir, step), Date.now(), freshId)
   }
 
-  /** Deletes expired entries below the highest: the highest carries the fencing counter. */
-  private async collect(dir: string, entries: Entry[], max: bigint, now: number): Promise<void> {
-    for (const entry of entries) {
-      if (entry.gen < max && entry.expiresMs <= now) await unlink(join(dir, entry.name)).catch(() => {})
-    }
-  }
-
-  private async tryAcquire(dir: string, request: AcquireRequest, tmp: string): Promise<Lease | Holder[]> {
-    for (;;) {
-      const now = Date.now()
-      const {entries, max} = await this.scan(dir)
-      const live = entries.filter((e) => e.expiresMs > now)
-      if (live.length >= request.limit) return this.holders(dir, live)
-      const gen = max + 1n
-      const name = gen.toString().padStart(20, '0')
-      const expiresMs = now + request.ttlMs
-      const record: Record = {owner: request.owner, ...request.holder, acquiredAt: new Date(now).toISOString(), ttlMs: request.ttlMs}
-      await unlink(tmp).catch(() => {})
-      await writeFile(tmp, JSON.stringify(record), {mode: this.modes.file, flag: 'wx'}) // wx: never through a planted link
-      if (this.modes.shared) await chmod(tmp, this.modes.file)
-      await lutimes(tmp, now / 1000, expiresMs / 1000)
-      try {
-        await link(tmp, join(dir, name))
-      } catch (error) {
-        const code = (error as NodeJS.ErrnoException).code
-        if (code === 'EEXIST') continue // another racer took gen: rescan
-        // NFS may lose link's reply after doing it: the link count says whether it happened.
-        if ((await stat(tmp).catch(() => undefined))?.nlink !== 2) throw error
-      }
-      this.log?.(`file: linked ${join(dir, name)}`)
-      this.mine.set(request.owner, join(dir, name))
-      this.ttls.set(request.owner, request.ttlMs)
-      this.tidy(this.collect(dir, entries, gen, now)) // after the command has started: off the hand-off path
-      return {key: request.key, owner: request.owner, token: gen.toString(), ttlMs: request.ttlMs, expiresAt: new Date(expiresMs)}
-    }
-  }
-
-  async acquire(request: AcquireRequest): Promise<Lease | undefined> {
-    const dir = await this.keyDir(request.key)
-    const tmpDir = await safeDir(this.base, ['tmp'], this.modes)
-    const tmp = join(tmpDir, `lock-${request.owner}`)
-    try {
-      return await waitFor<Lease | undefined>(dir, request.signal, Date.now() + request.waitMs, async () => {
-        const result = await this.tryAcquire(dir, request, tmp)
-        if (!Array.isArray(result)) return {done: true, value: result, next: 0}
-        request.onWaiting?.(result)
-        // A holder that died is noticed at its expiry, without any event.
-        return {done: false, value: undefined, next: Math.min(...result.map((h) => h.expiresAt.getTime()))}
-      }, undefined)
-    } finally {
-      this.tidy(unlink(tmp))
-    }
-  }
-
-  /** Housekeeping that no caller waits for; release() lets it finish before the process ends. */
   private pending: Promise<unknown>[] = []
   private tidy(work: Promise<unknown>): void {
     this.pending.push(work.catch(() => {}))
   }
 
-  /** This owner's entry: from memory for our own leases, else by reading the live records. */
-  private async find(key: string, owner: string): Promise<{path: string; ttlMs?: number} | undefined> {
-    const dir = await this.keyDir(key)
-    const known = this.mine.get(owner)
-    if (known) return {path: known, ttlMs: this.ttls.get(owner)}
-    const {entries} = await this.scan(dir)
-    for (const entry of entries) {
-      const holder = await this.readHolder(dir, entry)
-      if (holder?.owner === owner) return {path: join(dir, entry.name), ttlMs: holder.ttlMs}
-    }
-    return undefined
+  private leasesDir(): Promise<string> {
+    return safeDir(this.base, ['leases'], this.modes)
   }
 
-  async renew(key: string, owner: string, requestedTtlMs?: number): Promise<Lease> {
-    const found = await this.find(key, owner)
-    if (!found) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
-    const ttlMs = requestedTtlMs ?? found.ttlMs ?? 30_000
-    let info
+  /** The key's directory; with `create`, made (atomically, with its first state) when missing. */
+  private async keyDir(key: string, create: boolean): Promise<string | undefined> {
+    const leases = await this.leasesDir()
+    const dir = join(leases, encodeName(key))
+    if (this.ready.has(dir)) return dir
+    if (!(await existingDir(dir))) {
+      if (!create) return undefined
+      await this.createKeyDir(key, dir)
+      await existingDir(dir) // a planted link in its place is refused, never followed
+    }
+    this.ready.add(dir)
+    return dir
+  }
+
+  private async createKeyDir(key: string, dir: string): Promise<void> {
+    const staging = join(await safeDir(this.base, ['tmp'], this.modes), `lease-${freshId()}`)
+    await mkdir(staging, {mode: this.modes.dir})
     try {
-      info = await lstat(found.path)
-    } catch {
-      throw new LockLostError(key, 'the lease was deleted')
+      if (this.modes.shared) await chmod(staging, this.modes.dir)
+      const {version, holders} = await this.legacy(key)
+      const id = freshId()
+      const file = {mode: this.modes.file, flag: 'wx'} as const
+      await writeFile(join(staging, 'name'), key, file) // the real name, for `lock status` of hashed names
+      await writeFile(join(staging, contentOf(version, id)), encodeHolders(holders), file)
+      await writeFile(join(staging, markerName(version, id)), '', file)
+      if (this.modes.shared) for (const name of await readdir(staging)) await chmod(join(staging, name), this.modes.file)
+      await rename(staging, dir)
+      this.log?.(`file: created ${dir} at version ${version}`)
+    } catch (error) {
+      // Another process created it first (rename onto a directory that is not empty fails).
+      if (errorCode(error) !== 'ENOTEMPTY' && errorCode(error) !== 'EEXIST') throw error
+    } finally {
+      await rm(staging, {recursive: true, force: true}).catch(() => {})
     }
+  }
+
+  /**
+   * The first protocol kept a key's holders as locks/<key>/<20-digit generation> files whose
+   * mtime was the expiry. A new key directory continues that key's counter (tokens never go back)
+   * and starts with the holders it still lists, at the expiry they have then.
+   */
+  private async legacy(key: string): Promise<{version: bigint; holders: HolderRecord[]}> {
+    const dir = join(this.base, 'locks', encodeName(key))
+    const names = await readdir(dir).catch(() => [] as string[])
+    let version = 0n
+    const holders: HolderRecord[] = []
     const now = Date.now()
-    if (info.mtimeMs <= now + renewMarginMs(ttlMs)) {
-      throw new LockLostError(key, info.mtimeMs === 0 ? 'the lease was released by someone else (force release?)' : `the lease expired at ${new Date(info.mtimeMs).toISOString()} before it was renewed`)
+    for (const name of names.filter((n) => /^\d{20}$/.test(n))) {
+      if (BigInt(name) > version && BigInt(name) < 2n ** 62n) version = BigInt(name)
+      try {
+        const info = await lstat(join(dir, name))
+        if (!info.isFile() || info.mtimeMs <= now) continue
+        const handle = await open(join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW)
+        const record = JSON.parse(await handle.readFile('utf8').finally(() => handle.close())) as HolderRecord & {acquiredAt: string}
+        holders.push({owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
+          acquiredMs: Date.parse(record.acquiredAt), ttlMs: record.ttlMs, expiresMs: info.mtimeMs, token: BigInt(name).toString()})
+      } catch {
+        // released or unreadable: not a holder
+      }
     }
-    const expiresMs = now + ttlMs
-    await lutimes(found.path, now / 1000, expiresMs / 1000)
-    this.log?.(`file: renewed ${found.path} until ${new Date(expiresMs).toISOString()}`)
-    const token = BigInt(found.path.slice(-20)).toString()
-    return {key, owner, token, ttlMs, expiresAt: new Date(expiresMs)}
+    return {version, holders}
+  }
+
+  async acquire(request: AcquireRequest): Promise<Lease | undefined> {
+    const dir = (await this.keyDir(request.key, true))!
+    const intent: Intent = {kind: 'acquire', owner: request.owner, limit: request.limit, ttlMs: request.ttlMs, info: request.holder}
+    return waitFor<Lease | undefined>(dir, request.signal, Date.now() + request.waitMs, async () => {
+      const outcome = await this.transact(dir, intent)
+      if (outcome.kind === 'acquired') {
+        this.mine.set(request.owner, dir)
+        return {done: true, value: {key: request.key, owner: request.owner, token: outcome.record.token, ttlMs: request.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}, next: 0}
+      }
+      const holders = outcome.kind === 'busy' ? outcome.holders : []
+      request.onWaiting?.(holders.map(toHolder))
+      // A holder that died is noticed at its expiry, without any event.
+      return {done: false, value: undefined, next: Math.min(...holders.map((h) => h.expiresMs))}
+    }, undefined)
+  }
+
+  private async dirOf(key: string, owner: string): Promise<string | undefined> {
+    return this.mine.get(owner) ?? (await this.keyDir(key, false))
+  }
+
+  async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
+    const dir = await this.dirOf(key, owner)
+    if (!dir) throw new LockLostError(key, `no lease with owner ${owner} (the key has never been locked)`)
+    const outcome = await this.transact(dir, {kind: 'renew', owner, ttlMs, marginMs: renewMarginMs(ttlMs ?? 30_000)})
+    if (outcome.kind !== 'renewed') throw new LockLostError(key, outcome.kind === 'lost' ? outcome.why : 'the lease is gone')
+    return {key, owner, token: outcome.record.token, ttlMs: outcome.record.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}
   }
 
   async release(key: string, owner: string): Promise<boolean> {
-    await Promise.all(this.pending.splice(0))
-    const found = await this.find(key, owner)
+    const dir = await this.dirOf(key, owner)
     this.mine.delete(owner)
-    if (!found) return false
-    let held = false
-    try {
-      held = (await lstat(found.path)).mtimeMs > Date.now()
-      await lutimes(found.path, 0, 0) // expired: wakes the watchers; the entry keeps the counter
-    } catch {
-      return false
-    }
-    this.log?.(`file: released ${found.path}`)
-    const dir = await this.keyDir(key)
-    const {entries, max} = await this.scan(dir)
-    await this.collect(dir, entries, max, Date.now())
-    return held
+    if (!dir) return false
+    const outcome = await this.transact(dir, {kind: 'release', owner})
+    await Promise.all(this.pending.splice(0))
+    return outcome.kind === 'released' && outcome.held
   }
 
   async status(key?: string): Promise<LockState[]> {
-    const locksDir = await safeDir(this.base, ['locks'], this.modes)
-    const components = key === undefined ? (await readdir(locksDir)).sort() : [encodeName(key)]
+    const leases = await this.leasesDir()
+    const components = key === undefined ? (await readdir(leases)).sort() : [encodeName(key)]
     const states: LockState[] = []
-    const now = Date.now()
     for (const component of components) {
-      const dir = join(locksDir, component)
+      const dir = join(leases, component)
       if (!(await existingDir(dir))) continue
-      const {entries} = await this.scan(dir)
-      const holders = await this.holders(dir, entries.filter((e) => e.expiresMs > now))
-      if (holders.length === 0) continue
-      const name = key ?? (await decodeName(locksDir, component).catch(() => component))
-      states.push({key: name, holders: holders.sort((a, b) => Number(BigInt(a.token) - BigInt(b.token)))})
+      const outcome = await this.transact(dir, {kind: 'read'})
+      if (outcome.kind !== 'state' || outcome.holders.length === 0) continue
+      const name = key ?? (await decodeName(leases, component).catch(() => component))
+      states.push({key: name, holders: outcome.holders.map(toHolder).sort((a, b) => Number(BigInt(a.token) - BigInt(b.token)))})
     }
     return states
   }
 
-  /** A force release (mtime 0) or a deleted entry is noticed at once, not at the next renewal. */
+  /** A force release is noticed at once (every commit renames the marker), not at the next renewal. */
   watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
-    const path = this.mine.get(lease.owner)
-    if (!path) return () => {}
-    const check = () => {
-      lstat(path).then(
-        (info) => info.mtimeMs === 0 && onLost('the lease was released by someone else (force release?)'),
-        () => onLost('the lease was deleted'),
-      )
+    const dir = this.mine.get(lease.owner)
+    if (!dir) return () => {}
+    let checking = false
+    let again = false
+    const check = async (): Promise<void> => {
+      if (checking) {
+        again = true
+        return
+      }
+      checking = true
+      try {
+        do {
+          again = false
+          const outcome = await this.transact(dir, {kind: 'read'}).catch(() => undefined)
+          if (outcome?.kind === 'state' && !outcome.holders.some((h) => h.owner === lease.owner)) {
+            if (this.mine.has(lease.owner)) onLost('the lease is gone: released by someone else (force release?), or expired')
+            return
+          }
+        } while (again)
+      } finally {
+        checking = false
+      }
     }
     try {
-      const watcher = watch(dirname(path), {persistent: false}, check)
+      const watcher = watch(dir, {persistent: false}, () => void check())
       watcher.on('error', () => {})
       return () => watcher.close()
     } catch {
@@ -257,16 +277,10 @@ export class FileLocks implements LockDriver {
   }
 
   async forceRelease(key: string): Promise<number> {
-    const dir = await this.keyDir(key)
-    const {entries, max} = await this.scan(dir)
-    const now = Date.now()
-    let count = 0
-    for (const entry of entries) {
-      if (entry.expiresMs <= now) continue
-      await lutimes(join(dir, entry.name), 0, 0)
-      count++
-    }
-    await this.collect(dir, entries.map((e) => ({...e, expiresMs: 0})), max, now)
-    return count
+    const dir = await this.keyDir(key, false)
+    if (!dir) return 0
+    const outcome = await this.transact(dir, {kind: 'forceRelease'})
+    await Promise.all(this.pending.splice(0))
+    return outcome.kind === 'forced' ? outcome.count : 0
   }
 }
