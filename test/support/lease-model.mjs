@@ -1,0 +1,292 @@
+// A model checker for the file backend's lock protocol (src/backends/file/leases.ts). It runs the
+// protocol's own step functions (begin / request / advance / decide, the ones the driver runs
+// against the real directory) against an in-memory directory, and explores EVERY interleaving of
+// their steps — each step is one system call — for three processes, a clock that may tick between
+// any two steps (so any process may stall for any time anywhere), and the collection of old state.
+// Every reachable state (deduplicated) is checked against the invariants in leases.ts:
+//   I1 exactly one S marker;  I2 the state never lists more than `limit` unexpired holders;
+//   I3 at most `limit` processes believe they hold the lock at once;  I4 fencing tokens strictly
+//   increase in the order of acquisitions.
+// The last test breaks the protocol on purpose (a commit that does not compare) and requires the
+// checker to find the overlap, so the checker itself cannot silently stop checking.
+import {advance, begin, markerName, contentOf, encodeHolders, request} from '../../dist/backends/file/leases.js'
+
+
+/** Applies one request to the in-memory directory; returns the reply and the new files. */
+function perform(files, step, {compareOnCommit = true} = {}) {
+  switch (step.op) {
+    case 'list':
+      return {reply: {names: Object.keys(files)}, files}
+    case 'read':
+      return {reply: step.name in files ? {data: files[step.name]} : {missing: true}, files}
+    case 'write':
+      if (step.name in files) throw new Error(`write over an existing name ${step.name}`)
+      return {reply: {ok: true}, files: {...files, [step.name]: step.data}}
+    case 'rename': {
+      if (!(step.from in files)) {
+        if (compareOnCommit) return {reply: {missing: true}, files}
+        // The broken variant: a commit that writes its marker whether or not the state moved on.
+        const next = {...files, [step.to]: ''}
+        for (const name of Object.keys(next)) if (name.startsWith('S.') && name !== step.to) delete next[name]
+        return {reply: {ok: true}, files: next}
+      }
+      const next = {...files, [step.to]: files[step.from]}
+      delete next[step.from]
+      return {reply: {ok: true}, files: next}
+    }
+    case 'unlink': {
+      if (!(step.name in files)) return {reply: {missing: true}, files}
+      const next = {...files}
+      delete next[step.name]
+      return {reply: {ok: true}, files: next}
+    }
+  }
+  throw new Error(`unknown op ${step.op}`)
+}
+
+const info = {host: 'h', pid: 1, user: 'u', command: 'c'}
+
+// Two reductions keep the state space small enough for CI, both sound (they only merge states that
+// behave alike):
+// - time: the protocol only compares times with the clock and adds the TTL to it, so states that
+//   differ by a shift of every time are equivalent, and so are all times already past. The key keeps
+//   times relative to the clock (0 once past), which makes the state space finite without bounding
+//   time.
+// - versions: they are only compared with each other and incremented, so the key counts them from
+//   the current one.
+// - names: ids are only ever compared for equality, and the workers run the same script, so states
+//   that differ by a renaming of ids, or by a permutation of the workers, are equivalent. The key
+//   takes the smallest form over the workers' permutations, with ids numbered in order of appearance.
+const parsed = new Map()
+function parse(text) {
+  let value = parsed.get(text)
+  if (value === undefined) parsed.set(text, (value = JSON.parse(text)))
+  return value
+}
+
+function permutations(n) {
+  if (n <= 1) return [[...Array(n).keys()]]
+  const out = []
+  for (const rest of permutations(n - 1)) for (let at = 0; at < n; at++) out.push([...rest.slice(0, at), n - 1, ...rest.slice(at)])
+  return out
+}
+
+function stateKey(workers) {
+  const perms = permutations(workers)
+  return (s) => {
+    const current = BigInt(Object.keys(s.files).find((n) => n.startsWith('S.'))?.split('.')[1] ?? 0)
+    const version = (v) => (BigInt(v) - current).toString()
+    const time = (t) => Math.max(0, t - s.clock)
+    const name = (n) => {
+      const [kind, v, id] = n.split('.')
+      return `${kind}${version(v)}.${id}`
+    }
+    const holder = (h) => `${h.owner}/${time(h.expiresMs)}/${version(h.token)}`
+    const holders = (data) => parse(data).holders.map(holder).join(',')
+    const outcome = (o) => o && `${o.kind}:${o.record ? holder(o.record) : o.held ?? o.count ?? ''}`
+    // What a process still has to do, and no more: a name already gone from its garbage would only be
+    // a failing unlink, the intent follows from the program counter, a finished result is spent.
+    const garbage = (tx) => tx.garbage.filter((n) => n in s.files).map(name).join(',')
+    const tx = (t) => t && [t.phase, t.version && version(t.version), t.id, t.newId, t.data && holders(t.data), outcome(t.pending), garbage(t), t.empty, t.missed && name(t.missed)].join(' ')
+    const files = Object.keys(s.files).sort().map((n) => (n.startsWith('C.') ? `${name(n)}=${holders(s.files[n])}` : name(n))).join(' ')
+    const body = `${files}|${s.lastToken && version(s.lastToken)}|${s.acquisitions}|${s.tokenViolation ?? ""}`
+    const procs = s.procs.map((p) => {
+      const background = p.background && garbage(p.background)
+      return [p.pc, p.renews, time(p.deadline), p.seen && name(p.seen), p.seenClock !== undefined && s.clock > p.seenClock, tx(p.tx), background].join(';')
+    })
+    // Split once into text and names (odd places: worker names such as p1, ids such as p1x4).
+    const parts = [body, ...procs].map((text) => text.split(/\b(p\d+x\d+|opx\d+|p\d+(?=\/))/))
+    let best
+    for (const perm of perms) {
+      // Worker i is renamed perm[i] and the procs are listed in their new order (the operator last);
+      // ids are numbered in order of appearance.
+      const order = [parts[0]]
+      for (let i = 1; i < parts.length; i++) order[i <= workers ? perm[i - 1] + 1 : i] = parts[i]
+      const ids = new Map()
+      let text = ''
+      for (const pieces of order) {
+        for (let at = 0; at < pieces.length; at++) {
+          const piece = pieces[at]
+          if (at % 2 === 0) text += piece
+          else if (piece.includes('x')) {
+            let short = ids.get(piece)
+            if (short === undefined) ids.set(piece, (short = `#${ids.size}`))
+            text += short
+          } else text += `p${perm[Number(piece.slice(1))]}`
+        }
+        text += '|'
+      }
+      if (best === undefined || text < best) best = text
+    }
+    return best
+  }
+}
+
+/**
+ * A process is a small script around transactions:
+ *   worker:   acquire (retrying while busy) → hold, renewing up to `renews` times → release
+ *   operator: one force release
+ */
+function startTx(proc) {
+  switch (proc.pc) {
+    case 'acquire':
+      return begin({kind: 'acquire', owner: proc.name, limit: proc.limit, ttlMs: proc.ttl, info})
+    case 'renew':
+      return begin({kind: 'renew', owner: proc.name, marginMs: 0})
+    case 'release':
+      return begin({kind: 'release', owner: proc.name})
+    case 'force':
+      return begin({kind: 'forceRelease'})
+  }
+  return undefined
+}
+
+const currentMarker = (files) => Object.keys(files).find((n) => n.startsWith('S.'))
+
+/**
+ * One step of a transaction. Writing our new content and discarding it after a failed commit are
+ * fused with the step before them: they touch a fresh name that no other process reads, so they
+ * commute with every other process's step and doing them at once hides no interleaving.
+ */
+function stepOnce(files, tx, now, freshId, options) {
+  do {
+    const {reply, files: after} = perform(files, request(tx), options)
+    tx = advance(tx, reply, now, freshId)
+    files = after
+  } while (tx.phase === 'write' || tx.phase === 'discard')
+  return {tx, files}
+}
+
+/** The successor states of `state`: one per process that can take a step, plus a clock tick. */
+function* successors(state, options) {
+  yield {...state, clock: state.clock + 1}
+  for (let i = 0; i < state.procs.length; i++) {
+    const proc = state.procs[i]
+    const set = (changes, extra = {}) => {
+      const procs = state.procs.slice()
+      procs[i] = {...proc, ...changes}
+      return {...state, ...extra, procs}
+    }
+    if (proc.pc === 'waiting') {
+      if (currentMarker(state.files) !== proc.seen || state.clock > proc.seenClock) {
+        yield set({pc: 'acquire', seen: undefined, seenClock: undefined, tx: startTx({...proc, pc: 'acquire'})})
+      }
+      continue
+    }
+    if (proc.pc === 'hold') {
+      // The command ends (then release), or the supervisor renews.
+      yield set({pc: 'release', tx: startTx({...proc, pc: 'release'})})
+      if (proc.renews > 0) yield set({pc: 'renew', renews: proc.renews - 1, tx: startTx({...proc, pc: 'renew'})})
+      continue
+    }
+    if (!proc.tx) continue
+    const step = request(proc.tx)
+    if (!step) continue
+    let ids = proc.ids
+    const {tx, files} = stepOnce(state.files, proc.tx, state.clock, () => `${proc.name}x${ids++}`, options)
+    let changes = {tx, ids}
+    let extra = {files}
+    const outcome = tx.outcome
+    if (outcome && !proc.tx.outcome) {
+      // The transaction's result is known (any collection left runs on in the background).
+      switch (outcome.kind) {
+        case 'acquired':
+          changes = {...changes, tx: undefined, pc: 'hold', deadline: outcome.record.expiresMs}
+          if (state.lastToken !== undefined && BigInt(outcome.record.token) <= BigInt(state.lastToken)) {
+            extra = {...extra, tokenViolation: `I4: token ${outcome.record.token} after ${state.lastToken}`}
+          }
+          extra = {...extra, lastToken: outcome.record.token, acquisitions: state.acquisitions + 1}
+          break
+        case 'busy':
+          // The driver sleeps until the directory changes or a lease may have expired: retry then.
+          changes = {...changes, tx: undefined, pc: 'waiting', seen: currentMarker(files), seenClock: state.clock}
+          break
+        case 'renewed':
+          changes = {...changes, tx: undefined, pc: 'hold', deadline: outcome.record.expiresMs}
+          break
+        case 'lost':
+          changes = {...changes, tx: undefined, pc: 'lost', deadline: -1}
+          break
+        case 'released':
+        case 'forced':
+          changes = {...changes, tx: undefined, pc: 'done', deadline: -1}
+          break
+      }
+      // A finished transaction still collecting goes on in the background, as in the driver.
+      if (request(tx)) changes = {...changes, background: tx}
+    }
+    yield set(changes, extra)
+  }
+  for (let i = 0; i < state.procs.length; i++) {
+    const proc = state.procs[i]
+    const step = proc.background && request(proc.background)
+    if (!step) continue
+    // A collection's unlinks run as one step: each removes a content that is never current again,
+    // so it only matters to a reader of that very file, which sees it before or after either way.
+    let files = state.files
+    let background = proc.background
+    while (request(background)) {
+      const {reply, files: after} = perform(files, request(background), options)
+      background = advance(background, reply, state.clock, () => 'never')
+      files = after
+    }
+    const procs = state.procs.slice()
+    procs[i] = {...proc, background: request(background) ? background : undefined}
+    yield {...state, files, procs}
+  }
+}
+
+/** Checks the invariants of one state; returns a description of the first violation. */
+function violation(state, options) {
+  const markers = Object.keys(state.files).filter((n) => n.startsWith('S.'))
+  if (markers.length !== 1) return `I1: ${markers.length} state markers (${markers.join(', ')})`
+  const [, version, id] = markers[0].split('.')
+  const content = state.files[contentOf(version, id)]
+  if (content === undefined) return `the current state ${markers[0]} has no content`
+  const live = JSON.parse(content).holders.filter((h) => h.expiresMs > state.clock)
+  if (live.length > options.limit) return `I2: the state lists ${live.length} live holders, limit ${options.limit}`
+  if (options.exclusion) {
+    const believers = state.procs.filter((p) => (p.pc === 'hold' || p.pc === 'renew') && state.clock < p.deadline)
+    if (believers.length > options.limit) return `I3: ${believers.map((p) => p.name).join(' and ')} hold at once (limit ${options.limit})`
+  }
+  return state.tokenViolation
+}
+
+/**
+ * Explores every interleaving of `workers` processes (and an operator forcing a release, if asked).
+ * `renews` is how many times each worker renews while it holds: a number for all, or one per worker.
+ * `ttl` is in clock ticks; one tick is enough for a lease to expire between any two steps.
+ */
+export function explore({workers, operator = false, limit, renews = 0, ttl = 1, exclusion = true, compareOnCommit = true, cap}) {
+  const procs = []
+  for (let i = 0; i < workers; i++) {
+    const proc = {name: `p${i}`, pc: 'acquire', limit, ttl, renews: Array.isArray(renews) ? renews[i] : renews, deadline: -1, ids: 0}
+    procs.push({...proc, tx: startTx(proc)})
+  }
+  if (operator) procs.push({name: 'op', pc: 'force', ids: 0, deadline: -1, tx: startTx({pc: 'force'})})
+  const files = {[markerName(0, 'init')]: '', [contentOf(0, 'init')]: encodeHolders([])}
+  const initial = {clock: 0, files, procs, acquisitions: 0}
+  const options = {limit, exclusion, compareOnCommit, cap}
+  const key = stateKey(workers)
+  const seen = new Set([key(initial)])
+  const queue = [initial]
+  let allDone = 0
+  let maxHolders = 0
+  for (let at = 0; at < queue.length; at++) {
+    if (seen.size > (options.cap ?? Infinity)) return {states: seen.size, capped: true}
+    const state = queue[at]
+    const bad = violation(state, options)
+    if (bad) return {states: seen.size, violation: bad}
+    const holding = state.procs.filter((p) => p.pc === 'hold' && state.clock < p.deadline).length
+    maxHolders = Math.max(maxHolders, holding)
+    if (state.procs.every((p) => p.pc === 'done' && !p.background?.garbage.some((n) => n in state.files)) && state.acquisitions === workers) allDone++
+    for (const next of successors(state, options)) {
+      const k = key(next)
+      if (seen.has(k)) continue
+      seen.add(k)
+      queue.push(next)
+    }
+  }
+  return {states: seen.size, allDone, maxHolders}
+}
+
