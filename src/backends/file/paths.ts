@@ -94,23 +94,23 @@ export async function unpin(path: string): Promise<void> {
 
 // ── Owners and modes ───────────────────────────────────────────────────────────────────────────
 
-function nameOf(file: '/etc/passwd' | '/etc/group', id: number): string {
+// Names only for messages (NSS is not worth loading): /etc/passwd and /etc/group, else the number.
+function nameOf(file: '/etc/passwd' | '/etc/group', id: number): string | undefined {
   try {
-    const line = readFileSync(file, 'utf8').split('\n').find((l) => l.split(':')[2] === String(id))
-    if (line) return `${line.split(':')[0]} (${id})`
+    return readFileSync(file, 'utf8').split('\n').find((l) => l.split(':')[2] === String(id))?.split(':')[0]
   } catch {
-    // no such database here: the number alone
+    return undefined
   }
-  return String(id)
 }
-const userName = (uid: number) => `user ${nameOf('/etc/passwd', uid)}`
-const groupName = (gid: number) => `group ${nameOf('/etc/group', gid)}`
+const userName = (uid: number) => `user ${nameOf('/etc/passwd', uid) ?? '?'} (uid ${uid})`
+const groupName = (gid: number) => `group ${nameOf('/etc/group', gid) ?? '?'} (gid ${gid})`
 const octal = (mode: number) => (mode & 0o7777).toString(8).padStart(4, '0')
 
-const sharingHint = 'dlq uses only directories that are yours, or a group\'s setgid directory: see "Sharing a directory" in the README'
+const sharingHint = 'dlq uses only your own directories, or a group\'s setgid directory: see "Sharing a directory" in the README'
 
+/** The refusal: what is wrong, always with the directory's owner. */
 function refuse(path: string, info: Stats, why: string, hint = sharingHint) {
-  return unavailable(`unsafe directory ${shown(path)}`, `${why} (owner ${userName(info.uid)}, ${groupName(info.gid)}, mode ${octal(info.mode)})`, hint)
+  return unavailable(`unsafe directory ${shown(path)}`, `owned by ${userName(info.uid)}, ${why}`, hint)
 }
 
 const unsafePath = (path: string, why: string) =>
@@ -123,13 +123,13 @@ export function baseModes(path: string, info: Stats, uid: number): Modes {
   const sticky = (info.mode & 0o1000) !== 0
   if ((info.mode & 0o2000) !== 0) {
     // The shared arrangement: whoever set it up owns it; its group's members share what is in it.
-    if (worldWritable) throw refuse(path, info, 'a group\'s setgid directory writable by every user', `chmod o-w ${shown(path)}: only the group shares it`)
+    if (worldWritable) throw refuse(path, info, `setgid and writable by every user (mode ${octal(info.mode)})`, `chmod o-w ${shown(path)}: only its group shares it`)
     return {dir: 0o2770, file: 0o660, shared: true, uid, gid: info.gid}
   }
-  if (info.uid !== uid && info.uid !== 0) throw refuse(path, info, `owned by ${userName(info.uid)}, not by you`)
+  if (info.uid !== uid && info.uid !== 0) throw refuse(path, info, 'not by you or root')
   if ((worldWritable || groupWritable) && !sticky) {
-    throw refuse(path, info, `writable by ${worldWritable ? 'every user' : `${groupName(info.gid)}`} and not sticky, so they could move dlq's directories`,
-      `chmod go-w for a private directory, chmod +t (like /tmp), or chmod 2770 to share it with its group: see "Sharing a directory" in the README`)
+    throw refuse(path, info, `writable by ${worldWritable ? 'every user' : groupName(info.gid)} (mode ${octal(info.mode)}) without the sticky bit, so others could move dlq's directories`,
+      'chmod go-w for a private directory, chmod +t as on /tmp, or chmod 2770 to share it with its group: see "Sharing a directory" in the README')
   }
   return {dir: 0o700, file: 0o600, shared: false, uid}
 }
@@ -138,12 +138,12 @@ export function baseModes(path: string, info: Stats, uid: number): Modes {
 function checkDir(path: string, info: Stats, modes: Modes): void {
   if (!info.isDirectory()) throw unsafePath(path, 'it is not a directory')
   if (modes.gid !== undefined) {
-    if ((info.mode & 0o002) !== 0) throw refuse(path, info, 'writable by every user')
-    if (info.uid !== modes.uid && info.gid !== modes.gid) throw refuse(path, info, `owned by ${userName(info.uid)} and not of the shared ${groupName(modes.gid)}`)
+    if ((info.mode & 0o002) !== 0) throw refuse(path, info, `writable by every user (mode ${octal(info.mode)})`)
+    if (info.uid !== modes.uid && info.gid !== modes.gid) throw refuse(path, info, `${groupName(info.gid)}, not the shared ${groupName(modes.gid)}`)
     return
   }
-  if (info.uid !== modes.uid) throw refuse(path, info, `owned by ${userName(info.uid)}, not by you`)
-  if ((info.mode & 0o022) !== 0) throw refuse(path, info, 'writable by others')
+  if (info.uid !== modes.uid) throw refuse(path, info, 'not by you')
+  if ((info.mode & 0o022) !== 0) throw refuse(path, info, `writable by ${(info.mode & 0o002) !== 0 ? 'every user' : groupName(info.gid)} (mode ${octal(info.mode)})`)
 }
 
 /** Opens a directory below a pinned one, never through a link, and checks it; undefined if missing. */
@@ -153,6 +153,11 @@ async function openDir(path: string, modes: Modes): Promise<FileHandle | undefin
     handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
   } catch (error) {
     if (errorCode(error) === 'ENOENT') return undefined
+    if (errorCode(error) === 'EACCES') {
+      // Another user's directory dlq may not even open: say whose it is, rather than just "denied".
+      const info = await lstat(path).catch(() => undefined)
+      if (info?.isDirectory()) checkDir(path, info, modes)
+    }
     if (errorCode(error) === 'ELOOP' || errorCode(error) === 'ENOTDIR') {
       // Only to word the message: what is there is refused either way.
       const isLink = await lstat(path).then((info) => info.isSymbolicLink(), () => false)
