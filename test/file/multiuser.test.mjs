@@ -85,8 +85,21 @@ describe('file backend: other local users', {concurrency: 1, skip}, () => {
   })
   after(() => {
     if (skip) return
-    for (const user of Object.values(users)) execFileSync('userdel', [user.name])
-    if (group) execFileSync('groupdel', [group.name])
+    // Every removal is tried, whatever failed before; the first failure is reported.
+    const failures = []
+    for (const user of Object.values(users)) {
+      try {
+        execFileSync('userdel', ['--force', user.name], {stdio: 'pipe'})
+      } catch (error) {
+        failures.push(error)
+      }
+    }
+    try {
+      if (group) execFileSync('groupdel', [group.name ?? group], {stdio: 'pipe'})
+    } catch (error) {
+      failures.push(error)
+    }
+    if (failures.length > 0) throw failures[0]
   })
 
   /** A 1777 directory, as /tmp or /var/lock: anyone may add entries, only their owners move them. */

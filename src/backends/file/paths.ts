@@ -117,7 +117,7 @@ const unsafePath = (path: string, why: string) =>
   unavailable(`unsafe path ${shown(path)}`, why, 'dlq never follows links or opens anything but its own directories and files there; remove it')
 
 /** What the base directory is, or why dlq will not use it. */
-export function baseModes(path: string, info: Stats, uid: number): Modes {
+function baseModes(path: string, info: Stats, uid: number): Modes {
   const worldWritable = (info.mode & 0o002) !== 0
   const groupWritable = (info.mode & 0o020) !== 0
   const sticky = (info.mode & 0o1000) !== 0
@@ -221,7 +221,11 @@ export async function makeDir(path: string, modes: Modes): Promise<string> {
 /** Unpinned join → pinned path, for safeDir's directories (open for the process's life). */
 const known = new Map<string, string>()
 
-/** mkdir -p of `parts` below the pinned `base`: each level created or found, checked and pinned. */
+/**
+ * mkdir -p of `parts` below `base`: each level created or found, checked and pinned for the
+ * process's life. `base` must be such a pin too (pinBase's or safeDir's), never one that is
+ * unpinned later: its fd number could then be reused under the same cached path.
+ */
 export async function safeDir(base: string, parts: string[], modes: Modes, realName?: string): Promise<string> {
   let path = base
   for (const part of parts) {
