@@ -34,7 +34,7 @@ const exitStatus = [
   ['0', 'Success (for lock run: the exit code of the command).'],
   ['64', 'Usage error: bad flag, bad duration, bad URL, bad key or queue name.'],
   ['65', 'Bad data: a message too large, input not valid for the chosen framing.'],
-  ['69', 'Backend unavailable: cannot connect, authentication refused, timed out.'],
+  ['69', 'Backend unavailable: cannot connect, authentication refused, timed out; a file: directory another user owns or may write.'],
   ['70', 'The lock was lost while the command ran; the command was stopped.'],
   ['74', 'stdout could not be written (a full disk, an I/O error). What was done still holds: pushed messages stay pushed, queue pop leaves the messages it could not write in the queue, lock acquire releases the lease whose token it could not print.'],
   ['75', 'Not now: lock not acquired within --wait, or queue empty within --wait (for locks, override with --conflict-exit-code).'],
@@ -70,7 +70,7 @@ const childEnvironment = {
 }
 
 const backends = [
-  ['file:///DIR', `A shared directory, on local disk or NFS; no server. The default: $XDG_STATE_HOME/${bin}, or ~/.local/state/${bin} when XDG_STATE_HOME is unset.`],
+  ['file:///DIR', `A shared directory, on local disk or NFS; no server. The default: $XDG_STATE_HOME/${bin}, or ~/.local/state/${bin} when XDG_STATE_HOME is unset. Users share it only as a group's setgid directory (install -d -m 2770 -g GROUP DIR), whose members share every lock and queue in it. Any other must be yours or root's, and writable by nobody else unless it is sticky like /tmp; below it, ${bin} uses only directories that are yours and that nobody else may write (in a group's directory: the group's, not writable by everyone), and refuses any other with exit 69, naming the directory and its owner.`],
   ['redis://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later.'],
   ['rediss://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later over TLS.'],
   ['zk://HOST1:2181,HOST2:2181[/CHROOT]', 'A ZooKeeper 3.5 or later ensemble.'],

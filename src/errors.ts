@@ -12,14 +12,36 @@ export const ExitCode = {
   notNow: 75,
 } as const
 
+// The file backend reaches its directories as /proc/self/fd/N/… (backends/file/paths.ts): a
+// message shows the path the user knows instead.
+const shownPaths = new Map<string, string>()
+
+/** From now on, messages show `internal` (a /proc/self/fd/N path) as `shown`. */
+export function showPathAs(internal: string, shown: string): void {
+  shownPaths.set(internal, shown)
+}
+
+/** `text` with every registered /proc/self/fd/N replaced by the path it stands for. */
+export function shownPath(text: string): string {
+  if (shownPaths.size === 0) return text
+  return text.replace(/\/proc\/self\/fd\/\d+/g, (path) => shownPaths.get(path) ?? path)
+}
+
 export class DlqError extends Error {
+  readonly what: string
+  readonly why: string
+  readonly hint?: string
+
   constructor(
     readonly exitCode: number,
-    readonly what: string,
-    readonly why: string,
-    readonly hint?: string,
+    what: string,
+    why: string,
+    hint?: string,
   ) {
-    super(`${what}: ${why}`)
+    super(shownPath(`${what}: ${why}`))
+    this.what = shownPath(what)
+    this.why = shownPath(why)
+    this.hint = hint === undefined ? undefined : shownPath(hint)
   }
 
   line(): string {

@@ -2,10 +2,10 @@
 import {access, mkdir, stat, constants} from 'node:fs/promises'
 import {fileURLToPath} from 'node:url'
 
-import {unavailable} from '../../errors.js'
+import {shownPath, unavailable} from '../../errors.js'
 import type {Backend, BackendOptions} from '../types.js'
 import {FileLocks} from './lock.js'
-import {modesFor} from './paths.js'
+import {pinBase} from './paths.js'
 import {FileQueues} from './queue.js'
 
 export async function openFileBackend(url: URL, options: BackendOptions & {create: boolean}): Promise<Backend> {
@@ -20,11 +20,14 @@ export async function openFileBackend(url: URL, options: BackendOptions & {creat
   await access(base, constants.W_OK | constants.X_OK).catch((error: NodeJS.ErrnoException) => {
     throw unavailable(`backend directory ${base} is not writable`, error.code ?? 'error', 'dlq needs to create files there')
   })
-  const modes = await modesFor(base)
+  // From here on the drivers reach the base only through its pinned descriptor (paths.ts), and
+  // refuse it if other users could move what dlq keeps there.
+  const {path, modes} = await pinBase(base)
+  const log = options.log && ((line: string) => options.log!(shownPath(line)))
   return {
     displayUrl: url.href,
-    locks: new FileLocks(base, modes, options.log),
-    queues: new FileQueues(base, modes, options.log),
-    close: async () => {},
+    locks: new FileLocks(path, modes, log),
+    queues: new FileQueues(path, modes, log),
+    close: async () => {}, // the pinned directories close with the process
   }
 }

@@ -18,13 +18,13 @@
 // - State files are written without fsync: after a power loss the state may be older than what
 //   was acknowledged (leases expire by then anyway), and so may the fencing counter.
 import {watch} from 'node:fs'
-import {chmod, mkdir, open, readdir, rename, rm, unlink, writeFile, lstat, constants} from 'node:fs/promises'
+import {open, readdir, rename, rm, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {LockLostError, unavailable} from '../../errors.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
 import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, request as nextRequest} from './leases.js'
-import {decodeName, encodeName, existingDir, type Modes, safeDir} from './paths.js'
+import {decodeName, encodeName, existingDir, existingPath, makeDir, type Modes, readRegularFile, safeDir, unpin, writeNewFile} from './paths.js'
 import {waitFor} from './watch.js'
 
 // A renewal this close to expiry is refused: a waiter may already have counted the lease as gone.
@@ -49,7 +49,8 @@ function toHolder(record: HolderRecord): Holder {
 export class FileLocks implements LockDriver {
   /** owner → key directory, for this process's own leases. */
   private readonly mine = new Map<string, string>()
-  private readonly ready = new Set<string>()
+  /** Encoded key → its pinned directory. */
+  private readonly ready = new Map<string, string>()
 
   constructor(
     private readonly base: string,
@@ -63,25 +64,11 @@ export class FileLocks implements LockDriver {
       switch (step.op) {
         case 'list':
           return {names: await readdir(dir)}
-        case 'read': {
-          const handle = await open(join(dir, step.name), constants.O_RDONLY | constants.O_NOFOLLOW)
-          try {
-            return {data: await handle.readFile('utf8')}
-          } finally {
-            await handle.close()
-          }
-        }
-        case 'write': {
-          const path = join(dir, step.name)
-          const handle = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, this.modes.file)
-          try {
-            await handle.writeFile(step.data)
-            if (this.modes.shared) await handle.chmod(this.modes.file)
-          } finally {
-            await handle.close()
-          }
+        case 'read':
+          return {data: (await readRegularFile(join(dir, step.name))).toString('utf8')}
+        case 'write':
+          await writeNewFile(join(dir, step.name), step.data, this.modes)
           return {ok: true}
-        }
         case 'rename':
           await rename(join(dir, step.from), join(dir, step.to))
           return {ok: true}
@@ -127,38 +114,44 @@ export class FileLocks implements LockDriver {
     return safeDir(this.base, ['leases'], this.modes)
   }
 
-  /** The key's directory; with `create`, made (atomically, with its first state) when missing. */
+  /**
+   * The key's directory (pinned: paths.ts); with `create`, made (atomically, with its first state)
+   * when missing. A planted link in its place is refused, never followed.
+   */
   private async keyDir(key: string, create: boolean): Promise<string | undefined> {
     const leases = await this.leasesDir()
-    const dir = join(leases, encodeName(key))
-    if (this.ready.has(dir)) return dir
-    if (!(await existingDir(dir))) {
+    const component = encodeName(key)
+    const ready = this.ready.get(component)
+    if (ready) return ready
+    let dir = await existingDir(join(leases, component), this.modes)
+    if (!dir) {
       if (!create) return undefined
-      await this.createKeyDir(key, dir)
-      await existingDir(dir) // a planted link in its place is refused, never followed
+      await this.createKeyDir(key, join(leases, component))
+      dir = await existingDir(join(leases, component), this.modes)
+      if (!dir) throw unavailable(`lock directory ${join(leases, component)} vanished`, 'removed by someone else as dlq made it', 'key directories are never removed while dlq may use them')
     }
-    this.ready.add(dir)
+    this.ready.set(component, dir)
     return dir
   }
 
   private async createKeyDir(key: string, dir: string): Promise<void> {
     const staging = join(await safeDir(this.base, ['tmp'], this.modes), `lease-${freshId()}`)
-    await mkdir(staging, {mode: this.modes.dir})
+    // Made with the tree's modes (2770 and 0660 in a group's directory, past the umask) before
+    // anything is in it, so the renamed directory is as usable by the group as any other.
+    const pinnedStaging = await makeDir(staging, this.modes)
     try {
-      if (this.modes.shared) await chmod(staging, this.modes.dir)
       const {version, holders} = await this.legacy(key)
       const id = freshId()
-      const file = {mode: this.modes.file, flag: 'wx'} as const
-      await writeFile(join(staging, 'name'), key, file) // the real name, for `lock status` of hashed names
-      await writeFile(join(staging, contentOf(version, id)), encodeHolders(holders), file)
-      await writeFile(join(staging, markerName(version, id)), '', file)
-      if (this.modes.shared) for (const name of await readdir(staging)) await chmod(join(staging, name), this.modes.file)
+      await writeNewFile(join(pinnedStaging, 'name'), key, this.modes) // the real name, for `lock status` of hashed names
+      await writeNewFile(join(pinnedStaging, contentOf(version, id)), encodeHolders(holders), this.modes)
+      await writeNewFile(join(pinnedStaging, markerName(version, id)), '', this.modes)
       await rename(staging, dir)
       this.log?.(`file: created ${dir} at version ${version}`)
     } catch (error) {
       // Another process created it first (rename onto a directory that is not empty fails).
       if (errorCode(error) !== 'ENOTEMPTY' && errorCode(error) !== 'EEXIST') throw error
     } finally {
+      await unpin(pinnedStaging)
       await rm(staging, {recursive: true, force: true}).catch(() => {})
     }
   }
@@ -169,23 +162,34 @@ export class FileLocks implements LockDriver {
    * and starts with the holders it still lists, at the expiry they have then.
    */
   private async legacy(key: string): Promise<{version: bigint; holders: HolderRecord[]}> {
-    const dir = join(this.base, 'locks', encodeName(key))
-    const names = await readdir(dir).catch(() => [] as string[])
+    // Held to the same rules as the rest of the tree: another user's locks/ could forge holders.
+    const dir = await existingPath(this.base, ['locks', encodeName(key)], this.modes)
     let version = 0n
     const holders: HolderRecord[] = []
-    const now = Date.now()
-    for (const name of names.filter((n) => /^\d{20}$/.test(n))) {
-      if (BigInt(name) > version && BigInt(name) < 2n ** 62n) version = BigInt(name)
-      try {
-        const info = await lstat(join(dir, name))
-        if (!info.isFile() || info.mtimeMs <= now) continue
-        const handle = await open(join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW)
-        const record = JSON.parse(await handle.readFile('utf8').finally(() => handle.close())) as HolderRecord & {acquiredAt: string}
-        holders.push({owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
-          acquiredMs: Date.parse(record.acquiredAt), ttlMs: record.ttlMs, expiresMs: info.mtimeMs, token: BigInt(name).toString()})
-      } catch {
-        // released or unreadable: not a holder
+    if (dir === undefined) return {version, holders}
+    try {
+      const now = Date.now()
+      for (const name of (await readdir(dir)).filter((n) => /^\d{20}$/.test(n))) {
+        if (BigInt(name) > version && BigInt(name) < 2n ** 62n) version = BigInt(name)
+        try {
+          const handle = await open(join(dir, name), constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+          const info = await handle.stat().catch(async (error) => {
+            await handle.close()
+            throw error
+          })
+          if (!info.isFile() || info.mtimeMs <= now) {
+            await handle.close()
+            continue
+          }
+          const record = JSON.parse(await handle.readFile('utf8').finally(() => handle.close())) as HolderRecord & {acquiredAt: string}
+          holders.push({owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
+            acquiredMs: Date.parse(record.acquiredAt), ttlMs: record.ttlMs, expiresMs: info.mtimeMs, token: BigInt(name).toString()})
+        } catch {
+          // released, a link, or unreadable: not a holder
+        }
       }
+    } finally {
+      await unpin(dir)
     }
     return {version, holders}
   }
@@ -232,12 +236,16 @@ export class FileLocks implements LockDriver {
     const components = key === undefined ? (await readdir(leases)).sort() : [encodeName(key)]
     const states: LockState[] = []
     for (const component of components) {
-      const dir = join(leases, component)
-      if (!(await existingDir(dir))) continue
-      const outcome = await this.transact(dir, {kind: 'read'})
-      if (outcome.kind !== 'state' || outcome.holders.length === 0) continue
-      const name = key ?? (await decodeName(leases, component).catch(() => component))
-      states.push({key: name, holders: outcome.holders.map(toHolder).sort((a, b) => Number(BigInt(a.token) - BigInt(b.token)))})
+      const dir = this.ready.get(component) ?? (await existingDir(join(leases, component), this.modes))
+      if (!dir) continue
+      try {
+        const outcome = await this.transact(dir, {kind: 'read'})
+        if (outcome.kind !== 'state' || outcome.holders.length === 0) continue
+        const name = key ?? (await decodeName(leases, component, this.modes)) ?? component
+        states.push({key: name, holders: outcome.holders.map(toHolder).sort((a, b) => Number(BigInt(a.token) - BigInt(b.token)))})
+      } finally {
+        if (this.ready.get(component) !== dir) await unpin(dir)
+      }
     }
     return states
   }

@@ -19,12 +19,12 @@
 //   deliveries reach --max-attempts); a claim whose deadline passed is renamed back by whoever
 //   next looks. A settle that finds its claim gone (expired and taken by another) changes nothing.
 // - waiting and --follow watch new/ (fs.watch) plus a timer for the earliest claim deadline.
-import {chmod, lstat, open, readdir, readFile, rename, unlink, constants} from 'node:fs/promises'
+import {lstat, open, readdir, rename, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
 import {crypto} from '../../builtins.js'
-import {decodeName, encodeName, existingDir, type Modes, safeDir} from './paths.js'
+import {decodeName, encodeName, existingPath, type Modes, openNewFile, readRegularFile, safeDir, unpin} from './paths.js'
 import {waitFor} from './watch.js'
 
 const maxMessageBytes = 1024 * 1024
@@ -122,10 +122,9 @@ export class FileQueues implements QueueDriver {
   /** Writes content durably into dir/name via tmp/ and a rename. */
   private async writeDurably(dirs: QueueDirs, dir: string, name: string, content: Buffer): Promise<void> {
     const tmp = join(dirs.tmp, name)
-    const handle = await open(tmp, 'wx', this.modes.file)
+    const handle = await openNewFile(tmp, this.modes)
     try {
       await handle.writeFile(content)
-      if (this.modes.shared) await chmod(tmp, this.modes.file)
       await handle.datasync()
     } finally {
       await handle.close()
@@ -215,7 +214,7 @@ export class FileQueues implements QueueDriver {
   }
 
   private async readMessages(path: string, entry: Waiting, deliveries: number): Promise<Message[]> {
-    const {first, bodies} = decodeBatch(await readFile(path))
+    const {first, bodies} = decodeBatch(await readRegularFile(path))
     const enqueuedAt = new Date(batchTime(entry.batch))
     const out: Message[] = []
     for (let i = 0; i < entry.count; i++) {
@@ -297,7 +296,7 @@ export class FileQueues implements QueueDriver {
         // Part of a claim: split off what is not being settled as a claim of its own.
         const from = covered.indexOf(true)
         const to = covered.lastIndexOf(true) + 1
-        const content = decodeBatch(await readFile(path))
+        const content = decodeBatch(await readRegularFile(path))
         for (const [start, end] of [[0, from], [to, claim.count]]) {
           if (end <= start) continue
           const part = {...claim, start: claim.start + start, count: end - start}
@@ -375,10 +374,13 @@ export class FileQueues implements QueueDriver {
     })
   }
 
-  private async countOf(dir: string, parse: (name: string) => Waiting | undefined): Promise<{count: number; oldest?: number}> {
+  private async countOf(from: string, parts: string[], parse: (name: string) => Waiting | undefined): Promise<{count: number; oldest?: number}> {
     let count = 0
     let oldest: number | undefined
-    for (const name of await readdir(dir).catch(() => [] as string[])) {
+    // Pinned and checked on the way down: a planted link is refused, never read through.
+    const dir = await existingPath(from, parts, this.modes)
+    const names = dir === undefined ? [] : await readdir(dir).finally(() => unpin(dir))
+    for (const name of names) {
       const entry = parse(name)
       if (!entry) continue
       count += entry.count
@@ -391,16 +393,15 @@ export class FileQueues implements QueueDriver {
     const queuesDir = await safeDir(this.base, ['queues'], this.modes)
     const names = queue !== undefined
       ? [queue]
-      : await Promise.all((await readdir(queuesDir)).map((c) => decodeName(queuesDir, c).catch(() => undefined)))
+      : await Promise.all((await readdir(queuesDir)).map((c) => decodeName(queuesDir, c, this.modes)))
     const all = new Set(names.filter((n): n is string => n !== undefined))
     const out: QueueStats[] = []
     for (const name of [...all].sort()) {
       if (queue === undefined && name.endsWith('.dead') && all.has(name.slice(0, -5))) continue
-      const root = join(queuesDir, encodeName(name))
-      await existingDir(root) // a planted symlink is refused, never read through
-      const waiting = await this.countOf(join(root, 'new'), parseWaiting)
-      const inFlight = await this.countOf(join(root, 'cur'), parseClaim)
-      const dead = await this.countOf(join(queuesDir, encodeName(`${name}.dead`), 'new'), parseWaiting)
+      const root = encodeName(name)
+      const waiting = await this.countOf(queuesDir, [root, 'new'], parseWaiting)
+      const inFlight = await this.countOf(queuesDir, [root, 'cur'], parseClaim)
+      const dead = await this.countOf(queuesDir, [encodeName(`${name}.dead`), 'new'], parseWaiting)
       out.push({
         queue: name, waiting: waiting.count, inFlight: inFlight.count, dead: dead.count,
         ...(waiting.oldest === undefined ? {} : {oldestAgeMs: Date.now() - waiting.oldest}),
