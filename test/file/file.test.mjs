@@ -84,7 +84,7 @@ describe('file backend: a directory dlq may not write', {concurrency: 1}, () => 
     const key = uniqueName('ro-inner')
     await pushArgs(ctx.dlq, queue, ['a', 'b', 'c'])
     const queueDir = join(base, 'queues', encodeName(queue))
-    const locked = [join(base, 'locks'), join(queueDir, 'new'), join(queueDir, 'cur')]
+    const locked = [join(base, 'leases'), join(queueDir, 'new'), join(queueDir, 'cur')]
     await mkdir(locked[0], {recursive: true})
     for (const dir of locked) await chmod(dir, 0o555)
     t.after(() => Promise.all(locked.map((dir) => chmod(dir, 0o700))))
@@ -146,8 +146,8 @@ describe('file backend: symlinks planted in its directory are refused, never fol
   it("at a key's lock directory: every lock command is 69 naming it; the link's target stays empty; once removed, the key works", async (t) => {
     const outside = await tempDir(t)
     const key = uniqueName('planted')
-    const planted = join(ctx.instance.baseDir, 'locks', encodeName(key))
-    await mkdir(join(ctx.instance.baseDir, 'locks'), {recursive: true})
+    const planted = join(ctx.instance.baseDir, 'leases', encodeName(key))
+    await mkdir(join(ctx.instance.baseDir, 'leases'), {recursive: true})
     await symlink(outside, planted)
     await refusedEverywhere(lockCommands(key), planted)
     assert.deepEqual(await readdir(outside), [], 'nothing was written through the link')
@@ -170,30 +170,31 @@ describe('file backend: symlinks planted in its directory are refused, never fol
     assert.deepEqual((await drainJson(ctx.dlq, queue)).map((m) => m.body), ['works'])
   })
 
-  it('at a lock entry (the next fencing token): skipped, never written through; the lock is taken with the token after it', async (t) => {
+  it("at a key's lease state (the holders' file): every lock command is 69 naming it, the target is neither read nor written; the key works once its directory is removed", async (t) => {
     const outside = await tempDir(t)
     const victim = join(outside, 'victim')
-    await writeFile(victim, 'precious')
+    await writeFile(victim, JSON.stringify({holders: [{owner: 'forged', expiresMs: 1e15, token: '7'}]}))
     await utimes(victim, 1_000_000, 1_000_000)
-    const key = uniqueName('planted-entry')
-    const keyDir = join(ctx.instance.baseDir, 'locks', encodeName(key))
+    const key = uniqueName('planted-state')
+    const keyDir = join(ctx.instance.baseDir, 'leases', encodeName(key))
     await mkdir(keyDir, {recursive: true, mode: 0o700})
-    await symlink(victim, join(keyDir, '1'.padStart(20, '0')))
+    await writeFile(join(keyDir, 'S.6.forged'), '', {mode: 0o600})
+    const planted = join(keyDir, 'C.6.forged')
+    await symlink(victim, planted)
+    await refusedEverywhere(lockCommands(key), planted)
+    assert.equal(JSON.parse(await readFile(victim, 'utf8')).holders[0].owner, 'forged', 'not written through the link')
+    assert.equal((await stat(victim)).mtimeMs, 1_000_000_000)
+    await rm(keyDir, {recursive: true})
     const r = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'printenv', 'DLQ_FENCING_TOKEN'])
     assert.equal(r.code, 0, r.stderr)
-    assert.equal(r.stdout, '2\n')
-    assert.equal(await readFile(victim, 'utf8'), 'precious')
-    assert.equal((await stat(victim)).mtimeMs, 1_000_000_000, 'its mtime (a lease expiry, to dlq) was not touched')
-    assert.deepEqual(await statusOf(ctx.dlq, key), [], 'the link is no holder')
-    const forced = await ctx.dlq.run(['lock', 'release', '--key', key, '--force'])
-    assert.equal(forced.code, 0, forced.stderr)
-    assert.equal((await stat(victim)).mtimeMs, 1_000_000_000)
+    assert.match(r.stdout, /^\d+\n$/)
+    assert.deepEqual(await statusOf(ctx.dlq, key), [])
   })
 
-  it("at dlq's own locks/ and tmp/ directories: 69 naming them", async (t) => {
+  it("at dlq's own leases/, locks/ (the former layout) and tmp/ directories: 69 naming them", async (t) => {
     const outside = await tempDir(t)
     const base = ctx.instance.baseDir
-    for (const name of ['locks', 'tmp']) {
+    for (const name of ['leases', 'locks', 'tmp']) {
       const planted = join(base, name)
       await rm(planted, {recursive: true, force: true})
       await symlink(outside, planted)
