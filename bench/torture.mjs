@@ -6,6 +6,8 @@
 //   npm run torture                                   # every backend in turn, 60 s each
 //   npm run torture -- --backend redis --seconds 300  # one backend, started by the torture
 //   npm run torture -- --backend redis://127.0.0.1:6379 # a server of yours (no server faults)
+//   npm run torture -- --backend file --contention 10000 # contention mode: 10,000 short critical
+//                                                        # sections under CPU hogs, no faults
 //
 // Prints a table per backend and exits 1 when a "must" is broken (2 on a usage error). Every
 // process it starts carries TORTURE_RUN=<id> in its environment and is ended on exit or Ctrl-C;
@@ -17,6 +19,7 @@ import {join} from 'node:path'
 import {parseArgs} from 'node:util'
 
 import {Injector, KINDS} from './torture/faults.mjs'
+import {contention} from './torture/contention.mjs'
 import {checkLocks, FencedStore, Lockers} from './torture/locks.mjs'
 import {endAll, markedProcesses} from './torture/procs.mjs'
 import {checkQueues, QueueTorture} from './torture/queues.mjs'
@@ -38,21 +41,24 @@ const SETTINGS = {
 
 function usage(message) {
   if (message) process.stderr.write(`torture: ${message}\n`)
-  process.stderr.write(`usage: node bench/torture.mjs [--backend file|redis|zookeeper|postgres|URL]... [--seconds N] [--verbose] [--dump DIR]\n`)
+  process.stderr.write(`usage: node bench/torture.mjs [--backend file|redis|zookeeper|postgres|URL]... [--seconds N | --contention N] [--verbose] [--dump DIR]\n`)
+  process.stderr.write(`  --contention N  instead of faults: N lock runs of short critical sections on one key beside CPU hogs (default backend: file)\n`)
   process.stderr.write(`  --verbose  log each fault as it is injected\n  --dump DIR write what was recorded (faults, critical sections, deliveries, dlq runs) to DIR/<backend>.json\n`)
   process.exit(2)
 }
 
 let options
 try {
-  options = parseArgs({options: {backend: {type: 'string', multiple: true}, seconds: {type: 'string', default: '60'}, verbose: {type: 'boolean'}, dump: {type: 'string'}, help: {type: 'boolean', short: 'h'}}}).values
+  options = parseArgs({options: {backend: {type: 'string', multiple: true}, seconds: {type: 'string', default: '60'}, contention: {type: 'string'}, verbose: {type: 'boolean'}, dump: {type: 'string'}, help: {type: 'boolean', short: 'h'}}}).values
 } catch (error) {
   usage(error.message)
 }
 if (options.help) usage()
 const seconds = Number(options.seconds)
 if (!Number.isFinite(seconds) || seconds < 5) usage(`--seconds ${options.seconds}: give a number of seconds, 5 or more`)
-const targets = (options.backend ?? BACKENDS).flatMap((b) => (BACKENDS.includes(b) ? [b] : b.includes(':') ? [b] : b.split(',')))
+const contentionRuns = options.contention === undefined ? undefined : Number(options.contention)
+if (contentionRuns !== undefined && !(Number.isInteger(contentionRuns) && contentionRuns > 0)) usage(`--contention ${options.contention}: give a number of lock runs`)
+const targets = (options.backend ?? (contentionRuns ? ['file'] : BACKENDS)).flatMap((b) => (BACKENDS.includes(b) ? [b] : b.includes(':') ? [b] : b.split(',')))
 for (const t of targets) {
   if (!BACKENDS.includes(t) && !t.includes(':')) usage(`--backend ${t}: give one of ${BACKENDS.join(', ')} or a URL`)
   if (!BACKENDS.includes(t)) {
@@ -191,11 +197,43 @@ function report(result) {
   return lines.join('\n')
 }
 
+async function contended(target) {
+  const backend = BACKENDS.includes(target) ? await startBackend(target) : borrowBackend(target)
+  current = {backend}
+  say(`${backend.name}: ${backend.description}; contention mode, ${contentionRuns} lock runs`)
+  const began = Date.now()
+  const result = await contention({url: backend.url, key: `contention-${randomUUID().slice(0, 8)}`, acquisitions: contentionRuns, deadline: Date.now() + 3_600_000, stopping: () => interrupted})
+  await backend.stop()
+  current = undefined
+  return {...result, backend, runMs: Date.now() - began}
+}
+
+function contentionReport({backend, checks, facts, samples}) {
+  const rows = [['check', 'figure', 'limit', 'verdict'], ...checks.map((c) => [c.name, c.figure, c.limit, c.must ? (c.ok ? 'PASS' : 'FAIL') : 'info'])]
+  return [`== ${backend.name}: ${backend.description}, contention mode`, `   ${facts}`, table(rows), ...samples.map((s) => `   ! ${s}`)].join('\n')
+}
+
 let failed = false
 const summaries = []
 for (const target of targets) {
   if (interrupted) break
   let result
+  if (contentionRuns) {
+    try {
+      result = await contended(target)
+    } catch (error) {
+      if (interrupted) break
+      failed = true
+      process.stdout.write(`\n== ${target}: the torture itself failed: ${error.stack ?? error}\n`)
+      await cleanup()
+      continue
+    }
+    const broken = result.checks.filter((c) => c.must && !c.ok)
+    if (broken.length > 0) failed = true
+    summaries.push(`${result.backend.name} (contention): ${broken.length === 0 ? 'PASS' : `FAIL (${broken.map((c) => c.name).join('; ')})`}`)
+    process.stdout.write(`\n${contentionReport(result)}\n`)
+    continue
+  }
   try {
     result = await torture(target)
   } catch (error) {
