@@ -307,31 +307,29 @@ async function handoff({holderArgv, isWaiting, waiters = 1, count = HANDOFFS, mi
 }
 
 /**
- * Splits file-backend hand-offs into phases by watching the key's directory from here: the release
- * is the lutimes() of the old entry (an attribute change), the acquisition the link() of the next
- * token's entry. Event times are when this (idle) process sees the inotify event.
+ * Splits file-backend hand-offs into phases by watching the key's directory from here: every commit
+ * of the lease protocol renames the state marker to S.<version>.<id>, so the release of the holder
+ * with token T is the appearance of version T+1 (holders here are too short to renew) and the next
+ * acquisition the appearance of its own token's version. Event times are when this (idle) process
+ * sees the inotify event.
  */
 function fileLockProbe(keyDir) {
-  const events = new Map() // entry name → {linked, released}
-  const entry = (token) => events.get(token.toString().padStart(20, '0'))
+  const appeared = new Map() // version → first time seen
   return {
     start() {
       return fsWatch(keyDir, (type, name) => {
         const t = nowMs()
-        if (!name) return
-        const e = events.get(name) ?? {}
-        if (type === 'rename' && e.linked === undefined) e.linked = t
-        else if (type === 'change' && e.linked !== undefined && e.released === undefined) e.released = t
-        events.set(name, e)
+        const m = /^S\.(\d+)\./.exec(name ?? '')
+        if (m && !appeared.has(BigInt(m[1]))) appeared.set(BigInt(m[1]), t)
       })
     },
     phases(records) {
       const out = []
       for (let i = 1; i < records.length; i++) {
-        const released = entry(records[i - 1].token)?.released
-        const linked = entry(records[i].token)?.linked
-        if (released === undefined || linked === undefined) continue
-        out.push([released - records[i - 1].end, linked - released, records[i].start - linked])
+        const released = appeared.get(BigInt(records[i - 1].token) + 1n)
+        const acquired = appeared.get(BigInt(records[i].token))
+        if (released === undefined || acquired === undefined) continue
+        out.push([released - records[i - 1].end, acquired - released, records[i].start - acquired])
       }
       return out
     },
@@ -353,7 +351,7 @@ const HERD_HANDOFFS = 40
 
 function phaseRows(phases) {
   if (!phases?.length) return []
-  const names = ['  1. command ended → lock released', '  2. released → next waiter linked its entry', '  3. linked → next command running']
+  const names = ['  1. command ended → lock released', '  2. released → next waiter committed its lease', '  3. committed → next command running']
   return names.map((name, k) => {
     const xs = phases.map((p) => p[k])
     return [name, String(xs.length), fmt(median(xs), 2), fmt(quantile(xs, 0.99), 2), fmt(Math.min(...xs), 2), fmt(Math.max(...xs), 2)]
@@ -366,7 +364,7 @@ async function handoffFile() {
   const dlqHolder = (child) => [DLQ, ['-b', backend, 'lock', 'run', '--key', 'h', '--wait', 'forever', '--', ...child]]
   // One run first: creates the key's directory (to watch it) and warms dlq's code cache.
   expectStatus(spawnTimed(...dlqHolder(['true'])).result, [0], 'dlq lock run')
-  const keyDir = join(backendDir, 'locks', 'h')
+  const keyDir = join(backendDir, 'leases', 'h')
   const probe = statSync(keyDir, {throwIfNoEntry: false})?.isDirectory() ? fileLockProbe(keyDir) : undefined
   const t0 = nowMs()
   const dlq = await handoff({holderArgv: dlqHolder, isWaiting: dlqIsWaiting, waiters: 1, probe})
@@ -378,13 +376,13 @@ async function handoffFile() {
   const stats = (xs) => [String(xs.length), fmt(median(xs), 2), fmt(quantile(xs, 0.99), 2), fmt(Math.min(...xs), 2), fmt(Math.max(...xs), 2)]
   const notes = [
     'hand-off = start(next) − end(previous), both $EPOCHREALTIME (bash builtin, no fork) inside the critical sections. It includes:',
-    '  the previous bash exiting, its dlq noticing and releasing (lutimes to 0), the waiter\'s inotify wake-up, rescan and',
-    '  link(2) of a new entry, the supervisor spawning bash, bash starting. Not included: dlq start-up (every waiter was observed',
+    '  the previous bash exiting, its dlq noticing and releasing (a commit of the lease state), the waiter\'s inotify wake-up,',
+    '  its own commit, the supervisor spawning bash, bash starting. Not included: dlq start-up (every waiter was observed',
     '  waiting — inotify watch armed, via /proc — before the holder was let go) and the releasing dlq\'s own exit.',
     `dlq 1 waiter: ${dlq.holders} holders in ${fmt(dlqSeconds, 1)} s; at each release the winner had been waiting ≥ ${fmt(Math.min(...dlq.waited), 0)} ms (median ${fmt(median(dlq.waited), 0)} ms).`,
     'each holder holds ≥ 20 ms, and until every other process has been waiting ≥ 25 ms (so ~1 dlq start-up per hand-off).',
-    'phases 1–3 (dlq, 1 waiter) are split by this script\'s own inotify watch on the key\'s directory: 1 ends at the lutimes() of',
-    '  the release, 2 at the link() of the next entry; 3 covers dlq\'s work after link (clean-up, supervisor, execa) and bash start.',
+    'phases 1–3 (dlq, 1 waiter) are split by this script\'s own inotify watch on the key\'s directory: 1 ends at the commit of',
+    '  the release, 2 at the commit of the next acquisition; 3 covers dlq\'s work after it (supervisor, execa) and bash start.',
   ]
   for (const [name, r] of [['dlq', dlq], ['dlq 3 waiters', herd], ['flock', flock]]) {
     if (r.overlaps) notes.push(`${name}: ${r.overlaps} critical sections OVERLAPPED (mutual exclusion broken!)`)
@@ -394,7 +392,7 @@ async function handoffFile() {
     if (r.waited.some((w) => !(w > 0))) notes.push(`${name}: ${r.waited.filter((w) => !(w > 0)).length} hand-offs went to a process not yet seen waiting`)
   }
   const m = median(dlq.latencies)
-  if (!dlq.phases?.length) notes.push('(no phase split: the key\'s directory was not found at locks/h)')
+  if (!dlq.phases?.length) notes.push('(no phase split: the key\'s directory was not found at leases/h)')
   return {
     title: `(b) lock hand-off latency on file: (ms from a holder's command ending to the next holder's command starting)`,
     table: {
