@@ -13,7 +13,7 @@
 // message is gone once no name covers it. Names sort by batch (<ms><seq>-<random>): FIFO order.
 //
 // Steps, one system call each:
-//   push    T1 open tmp/F O_EXCL (EEXIST: draw another name), T2 write, T3 fdatasync, T4 rename
+//   push    T1 open tmp/F O_EXCL (EEXIST: draw another name), T2 writev, T3 fdatasync, T4 rename
 //           tmp/F → new/F, T5 fsync new/. Exit 0 only after T5.
 //   claim   C1 rename new/W → cur/<claim of all of W>: of racing reservers exactly one succeeds.
 //   split   (W holds more than the `take` messages wanted) S1 rename new/W → cur/<split>: all of W,
@@ -112,11 +112,12 @@ const claimOfSplit = (s: Split): Omit<Claim, 'name'> =>
 const restOfSplit = (s: Split): Range => ({batch: s.batch, start: s.start + s.take, count: s.count - s.take, deliveries: s.deliveries})
 
 // Content: "DLQ1 <first index>\n" then per message "<length>\n<bytes>\n".
-function encodeBatch(first: number, bodies: Buffer[]): Buffer {
+function encodeBatch(first: number, bodies: Buffer[]): Buffer[] {
   const parts: Buffer[] = [Buffer.from(`DLQ1 ${first}\n`)]
-  for (const body of bodies) parts.push(Buffer.from(`${body.length}\n`), body, Buffer.from('\n'))
-  return Buffer.concat(parts)
+  for (const body of bodies) parts.push(Buffer.from(`${body.length}\n`), body, newline)
+  return parts
 }
+const newline = Buffer.from('\n')
 
 function decodeBatch(data: Buffer): {first: number; bodies: Buffer[]} {
   let at = data.indexOf(10)
@@ -200,7 +201,8 @@ export class FileQueues implements QueueDriver {
 
   /** T1–T5: a batch file written in tmp/ and renamed into new/ once durable; resolves with its name. */
   private async writeBatch(dirs: QueueDirs, bodies: Buffer[]): Promise<string> {
-    const content = encodeBatch(0, bodies)
+    const parts = encodeBatch(0, bodies)
+    const size = parts.reduce((sum, part) => sum + part.length, 0)
     for (;;) {
       const name = waitingFile({batch: newBatch(), start: 0, count: bodies.length, deliveries: 0})
       const tmp = join(dirs.tmp, name)
@@ -211,7 +213,15 @@ export class FileQueues implements QueueDriver {
       if (!handle) continue
       try {
         try {
-          await handle.writeFile(content)
+          // The parts as they are (writev), not copied into one buffer. libuv reports an error that
+          // came after some bytes only as fewer bytes written: writing the rest reports it.
+          let written = (await handle.writev(parts)).bytesWritten
+          const all = written < size ? Buffer.concat(parts) : undefined
+          while (all && written < size) {
+            const {bytesWritten} = await handle.write(all, written, size - written)
+            if (bytesWritten === 0) throw Object.assign(new Error(`cannot write ${tmp}: 0 bytes written`), {code: 'EIO'})
+            written += bytesWritten
+          }
           if (this.modes.shared) await chmod(tmp, this.modes.file)
           await handle.datasync()
         } finally {
