@@ -17,7 +17,7 @@
 // killed call is that step (same call, same paths up to batch names and deadlines).
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {mkdir, readdir, readFile} from 'node:fs/promises'
+import {cp, mkdir, readdir, readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {before, describe, it} from 'node:test'
 
@@ -36,12 +36,30 @@ const MUTATING = ['rename', 'renameat2', 'link', 'linkat', 'unlink', 'unlinkat']
 const seq = (from, to) => Array.from({length: to - from + 1}, (_v, i) => String(from + i))
 const lines = (text) => text.split('\n').filter((l) => l !== '')
 
+/** A fresh base directory (removed after test `t`, or at exit). */
 async function backend(t) {
   const sandbox = await tempDir(t, 'dlq-crash-')
   const base = join(sandbox, 'base')
   await mkdir(base)
   const dlq = (args, opts) => runProgram(NODE, [BIN, ...args.slice(0, 2), '-b', `file://${base}`, ...args.slice(2)], opts)
   return {sandbox, base, dlq}
+}
+
+// Each scenario's setup runs once; every run of it starts from a copy of that directory (the same
+// names, so even readdir's order is the same in the dry run and in each kill).
+const templates = new Map()
+async function prepared(t, scenario) {
+  if (!templates.has(scenario)) {
+    templates.set(scenario, (async () => {
+      const b = await backend()
+      await scenario.setup(b)
+      return b.base
+    })())
+  }
+  const template = await templates.get(scenario)
+  const b = await backend(t)
+  await cp(template, b.base, {recursive: true})
+  return b
 }
 
 /** `dlq ARGS…` under strace, with one pool thread whose counts start high (see the header). */
@@ -72,7 +90,7 @@ async function stepsOf(t, scenario) {
   for (let attempt = 1; ; attempt++) {
     const steps = await dryRun(t, scenario)
     // An --exec extend (a claim renamed to a later deadline) comes only when a handler is slow.
-    const extend = steps.find((s) => /^rename\("BASE\/queues\/[^/]+\/cur\/[^"]+", "BASE\/queues\/[^/]+\/cur\/[^"]+"\)$/.test(s.shape))
+    const extend = steps.find((s) => /^rename\("BASE\/queues\/([^/]+)\/cur\/BATCH\.(\d{8}\.\d{8}\.\d+)\.DEADLINE\.RESERVER", "BASE\/queues\/\1\/cur\/BATCH\.\2\.DEADLINE\.RESERVER"\)$/.test(s.shape))
     if (!extend || attempt === 3) {
       assert.equal(extend, undefined, 'a dry run without extends')
       return steps
@@ -81,8 +99,7 @@ async function stepsOf(t, scenario) {
 }
 
 async function dryRun(t, scenario) {
-  const b = await backend(t)
-  await scenario.setup(b)
+  const b = await prepared(t, scenario)
   const r = await underStrace(b, scenario.args(b), {straceArgs: ['-ff', '-y', '-s', '0', '-o', join(b.sandbox, 'dry'), '-e', `trace=${TRACED.join(',')}`], input: scenario.input})
   assert.equal(r.code, scenario.exitCode ?? 0, `dry run: ${r.stderr}`)
   const all = await threads(b.sandbox, 'dry')
@@ -188,8 +205,7 @@ async function killAt(b, scenario, step, {error, strict = true} = {}) {
  */
 async function kill(t, scenario, step, {error} = {}) {
   for (let attempt = 1; ; attempt++) {
-    const b = await backend(t)
-    await scenario.setup(b)
+    const b = await prepared(t, scenario)
     const result = await killAt(b, scenario, step, {error, strict: attempt === 3})
     if (result.landed) return {b, ...result}
     t.diagnostic(`attempt ${attempt} hit ${result.hit}: again in a fresh directory`)
@@ -275,7 +291,7 @@ const deadScenario = {
 /** A pop --count 10 killed at its split's `name` call, and the wait until that split's deadline passed. */
 const killedSplit = (name, when) => async (b) => {
   await pushThousand(b)
-  const steps = await stepsOfSplit
+  const steps = await stepsFor(undefined, splitScenario)
   const step = steps.find((s) => s.name === name && s.nth === when)
   const {r} = await killAt(b, splitScenario, step)
   assert.equal(r.stdout, '', 'the killed pop wrote nothing')
@@ -302,7 +318,6 @@ const stepsFor = (t, scenario) => {
   if (!dry.has(scenario)) dry.set(scenario, stepsOf(t, scenario))
   return dry.get(scenario)
 }
-let stepsOfSplit
 
 /** The step `name` #nth of the scenario, with the dry run's list for the coverage test. */
 async function step(t, scenario, name, nth) {
@@ -425,7 +440,6 @@ describe('file queue: push, pop and pop --exec killed at each system call', {ski
   for (const [scenario, name, nth, what] of recoverCases) {
     cover(scenario, name, nth)
     it(`${scenario.name}, killed ${what} (${name} #${nth}): all come back, none twice`, async (t) => {
-      stepsOfSplit ??= stepsFor(t, splitScenario)
       const target = await step(t, scenario, name, nth)
       assert.match(target.shape, /\.split\d{8}"|\/cur\/BATCH\.\d{8}\.\d{8}\.1\.DEADLINE\.RESERVER", "BASE\/queues\/crash\/new\//, 'a recovery rename')
       const {b, r, before, endedAt} = await kill(t, scenario, target)
@@ -437,7 +451,6 @@ describe('file queue: push, pop and pop --exec killed at each system call', {ski
 
   // -------------------------------------------------------------------------------------------
   it('every distinct system call step of push, pop and pop --exec is among the kills above', async (t) => {
-    stepsOfSplit ??= stepsFor(t, splitScenario)
     for (const scenario of [pushScenario, popScenario, execScenario]) {
       const steps = await stepsFor(t, scenario)
       const kinds = new Set(steps.map((s) => s.name))
