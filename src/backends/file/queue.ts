@@ -25,13 +25,16 @@
 //           or → <queue>.dead/new/<…> (the last attempt; mkdir of that queue first, idempotent).
 //   extend  E1 rename cur/<claim> → cur/<the same claim with a later deadline>.
 //
-// What a kill leaves, and who recovers it:
+// What a kill right after each step leaves, and who recovers it (a kill before T1, C1 or S1
+// leaves nothing):
 //   T1–T3   a file in tmp/: never visible, never confirmed (the push did not exit 0). Any
-//           reserver that has not looked for an hour unlinks tmp/ files older than an hour.
+//           reserver that has not looked for an hour unlinks tmp/ files older than an hour; its
+//           name is unique, so it stands in nobody's way meanwhile.
 //   T4      new/F before its fsync: waiting, as after a push whose reply was lost.
 //   C1      a claim: in flight until its deadline, then any reserver's sweep returns it (R1).
-//   S1      a split without its claim: in flight until its deadline, then a sweep renames it back
-//           to new/W (nothing was taken, the deliveries are not counted).
+//   S1      a split without its claim: in flight until its deadline (the claim's: the rest is
+//           invisible for at most --visibility), then a sweep renames it back to new/W (nothing
+//           was taken, no delivery is counted).
 //   S2      a split whose claim exists: after the deadline a sweep does S3 for it; the claim
 //           expires like any other. A split and its claim share one deadline and a sweep decides
 //           every split of its listing before it returns any claim, so the claim a decision
@@ -42,9 +45,14 @@
 //           come again. Only a kill after a message left the process duplicates it, so a kill
 //           duplicates at most the messages that process had in hand.
 //   R1, E1  atomic: before or after.
-// A reserver that outlives its own deadline can find its split already decided: S2 then fails
-// (ENOENT: it takes nothing) or S3 does (it keeps its claim: at-least-once, never a loss). A
-// settle that finds its claim gone changes nothing (another reserver has those messages).
+// A step that fails (ENOSPC, EIO) undoes what it can: push unlinks its tmp/ file; a split unlinks
+// its claim and renames itself back to new/W. What an undo killed half-way leaves is one of the
+// states above. A reserver that outlives its own deadline can find its split already decided: S2
+// then fails (ENOENT: it takes nothing) or S3 does (it keeps its claim: at-least-once, never a
+// loss). A settle that finds its claim gone changes nothing (another reserver has those messages).
+// Settling any other part of a claim than its first messages (no command does: pop acks what it
+// wrote, a prefix; --exec claims one message) links the new names first and then renames the
+// claim: a kill in between leaves names that overlap, and at most that claim's messages come twice.
 // `queue status` counts, per batch, the messages covered by some name: in new/ as waiting, else in
 // cur/ (claims and splits) as in flight, so overlapping names (a split and its claim) count once.
 // test/file/queue-crash.test.mjs kills push, pop and pop --exec at each of these system calls.
