@@ -3,7 +3,8 @@
 // and every message is accounted for by content:
 //   - none lost: after the drain, every message pushed (and not acked before the kill) came out;
 //   - none invisible: right after the kill `queue status` counts every one of them (waiting or in
-//     flight), and the drain gets them all back within the killed pop's --visibility plus margin;
+//     flight); no name in cur/ has a deadline past the killed pop's --visibility; once those passed,
+//     `queue tail` shows every one of them and pops get them all back;
 //   - a kill duplicates only messages that process had in hand: every message seen twice is one
 //     the killed process had written out (stdout, or its --exec handler's record), so at most --count;
 //   - every later command exits with a code of SPEC §4 (0 or 75 here; 69 for an injected ENOSPC).
@@ -244,7 +245,14 @@ async function accountForPop(b, {pushed, before, endedAt, handled, count, visibi
   const acked = ackedBy(before)
   const now = await status(b)
   assert.equal(now.waiting + now.inFlight + now.dead, pushed.length - acked, `right after the kill, status counts every message not acked (${acked} acked): ${JSON.stringify(now)}`)
-  const drained = await drain(b, endedAt + visibilityMs)
+  await pastDeadlines(b, endedAt + visibilityMs)
+  const tail = await b.dlq(['queue', 'tail', '--queue', QUEUE, '-n', '100000'])
+  assert.equal(tail.code, 0, tail.stderr)
+  const shown = lines(tail.stdout)
+  assert.equal(shown.length, pushed.length - acked, 'once the deadlines passed, tail shows every message not acked')
+  assert.deepEqual(duplicates(shown), [], 'each once')
+  assert.deepEqual(pushed.filter((m) => !handled.includes(m) && !shown.includes(m)), [], 'every message the killed process never had')
+  const drained = await drain(b)
   const all = [...handled, ...drained]
   assert.deepEqual(pushed.filter((m) => !all.includes(m)), [], 'no message lost')
   assert.deepEqual(all.filter((m) => !pushed.includes(m)), [], 'nothing that was not pushed')
@@ -406,7 +414,7 @@ describe('file queue: push, pop and pop --exec killed at each system call', {ski
   // -------------------------------------------------------------------------------------------
   // pop: a claim of a whole batch (C1) and a split (S1–S3), the reads, the acks.
   const popCases = [['rename', 1, 'C1', 'claiming the batch of 3 whole'], ['openat', 1, 'read', 'reading its claim'], ['rename', 2, 'S1', 'taking the batch of 997 for a split'],
-    ['link', 1, 'S2', 'linking its claim of 7'], ['rename', 3, 'S3', 'giving back the rest'], ['openat', 2, 'read', 'reading the claim of 7'],
+    ['link', 1, 'S2', 'linking its claim of 7'], ['rename', 3, 'S3', 'giving back the rest'],
     ['unlink', 1, 'A1', 'acking the first claim'], ['unlink', 2, 'A1', 'acking the second claim']]
   for (const [name, nth, kind, what] of popCases) {
     cover(popScenario, name, nth)
@@ -430,7 +438,7 @@ describe('file queue: push, pop and pop --exec killed at each system call', {ski
 
   // -------------------------------------------------------------------------------------------
   // pop --exec: per message S1–S3, the read, the handler, the ack; the dead-letter move.
-  const execCases = [['rename', 1, 'S1', 'taking message 1 for a split'], ['link', 1, 'S2', 'linking its claim'], ['rename', 2, 'S3', 'giving back the rest'],
+  const execCases = [['link', 1, 'S2', 'linking the claim of message 1'], ['rename', 2, 'S3', 'giving back the rest'],
     ['openat', 1, 'read', 'reading the claim'], ['unlink', 1, 'A1', 'acking message 1 after its handler ran'], ['rename', 3, 'S1', 'taking message 2 for a split']]
   for (const [name, nth, kind, what] of execCases) {
     cover(execScenario, name, nth)

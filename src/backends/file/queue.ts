@@ -53,8 +53,9 @@
 // Settling any other part of a claim than its first messages (no command does: pop acks what it
 // wrote, a prefix; --exec claims one message) links the new names first and then renames the
 // claim: a kill in between leaves names that overlap, and at most that claim's messages come twice.
-// `queue status` counts, per batch, the messages covered by some name: in new/ as waiting, else in
-// cur/ (claims and splits) as in flight, so overlapping names (a split and its claim) count once.
+// `queue status` counts, per batch, the messages covered by some name: as waiting if a pop may
+// take them (a name in new/, or one in cur/ whose deadline passed), else as in flight, so names
+// that overlap (a split and its claim) count once; `queue tail` shows the same waiting messages.
 // test/file/queue-crash.test.mjs kills push, pop and pop --exec at each of these system calls.
 import {chmod, link, lstat, open, readdir, readFile, rename, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
@@ -489,20 +490,39 @@ export class FileQueues implements QueueDriver {
     return false
   }
 
+  /**
+   * The names whose messages the next pop may take: new/, and the names in cur/ whose deadline
+   * passed (the next reserver's sweep puts them back), newest first.
+   */
+  private async visibleNames(dirs: Pick<QueueDirs, 'new' | 'cur'>): Promise<{path: string; entry: Waiting}[]> {
+    const now = Date.now()
+    const [fresh, cur] = await Promise.all([readdir(dirs.new).catch(() => [] as string[]), readdir(dirs.cur).catch(() => [] as string[])])
+    const visible = [
+      ...fresh.map((name) => ({path: join(dirs.new, name), entry: parseWaiting(name)})),
+      ...cur.map((name) => ({path: join(dirs.cur, name), entry: parseClaim(name) ?? parseSplit(name)})).filter(({entry}) => entry !== undefined && entry.deadline <= now),
+    ].filter((v): v is {path: string; entry: Waiting} => v.entry !== undefined)
+    const end = (w: Waiting) => w.start + w.count
+    return visible.sort((a, b) => (a.entry.batch === b.entry.batch ? end(b.entry) - end(a.entry) : a.entry.batch < b.entry.batch ? 1 : -1))
+  }
+
   async peek(queue: string, count: number): Promise<Message[]> {
     const dirs = await this.dirs(queue)
-    const entries = await this.listWaiting(dirs.new)
-    const out: Message[] = []
-    for (let i = entries.length - 1; i >= 0 && out.length < count; i--) {
-      const entry = entries[i]
+    const out = new Map<string, Message>() // newest first; names that overlap (a split and its claim) give each message once
+    for (const {path, entry} of await this.visibleNames(dirs)) {
+      if (out.size >= count) break
       try {
-        const messages = await this.readMessages(join(dirs.new, entry.name), entry, entry.deliveries)
-        out.unshift(...messages.slice(Math.max(0, messages.length - (count - out.length))))
+        const messages = await this.readMessages(path, entry, entry.deliveries)
+        for (const message of messages.reverse()) if (out.size < count && !out.has(message.id)) out.set(message.id, message)
       } catch (error) {
         if (!isMissing(error)) throw error // reserved meanwhile: no longer waiting
       }
     }
-    return out
+    const order = (m: Message) => [m.id.slice(0, m.id.lastIndexOf('.')), Number(m.id.slice(m.id.lastIndexOf('.') + 1))] as const
+    return [...out.values()].sort((a, b) => {
+      const [batchA, indexA] = order(a)
+      const [batchB, indexB] = order(b)
+      return batchA === batchB ? indexA - indexB : batchA < batchB ? -1 : 1
+    })
   }
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
@@ -526,19 +546,25 @@ export class FileQueues implements QueueDriver {
     })
   }
 
-  /** Messages per batch covered by names in new/ (waiting) and, of the rest, by names in cur/ (in flight). */
+  /**
+   * Messages per batch covered by names that the next pop may take (waiting: new/, and cur/ names
+   * whose deadline passed), and of the rest, those covered by names in cur/ (in flight).
+   */
   private async countOf(root: string): Promise<{waiting: number; inFlight: number; oldest?: number}> {
-    const list = (dir: string) => readdir(join(root, dir)).catch(() => [] as string[])
-    const [fresh, cur] = await Promise.all([list('new'), list('cur')])
     const batches = new Map<string, {waiting: Range[]; inFlight: Range[]}>()
-    const add = (range: Range | undefined, kind: 'waiting' | 'inFlight') => {
-      if (!range) return
+    const add = (range: Range, kind: 'waiting' | 'inFlight') => {
       let entry = batches.get(range.batch)
       if (!entry) batches.set(range.batch, (entry = {waiting: [], inFlight: []}))
       entry[kind].push(range)
     }
-    for (const name of fresh) add(parseWaiting(name), 'waiting')
-    for (const name of cur) add(parseClaim(name) ?? parseSplit(name), 'inFlight')
+    const dirs = {new: join(root, 'new'), cur: join(root, 'cur')}
+    const visible = await this.visibleNames(dirs)
+    for (const {entry} of visible) add(entry, 'waiting')
+    const seen = new Set(visible.map(({path}) => path))
+    for (const name of await readdir(dirs.cur).catch(() => [] as string[])) {
+      const entry = parseClaim(name) ?? parseSplit(name)
+      if (entry && !seen.has(join(dirs.cur, name))) add(entry, 'inFlight')
+    }
     let waiting = 0
     let inFlight = 0
     let oldest: number | undefined
@@ -564,7 +590,7 @@ export class FileQueues implements QueueDriver {
       const mine = await this.countOf(root)
       const dead = await this.countOf(join(queuesDir, encodeName(`${name}.dead`)))
       out.push({
-        queue: name, waiting: mine.waiting, inFlight: mine.inFlight, dead: dead.waiting,
+        queue: name, waiting: mine.waiting, inFlight: mine.inFlight, dead: dead.waiting + dead.inFlight,
         ...(mine.oldest === undefined ? {} : {oldestAgeMs: Date.now() - mine.oldest}),
       })
     }
