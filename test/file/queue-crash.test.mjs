@@ -110,7 +110,8 @@ async function threads(dir, prefix) {
 async function stepsOf(scenario) {
   for (let attempt = 1; ; attempt++) {
     const steps = await dryRun(scenario)
-    // An --exec extend (a claim renamed to a later deadline) comes only when a handler is slow.
+    // An --exec extend (a claim renamed to a later deadline) comes only when a handler outlasts a
+    // third of --visibility (4s for --exec here: a machine that busy makes the case run again).
     const extend = steps.find((s) => /^rename\("BASE\/queues\/([^/]+)\/cur\/BATCH\.(\d{8}\.\d{8}\.\d+)\.DEADLINE\.RESERVER", "BASE\/queues\/\1\/cur\/BATCH\.\2\.DEADLINE\.RESERVER"\)$/.test(s.shape))
     if (!extend || attempt === 3) {
       assert.equal(extend, undefined, 'a dry run without extends')
@@ -302,18 +303,18 @@ const splitScenario = {
 const execScenario = {
   name: 'pop --exec --count 2 of a batch of 1000',
   setup: pushThousand,
-  args: (b) => ['queue', 'pop', '--queue', QUEUE, '--count', '2', '--visibility', '2s', '--exec', '--', ...RECORD, join(b.sandbox, 'handled'), '0'],
+  args: (b) => ['queue', 'pop', '--queue', QUEUE, '--count', '2', '--visibility', '4s', '--exec', '--', ...RECORD, join(b.sandbox, 'handled'), '0'],
   count: 2,
-  visibilityMs: 2000,
+  visibilityMs: 4000,
 }
 
 const deadScenario = {
   name: 'pop --exec --max-attempts 1 whose handler fails (to the dead letters)',
   setup: pushThousand,
-  args: (b) => ['queue', 'pop', '--queue', QUEUE, '--count', '1', '--max-attempts', '1', '--visibility', '2s', '--exec', '--', ...RECORD, join(b.sandbox, 'handled'), '3'],
+  args: (b) => ['queue', 'pop', '--queue', QUEUE, '--count', '1', '--max-attempts', '1', '--visibility', '4s', '--exec', '--', ...RECORD, join(b.sandbox, 'handled'), '3'],
   exitCode: 0,
   count: 1,
-  visibilityMs: 2000,
+  visibilityMs: 4000,
 }
 
 /** A pop --count 10 killed at its split's `name` call, and the wait until that split's deadline passed. */
@@ -445,7 +446,7 @@ describe('file queue: push, pop and pop --exec killed at each system call', {ski
     it(`pop --exec --count 2 killed ${what} (${kind}: ${name} #${nth}): all come back; only a handled message comes twice`, async (t) => {
       const {b, before, endedAt} = await kill(t, execScenario, await step(execScenario, name, nth, kind))
       const handled = lines(await readFile(join(b.sandbox, 'handled'), 'utf8').catch(() => ''))
-      const {duplicates: n} = await accountForPop(b, {pushed: seq(1, 1000), before, endedAt, handled, count: 2, visibilityMs: 2000})
+      const {duplicates: n} = await accountForPop(b, {pushed: seq(1, 1000), before, endedAt, handled, count: 2, visibilityMs: 4000})
       t.diagnostic(`duplicates: ${n}`)
     })
   }
@@ -455,7 +456,7 @@ describe('file queue: push, pop and pop --exec killed at each system call', {ski
     const {b, before, endedAt} = await kill(t, deadScenario, await step(deadScenario, 'rename', 3, 'dead'))
     const handled = lines(await readFile(join(b.sandbox, 'handled'), 'utf8'))
     assert.deepEqual(handled, ['1'], 'the handler ran once, on message 1')
-    const {duplicates: n} = await accountForPop(b, {pushed: seq(1, 1000), before, endedAt, handled, count: 1, visibilityMs: 2000})
+    const {duplicates: n} = await accountForPop(b, {pushed: seq(1, 1000), before, endedAt, handled, count: 1, visibilityMs: 4000})
     t.diagnostic(`duplicates: ${n}`)
   })
 
