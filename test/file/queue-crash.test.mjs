@@ -168,22 +168,25 @@ async function pastDeadlines(b, latest) {
 /**
  * Waits until every deadline in cur/ has passed (after checking that none is later than `latest`:
  * nothing stays invisible past the killed process's --visibility), then pops QUEUE (and
- * QUEUE.dead) until status says nothing is left. Resolves with every message popped, in order.
+ * QUEUE.dead) until no name is left in their new/ and cur/. Resolves with every message popped.
  */
 async function drain(b, latest = Date.now()) {
   await pastDeadlines(b, latest)
   const got = []
-  let left = {dead: 0}
+  const names = async (queue) => {
+    const {cur, new: fresh} = await listing(b, queue)
+    return [...cur, ...fresh]
+  }
   for (let round = 0; round < 3; round++) {
-    for (const queue of left.dead > 0 ? [QUEUE, `${QUEUE}.dead`] : [QUEUE]) {
+    for (const queue of [QUEUE, `${QUEUE}.dead`]) {
+      if ((await names(queue)).length === 0) continue
       const r = await b.dlq(['queue', 'pop', '--queue', queue, '--count', '100000'])
       assert.ok([0, 75].includes(r.code), `queue pop ${queue}: exit ${r.code}: ${r.stderr}`)
       got.push(...lines(r.stdout))
     }
-    left = await status(b)
-    if (left.waiting + left.inFlight + left.dead === 0) return got
+    if ((await names(QUEUE)).length + (await names(`${QUEUE}.dead`)).length === 0) return got
   }
-  assert.fail(`after three rounds of pops, still left: ${JSON.stringify(left)}`)
+  assert.fail(`after three rounds of pops, still left: ${[...(await names(QUEUE)), ...(await names(`${QUEUE}.dead`))].join(' ')}`)
 }
 
 /** Messages in `all` more than once. */
