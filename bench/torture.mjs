@@ -202,7 +202,7 @@ async function contended(target) {
   current = {backend}
   say(`${backend.name}: ${backend.description}; contention mode, ${contentionRuns} lock runs`)
   const began = Date.now()
-  const result = await contention({url: backend.url, key: `contention-${randomUUID().slice(0, 8)}`, acquisitions: contentionRuns, deadline: Date.now() + 3_600_000, stopping: () => interrupted})
+  const result = await contention({url: backend.url, key: `contention-${randomUUID().slice(0, 8)}`, acquisitions: contentionRuns, deadline: Number.POSITIVE_INFINITY, stopping: () => interrupted})
   await backend.stop()
   current = undefined
   return {...result, backend, runMs: Date.now() - began}
