@@ -67,10 +67,18 @@ end
 if #out < want then
   local fresh = redis.call('XREADGROUP', 'GROUP', '${group}', '${group}', 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
   if fresh then
+    -- One ZADD and one HSET for the whole batch: a call from Lua costs about as much as its work.
+    local deadlines, owners = {}, {}
     for _, entry in ipairs(fresh[1][2]) do
-      redis.call('ZADD', KEYS[2], deadline, entry[1])
-      redis.call('HSET', KEYS[3], entry[1], ARGV[1])
+      deadlines[#deadlines + 1] = deadline
+      deadlines[#deadlines + 1] = entry[1]
+      owners[#owners + 1] = entry[1]
+      owners[#owners + 1] = ARGV[1]
       out[#out + 1] = {entry[1], entry[2][2], 1, entry[2][4] or ''}
+    end
+    if #owners > 0 then
+      redis.call('ZADD', KEYS[2], unpack(deadlines))
+      redis.call('HSET', KEYS[3], unpack(owners))
     end
   end
 end
@@ -88,26 +96,32 @@ return ids
 
 // ARGV: reserver, outcome, max attempts, ids…
 const settleScript = new Script('settle', `${serverNow}${moveToDead}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if redis.call('HGET', KEYS[3], id) == ARGV[1] then
-    if ARGV[2] == 'ack' then
-      redis.call('XACK', KEYS[1], '${group}', id)
-      redis.call('XDEL', KEYS[1], id)
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('HDEL', KEYS[3], id)
-    else
-      local deliveries = redis.call('XPENDING', KEYS[1], '${group}', id, id, 1)[1][4]
-      if ARGV[2] == 'retry' and deliveries >= tonumber(ARGV[3]) then
-        bury(id, redis.call('XRANGE', KEYS[1], id, id)[1][2])
-      else
-        if ARGV[2] == 'release' then
-          redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id, 'RETRYCOUNT', math.max(deliveries - 1, 0), 'JUSTID')
-        end
-        redis.call('ZADD', KEYS[2], 0, id)
-        redis.call('HDEL', KEYS[3], id)
-      end
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local holders = redis.call('HMGET', KEYS[3], unpack(ids))
+local held = {}
+for i, id in ipairs(ids) do
+  if holders[i] == ARGV[1] then held[#held + 1] = id end
+end
+if #held == 0 then return 1 end
+if ARGV[2] == 'ack' then
+  -- One call per structure for the whole batch (see reserve).
+  redis.call('XACK', KEYS[1], '${group}', unpack(held))
+  redis.call('XDEL', KEYS[1], unpack(held))
+  redis.call('ZREM', KEYS[2], unpack(held))
+  redis.call('HDEL', KEYS[3], unpack(held))
+  return 1
+end
+for _, id in ipairs(held) do
+  local deliveries = redis.call('XPENDING', KEYS[1], '${group}', id, id, 1)[1][4]
+  if ARGV[2] == 'retry' and deliveries >= tonumber(ARGV[3]) then
+    bury(id, redis.call('XRANGE', KEYS[1], id, id)[1][2])
+  else
+    if ARGV[2] == 'release' then
+      redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id, 'RETRYCOUNT', math.max(deliveries - 1, 0), 'JUSTID')
     end
+    redis.call('ZADD', KEYS[2], 0, id)
+    redis.call('HDEL', KEYS[3], id)
   end
 end
 return 1
