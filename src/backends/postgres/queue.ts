@@ -16,8 +16,9 @@
 // - Every statement's cost follows the rows it returns or changes, whatever the planner's
 //   statistics say (a queue pushed since the last ANALYZE looks empty to it): two partial indexes
 //   split the queue into waiting rows (reserved_by IS NULL, by id) and reservations (by deadline),
-//   so reserving never walks the rows others hold, and rows are found by (queue, id = ANY(ids)) or
-//   by ctid, never by a join the planner could turn into "every row of the queue times every id".
+//   so reserving never walks the rows others hold, and settling looks each id up in the primary
+//   key and then works by ctid, never by a join the planner could turn into "every row of the
+//   queue times every id".
 //   test/postgres/pop-plans.test.mjs reads the plans of the statements dlq runs to hold this.
 // - The dead-letter queue of Q is the queue named Q.dead, rows like any other.
 // - Blocked pops and tail --follow LISTEN on the queue's channel; push, retry and release NOTIFY
@@ -141,8 +142,8 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
  * Version 2: the reads of a pop follow the messages popped, whatever the statistics (issue 16).
  * Reservations leave the waiting index and enter the deadline index, so `reserve` finds the next
  * waiting messages and the expired reservations without passing the rows others hold; settle
- * takes one receipt and finds its rows by primary key (the version 1 join of unnest(ids,
- * receipts) could be planned as a nested loop over the whole queue). Building the indexes holds
+ * takes one receipt and looks each id up in the primary key on its own (the version 1 join of
+ * unnest(ids, receipts) could be planned as a nested loop over the whole queue). Building the indexes holds
  * off pushes to an existing table for as long as that takes (a second or so per million rows).
  */
 export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
@@ -196,17 +197,29 @@ export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
   LANGUAGE plpgsql AS $fn$
   #variable_conflict use_column
   DECLARE
+    rows_ tid[];
     spent tid[];
   BEGIN
+    -- Each id on its own, in the primary key: a correlated subquery is a subplan run once per id,
+    -- never joined (the planner could join the other way round: every row of the queue times every
+    -- id). Locked, so the ctids stay put until commit, and the statements below read by ctid.
+    SELECT array_agg(x.row_) INTO rows_
+      FROM (SELECT (SELECT m.ctid FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = t.id FOR UPDATE) AS row_
+            FROM unnest(p_ids) AS t (id)) x
+      WHERE x.row_ IS NOT NULL;
+    IF rows_ IS NULL THEN
+      RETURN;
+    END IF;
+    -- The receipt is compared by IS NOT DISTINCT FROM, which the planner cannot read as "reserved_by
+    -- IS NOT NULL": else it could scan all of messages_deadlines (every reservation) instead of the
+    -- ctids. p_receipt is never null, so it means "=".
     IF p_outcome = 'ack' THEN
-      DELETE FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = ANY (p_ids) AND m.reserved_by = p_receipt;
+      DELETE FROM ${s}.messages m WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
       RETURN;
     END IF;
     IF p_outcome = 'retry' THEN
-      SELECT array_agg(x.ctid) INTO spent FROM (
-        SELECT m.ctid FROM ${s}.messages m
-        WHERE m.queue = p_queue AND m.id = ANY (p_ids) AND m.reserved_by = p_receipt AND m.attempts >= p_max_attempts
-        FOR UPDATE) x;
+      SELECT array_agg(m.ctid) INTO spent FROM ${s}.messages m
+        WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt AND m.attempts >= p_max_attempts;
       IF spent IS NOT NULL THEN
         PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
       END IF;
@@ -214,7 +227,7 @@ export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
     UPDATE ${s}.messages m
       SET visible_at = '-infinity', reserved_by = NULL,
           attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
-      WHERE m.queue = p_queue AND m.id = ANY (p_ids) AND m.reserved_by = p_receipt;
+      WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
     IF FOUND THEN
       PERFORM pg_notify(p_channel, '');
     END IF;
@@ -225,8 +238,9 @@ export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
 const PUSH = (s: string) => `SELECT ${s}.push($1, $2::bytea[], $3) AS ids`
 const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
 const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3, $4, $5, $6, $7, $8)`
+// IS NOT DISTINCT FROM: see settle (the row by its primary key, never a scan of messages_deadlines).
 const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
-  WHERE queue = $1 AND id = $2 AND reserved_by = $3 AND visible_at > clock_timestamp()
+  WHERE queue = $1 AND id = $2 AND reserved_by IS NOT DISTINCT FROM $3::text AND visible_at > clock_timestamp()
   RETURNING id`
 const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
   FROM ${s}.messages WHERE queue = $1 AND reserved_by IS NOT NULL AND visible_at > clock_timestamp()`
