@@ -46,19 +46,23 @@ describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
     const mark = log.mark()
     const r = await cli(url, ['queue', 'pop', '--queue', queue, '--count', String(count)], {timeoutMs: 60_000})
     assert.equal(r.code, 0, r.stderr)
-    const entries = log.since(mark, 'dlq')
-    const onMessages = entries.filter((e) => [...planNodes(e.plan)].some((n) => n['Relation Name'] === 'messages'))
+    const onMessages = checkPlans(mark, what)
     assert.ok(onMessages.some((e) => /^\s*DELETE FROM/i.test(e.query)), `${what}: no DELETE among the plans logged`)
     assert.ok(onMessages.some((e) => /FOR UPDATE SKIP LOCKED/i.test(e.query)), `${what}: no reservation among the plans logged`)
-    const bound = popBatch + 10
+    return lines(r.stdout)
+  }
+
+  /** Every plan dlq's sessions ran since `mark` that read messages: no sequential scan, a batch of rows at most. */
+  function checkPlans(mark, what, bound = popBatch + 10) {
+    const onMessages = log.since(mark, 'dlq').filter((e) => [...planNodes(e.plan)].some((n) => n['Relation Name'] === 'messages'))
     for (const entry of onMessages) {
       for (const node of planNodes(entry.plan)) {
         const where = `${what}: ${node['Node Type']}${node['Index Name'] ? ` on ${node['Index Name']}` : ''} in\n${entry.query}\n${JSON.stringify(entry.plan, null, 1).slice(0, 3000)}`
         if (node['Relation Name'] === 'messages') assert.notEqual(node['Node Type'], 'Seq Scan', `a sequential scan of the queue: ${where}`)
-        assert.ok(rowsTouched(node) <= bound, `${rowsTouched(node)} rows touched (at most ${bound} for a batch of ${popBatch}): ${where}`)
+        assert.ok(rowsTouched(node) <= bound, `${rowsTouched(node)} rows touched (at most ${bound}): ${where}`)
       }
     }
-    return lines(r.stdout)
+    return onMessages
   }
 
   it('statistics taken while the table was nearly empty (then 20,000 pushed): every plan reads about what it pops', async () => {
@@ -99,6 +103,24 @@ describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
     assert.deepEqual(got.slice(300), numbers(21_001, 21_700))
     const left = await stats(url, 'q')
     assert.deepEqual([left.waiting, left.inFlight], [25_000 - 21_700, 19_700])
+  })
+
+  it('worker mode behind 20,000 reservations: ack, retry, burial and extend read only their own rows', async () => {
+    const url = withSchema(server.url, 'worker')
+    await push(url, 'q', numbers(1, 20_050))
+    await server.sql(`UPDATE worker.messages SET reserved_by = 'elsewhere', attempts = 1, visible_at = now() + interval '1 hour'
+      WHERE queue = 'q' AND id <= (SELECT min(id) + 19999 FROM worker.messages WHERE queue = 'q')`)
+    const mark = log.mark()
+    // A handler slower than --visibility / 3: its reservation is extended while it runs.
+    const ok = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3', '--visibility', '300ms', '--exec', '--', 'sleep', '0.25'], {timeoutMs: 60_000})
+    assert.equal(ok.code, 0, ok.stderr)
+    const failed = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3', '--max-attempts', '2', '--exec', '--', 'false'], {timeoutMs: 60_000})
+    assert.equal(failed.code, 0, failed.stderr)
+    const plans = checkPlans(mark, 'worker', 10)
+    assert.equal((await stats(url, 'q')).dead, 1) // the first one failed twice
+    for (const [what, pattern] of [['ack', /DELETE FROM/], ['extend', /^UPDATE .* SET visible_at = clock_timestamp\(\)/s], ['retry', /SET visible_at = '-infinity'/], ['burial', /DELETE FROM .* WHERE ctid = ANY \(p_rows\)/s]]) {
+      assert.ok(plans.some((e) => pattern.test(e.query.trim())), `no ${what} among the plans logged`)
+    }
   })
 
   it('a version 1 schema is migrated: its messages and reservations stay, and its pops read what they pop', async () => {
