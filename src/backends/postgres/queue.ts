@@ -202,10 +202,11 @@ export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
   BEGIN
     -- Each id on its own, in the primary key: a correlated subquery is a subplan run once per id,
     -- never joined (the planner could join the other way round: every row of the queue times every
-    -- id). Locked, so the ctids stay put until commit, and the statements below read by ctid.
+    -- id); OFFSET 0 keeps x a subquery, else its row_ would be looked up twice (filter and result).
+    -- Locked, so the ctids stay put until commit, and the statements below read by ctid.
     SELECT array_agg(x.row_) INTO rows_
       FROM (SELECT (SELECT m.ctid FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = t.id FOR UPDATE) AS row_
-            FROM unnest(p_ids) AS t (id)) x
+            FROM unnest(p_ids) AS t (id) OFFSET 0) x
       WHERE x.row_ IS NOT NULL;
     IF rows_ IS NULL THEN
       RETURN;
