@@ -16,6 +16,8 @@ export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
   static description = `Reserves up to --count messages (invisible to others for --visibility), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
 
+A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
+
 Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait.`
   static examples = [
     '<%= config.bin %> queue pop --queue jobs',
