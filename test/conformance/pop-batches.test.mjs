@@ -22,7 +22,7 @@ for (const backend of backends) {
       await pushInput(ctx.dlq, queue, bodies.join('\n') + '\n')
       const pop = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--count', '4000'], {t, timeoutMs: 120_000})
       pop.stdout.pause()
-      await waitFor(async () => (await queueStats(ctx.dlq, queue)).inFlight > 0, {timeoutMs: 30_000, what: 'a batch reserved'})
+      await waitFor(async () => (await queueStats(ctx.dlq, queue)).inFlight > 0, {timeoutMs: 60_000, what: 'a batch reserved'})
       // Blocked on its reader: nothing more is reserved meanwhile.
       await stillFalse(async () => (await queueStats(ctx.dlq, queue)).inFlight > batch, {forMs: 1000, what: 'more than a batch reserved'})
       pop.stdout.resume()

@@ -162,12 +162,12 @@ describe('postgres: a pop whose server goes away after it wrote messages', () =>
   after(() => server?.stop())
 
   it('exits 0 and says so: what it wrote is delivered, and comes again once --visibility ends if its ack was lost', async (t) => {
-    const url = `${server.url}?connectTimeout=1s`
+    const url = `${server.url}?connectTimeout=1s` // for the pop only
     const bodies = numbers(1, 3000).map((n) => `${n} ${'x'.repeat(1000)}`) // a batch is more than a pipe holds
-    await push(url, 'q', bodies)
+    await push(server.url, 'q', bodies)
     const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', 'q', '--count', '3000', '--visibility', '2s'], {t, timeoutMs: 60_000})
     pop.stdout.pause() // dlq blocks writing its first batch
-    await waitFor(async () => (await stats(url, 'q')).inFlight === popBatch, {timeoutMs: 20_000, what: 'the first batch reserved'})
+    await waitFor(async () => (await stats(server.url, 'q')).inFlight === popBatch, {timeoutMs: 60_000, what: 'the first batch reserved'})
     await server.halt()
     pop.stdout.resume()
     const r = await pop.result
@@ -177,7 +177,7 @@ describe('postgres: a pop whose server goes away after it wrote messages', () =>
     // At-least-once: the acknowledgement never landed, so they come again, before the rest.
     await server.start()
     await new Promise((resolve) => setTimeout(resolve, 2200))
-    const again = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3000', '--json'], {timeoutMs: 60_000})
+    const again = await cli(server.url, ['queue', 'pop', '--queue', 'q', '--count', '3000', '--json'], {timeoutMs: 60_000})
     assert.equal(again.code, 0, again.stderr)
     const messages = lines(again.stdout).map((line) => JSON.parse(line))
     assert.deepEqual(messages.map((m) => m.body), bodies)

@@ -153,12 +153,12 @@ describe('redis: a pop costs what it pops', {concurrency: 1}, () => {
   })
 
   it('a pop whose acknowledgement times out after it wrote messages exits 0 and says what it delivered', async (t) => {
-    const url = `${server.url}?connectTimeout=500ms`
+    const url = `${server.url}?connectTimeout=500ms` // for the pop only
     const bodies = numbers(1, 3000).map((n) => `${n} ${'x'.repeat(1000)}`) // a batch is more than a pipe holds
-    await push(url, 'slow', bodies)
+    await push(server.url, 'slow', bodies)
     const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', 'slow', '--count', '3000'], {t, timeoutMs: 60_000})
     pop.stdout.pause() // dlq blocks writing its first batch
-    await waitFor(async () => (await stats(url, 'slow')).inFlight === 1000, {timeoutMs: 20_000, what: 'the first batch reserved'})
+    await waitFor(async () => (await stats(server.url, 'slow')).inFlight === 1000, {timeoutMs: 60_000, what: 'the first batch reserved'})
     execFileSync('redis-cli', ['-p', String(server.port), 'CLIENT', 'PAUSE', '2000', 'ALL'])
     pop.stdout.resume()
     const r = await pop.result
@@ -168,7 +168,7 @@ describe('redis: a pop costs what it pops', {concurrency: 1}, () => {
     await sleep(2000)
     // Whether the late acknowledgement ran once the pause ended is the server's business; the
     // other 2000 were never taken.
-    const left = await stats(url, 'slow')
+    const left = await stats(server.url, 'slow')
     assert.ok(left.waiting >= 2000 && left.waiting + left.inFlight <= 3000, JSON.stringify(left))
   })
 })
