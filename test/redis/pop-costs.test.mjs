@@ -158,7 +158,8 @@ describe('redis: a pop costs what it pops', {concurrency: 1}, () => {
     await push(server.url, 'slow', bodies)
     const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', 'slow', '--count', '3000'], {t, timeoutMs: 60_000})
     pop.stdout.pause() // dlq blocks writing its first batch
-    await waitFor(async () => (await stats(server.url, 'slow')).inFlight === 1000, {timeoutMs: 60_000, what: 'the first batch reserved'})
+    await waitFor(async () => pop.exited || (await stats(server.url, 'slow')).inFlight === 1000, {timeoutMs: 60_000, what: 'the first batch reserved'})
+    assert.equal(pop.exited, false, pop.stderrText())
     execFileSync('redis-cli', ['-p', String(server.port), 'CLIENT', 'PAUSE', '2000', 'ALL'])
     pop.stdout.resume()
     const r = await pop.result
