@@ -124,11 +124,6 @@ export interface QueueDriver {
    * Only a driver whose one connection applies requests in order can allow more.
    */
   readonly pushConcurrency?: number
-  /**
-   * How many messages `queue pop` reserves, writes and settles at a time (default 1000): its memory
-   * is one batch whatever --count, and one batch's statements or scripts bound its server time.
-   */
-  readonly popBatch?: number
   /** Appends one batch in order; resolves with the ids once the batch is durable. */
   push(queue: string, bodies: Buffer[]): Promise<string[]>
   /** Reserves up to `count` messages, waiting up to `waitMs` for the first. [] when none came. */

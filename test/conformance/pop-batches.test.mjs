@@ -8,7 +8,7 @@ import {backends, useBackend} from '../support/backends.mjs'
 import {uniqueName, waitFor, stillFalse} from '../support/cli.mjs'
 import {pushInput, queueStats} from '../support/queues.mjs'
 
-const batch = 1000 // what pop takes at a time unless a driver says otherwise (no driver does yet)
+const batch = 1000 // what pop takes at a time (popBatch in src/commands/queue/pop.ts)
 const numbered = (count, size) => Array.from({length: count}, (_v, i) => `${i + 1} ${'x'.repeat(size)}`)
 const lines = (text) => (text === '' ? [] : text.slice(0, -1).split('\n'))
 

@@ -9,8 +9,11 @@ import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
 
-/** How many messages a pop reserves, writes and settles at a time, unless the driver says otherwise. */
-const defaultPopBatch = 1000
+/**
+ * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
+ * reserved, whatever --count (a driver cuts a batch further where its server needs it: Redis).
+ */
+const popBatch = 1000
 
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
@@ -75,10 +78,9 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
    * possibly delivered again when the acknowledgement did not land).
    */
   private async take(backend: Backend, queue: string, count: number, signals: SignalRouter, options: {visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}, format: (message: Message) => Buffer): Promise<{delivered: number; output?: unknown; stopped?: {error: unknown; unacknowledged: number}}> {
-    const batch = Math.max(1, backend.queues.popBatch ?? defaultPopBatch)
     let delivered = 0
     while (delivered < count) {
-      const want = Math.min(batch, count - delivered)
+      const want = Math.min(popBatch, count - delivered)
       let messages: Message[]
       try {
         // --wait is for the first message; once some came, a short batch means the queue ran dry.
