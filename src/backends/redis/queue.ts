@@ -10,9 +10,9 @@
 //   a push wakes the popper at once, without reserving anything outside the script;
 // - ack is XACK + XDEL; retry and release make the entry due now (release also takes the delivery
 //   back); tail is XREVRANGE minus what is in flight; --follow is XREAD BLOCK.
-// - A script blocks the whole server while it runs (some 10 µs per message), so reserve and settle
-//   cut any count into calls of at most scriptBatch ids, sent together (pipelined) and run one
-//   after another: other clients' commands get in between, every few milliseconds at most.
+// - A script blocks the whole server while it runs (a few µs per message), so reserve and settle
+//   cut any count into calls of at most scriptBatch ids, pipelined and run one after another:
+//   other clients' commands get in between, every few milliseconds at most.
 // - status counts with ZCOUNT and XLEN, and finds the oldest waiting message without walking the
 //   reservations still running (see oldestWaiting).
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
@@ -22,7 +22,7 @@ import {type Client, num, Script, text} from './connection.js'
 const group = 'dlq'
 const maxMessageBytes = 1024 * 1024
 const fallbackPollMs = 5000
-/** Ids per script call: 200 keep one call near 2 ms of server time (bench: `npm run bench redis`). */
+/** Ids per script call: 200 keep one call near 1–2 ms of server time (`npm run bench popcosts`). */
 export const scriptBatch = 200
 const statusPage = 1000
 
@@ -221,15 +221,20 @@ export class RedisQueues implements QueueDriver {
   }
 
   /**
-   * One reserve script per scriptBatch messages, all sent at once. What the calls that succeeded
-   * reserved is returned even when another failed (else it would sit invisible until its deadline);
-   * only when none succeeded is the failure thrown.
+   * One reserve script per scriptBatch messages: the first alone, and only if it came back full
+   * the others, all sent at once (a short or empty queue costs one call, as a waiting pop's every
+   * look does). What the calls that succeeded reserved is returned even when another failed (else
+   * it would sit invisible until its deadline); only when none succeeded is the failure thrown.
    */
   private async reserveBatches(keys: ReturnType<typeof keysOf>, request: ReserveRequest): Promise<{entries: Buffer[][]; nextDueMs: number; lastId: Buffer}> {
-    const replies = await Promise.allSettled(batchesOf(request.count).map(([from, to]) =>
-      reserveScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, to - from, request.visibilityMs, request.maxAttempts]) as Promise<[Buffer[][], number, Buffer]>))
-    const done = replies.flatMap((reply) => (reply.status === 'fulfilled' ? [reply.value] : []))
-    if (done.length === 0) throw (replies[0] as PromiseRejectedResult).reason
+    const call = ([from, to]: [number, number]) =>
+      reserveScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, to - from, request.visibilityMs, request.maxAttempts]) as Promise<[Buffer[][], number, Buffer]>
+    const [first, ...rest] = batchesOf(request.count)
+    const done = [await call(first)]
+    if (done[0][0].length === first[1] - first[0] && rest.length > 0) {
+      const replies = await Promise.allSettled(rest.map(call))
+      for (const reply of replies) if (reply.status === 'fulfilled') done.push(reply.value)
+    }
     const [, nextDueMs, lastId] = done[done.length - 1]
     return {entries: done.flatMap(([entries]) => entries), nextDueMs: num(nextDueMs), lastId}
   }
