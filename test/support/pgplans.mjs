@@ -29,8 +29,11 @@ export const planLogConfig = [
 ]
 
 /**
- * @typedef {{app: string, durationMs: number, query: string, plan: object, nested: boolean}} PlanEntry
+ * @typedef {{app: string, durationMs: number, query: string, plan: object, nested: boolean, cpuMs?: number}} PlanEntry
  * `nested`: run inside a function (by a statement that is logged after it, as a whole).
+ * `cpuMs`: the server's CPU time (user + system) for a top-level statement, with
+ * log_executor_stats=on in the config (for benchmarks: unlike durationMs, it does not count the
+ * moments a busy machine ran something else).
  */
 
 export function planLog(server) {
@@ -49,13 +52,23 @@ export function planLog(server) {
     since(mark, app) {
       const text = readFileSync(path).subarray(mark).toString('utf8')
       const entries = []
+      let pending
       for (const chunk of text.split(/\n(?=@@@\[)/)) {
         const context = /^@@@\[[^\]]*\] CONTEXT:/.test(chunk)
         if (context && entries.length > 0 && /PL\/pgSQL function/.test(chunk)) entries.at(-1).nested = true
+        // log_executor_stats: logged before the plan (at the end of the run, the plan at the end of
+        // the executor), and followed by the statement's text, so it goes with the next plan of it.
+        const usage = /^@@@\[[^\]]*\] DETAIL: {2}! system usage stats:\n\s*!\s+([\d.]+) s user, ([\d.]+) s system/.exec(chunk)
+        if (usage) pending = {cpuMs: (Number(usage[1]) + Number(usage[2])) * 1000}
+        const statement = /^@@@\[[^\]]*\] STATEMENT: {2}([\s\S]*)$/.exec(chunk)
+        if (statement && pending) pending.query = statement[1].replace(/\n\t/g, '\n')
         const m = /^@@@\[([^\]]*)\] LOG: {2}duration: ([\d.]+) ms {2}plan:\n([\s\S]*)$/.exec(chunk)
         if (!m) continue
         const explained = JSON.parse(m[3])
-        entries.push({app: m[1], durationMs: Number(m[2]), query: explained['Query Text'], plan: explained.Plan, nested: false})
+        const entry = {app: m[1], durationMs: Number(m[2]), query: explained['Query Text'], plan: explained.Plan, nested: false}
+        if (pending?.query === entry.query) entry.cpuMs = pending.cpuMs
+        pending = undefined
+        entries.push(entry)
       }
       return app === undefined ? entries : entries.filter((entry) => entry.app === app)
     },
