@@ -33,6 +33,9 @@ describe('lock run: the fast path and oclif agree', {concurrency: 4}, () => {
     ['no command', ['--key', key, '--']],
     ['a command that does not exist', ['--key', key, '--', '/nonexistent/dlq-test']],
     ['an unknown flag', ['--key', key, '--nope', '--', 'true']],
+    ['a word before -- that belongs to no flag', ['--key', key, '--wait', '10', 'min', '--', 'echo', 'ran']],
+    ['two stray words, one also in the command', ['echo', '--key', key, 'production', '--', 'echo', 'ran']],
+    ['a stray word and a bad duration', ['--key', key, 'x', '--wait', '1x', '--', 'true']],
   ]
 
   it('for every case, the same exit code, stdout and stderr', async () => {

@@ -145,6 +145,42 @@ describe('bad flags, keys and queue names', {concurrency: 4}, () => {
     }
   })
 
+  // SPEC §2: a word before -- that belongs to no flag is a usage error, never dropped. Checked before
+  // any backend is opened, so once here; fast-path.test.mjs holds the two ways into lock run together.
+  it('a word before -- that belongs to no flag is 64 naming it, and nothing runs or is taken (both ways into lock run, and pop --exec)', async (t) => {
+    const {pushArgs, queueStats} = await import('../support/queues.mjs')
+    const queue = uniqueName('stray')
+    await pushArgs(ctx.dlq, queue, ['untouched'])
+    const lockKey = uniqueName('stray')
+    const cases = [
+      [['lock', 'run', '--key', lockKey, '--wait', '10', 'min', '--', 'echo', 'ran'], ['min']],
+      [['lock', 'run', '--key', 'deploy', 'production', '--', 'echo', 'ran'], ['production']],
+      [['lock', 'run', '-q', 'one', '--key', lockKey, 'two', '--', 'echo', 'ran'], ['one', 'two']],
+      // The same word before and after --: the one before is still refused.
+      [['lock', 'run', '--key', lockKey, 'echo', '--', 'echo', 'ran'], ['echo']],
+      [['queue', 'pop', '--queue', queue, '--exec', 'stray', '--', 'cat'], ['stray']],
+      [['queue', 'pop', '--queue', queue, 'stray', '--exec', '--', 'cat'], ['stray']],
+    ]
+    for (const [args, words] of cases) {
+      for (const env of [{}, {DLQ_FAST_PATH: '0'}]) {
+        const what = `dlq ${args.join(' ')}${env.DLQ_FAST_PATH ? ' (oclif)' : ''}`
+        const r = await ctx.dlq.run(args, {env})
+        assert.equal(r.code, 64, `${what}: ${r.stderr}`)
+        const line = oneErrorLine(r, assert)
+        assert.match(line, new RegExp(`unexpected arguments? ${words.map((w) => `"${w}"`).join(' ')} before --`), what)
+        assert.equal(r.stdout, '', `${what}: the command must not run`)
+      }
+    }
+    const status = await ctx.dlq.run(['lock', 'status', '--json'])
+    assert.deepEqual(JSON.parse(status.stdout).locks.map((l) => l.key).filter((k) => k === lockKey || k === 'deploy'), [], 'no lock was taken')
+    const stats = await queueStats(ctx.dlq, queue)
+    assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [1, 0, 0], 'the message was not touched')
+    // Words that do belong to flags, and a command without --, still run.
+    const ok = await ctx.dlq.run(['lock', 'run', '--key', lockKey, '--wait', '10', '--', 'echo', 'ran'])
+    assert.equal(ok.code, 0, ok.stderr)
+    assert.equal(ok.stdout, 'ran\n')
+  })
+
   it('a NUL cannot reach dlq in argv: the shell cuts the key there, and dlq uses the key it was given', async () => {
     // Arguments are C strings (execve): a program cannot even be started with a NUL in one.
     assert.throws(() => spawnSync(NODE, [BIN, 'lock', 'run', '--key', 'a\0b', '--', 'true']), {code: 'ERR_INVALID_ARG_VALUE'})

@@ -1,9 +1,9 @@
 import * as Flags from '@oclif/core/flags'
 
+import {refuseStray, splitAtDashes} from '../../argv.js'
 import {DlqCommand} from '../../base.js'
 import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {lockRun} from '../../lockrun.js'
-import {commandAfterDashes} from '../../signals.js'
 
 export default class LockRun extends DlqCommand {
   static summary = 'Run a command while holding a lock.'
@@ -31,6 +31,8 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
 
   async run(): Promise<void> {
     const {flags, argv} = await this.parse(LockRun)
-    return lockRun(flags, commandAfterDashes(this.argv, argv as string[]), this.session)
+    const {command, stray} = splitAtDashes(this.argv, argv as string[])
+    refuseStray(stray)
+    return lockRun(flags, command, this.session)
   }
 }

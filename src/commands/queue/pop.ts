@@ -1,5 +1,6 @@
 import * as Flags from '@oclif/core/flags'
 
+import {refuseStray, splitAtDashes} from '../../argv.js'
 import type {Backend, Message} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
@@ -7,7 +8,7 @@ import {usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
-import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
+import {SignalRouter, signalExitCode} from '../../signals.js'
 
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
@@ -35,7 +36,8 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
   async run(): Promise<void> {
     const {flags, argv} = await this.parse(QueuePop)
     const queue = checkName(flags.queue, 'queue')
-    const command = commandAfterDashes(this.argv, argv as string[])
+    const {command, stray} = splitAtDashes(this.argv, argv as string[])
+    refuseStray(stray)
     const waitMs = parseDuration(flags.wait, 'wait')
     const visibilityMs = parseDuration(flags.visibility, 'visibility')
     if (!Number.isFinite(visibilityMs) || visibilityMs < 100) throw usageError('bad --visibility', flags.visibility, 'a finite duration of at least 100ms')
