@@ -38,6 +38,7 @@ const exitStatus = [
   ['70', 'The lock was lost while the command ran; the command was stopped.'],
   ['74', 'stdout could not be written (a full disk, an I/O error). What was done still holds: pushed messages stay pushed, queue pop leaves the messages it could not write in the queue, lock acquire releases the lease whose token it could not print.'],
   ['75', 'Not now: lock not acquired within --wait, or queue empty within --wait (for locks, override with --conflict-exit-code).'],
+  ['126, 127', 'The command (lock run) or handler (queue pop --exec) could not be executed / was not found. A worker stops at once, leaving the message in the queue as it was (its attempt not counted).'],
   ['128+N', 'The command died of signal N (also when a signal N cancels a wait).'],
   ['141', 'stdout was closed early (SIGPIPE, | head -1), quietly as Unix tools do: queue pop leaves the messages it could not write in the queue, lock acquire releases the lease whose token nobody read.'],
 ]

@@ -4,7 +4,7 @@ import {refuseStray, splitAtDashes} from '../../argv.js'
 import type {Backend, Message} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
-import {usageError} from '../../errors.js'
+import {cannotRun, usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
@@ -14,7 +14,7 @@ export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
   static description = `Reserves up to --count messages (invisible to others for --visibility), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
 
-Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait.`
+Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted.`
   static examples = [
     '<%= config.bin %> queue pop --queue jobs',
     '<%= config.bin %> queue pop --queue jobs --count 100 --wait 30s > batch.txt',
@@ -110,10 +110,17 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       const result = await child
       signals.waitAgain()
       clearInterval(extender)
+      if (child.pid === undefined) {
+        // The handler never started (not found, not executable): that is no delivery. Counted as
+        // one, every message would burn its attempts at once and the queue would end up in .dead.
+        await backend.queues.settle(queue, [message], 'release', options.maxAttempts)
+        signals.dispose()
+        throw cannotRun(command[0], result.code, firstLine(result.originalMessage ?? result.shortMessage ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
+      }
       const ok = result.exitCode === 0
       await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts)
       if (!ok) {
-        const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `could not start (${result.shortMessage})`) : `exited ${result.exitCode}`
+        const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
         const next = message.attempts >= options.maxAttempts ? `moved to ${queue}.dead` : 'returned for retry'
         process.stderr.write(`dlq: message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}\n`)
       }
@@ -128,3 +135,5 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     return this.finish(0)
   }
 }
+
+const firstLine = (text: string) => text.split('\n')[0]
