@@ -47,7 +47,8 @@ export abstract class DlqCommand extends Command {
     return true
   }
 
-  private report(failure: DlqError): void {
+  /** An error, or a "not now" outcome, as one line on stderr (a JSON object with --json). */
+  protected report(failure: DlqError): void {
     if (failure.exitCode === ExitCode.output) this.outputReported = true
     if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify(failure.toJSON())}\n`)
     else note(failure.line())

@@ -4,7 +4,7 @@ import {refuseStray, splitAtDashes} from '../../argv.js'
 import type {Backend, Message} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
-import {cannotRun, usageError} from '../../errors.js'
+import {cannotRun, notNow, usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
@@ -60,7 +60,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       return this.finish(signalExitCode(signals.first))
     }
     if (messages.length === 0) {
-      process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(waitMs)}\n`)
+      this.report(notNow(`queue ${JSON.stringify(queue)} is empty`, `no message within ${formatDuration(waitMs)}`))
       return this.finish(75)
     }
     let written = 0
@@ -129,7 +129,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     signals.dispose()
     if (signals.first) return this.finish(signalExitCode(signals.first))
     if (processed === 0) {
-      process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(options.waitMs)}\n`)
+      this.report(notNow(`queue ${JSON.stringify(queue)} is empty`, `no message within ${formatDuration(options.waitMs)}`))
       return this.finish(75)
     }
     return this.finish(0)
