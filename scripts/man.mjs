@@ -56,7 +56,7 @@ const childEnvironment = {
     title: 'Set for COMMAND',
     vars: [
       ['DLQ_LOCK_KEY', 'The lock key.'],
-      ['DLQ_LOCK_OWNER', 'The unique id of this holding of the lock.'],
+      ['DLQ_LOCK_OWNER', 'The unique id of this holding of the lock: its token, as lock status shows it (token in JSON).'],
       ['DLQ_FENCING_TOKEN', 'An integer that strictly increases with every successful acquisition of the key on that backend, so that a downstream system can refuse writes from a stale holder.'],
     ],
   },
@@ -69,6 +69,32 @@ const childEnvironment = {
     ],
   },
 }
+
+// What --json prints, per command (SPEC §5: stable, documented fields). Each entry is running text
+// and the shape as a literal block. The words are the same everywhere: `token` is what --token
+// takes (the holding's owner id, also given as `owner`: DLQ_LOCK_OWNER), `fencingToken` the integer
+// DLQ_FENCING_TOKEN carries.
+const holdingShape = '{"key": KEY, "token": TOKEN, "owner": TOKEN, "fencingToken": INTEGER, "expiresAt": ISO-8601}'
+const messageShape = '{"id": ID, "body": TEXT, "enqueuedAt": ISO-8601, "attempts": N}'
+const jsonOutput = {
+  'lock:acquire': [
+    ['On stdout, one object: token is what lock renew and lock release take with --token; fencingToken is the integer a lock run under this holding would see as DLQ_FENCING_TOKEN; expiresAt is when the lease ends unless renewed.', holdingShape],
+  ],
+  'lock:renew': [['On stdout, the holding with its new expiry, as lock acquire prints it.', holdingShape]],
+  'lock:release': [['On stdout: how many holds of KEY were released (1 with --token; any number with --force).', '{"key": KEY, "released": N}']],
+  'lock:status': [
+    ['On stdout, every held lock (or the one KEY; none: an empty list). Each holder has token (what --token takes, also as owner) and fencingToken; host, pid, user and command say who holds it. waiters is there where the backend can tell; queue, where its waiting is fair (ZooKeeper), lists the waiters in the order they will get the lock.',
+      '{"locks": [{"key": KEY,\n            "holders": [{"token": TOKEN, "owner": TOKEN, "fencingToken": INTEGER,\n                         "host": HOST, "pid": N, "user": USER, "command": TEXT,\n                         "acquiredAt": ISO-8601, "expiresAt": ISO-8601}],\n            "waiters": N,\n            "queue": [{"owner": ID, "host": HOST, "pid": N, "user": USER, "command": TEXT, "since": ISO-8601}]}]}'],
+  ],
+  'lock:run': [['stdout is the command\'s. --json changes dlq\'s own lines on stderr: errors, and the lock not acquired within --wait (exit 75 or --conflict-exit-code), are the error object below. Lines about the command\'s run (a lost lock, a lock that could not be released) stay text lines starting with "dlq: ".', undefined]],
+  'queue:push': [['On stdout, one object once every message is accepted: ids in the order pushed.', '{"queue": QUEUE, "count": N, "ids": [ID, ...]}']],
+  'queue:pop': [
+    ['On stdout, one object per line and message. body is the message as text when it is valid UTF-8, else bodyBase64 holds its bytes in base64; attempts is which delivery this is (1 the first time). With --exec, stdout is the handlers\' and --json changes only dlq\'s own errors. No message within --wait (exit 75) is the error object below.', messageShape],
+  ],
+  'queue:tail': [['On stdout, one object per line and message, as queue pop prints them (body or bodyBase64); attempts counts the deliveries so far (0 for a message never popped).', messageShape]],
+  'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is left out when none waits. dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "inFlight": N, "dead": N, "oldestAgeMs": N}]}']],
+}
+const errorShape = '{"error": {"code": EXIT-CODE, "what": TEXT, "why": TEXT, "hint": TEXT}}'
 
 const backends = [
   ['file:///DIR', `A shared directory, on local disk or NFS; no server. The default: $XDG_STATE_HOME/${bin}, or ~/.local/state/${bin} when XDG_STATE_HOME is unset. Users share it only as a group's setgid directory (install -d -m 2770 -g GROUP DIR), whose members share every lock and queue in it. Any other must be yours or root's, and writable by nobody else unless it is sticky like /tmp; below it, ${bin} uses only directories that are yours and that nobody else may write (in a group's directory: the group's, not writable by everyone), and refuses any other with exit 69, naming the directory and its owner.`],
@@ -259,6 +285,22 @@ function tpList(entries, tag = (key) => bold(literal(key))) {
   return entries.flatMap(([key, value]) => ['.TP', tag(key), paragraphs(value)])
 }
 
+function literalBlock(block) {
+  return ['.PP', '.RS 4', '.nf', ...block.split('\n').map((line) => guardLine(literal(line))), '.fi', '.RE']
+}
+
+function jsonSection(id) {
+  const entries = jsonOutput[id]
+  if (!entries) return []
+  const lines = ['.SH "JSON OUTPUT"']
+  for (const [words, shape] of entries) {
+    lines.push('.PP', paragraphs(words))
+    if (shape) lines.push(...literalBlock(shape))
+  }
+  lines.push('.PP', paragraphs('An error, or a "not now" outcome, is one object on stderr instead of the line "dlq: WHAT: WHY (HINT)", with the exit code as code (hint may be left out):'), ...literalBlock(errorShape))
+  return lines
+}
+
 function exitStatusSection() {
   return ['.SH "EXIT STATUS"', ...tpList(exitStatus, (code) => bold(code))]
 }
@@ -293,6 +335,7 @@ function commandPage(command) {
   lines.push('.SH OPTIONS', ...optionList(own))
   if (global.length > 0) lines.push('.SS "Global options"', ...optionList(global))
   if (command.examples?.length) lines.push('.SH EXAMPLES', ...command.examples.flatMap(example))
+  lines.push(...jsonSection(command.id))
   lines.push(...exitStatusSection())
   lines.push(...environmentSection(command.id))
   const siblings = commands.filter((other) => topicOf(other.id) === topicOf(command.id) && other.id !== command.id).map((other) => pageName(other.id))
@@ -356,6 +399,12 @@ function overviewPage() {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+const undocumented = commands.filter((command) => !jsonOutput[command.id]).map((command) => command.id)
+if (undocumented.length > 0) {
+  console.error(`man: no JSON output documented for ${undocumented.join(', ')} (add it to jsonOutput in scripts/man.mjs)`)
+  process.exit(1)
+}
 
 const pages = new Map([[`${bin}.1`, overviewPage()], ...commands.map((command) => [`${pageName(command.id)}.1`, commandPage(command)])])
 const existing = existsSync(manDir) ? readdirSync(manDir).filter((file) => file.startsWith(`${bin}`) && file.endsWith('.1')) : []

@@ -51,13 +51,12 @@ export function describeHolders(holders: Holder[]): string {
 
 // The JSON that the lock commands print (documented in their man pages: scripts/man.mjs). One
 // word, one meaning, in every output: `token` is what --token takes (the holding's owner id, also
-// `owner`, DLQ_LOCK_OWNER) and `fencingToken` is the integer DLQ_FENCING_TOKEN carries. Fencing
-// tokens are below 2^53 on every backend (Redis's follow its clock in microseconds), so a JSON
-// number holds them exactly.
+// `owner`, DLQ_LOCK_OWNER) and `fencingToken` is the integer DLQ_FENCING_TOKEN carries: a BigInt
+// here, written as an exact JSON integer (output.ts jsonText), since a token may reach 2^63-1.
 
 /** A lease as `lock acquire --json` and `lock renew --json` print it. */
-export function leaseJson(lease: Lease): {key: string; token: string; owner: string; fencingToken: number; expiresAt: string} {
-  return {key: lease.key, token: lease.owner, owner: lease.owner, fencingToken: Number(lease.fencingToken), expiresAt: lease.expiresAt.toISOString()}
+export function leaseJson(lease: Lease): {key: string; token: string; owner: string; fencingToken: bigint; expiresAt: string} {
+  return {key: lease.key, token: lease.owner, owner: lease.owner, fencingToken: BigInt(lease.fencingToken), expiresAt: lease.expiresAt.toISOString()}
 }
 
 /** A key's holders and waiters as `lock status --json` prints them. */
@@ -65,7 +64,7 @@ export function lockStateJson(state: LockState): Record<string, unknown> {
   return {
     key: state.key,
     holders: state.holders.map((h) => ({
-      token: h.owner, owner: h.owner, fencingToken: Number(h.fencingToken), host: h.host, pid: h.pid, user: h.user, command: h.command,
+      token: h.owner, owner: h.owner, fencingToken: BigInt(h.fencingToken), host: h.host, pid: h.pid, user: h.user, command: h.command,
       acquiredAt: h.acquiredAt.toISOString(), expiresAt: h.expiresAt.toISOString(),
     })),
     ...(state.waiters === undefined ? {} : {waiters: state.waiters}),

@@ -8,6 +8,7 @@ import {parseDuration} from '../../dist/duration.js'
 import {DlqError} from '../../dist/errors.js'
 import {batches} from '../../dist/framing.js'
 import {checkName} from '../../dist/names.js'
+import {jsonText} from '../../dist/output.js'
 
 const usage = (fn) => assert.throws(fn, (e) => e instanceof DlqError && e.exitCode === 64)
 
@@ -100,5 +101,13 @@ describe('framing', () => {
       for await (const b of batches(input(), 'line', {maxMessages: 100, maxBytes: 1 << 20, maxMessageBytes: 10})) seen.push(...b.map(String))
     }, (e) => e instanceof DlqError && e.exitCode === 65 && /message 3/.test(e.message))
     assert.deepEqual(seen, ['1', '2'])
+  })
+})
+
+describe('JSON output', () => {
+  it('writes a BigInt (a fencing token up to 2^63-1) as an exact integer, strings untouched', () => {
+    const text = jsonText({fencingToken: 2n ** 63n - 1n, small: 7n, command: 'bigint123x45', list: [1n]})
+    assert.equal(text, '{"fencingToken":9223372036854775807,"small":7,"command":"bigint123x45","list":[1]}')
+    assert.equal(jsonText({a: 1n}, true), '{\n  "a": 1\n}')
   })
 })

@@ -4,7 +4,7 @@ import {DlqError} from '../../errors.js'
 import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, leaseJson, newOwner} from '../../holding.js'
 import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
-import {readerGone, writeOut} from '../../output.js'
+import {jsonText, readerGone, writeOut} from '../../output.js'
 import {signalExitCode} from '../../signals.js'
 
 export default class LockAcquire extends DlqCommand {
@@ -44,7 +44,7 @@ export default class LockAcquire extends DlqCommand {
     await backend.locks.detach?.(key, owner)
     const result = leaseJson(lease)
     try {
-      await writeOut(process.stdout, this.jsonEnabled() ? `${JSON.stringify(result, null, 2)}\n` : `${owner}\n`)
+      await writeOut(process.stdout, this.jsonEnabled() ? `${jsonText(result, true)}\n` : `${owner}\n`)
     } catch (error) {
       // Nobody got the token, so nobody could renew or release the lease: let it go now rather
       // than leave the key held until its TTL.
