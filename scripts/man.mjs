@@ -45,7 +45,7 @@ const exitStatus = [
 
 const environment = [
   ['DLQ_BACKEND', 'Backend URL used when --backend is not given.'],
-  ['DLQ_PASSWORD', 'Password for the backend, so that it stays out of the URL, the shell history and ps(1). A password is never printed: URLs in output, errors and --verbose logs are masked.'],
+  ['DLQ_PASSWORD', 'Password for the backend, so that it stays out of the URL, the shell history and ps(1). It is dlq\'s own: the command of lock run, the handlers of queue pop --exec and the watchdog do not inherit it (a command that runs dlq itself can use ?passwordFile=). A password is never printed: URLs in output, errors and --verbose logs are masked up to the last @ of their user info.'],
   ['XDG_STATE_HOME', `The default backend is the directory $XDG_STATE_HOME/${bin} (when XDG_STATE_HOME is an absolute path), else ~/.local/state/${bin}.`],
   ['NO_COLOR', 'If set to a non-empty value, no colours (like --no-color).'],
 ]
@@ -54,6 +54,7 @@ const environment = [
 const childEnvironment = {
   'lock:run': {
     title: 'Set for COMMAND',
+    inherits: 'COMMAND inherits dlq\'s environment (DLQ_BACKEND, PATH, PGPASSWORD and the rest) except DLQ_PASSWORD, with these added:',
     vars: [
       ['DLQ_LOCK_KEY', 'The lock key.'],
       ['DLQ_LOCK_OWNER', 'The unique id of this holding of the lock: its token, as lock status shows it (token in JSON).'],
@@ -62,6 +63,7 @@ const childEnvironment = {
   },
   'queue:pop': {
     title: 'Set for COMMAND with --exec',
+    inherits: 'COMMAND inherits dlq\'s environment (DLQ_BACKEND, PATH, PGPASSWORD and the rest) except DLQ_PASSWORD, with these added:',
     vars: [
       ['DLQ_MESSAGE_ID', 'The id of the message on stdin.'],
       ['DLQ_MESSAGE_ATTEMPT', 'Which delivery of the message this is (1 for the first).'],
@@ -308,7 +310,7 @@ function exitStatusSection() {
 function environmentSection(id) {
   const lines = ['.SH ENVIRONMENT', ...tpList(environment)]
   const child = childEnvironment[id]
-  if (child) lines.push(`.SS "${text(child.title)}"`, ...tpList(child.vars))
+  if (child) lines.push(`.SS "${text(child.title)}"`, paragraphs(child.inherits), ...tpList(child.vars))
   return lines
 }
 

@@ -5,10 +5,14 @@ import {readFile} from 'node:fs/promises'
 import {parseDuration} from '../duration.js'
 import {usageError} from '../errors.js'
 
-/** The URL with its password replaced by *** (SPEC §1): the only form of a URL dlq ever prints. */
+/**
+ * The URL with its password replaced by *** (SPEC §1): the only form of a URL dlq ever prints.
+ * The user info runs to the LAST @ of the authority (up to the first /, ? or #), as URL parsers
+ * read it: a raw @ in a password (`alice:SECRET@pw@host`) is part of the password.
+ */
 export function maskUrl(url: string): string {
   return url
-    .replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/@?#]*)@/i, (_m, scheme: string, userinfo: string) => {
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)@/i, (_m, scheme: string, userinfo: string) => {
       const colon = userinfo.indexOf(':')
       return `${scheme}${colon === -1 ? userinfo : `${userinfo.slice(0, colon)}:***`}@`
     })
@@ -43,3 +47,6 @@ export function connectTimeoutMs(url: URL): number {
   if (!Number.isFinite(ms) || ms <= 0) throw usageError('bad ?connectTimeout=', `${text} in ${maskUrl(url.href)}`, 'a finite duration such as 5s')
   return ms
 }
+
+/** `text` (a stack trace, a library's message) with every URL in it masked. */
+export const maskUrlsIn = (text: string): string => text.replace(/[a-z][a-z0-9+.-]*:\/\/[^\s/?#]*/gi, maskUrl)

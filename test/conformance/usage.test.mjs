@@ -67,6 +67,24 @@ describe('backend URLs', {concurrency: 4}, () => {
     }
   })
 
+  it('--verbose masks a password with a raw @ up to the last @ of the authority, on every scheme (redis://alice:***@host, never a piece of it)', async () => {
+    for (const url of [
+      'redis://alice:SECRETpw@pw@127.0.0.1:1',
+      'rediss://alice:SECRETpw@pw@127.0.0.1:1/0',
+      'zk://alice:SECRETpw@pw@127.0.0.1:1/dlq?connectTimeout=300ms',
+      'postgres://alice:SECRETpw@pw@127.0.0.1:1/db',
+      'postgresql://alice:SECRETpw@@pw@127.0.0.1:1/db',
+      'file://alice:SECRETpw@pw@localhost/tmp',
+    ]) {
+      for (const args of [['lock', 'status', '--verbose'], ['lock', 'run', '--key', 'k', '--verbose', '--', 'true']]) {
+        const r = await run([...args.slice(0, 2), '-b', url, ...args.slice(2)])
+        assert.ok(r.code === 64 || r.code === 69, `${url}: ${r.stderr}`)
+        assert.doesNotMatch(r.stdout + r.stderr, /SECRET|@pw@|pw@127/, `${url} ${args.join(' ')} printed a piece of the password:\n${r.stderr}`)
+        if (!url.startsWith('file:')) assert.match(r.stderr, /alice:\*\*\*@127\.0\.0\.1/, `${url}: the URL is shown, masked`)
+      }
+    }
+  })
+
   it('an error with --json is one JSON object on stderr carrying the exit code', async () => {
     const r = await run(['lock', 'status', '-b', 'foo://x', '--json'])
     assert.equal(r.code, 64)

@@ -4,6 +4,7 @@ import {describe, it} from 'node:test'
 
 import {maskUrl} from '../../dist/backends/index.js'
 import {encodeName} from '../../dist/backends/file/paths.js'
+import {maskUrlsIn} from '../../dist/backends/url.js'
 import {parseDuration} from '../../dist/duration.js'
 import {DlqError} from '../../dist/errors.js'
 import {batches} from '../../dist/framing.js'
@@ -63,6 +64,16 @@ describe('URL masking', () => {
     assert.equal(maskUrl('redis://:onlypass@h'), 'redis://:***@h')
     assert.equal(maskUrl('zk://h1:2181,h2:2181/app?password=x'), 'zk://h1:2181,h2:2181/app?password=***')
     assert.equal(maskUrl('file:///var/lock/dlq'), 'file:///var/lock/dlq')
+  })
+  it('masks up to the last @ of the authority on every scheme: a raw @ in a password is part of it', () => {
+    for (const scheme of ['redis', 'rediss', 'zk', 'postgres', 'postgresql', 'file', 'redis+sentinel']) {
+      assert.equal(maskUrl(`${scheme}://alice:SECRET@pw@@host:1/db@x?y=@#@`), `${scheme}://alice:***@host:1/db@x?y=@#@`, scheme)
+      assert.equal(maskUrl(`${scheme}://alice:SECRET@pw@h1:1,h2:2`), `${scheme}://alice:***@h1:1,h2:2`, scheme)
+    }
+    // An @ after the authority (a path, a query) is no user info.
+    assert.equal(maskUrl('zk://h:2181/app@v2'), 'zk://h:2181/app@v2')
+    assert.equal(maskUrl('file:///home/me@x/dlq'), 'file:///home/me@x/dlq')
+    assert.equal(maskUrlsIn('Error: at "redis://a:S@E@h:1" and postgres://u:S@E@h/db@1'), 'Error: at "redis://a:***@h:1" and postgres://u:***@h/db@1')
   })
 })
 
