@@ -379,16 +379,16 @@ function overviewPage() {
     paragraphs(`The backend is chosen by URL: --backend (-b), else the environment variable DLQ_BACKEND, else a directory in $XDG_STATE_HOME/${bin}. Every backend has the same semantics.`),
     ...tpList(backends),
     '.PP',
-    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).'),
+    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).\n\n?connectTimeout=DURATION (default 5s) is a hard bound on opening the backend on every scheme (for file:, the directory\'s first look): past it, exit 69. A URL parameter the scheme does not know is exit 64. file: knows connectTimeout; redis: connectTimeout and passwordFile (rediss: also ca and insecure); zk: connectTimeout and passwordFile; postgres: those, schema, and libpq\'s user, password, host, port, sslmode, sslrootcert and application_name.'),
   )
   lines.push(
     '.SH CONVENTIONS',
     '.TP',
     italic('DURATION'),
-    paragraphs('250ms, 30s, 5m, 2h or forever; a bare number is seconds.'),
+    paragraphs('250ms, 30s, 5m, 2h, compounds from the largest unit down such as 1m30s or 2h5m (what dlq prints, it reads), or forever; a bare number is seconds.'),
     '.TP',
     'Keys and queue names',
-    paragraphs('1 to 255 bytes of UTF-8 without control characters; any such name is safe on every backend.'),
+    paragraphs('1 to 255 bytes of UTF-8 without control characters; any such name is safe on every backend. A name that is not valid UTF-8 is a usage error (64).'),
   )
   const anyCommand = commands[0]
   const global = Object.values(anyCommand?.flags ?? {}).filter((flag) => isGlobal(flag) && !flag.hidden)

@@ -199,6 +199,69 @@ describe('bad flags, keys and queue names', {concurrency: 4}, () => {
     assert.equal(ok.stdout, 'ran\n')
   })
 
+  it('compound durations (1m30s, what dlq itself prints) are accepted by every duration flag; what lock status prints reads back', async () => {
+    const {pushArgs} = await import('../support/queues.mjs')
+    const runKey = uniqueName('compound')
+    for (const env of [{}, {DLQ_FAST_PATH: '0'}]) {
+      const r = await ctx.dlq.run(['lock', 'run', '--key', runKey, '--wait', '1m30s', '--ttl', '1m0s', '--kill-grace', '1s500ms', '--', 'echo', 'ran'], {env})
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(r.stdout, 'ran\n')
+    }
+    const key = uniqueName('compound')
+    const acquired = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '29m59s500ms'])
+    assert.equal(acquired.code, 0, acquired.stderr)
+    const renewed = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', acquired.stdout.trim(), '--ttl', '2h5m'])
+    assert.equal(renewed.code, 0, renewed.stderr)
+    const table = await ctx.dlq.run(['lock', 'status', '--key', key])
+    assert.equal(table.code, 0, table.stderr)
+    const [header, row] = table.stdout.split('\n')
+    const expires = row.slice(header.indexOf('EXPIRES')).match(/^in (\S+)/)?.[1]
+    assert.match(expires ?? '', /^2h[45]m$|^2h5m$/, table.stdout)
+    assert.doesNotMatch(table.stdout, /(^|\D)60[sm]\b/, 'no 60 in a minute or an hour')
+    // What status printed is a duration dlq takes.
+    const again = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', acquired.stdout.trim(), '--ttl', expires])
+    assert.equal(again.code, 0, `--ttl ${expires}: ${again.stderr}`)
+    const queue = uniqueName('compound')
+    await pushArgs(ctx.dlq, queue, ['m'])
+    const popped = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '1m30s', '--visibility', '1m30s'])
+    assert.equal(popped.code, 0, popped.stderr)
+    assert.equal(popped.stdout, 'm\n')
+    for (const bad of ['30s1m', '1m30', '1m 30s']) {
+      const r = await ctx.dlq.run(['lock', 'run', '--key', runKey, '--wait', bad, '--', 'true'])
+      assert.equal(r.code, 64, `--wait ${bad}: ${r.stderr}`)
+      assert.match(oneErrorLine(r, assert), /bad duration for --wait/)
+    }
+  })
+
+  it('a key or queue name that is not valid UTF-8 is 64 (two such keys would arrive as one, U+FFFD); a U+FFFD written as such is a key like any other', async () => {
+    // bash passes the bytes as they are; Node would decode \xff and \xfe alike to U+FFFD.
+    const withBytes = (words, env = {}) => runProgram('bash', ['-c', `"$@" ${words}`, 'dlq-test-sh', NODE, BIN], {env})
+    const b = `-b ${ctx.dlq.url}`
+    const commands = [
+      `lock run ${b} --key $'deploy\\xff' -- echo ran`,
+      `lock run ${b} --key=$'deploy\\xfe' -- echo ran`,
+      `lock run ${b} -k $'\\xc3' -- echo ran`,
+      `lock acquire ${b} --key $'deploy\\xff'`,
+      `lock status ${b} --key $'deploy\\xff'`,
+      `queue push ${b} --queue $'jobs\\xff' message`,
+      `queue pop ${b} --queue $'jobs\\xff'`,
+      `queue tail ${b} --queue $'jobs\\xfe'`,
+    ]
+    for (const words of commands) {
+      for (const env of [{}, {DLQ_FAST_PATH: '0'}]) {
+        const r = await withBytes(words, env)
+        assert.equal(r.code, 64, `${words}: ${r.stderr}`)
+        assert.match(oneErrorLine(r, assert), /bad (key|queue): --(key|queue) ".*\uFFFD.*" is not valid UTF-8/, words)
+        assert.equal(r.stdout, '', words)
+      }
+    }
+    const locks = JSON.parse((await ctx.dlq.run(['lock', 'status', '--json'])).stdout).locks
+    assert.deepEqual(locks.filter((l) => l.key.includes('\uFFFD')), [], 'no lock was taken')
+    const valid = await withBytes(`lock run ${b} --key $'deploy\\xef\\xbf\\xbd' -- printenv DLQ_LOCK_KEY`)
+    assert.equal(valid.code, 0, valid.stderr)
+    assert.equal(valid.stdout, 'deploy\uFFFD\n')
+  })
+
   it('a NUL cannot reach dlq in argv: the shell cuts the key there, and dlq uses the key it was given', async () => {
     // Arguments are C strings (execve): a program cannot even be started with a NUL in one.
     assert.throws(() => spawnSync(NODE, [BIN, 'lock', 'run', '--key', 'a\0b', '--', 'true']), {code: 'ERR_INVALID_ARG_VALUE'})

@@ -5,7 +5,7 @@ import {describe, it} from 'node:test'
 import {maskUrl} from '../../dist/backends/index.js'
 import {encodeName} from '../../dist/backends/file/paths.js'
 import {maskUrlsIn} from '../../dist/backends/url.js'
-import {parseDuration} from '../../dist/duration.js'
+import {formatDuration, parseDuration} from '../../dist/duration.js'
 import {DlqError} from '../../dist/errors.js'
 import {batches} from '../../dist/framing.js'
 import {checkName} from '../../dist/names.js'
@@ -23,8 +23,26 @@ describe('durations', () => {
     assert.equal(parseDuration('0', 'wait'), 0)
     assert.equal(parseDuration('forever', 'wait'), Number.POSITIVE_INFINITY)
   })
+  it('reads compounds, largest unit first, each unit once', () => {
+    assert.equal(parseDuration('1m30s', 'wait'), 90_000)
+    assert.equal(parseDuration('2h5m', 'wait'), 7_500_000)
+    assert.equal(parseDuration('1h0m', 'wait'), 3_600_000)
+    assert.equal(parseDuration('1d2h3m4s5ms', 'wait'), 86_400_000 + 7_200_000 + 180_000 + 4000 + 5)
+    assert.equal(parseDuration('1m0.5s', 'wait'), 60_500)
+    assert.equal(parseDuration('1M30S', 'wait'), 90_000)
+  })
   it('refuses the rest with a usage error', () => {
-    for (const bad of ['', '-1', '1x', 's', '1 h', '99999999999h', 'NaN']) usage(() => parseDuration(bad, 'wait'))
+    for (const bad of ['', '-1', '1x', 's', '1 h', '99999999999h', 'NaN', '30s1m', '1m1m', '1m30', 'm30s', '1m 30s', '1ms1s', '1.m', '365d1s']) usage(() => parseDuration(bad, 'wait'))
+  })
+  it('prints what it reads back, rounded once to the unit shown (never 29m60s)', () => {
+    const cases = [[0, '0ms'], [999.4, '999ms'], [999.6, '1s'], [1049, '1s'], [1050, '1.1s'], [59_949, '59.9s'], [59_960, '1m0s'], [90_000, '1m30s'],
+      [29 * 60_000 + 59_600, '30m0s'], [29 * 60_000 + 59_400, '29m59s'], [3_599_600, '1h0m'], [3_600_000 + 59 * 60_000 + 45_000, '2h0m'], [7_500_000, '2h5m']]
+    for (const [ms, shown] of cases) assert.equal(formatDuration(ms), shown, `${ms}ms`)
+    for (let ms = 0; ms < 3 * 3_600_000; ms += 997) {
+      const shown = formatDuration(ms)
+      assert.doesNotMatch(shown, /(^|\D)60[sm]/, `${ms}ms shown as ${shown}`)
+      assert.ok(Math.abs(parseDuration(shown, 'wait') - ms) <= (ms < 60_000 ? 50 : ms < 3_600_000 ? 500 : 30_000), `${shown} reads back near ${ms}ms`)
+    }
   })
 })
 
@@ -39,6 +57,10 @@ describe('names', () => {
     usage(() => checkName('a'.repeat(256), 'key'))
     usage(() => checkName('é'.repeat(128), 'queue')) // 256 bytes
     for (const c of ['\n', '\0', '\t', '\u007f', '\u0085']) usage(() => checkName(`a${c}b`, 'key'))
+  })
+  it('accepts a U+FFFD that was written as such (the bytes EF BF BD in UTF-8)', () => {
+    // This process's arguments hold no invalid UTF-8: the character is the user's own.
+    assert.equal(checkName('a\uFFFDb', 'key'), 'a\uFFFDb')
   })
 })
 
