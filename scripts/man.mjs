@@ -38,13 +38,14 @@ const exitStatus = [
   ['70', 'The lock was lost while the command ran; the command was stopped.'],
   ['74', 'stdout could not be written (a full disk, an I/O error). What was done still holds: pushed messages stay pushed, queue pop leaves the messages it could not write in the queue, lock acquire releases the lease whose token it could not print.'],
   ['75', 'Not now: lock not acquired within --wait, or queue empty within --wait (for locks, override with --conflict-exit-code).'],
+  ['126, 127', 'The command (lock run) or handler (queue pop --exec) could not be executed / was not found. A worker stops at once, leaving the message in the queue as it was (its attempt not counted).'],
   ['128+N', 'The command died of signal N (also when a signal N cancels a wait).'],
   ['141', 'stdout was closed early (SIGPIPE, | head -1), quietly as Unix tools do: queue pop leaves the messages it could not write in the queue, lock acquire releases the lease whose token nobody read.'],
 ]
 
 const environment = [
   ['DLQ_BACKEND', 'Backend URL used when --backend is not given.'],
-  ['DLQ_PASSWORD', 'Password for the backend, so that it stays out of the URL, the shell history and ps(1). A password is never printed: URLs in output, errors and --verbose logs are masked.'],
+  ['DLQ_PASSWORD', 'Password for the backend, so that it stays out of the URL, the shell history and ps(1). It is dlq\'s own: the command of lock run, the handlers of queue pop --exec and the watchdog do not inherit it (a command that runs dlq itself can use ?passwordFile=). A password is never printed: URLs in output, errors and --verbose logs are masked up to the last @ of their user info.'],
   ['XDG_STATE_HOME', `The default backend is the directory $XDG_STATE_HOME/${bin} (when XDG_STATE_HOME is an absolute path), else ~/.local/state/${bin}.`],
   ['NO_COLOR', 'If set to a non-empty value, no colours (like --no-color).'],
 ]
@@ -53,14 +54,16 @@ const environment = [
 const childEnvironment = {
   'lock:run': {
     title: 'Set for COMMAND',
+    inherits: 'COMMAND inherits dlq\'s environment (DLQ_BACKEND, PATH, PGPASSWORD and the rest) except DLQ_PASSWORD, with these added:',
     vars: [
       ['DLQ_LOCK_KEY', 'The lock key.'],
-      ['DLQ_LOCK_OWNER', 'The unique id of this holding of the lock.'],
+      ['DLQ_LOCK_OWNER', 'The unique id of this holding of the lock: its token, as lock status shows it (token in JSON).'],
       ['DLQ_FENCING_TOKEN', 'An integer that strictly increases with every successful acquisition of the key on that backend, so that a downstream system can refuse writes from a stale holder.'],
     ],
   },
   'queue:pop': {
     title: 'Set for COMMAND with --exec',
+    inherits: 'COMMAND inherits dlq\'s environment (DLQ_BACKEND, PATH, PGPASSWORD and the rest) except DLQ_PASSWORD, with these added:',
     vars: [
       ['DLQ_MESSAGE_ID', 'The id of the message on stdin.'],
       ['DLQ_MESSAGE_ATTEMPT', 'Which delivery of the message this is (1 for the first).'],
@@ -68,6 +71,32 @@ const childEnvironment = {
     ],
   },
 }
+
+// What --json prints, per command (SPEC §5: stable, documented fields). Each entry is running text
+// and the shape as a literal block. The words are the same everywhere: `token` is what --token
+// takes (the holding's owner id, also given as `owner`: DLQ_LOCK_OWNER), `fencingToken` the integer
+// DLQ_FENCING_TOKEN carries.
+const holdingShape = '{"key": KEY, "token": TOKEN, "owner": TOKEN, "fencingToken": INTEGER, "expiresAt": ISO-8601}'
+const messageShape = '{"id": ID, "body": TEXT, "enqueuedAt": ISO-8601, "attempts": N}'
+const jsonOutput = {
+  'lock:acquire': [
+    ['On stdout, one object: token is what lock renew and lock release take with --token; fencingToken is the integer a lock run under this holding would see as DLQ_FENCING_TOKEN; expiresAt is when the lease ends unless renewed.', holdingShape],
+  ],
+  'lock:renew': [['On stdout, the holding with its new expiry, as lock acquire prints it.', holdingShape]],
+  'lock:release': [['On stdout: how many holds of KEY were released (1 with --token; any number with --force).', '{"key": KEY, "released": N}']],
+  'lock:status': [
+    ['On stdout, every held lock (or the one KEY; none: an empty list). Each holder has token (what --token takes, also as owner) and fencingToken; host, pid, user and command say who holds it. waiters is there where the backend can tell; queue, where its waiting is fair (ZooKeeper), lists the waiters in the order they will get the lock.',
+      '{"locks": [{"key": KEY,\n            "holders": [{"token": TOKEN, "owner": TOKEN, "fencingToken": INTEGER,\n                         "host": HOST, "pid": N, "user": USER, "command": TEXT,\n                         "acquiredAt": ISO-8601, "expiresAt": ISO-8601}],\n            "waiters": N,\n            "queue": [{"owner": ID, "host": HOST, "pid": N, "user": USER, "command": TEXT, "since": ISO-8601}]}]}'],
+  ],
+  'lock:run': [['stdout is the command\'s. --json changes dlq\'s own lines on stderr: errors, and the lock not acquired within --wait (exit 75 or --conflict-exit-code), are the error object below. Lines about the command\'s run (a lost lock, a lock that could not be released) stay text lines starting with "dlq: ".', undefined]],
+  'queue:push': [['On stdout, one object once every message is accepted: ids in the order pushed.', '{"queue": QUEUE, "count": N, "ids": [ID, ...]}']],
+  'queue:pop': [
+    ['On stdout, one object per line and message. body is the message as text when it is valid UTF-8, else bodyBase64 holds its bytes in base64; attempts is which delivery this is (1 the first time). With --exec, stdout is the handlers\' and --json changes only dlq\'s own errors. No message within --wait (exit 75) is the error object below.', messageShape],
+  ],
+  'queue:tail': [['On stdout, one object per line and message, as queue pop prints them (body or bodyBase64); attempts counts the deliveries so far (0 for a message never popped).', messageShape]],
+  'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is left out when none waits. dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "inFlight": N, "dead": N, "oldestAgeMs": N}]}']],
+}
+const errorShape = '{"error": {"code": EXIT-CODE, "what": TEXT, "why": TEXT, "hint": TEXT}}'
 
 const backends = [
   ['file:///DIR', `A shared directory, on local disk or NFS; no server. The default: $XDG_STATE_HOME/${bin}, or ~/.local/state/${bin} when XDG_STATE_HOME is unset. Users share it only as a group's setgid directory (install -d -m 2770 -g GROUP DIR), whose members share every lock and queue in it. Any other must be yours or root's, and writable by nobody else unless it is sticky like /tmp; below it, ${bin} uses only directories that are yours and that nobody else may write (in a group's directory: the group's, not writable by everyone), and refuses any other with exit 69, naming the directory and its owner.`],
@@ -258,6 +287,22 @@ function tpList(entries, tag = (key) => bold(literal(key))) {
   return entries.flatMap(([key, value]) => ['.TP', tag(key), paragraphs(value)])
 }
 
+function literalBlock(block) {
+  return ['.PP', '.RS 4', '.nf', ...block.split('\n').map((line) => guardLine(literal(line))), '.fi', '.RE']
+}
+
+function jsonSection(id) {
+  const entries = jsonOutput[id]
+  if (!entries) return []
+  const lines = ['.SH "JSON OUTPUT"']
+  for (const [words, shape] of entries) {
+    lines.push('.PP', paragraphs(words))
+    if (shape) lines.push(...literalBlock(shape))
+  }
+  lines.push('.PP', paragraphs('An error, or a "not now" outcome, is one object on stderr instead of the line "dlq: WHAT: WHY (HINT)", with the exit code as code (hint may be left out):'), ...literalBlock(errorShape))
+  return lines
+}
+
 function exitStatusSection() {
   return ['.SH "EXIT STATUS"', ...tpList(exitStatus, (code) => bold(code))]
 }
@@ -265,7 +310,7 @@ function exitStatusSection() {
 function environmentSection(id) {
   const lines = ['.SH ENVIRONMENT', ...tpList(environment)]
   const child = childEnvironment[id]
-  if (child) lines.push(`.SS "${text(child.title)}"`, ...tpList(child.vars))
+  if (child) lines.push(`.SS "${text(child.title)}"`, paragraphs(child.inherits), ...tpList(child.vars))
   return lines
 }
 
@@ -292,6 +337,7 @@ function commandPage(command) {
   lines.push('.SH OPTIONS', ...optionList(own))
   if (global.length > 0) lines.push('.SS "Global options"', ...optionList(global))
   if (command.examples?.length) lines.push('.SH EXAMPLES', ...command.examples.flatMap(example))
+  lines.push(...jsonSection(command.id))
   lines.push(...exitStatusSection())
   lines.push(...environmentSection(command.id))
   const siblings = commands.filter((other) => topicOf(other.id) === topicOf(command.id) && other.id !== command.id).map((other) => pageName(other.id))
@@ -333,16 +379,16 @@ function overviewPage() {
     paragraphs(`The backend is chosen by URL: --backend (-b), else the environment variable DLQ_BACKEND, else a directory in $XDG_STATE_HOME/${bin}. Every backend has the same semantics.`),
     ...tpList(backends),
     '.PP',
-    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).'),
+    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).\n\n?connectTimeout=DURATION (default 5s) is a hard bound on opening the backend on every scheme (for file:, the directory\'s first look): past it, exit 69. A URL parameter the scheme does not know is exit 64. file: knows connectTimeout; redis: connectTimeout and passwordFile (rediss: also ca and insecure); zk: connectTimeout and passwordFile; postgres: those, schema, and libpq\'s user, password, host, port, sslmode, sslrootcert and application_name.'),
   )
   lines.push(
     '.SH CONVENTIONS',
     '.TP',
     italic('DURATION'),
-    paragraphs('250ms, 30s, 5m, 2h or forever; a bare number is seconds.'),
+    paragraphs('250ms, 30s, 5m, 2h, compounds from the largest unit down such as 1m30s or 2h5m (what dlq prints, it reads), or forever; a bare number is seconds.'),
     '.TP',
     'Keys and queue names',
-    paragraphs('1 to 255 bytes of UTF-8 without control characters; any such name is safe on every backend.'),
+    paragraphs('1 to 255 bytes of UTF-8 without control characters; any such name is safe on every backend. A name that is not valid UTF-8 is a usage error (64).'),
   )
   const anyCommand = commands[0]
   const global = Object.values(anyCommand?.flags ?? {}).filter((flag) => isGlobal(flag) && !flag.hidden)
@@ -355,6 +401,12 @@ function overviewPage() {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+const undocumented = commands.filter((command) => !jsonOutput[command.id]).map((command) => command.id)
+if (undocumented.length > 0) {
+  console.error(`man: no JSON output documented for ${undocumented.join(', ')} (add it to jsonOutput in scripts/man.mjs)`)
+  process.exit(1)
+}
 
 const pages = new Map([[`${bin}.1`, overviewPage()], ...commands.map((command) => [`${pageName(command.id)}.1`, commandPage(command)])])
 const existing = existsSync(manDir) ? readdirSync(manDir).filter((file) => file.startsWith(`${bin}`) && file.endsWith('.1')) : []

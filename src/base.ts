@@ -6,7 +6,7 @@ import type * as Interfaces from '@oclif/core/interfaces'
 
 import type {Backend} from './backends/types.js'
 import {DlqError, ExitCode, outputError} from './errors.js'
-import {note, readerGone} from './output.js'
+import {jsonText, note, readerGone} from './output.js'
 import {Session} from './session.js'
 
 export abstract class DlqCommand extends Command {
@@ -47,10 +47,16 @@ export abstract class DlqCommand extends Command {
     return true
   }
 
-  private report(failure: DlqError): void {
+  /** An error, or a "not now" outcome, as one line on stderr (a JSON object with --json). */
+  protected report(failure: DlqError): void {
     if (failure.exitCode === ExitCode.output) this.outputReported = true
     if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify(failure.toJSON())}\n`)
     else note(failure.line())
+  }
+
+  /** --json's answer on stdout: fencing tokens (BigInts) as exact integers (output.ts). */
+  protected override logJson(json: unknown): void {
+    process.stdout.write(`${jsonText(json, true)}\n`)
   }
 
   protected log2(line: string): void {

@@ -1,7 +1,9 @@
-// DURATION per SPEC §2: `250ms`, `30s`, `5m`, `2h`, `forever`; a bare number is seconds.
+// DURATION per SPEC §2: `250ms`, `30s`, `5m`, `2h`, compounds like `1m30s` (what formatDuration
+// prints reads back), `forever`; a bare number is seconds.
 import {usageError} from './errors.js'
 
-const units: Record<string, number> = {ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000}
+const units: Record<string, number> = {d: 86_400_000, h: 3_600_000, m: 60_000, s: 1000, ms: 1}
+const order = ['d', 'h', 'm', 's', 'ms']
 // Longest finite duration accepted: setTimeout's limit is 2^31-1 ms, and the timers that use a
 // duration are armed in slices, but a year is already beyond any sensible lease or wait.
 const maxMs = 365 * units.d
@@ -10,19 +12,40 @@ const maxMs = 365 * units.d
 export function parseDuration(input: string, flag: string): number {
   const text = input.trim().toLowerCase()
   if (text === 'forever' || text === 'inf' || text === 'infinity') return Number.POSITIVE_INFINITY
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)?$/.exec(text)
-  if (!match) {
-    throw usageError(`bad duration for --${flag}`, JSON.stringify(input), 'use e.g. 250ms, 30s, 5m, 2h or forever')
+  const bad = () => usageError(`bad duration for --${flag}`, JSON.stringify(input), 'use e.g. 250ms, 30s, 5m, 1m30s, 2h or forever')
+  if (/^\d+(\.\d+)?$/.test(text)) return checked(Math.round(Number(text) * units.s), input, flag)
+  // Parts from the largest unit down, each unit at most once: `1m30s`, `2h5m`, `1h0m`, `1.5s`.
+  const parts = /^(?:\d+(?:\.\d+)?(?:ms|d|h|m|s))+$/.test(text) ? text.match(/\d+(?:\.\d+)?(?:ms|d|h|m|s)/g)! : undefined
+  if (!parts) throw bad()
+  let ms = 0
+  let last = -1
+  for (const part of parts) {
+    const [, number, unit] = /^(\d+(?:\.\d+)?)(ms|d|h|m|s)$/.exec(part)!
+    const rank = order.indexOf(unit)
+    if (rank <= last) throw bad()
+    last = rank
+    ms += Number(number) * units[unit]
   }
-  const ms = Math.round(Number(match[1]) * units[match[2] ?? 's'])
+  return checked(Math.round(ms), input, flag)
+}
+
+function checked(ms: number, input: string, flag: string): number {
   if (ms > maxMs) throw usageError(`bad duration for --${flag}`, `${input} is longer than a year`, 'use forever')
   return ms
 }
 
+/**
+ * For people, to the precision shown: 250ms, 1.5s, 1m30s, 2h5m (so that it reads back with
+ * parseDuration). Rounded once, to the shown unit, before it is split: 29m59.6s is 30m0s, not 29m60s.
+ */
 export function formatDuration(ms: number): string {
   if (!Number.isFinite(ms)) return 'forever'
-  if (ms < 1000) return `${Math.round(ms)}ms`
-  if (ms < 60_000) return `${+(ms / 1000).toFixed(1)}s`
-  if (ms < 3_600_000) return `${Math.floor(ms / 60_000)}m${Math.round((ms % 60_000) / 1000)}s`
-  return `${Math.floor(ms / 3_600_000)}h${Math.floor((ms % 3_600_000) / 60_000)}m`
+  if (ms < 0) return `-${formatDuration(-ms)}`
+  if (Math.round(ms) < 1000) return `${Math.round(ms)}ms`
+  const tenths = Math.round(ms / 100)
+  if (tenths < 600) return `${tenths / 10}s`
+  const seconds = Math.round(ms / 1000)
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m${seconds % 60}s`
+  const minutes = Math.round(ms / 60_000)
+  return `${Math.floor(minutes / 60)}h${minutes % 60}m`
 }

@@ -63,6 +63,15 @@ export const notNow = (what: string, why: string, hint?: string) => new DlqError
 export const outputError = (error: unknown) =>
   new DlqError(ExitCode.output, 'cannot write to stdout', (error instanceof Error ? error.message : String(error)).replace(/^\w+: /, '').replace(/, write$/, ''))
 
+/**
+ * A command (lock run's, or a worker's handler) that could not be started at all: 127 when it was
+ * not found, 126 when it could not be executed, as shells report them.
+ */
+export function cannotRun(command: string, code: string | undefined, message: string, hint?: string): DlqError {
+  const why = code === 'ENOENT' ? 'command not found' : code === 'EACCES' ? 'permission denied' : message
+  return new DlqError(code === 'ENOENT' ? 127 : 126, `cannot run ${JSON.stringify(command)}`, why, hint)
+}
+
 /** A lease that was lost: renewal failed, found another owner, or the backend said so. */
 export class LockLostError extends DlqError {
   constructor(key: string, why: string) {

@@ -5,7 +5,9 @@
 // parses as usual, with its own messages. What it accepts it reads exactly as oclif would: the
 // flags, their short forms, kinds and defaults come from oclif.manifest.json, which the build
 // writes from the command's own flag definitions (test/unit/fast.test.mjs holds the two together).
-// Every check of a value (durations, key, limit, exit code) is shared code in lockRun().
+// Every check of a value (durations, key, limit, exit code) is shared code in lockRun(); a word
+// before -- that belongs to no flag is refused by the same code as oclif's path (argv.ts).
+import {refuseStray} from './argv.js'
 import {type LockRunFlags, lockRun} from './lockrun.js'
 import {Session} from './session.js'
 
@@ -25,14 +27,22 @@ export const integerFlags = new Set(['limit', 'conflict-exit-code'])
 /** Flags the fast path leaves to oclif: they change what is printed or parsed. */
 const declined = new Set(['json', 'help', 'version'])
 
-/** The flags and the command, or undefined when oclif should parse these arguments. */
-export function parseFast(argv: string[], manifest: Record<string, ManifestFlag>): {flags: Record<string, unknown>; command: string[]} | undefined {
+/**
+ * The flags, the command and the words before -- that belong to no flag (an error for the caller),
+ * or undefined when oclif should parse these arguments.
+ */
+export function parseFast(argv: string[], manifest: Record<string, ManifestFlag>): {flags: Record<string, unknown>; command: string[]; stray: string[]} | undefined {
   const end = argv.indexOf('--')
   if (end === -1 || end === argv.length - 1) return undefined
   const byChar = new Map(Object.values(manifest).filter((f) => f.char).map((f) => [f.char, f]))
   const flags: Record<string, unknown> = {}
+  const stray: string[] = []
   for (let i = 0; i < end; i++) {
     const arg = argv[i]
+    if (!arg.startsWith('-')) {
+      stray.push(arg)
+      continue
+    }
     let flag: ManifestFlag | undefined
     let value: string | undefined
     if (arg.startsWith('--')) {
@@ -72,7 +82,7 @@ export function parseFast(argv: string[], manifest: Record<string, ManifestFlag>
     if (flag.default !== undefined) flags[flag.name] = flag.default
     else if (flag.type === 'boolean') flags[flag.name] = false
   }
-  return {flags, command: argv.slice(end + 1)}
+  return {flags, command: argv.slice(end + 1), stray}
 }
 
 /** Takes over (and ends the process) if it can parse `argv`; false means: run oclif instead. */
@@ -80,6 +90,11 @@ export function tryLockRun(argv: string[], manifest: Record<string, ManifestFlag
   const parsed = parseFast(argv, manifest)
   if (!parsed) return false
   const session = new Session()
-  lockRun(parsed.flags as unknown as LockRunFlags, parsed.command, session).catch((error: unknown) => session.fail(error))
+  Promise.resolve()
+    .then(() => {
+      refuseStray(parsed.stray)
+      return lockRun(parsed.flags as unknown as LockRunFlags, parsed.command, session)
+    })
+    .catch((error: unknown) => session.fail(error))
   return true
 }

@@ -2,7 +2,7 @@
 // records. No oclif here: the fast path of `lock run` (fast.ts) uses these too.
 import {hostname, userInfo} from 'node:os'
 
-import type {Holder, HolderInfo} from './backends/types.js'
+import type {Holder, HolderInfo, Lease, LockState} from './backends/types.js'
 import {parseDuration, formatDuration} from './duration.js'
 import {usageError} from './errors.js'
 
@@ -45,6 +45,29 @@ export function describeHolders(holders: Holder[]): string {
   if (holders.length === 0) return 'no holder is recorded'
   const now = Date.now()
   return holders
-    .map((h) => `held by ${h.user}@${h.host} pid ${h.pid} (${h.command.slice(0, 60)}) for ${formatDuration(now - h.acquiredAt.getTime())}, token ${h.token}`)
+    .map((h) => `held by ${h.user}@${h.host} pid ${h.pid} (${h.command.slice(0, 60)}) for ${formatDuration(now - h.acquiredAt.getTime())}, fencing token ${h.fencingToken}`)
     .join('; ')
+}
+
+// The JSON that the lock commands print (documented in their man pages: scripts/man.mjs). One
+// word, one meaning, in every output: `token` is what --token takes (the holding's owner id, also
+// `owner`, DLQ_LOCK_OWNER) and `fencingToken` is the integer DLQ_FENCING_TOKEN carries: a BigInt
+// here, written as an exact JSON integer (output.ts jsonText), since a token may reach 2^63-1.
+
+/** A lease as `lock acquire --json` and `lock renew --json` print it. */
+export function leaseJson(lease: Lease): {key: string; token: string; owner: string; fencingToken: bigint; expiresAt: string} {
+  return {key: lease.key, token: lease.owner, owner: lease.owner, fencingToken: BigInt(lease.fencingToken), expiresAt: lease.expiresAt.toISOString()}
+}
+
+/** A key's holders and waiters as `lock status --json` prints them. */
+export function lockStateJson(state: LockState): Record<string, unknown> {
+  return {
+    key: state.key,
+    holders: state.holders.map((h) => ({
+      token: h.owner, owner: h.owner, fencingToken: BigInt(h.fencingToken), host: h.host, pid: h.pid, user: h.user, command: h.command,
+      acquiredAt: h.acquiredAt.toISOString(), expiresAt: h.expiresAt.toISOString(),
+    })),
+    ...(state.waiters === undefined ? {} : {waiters: state.waiters}),
+    ...(state.queue === undefined ? {} : {queue: state.queue.map((w) => ({owner: w.owner, host: w.host, pid: w.pid, user: w.user, command: w.command, since: w.since.toISOString()}))}),
+  }
 }

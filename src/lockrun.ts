@@ -1,7 +1,7 @@
 // `dlq lock run` itself (SPEC §2), apart from parsing: both the oclif command
 // (commands/lock/run.ts) and the fast path (fast.ts) call this with the parsed flags.
 import {formatDuration, parseDuration} from './duration.js'
-import {usageError} from './errors.js'
+import {DlqError, usageError} from './errors.js'
 import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner} from './holding.js'
 import {checkName} from './names.js'
 import type {Session} from './session.js'
@@ -18,6 +18,8 @@ export interface LockRunFlags {
   quiet: boolean
   backend?: string
   verbose: boolean
+  /** oclif's --json (the fast path leaves --json to oclif): "not acquired" as a JSON object. */
+  json?: boolean
 }
 
 /** Runs `command args…` under the lock and ends the process with the outcome's exit code. */
@@ -64,14 +66,15 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     signals.hold() // from here on, a signal is for the command: kept until it runs, then forwarded
     if (!lease) {
       const [state] = await backend.locks.status(key).catch(() => [])
-      say(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}`)
+      const failure = new DlqError(conflictExitCode, `lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}`, describeHolders(state?.holders ?? []))
+      say(flags.json ? JSON.stringify(failure.toJSON()) : failure.line())
       return session.finish(conflictExitCode)
     }
-    session.log2(`acquired ${key} with fencing token ${lease.token}`)
+    session.log2(`acquired ${key} with fencing token ${lease.fencingToken}`)
     const outcome = await supervise({
       command, args, lease, locks: backend.locks, killGraceMs, signals,
       say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
-      env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.token},
+      env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.fencingToken},
     })
     return session.finish(outcome.exitCode)
 }

@@ -2,6 +2,7 @@
 // path of `lock run` (fast.ts): open it (logging round trips with --verbose), close it without
 // hanging, end the process, and turn an error into its one line and exit code (SPEC §4).
 import {maskUrl, openBackend, resolveBackendUrl} from './backends/index.js'
+import {maskUrlsIn} from './backends/url.js'
 import type {Backend} from './backends/types.js'
 import {type DlqError, toDlqError} from './errors.js'
 import {note} from './output.js'
@@ -19,6 +20,9 @@ export class Session {
     const {url, isDefault} = resolveBackendUrl(flag)
     this.log2(`backend ${maskUrl(url)}`)
     this.opened = await openBackend(url, {isDefault, log: verbose ? (line) => this.log2(line) : undefined})
+    // dlq's own secret goes no further than its driver, which has read it by now (reconnections
+    // reuse what it read): nothing dlq starts (the command, a handler, the watchdog) inherits it.
+    delete process.env.DLQ_PASSWORD
     return this.opened
   }
 
@@ -41,7 +45,7 @@ export class Session {
 
   /** The error as dlq reports it; with --verbose its stack goes first, any password masked. */
   failure(error: unknown): DlqError {
-    if (this.verbose || process.argv.includes('--verbose')) process.stderr.write(`${String((error as Error)?.stack ?? error).replace(/(\/\/[^\s:/@]*:)[^\s@/]*@/g, '$1***@')}\n`)
+    if (this.verbose || process.argv.includes('--verbose')) process.stderr.write(`${maskUrlsIn(String((error as Error)?.stack ?? error))}\n`)
     return toDlqError(error)
   }
 

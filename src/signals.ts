@@ -57,9 +57,3 @@ export class SignalRouter {
     for (const off of this.handlers) off()
   }
 }
-
-/** The command after `--`, verbatim from the raw arguments (oclif's argv can reorder repeated words). */
-export function commandAfterDashes(raw: string[], parsed: string[]): string[] {
-  const dashes = raw.indexOf('--')
-  return dashes === -1 ? parsed : raw.slice(dashes + 1)
-}

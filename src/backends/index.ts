@@ -1,12 +1,13 @@
 // URL scheme → driver. Each driver is imported only when its scheme is used, so `file:` never
-// loads ioredis, pg or node-zookeeper-client (startup time is a product feature).
+// loads ioredis, pg or node-zookeeper-client (startup time is a product feature). The parameters
+// each scheme knows are checked here, before any driver loads: any other is exit 64.
 import {homedir} from 'node:os'
 import {join} from 'node:path'
 import {fileURLToPath, pathToFileURL} from 'node:url'
 
 import {usageError} from '../errors.js'
 import type {Backend, BackendOptions} from './types.js'
-import {maskUrl} from './url.js'
+import {checkParameters, connectTimeoutMs, maskUrl, withinConnectTimeout} from './url.js'
 
 export {maskUrl}
 
@@ -24,6 +25,10 @@ export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessE
   if (url && url.trim() !== '') return {url: url.trim(), isDefault: false}
   return {url: defaultBackendUrl(env), isDefault: true}
 }
+
+const fileParameters = ['connectTimeout']
+const redisParameters = ['connectTimeout', 'passwordFile']
+const zooKeeperParameters = ['connectTimeout', 'passwordFile']
 
 export async function openBackend(url: string, options: BackendOptions & {isDefault?: boolean} = {}): Promise<Backend> {
   // A bare path is a directory: `-b /var/lock/dlq` means what it says.
@@ -45,8 +50,11 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
       throw usageError('bad backend URL', `${maskUrl(url)} has a malformed %-escape`, 'write a literal % as %25')
     }
   }
+  const display = maskUrl(url)
   switch (parsed.protocol) {
     case 'file:': {
+      checkParameters(parsed, fileParameters, display)
+      connectTimeoutMs(parsed)
       if (parsed.host !== '' && parsed.host !== 'localhost') {
         throw usageError('bad backend URL', `${maskUrl(url)} names host ${parsed.host}`, 'a file: URL names a local or mounted directory: file:///path')
       }
@@ -60,22 +68,26 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
       if (/^\/+$/.test(dir)) {
         throw usageError('bad backend URL', `${maskUrl(url)} names the root directory`, 'give a directory of its own: file:///var/lock/dlq')
       }
-      const {openFileBackend} = await import('./file/index.js')
-      return openFileBackend(parsed, {...options, create: options.isDefault ?? false})
+      // A directory on a hung NFS mount would hang its first stat: bounded like a server.
+      return withinConnectTimeout(parsed, display, import('./file/index.js').then(({openFileBackend}) => openFileBackend(parsed, {...options, create: options.isDefault ?? false})))
     }
     case 'redis:':
     case 'rediss:': {
-      const {openRedisBackend} = await import('./redis/index.js')
-      return openRedisBackend(parsed, options)
+      checkParameters(parsed, parsed.protocol === 'rediss:' ? [...redisParameters, 'ca', 'insecure'] : redisParameters, display)
+      connectTimeoutMs(parsed)
+      return withinConnectTimeout(parsed, display, import('./redis/index.js').then(({openRedisBackend}) => openRedisBackend(parsed, options)))
     }
     case 'zk:': {
+      // The session opens on the first request, within the same bound (zookeeper/connection.ts).
+      checkParameters(parsed, zooKeeperParameters, display)
       const {openZooKeeperBackend} = await import('./zookeeper/index.js')
       return openZooKeeperBackend(parsed, options)
     }
     case 'postgres:':
     case 'postgresql:': {
-      const {openPostgresBackend} = await import('./postgres/index.js')
-      return openPostgresBackend(parsed, options)
+      // The parameters (libpq's too) are checked by the driver, which knows them.
+      connectTimeoutMs(parsed)
+      return withinConnectTimeout(parsed, display, import('./postgres/index.js').then(({openPostgresBackend}) => openPostgresBackend(parsed, options)))
     }
     default:
       throw usageError('bad backend URL', `unknown scheme ${JSON.stringify(parsed.protocol)} in ${maskUrl(url)}`, 'use file:, redis:, rediss:, zk: or postgres:')

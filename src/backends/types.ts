@@ -11,10 +11,10 @@ export interface HolderInfo {
 }
 
 export interface Holder extends HolderInfo {
-  /** Unique id of this holding (DLQ_LOCK_OWNER; the token printed by `lock acquire`). */
+  /** Unique id of this holding (DLQ_LOCK_OWNER): the token that `lock acquire` prints and --token takes. */
   owner: string
-  /** Fencing token: strictly increases with every successful acquisition of the key. */
-  token: string
+  /** DLQ_FENCING_TOKEN: an integer that strictly increases with every successful acquisition of the key. */
+  fencingToken: string
   acquiredAt: Date
   expiresAt: Date
 }
@@ -35,8 +35,10 @@ export interface AcquireRequest {
 
 export interface Lease {
   key: string
+  /** The holding's id: the token --token takes. */
   owner: string
-  token: string
+  /** DLQ_FENCING_TOKEN (see Holder). */
+  fencingToken: string
   ttlMs: number
   expiresAt: Date
 }

@@ -1,14 +1,19 @@
-// What the networked drivers share about their URLs: credentials (from the URL, ?passwordFile= or
-// DLQ_PASSWORD, so a password can stay out of `ps`) and the connect timeout.
+// What the drivers share about their URLs: credentials (from the URL, ?passwordFile= or
+// DLQ_PASSWORD, so a password can stay out of `ps`), the parameters each scheme knows (any other
+// is a typo: exit 64), and the connect timeout, a hard bound on opening a backend (SPEC §1).
 import {readFile} from 'node:fs/promises'
 
-import {parseDuration} from '../duration.js'
-import {usageError} from '../errors.js'
+import {formatDuration, parseDuration} from '../duration.js'
+import {unavailable, usageError} from '../errors.js'
 
-/** The URL with its password replaced by *** (SPEC §1): the only form of a URL dlq ever prints. */
+/**
+ * The URL with its password replaced by *** (SPEC §1): the only form of a URL dlq ever prints.
+ * The user info runs to the LAST @ of the authority (up to the first /, ? or #), as URL parsers
+ * read it: a raw @ in a password (`alice:SECRET@pw@host`) is part of the password.
+ */
 export function maskUrl(url: string): string {
   return url
-    .replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/@?#]*)@/i, (_m, scheme: string, userinfo: string) => {
+    .replace(/^([a-z][a-z0-9+.-]*:\/\/)([^/?#]*)@/i, (_m, scheme: string, userinfo: string) => {
       const colon = userinfo.indexOf(':')
       return `${scheme}${colon === -1 ? userinfo : `${userinfo.slice(0, colon)}:***`}@`
     })
@@ -42,4 +47,42 @@ export function connectTimeoutMs(url: URL): number {
   const ms = parseDuration(text, 'connectTimeout')
   if (!Number.isFinite(ms) || ms <= 0) throw usageError('bad ?connectTimeout=', `${text} in ${maskUrl(url.href)}`, 'a finite duration such as 5s')
   return ms
+}
+
+/** `text` (a stack trace, a library's message) with every URL in it masked. */
+export const maskUrlsIn = (text: string): string => text.replace(/[a-z][a-z0-9+.-]*:\/\/[^\s/?#]*/gi, maskUrl)
+
+/** Exit 64 for a URL parameter the scheme does not know (`?conectTimeout=`), naming the ones it does. */
+export function checkParameters(url: URL, known: readonly string[], display = maskUrl(url.href)): void {
+  for (const name of url.searchParams.keys()) {
+    if (!known.includes(name)) {
+      throw usageError('bad backend URL', `unknown parameter ?${name}= in ${display}`, `${url.protocol} knows ${known.map((p) => `?${p}=`).join(', ')}`)
+    }
+  }
+}
+
+/**
+ * `opening` (a driver connecting, a directory being checked), or exit 69 once ?connectTimeout=
+ * has passed since the call: a hard bound, whatever the driver's own timers and retries do
+ * (ioredis's connect, PING and SELECT each had the whole timeout). An opening that succeeds
+ * too late is closed.
+ */
+export async function withinConnectTimeout<T extends {close(): Promise<void>}>(url: URL, display: string, opening: Promise<T>): Promise<T> {
+  const ms = connectTimeoutMs(url)
+  let timer: NodeJS.Timeout | undefined
+  let late = false
+  const deadline = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => {
+      late = true
+      reject(unavailable(`cannot connect to ${display}`, `no answer within ${formatDuration(ms)}`, 'is it up and reachable? ?connectTimeout= sets how long dlq tries'))
+    }, ms)
+  })
+  opening.then((opened) => {
+    if (late) void opened.close().catch(() => {})
+  }, () => {})
+  try {
+    return await Promise.race([opening, deadline])
+  } finally {
+    clearTimeout(timer)
+  }
 }

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import {after, before, describe, it} from 'node:test'
 
 import {fileBackend, useBackend} from '../support/backends.mjs'
-import {uniqueName} from '../support/cli.mjs'
+import {BIN, NODE, runProgram, uniqueName} from '../support/cli.mjs'
 
 const viaOclif = {DLQ_FAST_PATH: '0'}
 // What may differ between two runs of the same thing: numbers (tokens, generations, pids) and times.
@@ -33,7 +33,33 @@ describe('lock run: the fast path and oclif agree', {concurrency: 4}, () => {
     ['no command', ['--key', key, '--']],
     ['a command that does not exist', ['--key', key, '--', '/nonexistent/dlq-test']],
     ['an unknown flag', ['--key', key, '--nope', '--', 'true']],
+    ['a word before -- that belongs to no flag', ['--key', key, '--wait', '10', 'min', '--', 'echo', 'ran']],
+    ['two stray words, one also in the command', ['echo', '--key', key, 'production', '--', 'echo', 'ran']],
+    ['a stray word and a bad duration', ['--key', key, 'x', '--wait', '1x', '--', 'true']],
+    ['compound durations', ['--key', key, '--wait', '1m30s', '--ttl', '1m0s', '--kill-grace', '1s500ms', '--', 'echo', 'ran']],
+    ['a compound duration out of order', ['--key', key, '--wait', '30s1m', '--', 'echo', 'ran']],
+    ['a key written with U+FFFD', ['--key', `${key}\uFFFD`, '--', 'printenv', 'DLQ_LOCK_KEY']],
+    ['a command that cannot be executed', ['--key', key, '--', '/etc/passwd']],
   ]
+
+  it('the same for what only a shell or the environment can pass: bytes that are not UTF-8, DLQ_BACKEND, DLQ_PASSWORD', async () => {
+    const key = uniqueName('fast-env')
+    const cases = [
+      ['a key that is not UTF-8', `"$@" -b ${ctx.dlq.url} --key $'${key}\\xff' -- echo ran`, {}],
+      ['-k and a name that is not UTF-8', `"$@" -b ${ctx.dlq.url} -k $'\\xfe' -- echo ran`, {}],
+      ['an unknown URL parameter in DLQ_BACKEND', `"$@" --key ${key} -- echo ran`, {DLQ_BACKEND: `${ctx.dlq.url}?conectTimeout=1s`}],
+      ['?connectTimeout= in DLQ_BACKEND', `"$@" --key ${key} -- echo ran`, {DLQ_BACKEND: `${ctx.dlq.url}?connectTimeout=1m30s`}],
+      ['DLQ_PASSWORD is not passed on', `"$@" -b ${ctx.dlq.url} --key ${key} -- sh -c 'echo "[\${DLQ_PASSWORD-unset}]"'`, {DLQ_PASSWORD: 's3cret'}],
+    ]
+    for (const [what, script, env] of cases) {
+      const viaShell = (extra) => runProgram('bash', ['-c', script, 'dlq-test-sh', NODE, BIN, 'lock', 'run'], {env: {...env, ...extra}})
+      const fast = await viaShell({})
+      const slow = await viaShell(viaOclif)
+      assert.equal(fast.code, slow.code, `${what}: exit ${fast.code} (fast path) vs ${slow.code} (oclif)\n${fast.stderr}\n${slow.stderr}`)
+      assert.equal(fast.stdout, slow.stdout, `${what}: stdout`)
+      assert.equal(normal(fast.stderr), normal(slow.stderr), `${what}: stderr`)
+    }
+  })
 
   it('for every case, the same exit code, stdout and stderr', async () => {
     const held = uniqueName('held')

@@ -75,11 +75,12 @@ for (const backend of backends) {
       assert.equal(locks[0].key, key)
       assert.equal(locks[0].holders.length, 1)
       const holder = locks[0].holders[0]
-      for (const field of ['owner', 'token', 'host', 'pid', 'command', 'acquiredAt', 'expiresAt']) {
+      for (const field of ['owner', 'token', 'fencingToken', 'host', 'pid', 'command', 'acquiredAt', 'expiresAt']) {
         assert.ok(holder[field] !== undefined && holder[field] !== '', `holder.${field} is set: ${JSON.stringify(holder)}`)
       }
       assert.equal(holder.owner, token)
-      assert.match(String(holder.token), /^\d+$/, 'the fencing token is an integer')
+      assert.equal(holder.token, token, 'token is what --token takes')
+      assert.ok(Number.isSafeInteger(holder.fencingToken) && holder.fencingToken > 0, `the fencing token is an integer: ${holder.fencingToken}`)
       assert.ok(Number.isInteger(Number(holder.pid)))
       const acquiredAt = Date.parse(holder.acquiredAt)
       const expiresAt = Date.parse(holder.expiresAt)
@@ -91,7 +92,7 @@ for (const backend of backends) {
       const [afterRenew] = await statusOf(ctx.dlq, key)
       const extended = Date.parse(afterRenew.holders[0].expiresAt)
       assert.ok(extended > expiresAt + 50_000, `renew --ttl 90s moved expiresAt from ${holder.expiresAt} to ${afterRenew.holders[0].expiresAt}`)
-      assert.equal(String(afterRenew.holders[0].token), String(holder.token), 'renewing keeps the fencing token')
+      assert.equal(afterRenew.holders[0].fencingToken, holder.fencingToken, 'renewing keeps the fencing token')
 
       const wrong = await ctx.dlq.run(['lock', 'release', '--key', key, '--token', 'not-the-token'])
       assert.equal(wrong.code, 75)
@@ -113,6 +114,59 @@ for (const backend of backends) {
       oneErrorLine(again, assert)
       const free = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])
       assert.equal(free.code, 0, free.stderr)
+    })
+
+    it('"token" is what --token takes and "fencingToken" is DLQ_FENCING_TOKEN, in every output: acquire, renew and status, JSON and table', async () => {
+      const key = uniqueName('words')
+      const acquired = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s', '--json'])
+      assert.equal(acquired.code, 0, acquired.stderr)
+      const lease = JSON.parse(acquired.stdout)
+      assert.deepEqual(Object.keys(lease).sort(), ['expiresAt', 'fencingToken', 'key', 'owner', 'token'])
+      assert.equal(lease.owner, lease.token)
+      assert.ok(Number.isSafeInteger(lease.fencingToken), `fencingToken is a JSON integer: ${acquired.stdout}`)
+      assert.notEqual(String(lease.fencingToken), lease.token)
+      // The pipeline from the issue: the token of acquire --json is what renew and release take.
+      const renewed = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', lease.token, '--json'])
+      assert.equal(renewed.code, 0, renewed.stderr)
+      const after = JSON.parse(renewed.stdout)
+      assert.deepEqual([after.key, after.token, after.owner, after.fencingToken], [key, lease.token, lease.token, lease.fencingToken])
+      const [state] = await statusOf(ctx.dlq, key)
+      assert.deepEqual([state.holders[0].token, state.holders[0].fencingToken], [lease.token, lease.fencingToken])
+      // The table: TOKEN holds what --token takes, FENCING the number.
+      const table = await ctx.dlq.run(['lock', 'status', '--key', key])
+      assert.equal(table.code, 0, table.stderr)
+      const [header, row] = table.stdout.split('\n')
+      const column = (name) => row.slice(header.indexOf(name)).split(/\s+/)[0]
+      assert.equal(column('TOKEN'), lease.token, table.stdout)
+      assert.equal(column('FENCING'), String(lease.fencingToken), table.stdout)
+      // The "not acquired" line names the holder's fencing token as such.
+      const busy = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])
+      assert.equal(busy.code, 75)
+      assert.match(oneErrorLine(busy, assert), new RegExp(`fencing token ${lease.fencingToken}$`))
+      const released = await ctx.dlq.run(['lock', 'release', '--key', key, '--token', lease.token, '--json'])
+      assert.equal(released.code, 0, released.stderr)
+      assert.deepEqual(JSON.parse(released.stdout), {key, released: 1})
+    })
+
+    it('--json answers in JSON when not now: acquire, lock run (75 or --conflict-exit-code) and pop are one JSON error object on stderr', async () => {
+      const key = uniqueName('json-busy')
+      const queue = uniqueName('json-empty')
+      assert.equal((await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s'])).code, 0)
+      for (const [args, code] of [
+        [['lock', 'acquire', '--key', key, '--wait', '0', '--json'], 75],
+        [['lock', 'run', '--key', key, '--wait', '0', '--json', '--', 'echo', 'ran'], 75],
+        [['lock', 'run', '--key', key, '-w', '0', '--conflict-exit-code', '9', '--json', '--', 'echo', 'ran'], 9],
+        [['queue', 'pop', '--queue', queue, '--json'], 75],
+        [['queue', 'pop', '--queue', queue, '--json', '--exec', '--', 'cat'], 75],
+      ]) {
+        const r = await ctx.dlq.run(args)
+        assert.equal(r.code, code, `${args.join(' ')}: ${r.stderr}`)
+        assert.equal(r.stdout, '')
+        assert.equal(r.stderrLines.length, 1, r.stderr)
+        const {error} = JSON.parse(r.stderrLines[0])
+        assert.equal(error.code, code, r.stderr)
+        assert.match(error.what, /not acquired within 0ms|is empty/)
+      }
     })
 
     it('an acquired lease nobody renews expires after its TTL, not before', async () => {

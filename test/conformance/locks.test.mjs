@@ -171,7 +171,7 @@ for (const backend of backends) {
       // An acquisition by `lock acquire`, broken by --force, still advances the counter.
       const acquired = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s', '--json'])
       assert.equal(acquired.code, 0, acquired.stderr)
-      const middle = BigInt(JSON.parse(acquired.stdout).token)
+      const middle = BigInt(JSON.parse(acquired.stdout).fencingToken)
       assert.equal((await ctx.dlq.run(['lock', 'release', '--key', key, '--force'])).code, 0)
       record(await ctx.dlq.run(['lock', 'run', '--key', key, '--', ...show]))
 

@@ -7,7 +7,7 @@ import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
 import {backends, useBackend} from '../support/backends.mjs'
-import {killPid, shUntil, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
+import {killPid, oneErrorLine, shUntil, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
 import {drainJson, pushArgs, queueStats} from '../support/queues.mjs'
 
 // `sh -c SCRIPT NAME ARGS…` with a NAME ($0) that appears nowhere else on the command line.
@@ -111,6 +111,31 @@ for (const backend of backends) {
       const dead = await drainJson(ctx.dlq, `${queue}.dead`)
       assert.deepEqual(dead.map((m) => m.body), ['poison'])
       assert.equal((await queueStats(ctx.dlq, queue)).dead, 0)
+    })
+
+    it('--exec whose handler cannot start (not found: 127, not executable: 126) exits at once with one line; every message stays, no attempt counted', async (t) => {
+      const dir = await tempDir(t)
+      await writeFile(join(dir, 'not-executable.sh'), '#!/bin/sh\nexit 0\n', {mode: 0o644})
+      const queue = uniqueName('unstartable')
+      await pushArgs(ctx.dlq, queue, ['m1', 'm2', 'm3'])
+      for (const [handler, code, why] of [['./hadle.sh', 127, 'command not found'], ['./not-executable.sh', 126, 'permission denied'], ['no-such-handler-on-path', 127, 'command not found']]) {
+        // --wait 1h and no --count: a worker that went on (or waited for the next message) would
+        // outlive the test's deadline.
+        const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '1h', '--exec', '--', handler, 'arg'], {cwd: dir})
+        assert.equal(r.code, code, `${handler}: ${r.stderr}`)
+        const line = oneErrorLine(r, assert)
+        assert.match(line, new RegExp(`^dlq: cannot run "${handler.replace('.', '\\.')}": ${why} \\(message \\S+ stays in "${queue}", not counted as an attempt\\)$`), handler)
+        assert.equal(r.stdout, '')
+        const stats = await queueStats(ctx.dlq, queue)
+        assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [3, 0, 0], `${handler}: nothing in flight, nothing dead`)
+      }
+      const json = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--json', '--exec', '--', './hadle.sh'], {cwd: dir})
+      assert.equal(json.code, 127, json.stderr)
+      assert.equal(json.stderrLines.length, 1, json.stderr)
+      assert.deepEqual([JSON.parse(json.stderrLines[0]).error.code, JSON.parse(json.stderrLines[0]).error.why], [127, 'command not found'])
+      const messages = await drainJson(ctx.dlq, queue)
+      assert.deepEqual(messages.map((m) => [m.body, m.attempts]), [['m1', 1], ['m2', 1], ['m3', 1]], 'in order, each still on its first delivery')
+      assert.equal((await queueStats(ctx.dlq, `${queue}.dead`)).waiting, 0)
     })
 
     it('a dead letter is delivered from Q.dead as a message of its own, attempts counted afresh', async () => {

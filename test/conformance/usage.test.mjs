@@ -67,6 +67,24 @@ describe('backend URLs', {concurrency: 4}, () => {
     }
   })
 
+  it('--verbose masks a password with a raw @ up to the last @ of the authority, on every scheme (redis://alice:***@host, never a piece of it)', async () => {
+    for (const url of [
+      'redis://alice:SECRETpw@pw@127.0.0.1:1',
+      'rediss://alice:SECRETpw@pw@127.0.0.1:1/0',
+      'zk://alice:SECRETpw@pw@127.0.0.1:1/dlq?connectTimeout=300ms',
+      'postgres://alice:SECRETpw@pw@127.0.0.1:1/db',
+      'postgresql://alice:SECRETpw@@pw@127.0.0.1:1/db',
+      'file://alice:SECRETpw@pw@localhost/tmp',
+    ]) {
+      for (const args of [['lock', 'status', '--verbose'], ['lock', 'run', '--key', 'k', '--verbose', '--', 'true']]) {
+        const r = await run([...args.slice(0, 2), '-b', url, ...args.slice(2)])
+        assert.ok(r.code === 64 || r.code === 69, `${url}: ${r.stderr}`)
+        assert.doesNotMatch(r.stdout + r.stderr, /SECRET|@pw@|pw@127/, `${url} ${args.join(' ')} printed a piece of the password:\n${r.stderr}`)
+        if (!url.startsWith('file:')) assert.match(r.stderr, /alice:\*\*\*@127\.0\.0\.1/, `${url}: the URL is shown, masked`)
+      }
+    }
+  })
+
   it('an error with --json is one JSON object on stderr carrying the exit code', async () => {
     const r = await run(['lock', 'status', '-b', 'foo://x', '--json'])
     assert.equal(r.code, 64)
@@ -143,6 +161,105 @@ describe('bad flags, keys and queue names', {concurrency: 4}, () => {
       assert.equal(r.code, 64, `dlq ${args.join(' ')}: ${r.stderr}`)
       assert.match(oneErrorLine(r, assert), pattern, `dlq ${args.join(' ')}`)
     }
+  })
+
+  // SPEC §2: a word before -- that belongs to no flag is a usage error, never dropped. Checked before
+  // any backend is opened, so once here; fast-path.test.mjs holds the two ways into lock run together.
+  it('a word before -- that belongs to no flag is 64 naming it, and nothing runs or is taken (both ways into lock run, and pop --exec)', async (t) => {
+    const {pushArgs, queueStats} = await import('../support/queues.mjs')
+    const queue = uniqueName('stray')
+    await pushArgs(ctx.dlq, queue, ['untouched'])
+    const lockKey = uniqueName('stray')
+    const cases = [
+      [['lock', 'run', '--key', lockKey, '--wait', '10', 'min', '--', 'echo', 'ran'], ['min']],
+      [['lock', 'run', '--key', 'deploy', 'production', '--', 'echo', 'ran'], ['production']],
+      [['lock', 'run', '-q', 'one', '--key', lockKey, 'two', '--', 'echo', 'ran'], ['one', 'two']],
+      // The same word before and after --: the one before is still refused.
+      [['lock', 'run', '--key', lockKey, 'echo', '--', 'echo', 'ran'], ['echo']],
+      [['queue', 'pop', '--queue', queue, '--exec', 'stray', '--', 'cat'], ['stray']],
+      [['queue', 'pop', '--queue', queue, 'stray', '--exec', '--', 'cat'], ['stray']],
+    ]
+    for (const [args, words] of cases) {
+      for (const env of [{}, {DLQ_FAST_PATH: '0'}]) {
+        const what = `dlq ${args.join(' ')}${env.DLQ_FAST_PATH ? ' (oclif)' : ''}`
+        const r = await ctx.dlq.run(args, {env})
+        assert.equal(r.code, 64, `${what}: ${r.stderr}`)
+        const line = oneErrorLine(r, assert)
+        assert.match(line, new RegExp(`unexpected arguments? ${words.map((w) => `"${w}"`).join(' ')} before --`), what)
+        assert.equal(r.stdout, '', `${what}: the command must not run`)
+      }
+    }
+    const status = await ctx.dlq.run(['lock', 'status', '--json'])
+    assert.deepEqual(JSON.parse(status.stdout).locks.map((l) => l.key).filter((k) => k === lockKey || k === 'deploy'), [], 'no lock was taken')
+    const stats = await queueStats(ctx.dlq, queue)
+    assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [1, 0, 0], 'the message was not touched')
+    // Words that do belong to flags, and a command without --, still run.
+    const ok = await ctx.dlq.run(['lock', 'run', '--key', lockKey, '--wait', '10', '--', 'echo', 'ran'])
+    assert.equal(ok.code, 0, ok.stderr)
+    assert.equal(ok.stdout, 'ran\n')
+  })
+
+  it('compound durations (1m30s, what dlq itself prints) are accepted by every duration flag; what lock status prints reads back', async () => {
+    const {pushArgs} = await import('../support/queues.mjs')
+    const runKey = uniqueName('compound')
+    for (const env of [{}, {DLQ_FAST_PATH: '0'}]) {
+      const r = await ctx.dlq.run(['lock', 'run', '--key', runKey, '--wait', '1m30s', '--ttl', '1m0s', '--kill-grace', '1s500ms', '--', 'echo', 'ran'], {env})
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(r.stdout, 'ran\n')
+    }
+    const key = uniqueName('compound')
+    const acquired = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '29m59s500ms'])
+    assert.equal(acquired.code, 0, acquired.stderr)
+    const renewed = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', acquired.stdout.trim(), '--ttl', '2h5m'])
+    assert.equal(renewed.code, 0, renewed.stderr)
+    const table = await ctx.dlq.run(['lock', 'status', '--key', key])
+    assert.equal(table.code, 0, table.stderr)
+    const [header, row] = table.stdout.split('\n')
+    const expires = row.slice(header.indexOf('EXPIRES')).match(/^in (\S+)/)?.[1]
+    assert.match(expires ?? '', /^2h[45]m$|^2h5m$/, table.stdout)
+    assert.doesNotMatch(table.stdout, /(^|\D)60[sm]\b/, 'no 60 in a minute or an hour')
+    // What status printed is a duration dlq takes.
+    const again = await ctx.dlq.run(['lock', 'renew', '--key', key, '--token', acquired.stdout.trim(), '--ttl', expires])
+    assert.equal(again.code, 0, `--ttl ${expires}: ${again.stderr}`)
+    const queue = uniqueName('compound')
+    await pushArgs(ctx.dlq, queue, ['m'])
+    const popped = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '1m30s', '--visibility', '1m30s'])
+    assert.equal(popped.code, 0, popped.stderr)
+    assert.equal(popped.stdout, 'm\n')
+    for (const bad of ['30s1m', '1m30', '1m 30s']) {
+      const r = await ctx.dlq.run(['lock', 'run', '--key', runKey, '--wait', bad, '--', 'true'])
+      assert.equal(r.code, 64, `--wait ${bad}: ${r.stderr}`)
+      assert.match(oneErrorLine(r, assert), /bad duration for --wait/)
+    }
+  })
+
+  it('a key or queue name that is not valid UTF-8 is 64 (two such keys would arrive as one, U+FFFD); a U+FFFD written as such is a key like any other', async () => {
+    // bash passes the bytes as they are; Node would decode \xff and \xfe alike to U+FFFD.
+    const withBytes = (words, env = {}) => runProgram('bash', ['-c', `"$@" ${words}`, 'dlq-test-sh', NODE, BIN], {env})
+    const b = `-b ${ctx.dlq.url}`
+    const commands = [
+      `lock run ${b} --key $'deploy\\xff' -- echo ran`,
+      `lock run ${b} --key=$'deploy\\xfe' -- echo ran`,
+      `lock run ${b} -k $'\\xc3' -- echo ran`,
+      `lock acquire ${b} --key $'deploy\\xff'`,
+      `lock status ${b} --key $'deploy\\xff'`,
+      `queue push ${b} --queue $'jobs\\xff' message`,
+      `queue pop ${b} --queue $'jobs\\xff'`,
+      `queue tail ${b} --queue $'jobs\\xfe'`,
+    ]
+    for (const words of commands) {
+      for (const env of [{}, {DLQ_FAST_PATH: '0'}]) {
+        const r = await withBytes(words, env)
+        assert.equal(r.code, 64, `${words}: ${r.stderr}`)
+        assert.match(oneErrorLine(r, assert), /bad (key|queue): --(key|queue) ".*\uFFFD.*" is not valid UTF-8/, words)
+        assert.equal(r.stdout, '', words)
+      }
+    }
+    const locks = JSON.parse((await ctx.dlq.run(['lock', 'status', '--json'])).stdout).locks
+    assert.deepEqual(locks.filter((l) => l.key.includes('\uFFFD')), [], 'no lock was taken')
+    const valid = await withBytes(`lock run ${b} --key $'deploy\\xef\\xbf\\xbd' -- printenv DLQ_LOCK_KEY`)
+    assert.equal(valid.code, 0, valid.stderr)
+    assert.equal(valid.stdout, 'deploy\uFFFD\n')
   })
 
   it('a NUL cannot reach dlq in argv: the shell cuts the key there, and dlq uses the key it was given', async () => {

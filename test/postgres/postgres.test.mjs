@@ -196,7 +196,7 @@ describe('postgres backend', {concurrency: 3}, () => {
         return Date.parse(state?.holders[0]?.expiresAt ?? 0) > restarted + 12_000
       }, {what: 'a renewal after the restart', timeoutMs: 15_000, intervalMs: 250})
       const [after] = await statusOf(server.url, key)
-      assert.equal(after.holders[0].token, before.holders[0].token, 'the same lease, not a new one')
+      assert.equal(after.holders[0].fencingToken, before.holders[0].fencingToken, 'the same lease, not a new one')
       assert.equal((await cli(server.url, ['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])).code, 75, 'still held')
       assert.equal(holder.exited, false, 'the command runs on')
       await writeFile(join(dir, 'go'), '')

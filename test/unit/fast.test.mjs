@@ -36,6 +36,13 @@ describe('fast path: parsing', () => {
     assert.deepEqual(r.command, ['sh', '-c', 'x -- --key y'])
     assert.deepEqual(r.flags, {key: 'deploy', wait: '0', ttl: '5s', quiet: true, limit: 3, backend: 'file:///x', color: false, verbose: false, json: false, 'conflict-exit-code': 75, 'kill-grace': '10s'})
     assert.equal(parse('--key', 'k', '--conflict-exit-code', '-1', '--', 'true').flags['conflict-exit-code'], -1)
+    assert.deepEqual(r.stray, [])
+  })
+  it('keeps the words before -- that belong to no flag, for lockRun to refuse (never drops them)', () => {
+    const r = parse('--key', 'x', '--wait', '10', 'min', '-q', 'more', '--', 'echo', 'ran')
+    assert.deepEqual(r.stray, ['min', 'more'])
+    assert.deepEqual([r.flags.key, r.flags.wait, r.flags.quiet], ['x', '10', true])
+    assert.deepEqual(r.command, ['echo', 'ran'])
   })
   it('leaves to oclif whatever it cannot be sure of', () => {
     for (const argv of [
@@ -48,7 +55,6 @@ describe('fast path: parsing', () => {
       ['--key', 'k', '--version', '--', 'true'],
       ['--key', 'k', '--nope', '--', 'true'], // unknown flag
       ['--key', 'k', '-x', '--', 'true'], // unknown short flag
-      ['--key', 'k', 'stray', '--', 'true'], // an argument before --
       ['--key', 'a', '--key', 'b', '--', 'true'], // repeated
       ['--key', 'k', '--color', '--no-color', '--', 'true'], // repeated, negated
       ['--key', '--wait', '--', 'true'], // a value that looks like a flag

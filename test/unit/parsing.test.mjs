@@ -4,10 +4,12 @@ import {describe, it} from 'node:test'
 
 import {maskUrl} from '../../dist/backends/index.js'
 import {encodeName} from '../../dist/backends/file/paths.js'
-import {parseDuration} from '../../dist/duration.js'
+import {maskUrlsIn} from '../../dist/backends/url.js'
+import {formatDuration, parseDuration} from '../../dist/duration.js'
 import {DlqError} from '../../dist/errors.js'
 import {batches} from '../../dist/framing.js'
 import {checkName} from '../../dist/names.js'
+import {jsonText} from '../../dist/output.js'
 
 const usage = (fn) => assert.throws(fn, (e) => e instanceof DlqError && e.exitCode === 64)
 
@@ -21,8 +23,26 @@ describe('durations', () => {
     assert.equal(parseDuration('0', 'wait'), 0)
     assert.equal(parseDuration('forever', 'wait'), Number.POSITIVE_INFINITY)
   })
+  it('reads compounds, largest unit first, each unit once', () => {
+    assert.equal(parseDuration('1m30s', 'wait'), 90_000)
+    assert.equal(parseDuration('2h5m', 'wait'), 7_500_000)
+    assert.equal(parseDuration('1h0m', 'wait'), 3_600_000)
+    assert.equal(parseDuration('1d2h3m4s5ms', 'wait'), 86_400_000 + 7_200_000 + 180_000 + 4000 + 5)
+    assert.equal(parseDuration('1m0.5s', 'wait'), 60_500)
+    assert.equal(parseDuration('1M30S', 'wait'), 90_000)
+  })
   it('refuses the rest with a usage error', () => {
-    for (const bad of ['', '-1', '1x', 's', '1 h', '99999999999h', 'NaN']) usage(() => parseDuration(bad, 'wait'))
+    for (const bad of ['', '-1', '1x', 's', '1 h', '99999999999h', 'NaN', '30s1m', '1m1m', '1m30', 'm30s', '1m 30s', '1ms1s', '1.m', '365d1s']) usage(() => parseDuration(bad, 'wait'))
+  })
+  it('prints what it reads back, rounded once to the unit shown (never 29m60s)', () => {
+    const cases = [[0, '0ms'], [999.4, '999ms'], [999.6, '1s'], [1049, '1s'], [1050, '1.1s'], [59_949, '59.9s'], [59_960, '1m0s'], [90_000, '1m30s'],
+      [29 * 60_000 + 59_600, '30m0s'], [29 * 60_000 + 59_400, '29m59s'], [3_599_600, '1h0m'], [3_600_000 + 59 * 60_000 + 45_000, '2h0m'], [7_500_000, '2h5m']]
+    for (const [ms, shown] of cases) assert.equal(formatDuration(ms), shown, `${ms}ms`)
+    for (let ms = 0; ms < 3 * 3_600_000; ms += 997) {
+      const shown = formatDuration(ms)
+      assert.doesNotMatch(shown, /(^|\D)60[sm]/, `${ms}ms shown as ${shown}`)
+      assert.ok(Math.abs(parseDuration(shown, 'wait') - ms) <= (ms < 60_000 ? 50 : ms < 3_600_000 ? 500 : 30_000), `${shown} reads back near ${ms}ms`)
+    }
   })
 })
 
@@ -37,6 +57,10 @@ describe('names', () => {
     usage(() => checkName('a'.repeat(256), 'key'))
     usage(() => checkName('é'.repeat(128), 'queue')) // 256 bytes
     for (const c of ['\n', '\0', '\t', '\u007f', '\u0085']) usage(() => checkName(`a${c}b`, 'key'))
+  })
+  it('accepts a U+FFFD that was written as such (the bytes EF BF BD in UTF-8)', () => {
+    // This process's arguments hold no invalid UTF-8: the character is the user's own.
+    assert.equal(checkName('a\uFFFDb', 'key'), 'a\uFFFDb')
   })
 })
 
@@ -62,6 +86,16 @@ describe('URL masking', () => {
     assert.equal(maskUrl('redis://:onlypass@h'), 'redis://:***@h')
     assert.equal(maskUrl('zk://h1:2181,h2:2181/app?password=x'), 'zk://h1:2181,h2:2181/app?password=***')
     assert.equal(maskUrl('file:///var/lock/dlq'), 'file:///var/lock/dlq')
+  })
+  it('masks up to the last @ of the authority on every scheme: a raw @ in a password is part of it', () => {
+    for (const scheme of ['redis', 'rediss', 'zk', 'postgres', 'postgresql', 'file', 'redis+sentinel']) {
+      assert.equal(maskUrl(`${scheme}://alice:SECRET@pw@@host:1/db@x?y=@#@`), `${scheme}://alice:***@host:1/db@x?y=@#@`, scheme)
+      assert.equal(maskUrl(`${scheme}://alice:SECRET@pw@h1:1,h2:2`), `${scheme}://alice:***@h1:1,h2:2`, scheme)
+    }
+    // An @ after the authority (a path, a query) is no user info.
+    assert.equal(maskUrl('zk://h:2181/app@v2'), 'zk://h:2181/app@v2')
+    assert.equal(maskUrl('file:///home/me@x/dlq'), 'file:///home/me@x/dlq')
+    assert.equal(maskUrlsIn('Error: at "redis://a:S@E@h:1" and postgres://u:S@E@h/db@1'), 'Error: at "redis://a:***@h:1" and postgres://u:***@h/db@1')
   })
 })
 
@@ -100,5 +134,13 @@ describe('framing', () => {
       for await (const b of batches(input(), 'line', {maxMessages: 100, maxBytes: 1 << 20, maxMessageBytes: 10})) seen.push(...b.map(String))
     }, (e) => e instanceof DlqError && e.exitCode === 65 && /message 3/.test(e.message))
     assert.deepEqual(seen, ['1', '2'])
+  })
+})
+
+describe('JSON output', () => {
+  it('writes a BigInt (a fencing token up to 2^63-1) as an exact integer, strings untouched', () => {
+    const text = jsonText({fencingToken: 2n ** 63n - 1n, small: 7n, command: 'bigint123x45', list: [1n]})
+    assert.equal(text, '{"fencingToken":9223372036854775807,"small":7,"command":"bigint123x45","list":[1]}')
+    assert.equal(jsonText({a: 1n}, true), '{\n  "a": 1\n}')
   })
 })

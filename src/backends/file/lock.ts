@@ -42,7 +42,7 @@ const errorCode = (error: unknown) => (error as NodeJS.ErrnoException).code
 function toHolder(record: HolderRecord): Holder {
   return {
     owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
-    token: record.token, acquiredAt: new Date(record.acquiredMs), expiresAt: new Date(record.expiresMs),
+    fencingToken: record.token, acquiredAt: new Date(record.acquiredMs), expiresAt: new Date(record.expiresMs),
   }
 }
 
@@ -201,7 +201,7 @@ export class FileLocks implements LockDriver {
       const outcome = await this.transact(dir, intent)
       if (outcome.kind === 'acquired') {
         this.mine.set(request.owner, dir)
-        return {done: true, value: {key: request.key, owner: request.owner, token: outcome.record.token, ttlMs: request.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}, next: 0}
+        return {done: true, value: {key: request.key, owner: request.owner, fencingToken: outcome.record.token, ttlMs: request.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}, next: 0}
       }
       const holders = outcome.kind === 'busy' ? outcome.holders : []
       request.onWaiting?.(holders.map(toHolder))
@@ -219,7 +219,7 @@ export class FileLocks implements LockDriver {
     if (!dir) throw new LockLostError(key, `no lease with owner ${owner} (the key has never been locked)`)
     const outcome = await this.transact(dir, {kind: 'renew', owner, ttlMs, marginMs: renewMarginMs(ttlMs ?? 30_000)})
     if (outcome.kind !== 'renewed') throw new LockLostError(key, outcome.kind === 'lost' ? outcome.why : 'the lease is gone')
-    return {key, owner, token: outcome.record.token, ttlMs: outcome.record.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}
+    return {key, owner, fencingToken: outcome.record.token, ttlMs: outcome.record.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}
   }
 
   async release(key: string, owner: string): Promise<boolean> {
@@ -242,7 +242,7 @@ export class FileLocks implements LockDriver {
         const outcome = await this.transact(dir, {kind: 'read'})
         if (outcome.kind !== 'state' || outcome.holders.length === 0) continue
         const name = key ?? (await decodeName(leases, component, this.modes)) ?? component
-        states.push({key: name, holders: outcome.holders.map(toHolder).sort((a, b) => Number(BigInt(a.token) - BigInt(b.token)))})
+        states.push({key: name, holders: outcome.holders.map(toHolder).sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken)))})
       } finally {
         if (this.ready.get(component) !== dir) await unpin(dir)
       }

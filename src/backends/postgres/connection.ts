@@ -23,7 +23,7 @@ import type {ConnectionOptions} from 'node:tls'
 import type {Client, ClientConfig, QueryResultRow} from 'pg'
 
 import {DlqError, unavailable, usageError} from '../../errors.js'
-import {connectTimeoutMs, credentials, maskUrl} from '../url.js'
+import {checkParameters, connectTimeoutMs, credentials, maskUrl} from '../url.js'
 import {lockSchema} from './lock.js'
 import {queueSchema, queueSchemaV2} from './queue.js'
 
@@ -46,7 +46,7 @@ export interface Schema {
 }
 
 // Beside dlq's own, the libpq URI parameters that make sense here (a Unix socket is ?host=/dir).
-const knownParameters = new Set(['schema', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name'])
+const knownParameters = ['schema', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name']
 const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 
 // Keys and queue names are UTF-8 whatever the database's default client encoding. And every dlq
@@ -137,9 +137,7 @@ async function passwordFromFile(host: string, port: number, database: string, us
 
 async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promise<Settings> {
   const displayUrl = maskUrl(url.href)
-  for (const name of url.searchParams.keys()) {
-    if (!knownParameters.has(name)) throw usageError('bad backend URL', `unknown parameter ?${name}= in ${displayUrl}`, `known: ${[...knownParameters].map((p) => `?${p}=`).join(', ')}`)
-  }
+  checkParameters(url, knownParameters, displayUrl)
   const schemaName = url.searchParams.get('schema') ?? 'dlq'
   if (!schemaPattern.test(schemaName)) throw usageError('bad ?schema=', `${JSON.stringify(schemaName)} in ${displayUrl}`, 'a schema name of letters, digits and _, at most 63, not starting with a digit')
   const host = url.hostname.replace(/^\[|\]$/g, '') || url.searchParams.get('host') || env.PGHOST || 'localhost'

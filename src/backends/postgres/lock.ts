@@ -198,7 +198,7 @@ export class PostgresLocks implements LockDriver {
         const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0])
         if (row.acquired) {
           acquired = true
-          return {key, owner, token: row.token!, ttlMs, expiresAt: new Date(sent + ttlMs)}
+          return {key, owner, fencingToken: row.token!, ttlMs, expiresAt: new Date(sent + ttlMs)}
         }
         const now = Date.now()
         if (now >= deadline) return undefined
@@ -223,7 +223,7 @@ export class PostgresLocks implements LockDriver {
     const [row] = await this.connection.query<{token: string; ttl_ms: string}>(this.statements.renew, [key, owner, ttlMs ?? null])
     if (!row) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
     const granted = ttlMs ?? Number(row.ttl_ms)
-    return {key, owner, token: row.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
+    return {key, owner, fencingToken: row.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
   }
 
   async release(key: string, owner: string): Promise<boolean> {
@@ -269,7 +269,7 @@ export class PostgresLocks implements LockDriver {
       let state = states.get(row.key)
       if (!state) states.set(row.key, (state = {key: row.key, holders: [], waiters: Number(row.waiters)}))
       const holder: Holder = {
-        owner: row.owner, token: row.token, host: row.host, pid: row.pid, user: row.username, command: row.command,
+        owner: row.owner, fencingToken: row.token, host: row.host, pid: row.pid, user: row.username, command: row.command,
         acquiredAt: row.acquired_at, expiresAt: row.expires_at,
       }
       state.holders.push(holder)

@@ -147,7 +147,7 @@ export class RedisLocks implements LockDriver {
         if (num(reply[0]) === 1) {
           acquired = true
           const parsed = parseRecord(text(reply[1]))
-          return {key: request.key, owner: request.owner, token: parsed.token, ttlMs: request.ttlMs, expiresAt: new Date(sent + request.ttlMs)}
+          return {key: request.key, owner: request.owner, fencingToken: parsed.token, ttlMs: request.ttlMs, expiresAt: new Date(sent + request.ttlMs)}
         }
         const now = Date.now()
         if (now >= deadline) return undefined
@@ -177,7 +177,7 @@ export class RedisLocks implements LockDriver {
     const parsed = parseRecord(text(reply[0]))
     const granted = ttlMs ?? parsed.ttlMs
     this.log?.(`redis: renewed ${key} for ${granted}ms`)
-    return {key, owner, token: parsed.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
+    return {key, owner, fencingToken: parsed.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
   }
 
   async release(key: string, owner: string): Promise<boolean> {
@@ -203,9 +203,9 @@ export class RedisLocks implements LockDriver {
         const record = text(records[i / 2])
         if (!record) continue
         const parsed = parseRecord(record)
-        list.push({...parsed.info, owner: text(holders[i]), token: parsed.token, acquiredAt: new Date(parsed.acquiredAt), expiresAt: new Date(num(holders[i + 1]))})
+        list.push({...parsed.info, owner: text(holders[i]), fencingToken: parsed.token, acquiredAt: new Date(parsed.acquiredAt), expiresAt: new Date(num(holders[i + 1]))})
       }
-      if (list.length > 0) states.push({key: name, holders: list.sort((a, b) => Number(BigInt(a.token) - BigInt(b.token))), waiters: num(waiters)})
+      if (list.length > 0) states.push({key: name, holders: list.sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken))), waiters: num(waiters)})
     }
     return states
   }

@@ -153,17 +153,18 @@ export class Session {
   }
 
   private async open(): Promise<Live> {
+    // ?connectTimeout= bounds all of it, loading the library included: a hard bound (SPEC §1).
+    const timeout = this.target.connectTimeoutMs
+    const started = Date.now()
     const zk = await load()
     this.acl = this.target.auth ? zk.ACL.CREATOR_ALL_ACL : zk.ACL.OPEN_ACL_UNSAFE
     const client = zk.createClient(this.target.servers, {sessionTimeout: this.wantedTimeoutMs, spinDelay: 100, retries: 0})
     if (this.target.auth) client.addAuthInfo('digest', Buffer.from(`${this.target.auth.user}:${this.target.auth.password}`))
-    const timeout = this.target.connectTimeoutMs
-    const started = Date.now()
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         client.close()
         reject(unavailable(`cannot connect to ${this.target.display}`, `no ZooKeeper server answered within ${formatDuration(timeout)}`, 'is the ensemble up and reachable? ?connectTimeout=10s waits longer'))
-      }, timeout)
+      }, Math.max(0, started + timeout - Date.now()))
       client.once('connected', () => {
         clearTimeout(timer)
         resolve()

@@ -243,7 +243,7 @@ export class ZooKeeperLocks implements LockDriver {
             acquired = true
             const expiresAt = node.sent + request.ttlMs
             this.mine.set(owner, {key, path: node.path, record: {...record}, token: node.token!, expiresAt, confirming})
-            return {key, owner, token: node.token!, ttlMs: request.ttlMs, expiresAt: new Date(expiresAt)}
+            return {key, owner, fencingToken: node.token!, ttlMs: request.ttlMs, expiresAt: new Date(expiresAt)}
           }
           if (Date.now() >= deadline) return undefined
           if (!node.waiting) {
@@ -327,7 +327,7 @@ export class ZooKeeperLocks implements LockDriver {
         const stat = await this.session.setData(node.path, encode(record), node.stat.version)
         this.session.observeWrite(stat, sent)
         if (own?.key === key) Object.assign(own, {record, expiresAt: sent + granted})
-        return {key, owner, token: this.token(node), ttlMs: granted, expiresAt: new Date(sent + granted)}
+        return {key, owner, fencingToken: this.token(node), ttlMs: granted, expiresAt: new Date(sent + granted)}
       } catch (error) {
         if (isCode(error, Code.BAD_VERSION)) continue // written meanwhile (another renewal): read again
         if (isCode(error, Code.NO_NODE)) throw new LockLostError(key, 'the lock node was deleted (force release, or it expired)')
@@ -402,7 +402,7 @@ export class ZooKeeperLocks implements LockDriver {
     const {record} = node
     return {
       owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
-      token: this.token(node),
+      fencingToken: this.token(node),
       acquiredAt: new Date(record.acquired ? record.acquiredAt : time(node.stat.mtime)),
       expiresAt: new Date(expiry(node)),
     }

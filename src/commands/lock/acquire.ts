@@ -1,9 +1,10 @@
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
-import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner} from '../../holding.js'
+import {DlqError} from '../../errors.js'
+import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, leaseJson, newOwner} from '../../holding.js'
 import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
-import {readerGone, writeOut} from '../../output.js'
+import {jsonText, readerGone, writeOut} from '../../output.js'
 import {signalExitCode} from '../../signals.js'
 
 export default class LockAcquire extends DlqCommand {
@@ -37,13 +38,13 @@ export default class LockAcquire extends DlqCommand {
     const lease = await backend.locks.acquire({key, owner, ttlMs, limit, waitMs, signal: abort.signal, holder: holderInfo('dlq lock acquire')})
     if (!lease) {
       const [state] = await backend.locks.status(key)
-      process.stderr.write(`dlq: lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}: ${describeHolders(state?.holders ?? [])}\n`)
+      this.report(new DlqError(conflictExitCode, `lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}`, describeHolders(state?.holders ?? [])))
       return this.finish(conflictExitCode)
     }
     await backend.locks.detach?.(key, owner)
-    const result = {key, owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
+    const result = leaseJson(lease)
     try {
-      await writeOut(process.stdout, this.jsonEnabled() ? `${JSON.stringify(result, null, 2)}\n` : `${owner}\n`)
+      await writeOut(process.stdout, this.jsonEnabled() ? `${jsonText(result, true)}\n` : `${owner}\n`)
     } catch (error) {
       // Nobody got the token, so nobody could renew or release the lease: let it go now rather
       // than leave the key held until its TTL.

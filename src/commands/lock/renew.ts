@@ -1,6 +1,6 @@
 import {DlqCommand} from '../../base.js'
 import {LockLostError, notNow} from '../../errors.js'
-import {checkTtl, describeHolders} from '../../holding.js'
+import {checkTtl, describeHolders, leaseJson} from '../../holding.js'
 import {keyFlag} from '../../lockflags.js'
 import * as Flags from '@oclif/core/flags'
 import {checkName} from '../../names.js'
@@ -16,7 +16,7 @@ export default class LockRenew extends DlqCommand {
     ttl: Flags.string({summary: 'New lease length from now (default: the TTL the lease was taken with).', helpValue: 'DURATION'}),
   }
 
-  async run(): Promise<{key: string; owner: string; token: string; expiresAt: string}> {
+  async run(): Promise<ReturnType<typeof leaseJson>> {
     const {flags} = await this.parse(LockRenew)
     const key = checkName(flags.key, 'key')
     const ttlMs = flags.ttl === undefined ? undefined : checkTtl(flags.ttl)
@@ -24,7 +24,7 @@ export default class LockRenew extends DlqCommand {
     try {
       const lease = await backend.locks.renew(key, flags.token, ttlMs)
       await this.closeBackend()
-      return {key, owner: lease.owner, token: lease.token, expiresAt: lease.expiresAt.toISOString()}
+      return leaseJson(lease)
     } catch (error) {
       if (!(error instanceof LockLostError)) throw error
       const [state] = await backend.locks.status(key)

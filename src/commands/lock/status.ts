@@ -2,6 +2,7 @@ import * as Flags from '@oclif/core/flags'
 
 import {DlqCommand} from '../../base.js'
 import {formatDuration} from '../../duration.js'
+import {lockStateJson} from '../../holding.js'
 import {checkName} from '../../names.js'
 import {paint, table} from '../../output.js'
 
@@ -20,7 +21,7 @@ export default class LockStatus extends DlqCommand {
     const backend = await this.backend(flags.backend, flags.verbose)
     const states = await backend.locks.status(key)
     await this.closeBackend()
-    if (this.jsonEnabled()) return {locks: states}
+    if (this.jsonEnabled()) return {locks: states.map(lockStateJson)}
     if (states.length === 0) {
       process.stderr.write(key === undefined ? 'dlq: no lock is held\n' : `dlq: ${JSON.stringify(key)} is not held\n`)
       return
@@ -29,7 +30,7 @@ export default class LockStatus extends DlqCommand {
     const now = Date.now()
     const rows = states.flatMap((s) => [
       ...s.holders.map((h) => [
-        s.key, h.token, `${h.user}@${h.host}`, String(h.pid), formatDuration(now - h.acquiredAt.getTime()) + ' ago',
+        s.key, h.fencingToken, `${h.user}@${h.host}`, String(h.pid), formatDuration(now - h.acquiredAt.getTime()) + ' ago',
         `in ${formatDuration(h.expiresAt.getTime() - now)}`, s.waiters === undefined ? '-' : String(s.waiters), h.owner, h.command,
       ]),
       // Where the backend queues fairly, the waiters follow in the order they will get the lock.
@@ -37,6 +38,7 @@ export default class LockStatus extends DlqCommand {
         s.key, `(next ${i + 1})`, `${w.user}@${w.host}`, String(w.pid), `waiting ${formatDuration(now - w.since.getTime())}`, '-', '-', w.owner, w.command,
       ]),
     ])
-    process.stdout.write(table(['KEY', 'TOKEN', 'HOLDER', 'PID', 'ACQUIRED', 'EXPIRES', 'WAITERS', 'OWNER', 'COMMAND'], rows, chalk.bold))
+    // TOKEN is what --token takes (the owner id), FENCING the number DLQ_FENCING_TOKEN carries.
+    process.stdout.write(table(['KEY', 'FENCING', 'HOLDER', 'PID', 'ACQUIRED', 'EXPIRES', 'WAITERS', 'TOKEN', 'COMMAND'], rows, chalk.bold))
   }
 }

@@ -1,13 +1,14 @@
 import * as Flags from '@oclif/core/flags'
 
+import {refuseStray, splitAtDashes} from '../../argv.js'
 import type {Backend, Message} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
-import {toDlqError, usageError} from '../../errors.js'
+import {cannotRun, notNow, toDlqError, usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
-import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
+import {SignalRouter, signalExitCode} from '../../signals.js'
 
 /**
  * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
@@ -21,7 +22,7 @@ export default class QueuePop extends DlqCommand {
 
 A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
 
-Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait.`
+Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted.`
   static examples = [
     '<%= config.bin %> queue pop --queue jobs',
     '<%= config.bin %> queue pop --queue jobs --count 100 --wait 30s > batch.txt',
@@ -43,7 +44,8 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
   async run(): Promise<void> {
     const {flags, argv} = await this.parse(QueuePop)
     const queue = checkName(flags.queue, 'queue')
-    const command = commandAfterDashes(this.argv, argv as string[])
+    const {command, stray} = splitAtDashes(this.argv, argv as string[])
+    refuseStray(stray)
     const waitMs = parseDuration(flags.wait, 'wait')
     const visibilityMs = parseDuration(flags.visibility, 'visibility')
     if (!Number.isFinite(visibilityMs) || visibilityMs < 100) throw usageError('bad --visibility', flags.visibility, 'a finite duration of at least 100ms')
@@ -63,7 +65,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     if (result.output !== undefined && !readerGone(result.output)) throw result.output
     if (result.output !== undefined) return this.finish(signalExitCode('SIGPIPE'))
     if (result.delivered === 0 && result.stopped === undefined) {
-      process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(waitMs)}\n`)
+      this.report(notNow(`queue ${JSON.stringify(queue)} is empty`, `no message within ${formatDuration(waitMs)}`))
       return this.finish(75)
     }
     return this.finish(0)
@@ -165,10 +167,17 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       const result = await child
       signals.waitAgain()
       clearInterval(extender)
+      if (child.pid === undefined) {
+        // The handler never started (not found, not executable): that is no delivery. Counted as
+        // one, every message would burn its attempts at once and the queue would end up in .dead.
+        await backend.queues.settle(queue, [message], 'release', options.maxAttempts)
+        signals.dispose()
+        throw cannotRun(command[0], result.code, firstLine(result.originalMessage ?? result.shortMessage ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
+      }
       const ok = result.exitCode === 0
       await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts)
       if (!ok) {
-        const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `could not start (${result.shortMessage})`) : `exited ${result.exitCode}`
+        const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
         const next = message.attempts >= options.maxAttempts ? `moved to ${queue}.dead` : 'returned for retry'
         process.stderr.write(`dlq: message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}\n`)
       }
@@ -177,9 +186,11 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     signals.dispose()
     if (signals.first) return this.finish(signalExitCode(signals.first))
     if (processed === 0) {
-      process.stderr.write(`dlq: queue ${JSON.stringify(queue)} is empty: no message within ${formatDuration(options.waitMs)}\n`)
+      this.report(notNow(`queue ${JSON.stringify(queue)} is empty`, `no message within ${formatDuration(options.waitMs)}`))
       return this.finish(75)
     }
     return this.finish(0)
   }
 }
+
+const firstLine = (text: string) => text.split('\n')[0]
