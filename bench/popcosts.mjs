@@ -17,7 +17,7 @@
 // PostgreSQL schema is older uses its own ?schema=. Every server statement is capped at 20 s, so an
 // old build's abandoned statement cannot run on under the next measurement.
 import {spawnSync} from 'node:child_process'
-import {existsSync, mkdtempSync, rmSync} from 'node:fs'
+import {existsSync, mkdirSync, mkdtempSync, rmSync} from 'node:fs'
 import os from 'node:os'
 import {dirname, join, resolve} from 'node:path'
 import {fileURLToPath, pathToFileURL} from 'node:url'
@@ -220,6 +220,7 @@ async function memory(log) {
   const verdicts = []
   try {
     for (const build of builds()) {
+      mkdirSync(join(dir, build.name))
       const urls = [['file', `file://${dir}/${build.name}`], ['redis', redisServer.url], ['postgres', `${pgServer.url}?schema=mem_${build.name}`]]
       for (const [backend, url] of urls) {
         const queue = `mem-${build.name}`
@@ -246,23 +247,27 @@ async function memory(log) {
 
 const SECTIONS = {redis, postgres, memory}
 
-/** For bench.mjs: every section's report. */
-export async function benchPopCosts({log = () => {}, sections = Object.keys(SECTIONS)} = {}) {
+/** For bench.mjs: every section's report; `onReport` sees each as soon as its section ends. */
+export async function benchPopCosts({log = () => {}, sections = Object.keys(SECTIONS), onReport = () => {}} = {}) {
   const reports = []
-  for (const name of sections) reports.push(await SECTIONS[name](log))
+  for (const name of sections) {
+    reports.push(await SECTIONS[name](log))
+    onReport(reports.at(-1))
+  }
   return reports
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1]).href) {
+function print(report) {
+  console.log(`\n== ${report.title}`)
+  const all = [report.table.header, ...report.table.rows].map((row) => row.map(String))
+  const widths = report.table.header.map((_h, i) => Math.max(...all.map((row) => (row[i] ?? '').length)))
+  for (const row of all) console.log(`  ${row.map((cell, i) => (i === 0 || i === 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]))).join('  ').trimEnd()}`)
+  for (const v of report.verdicts ?? []) console.log(`  ${v.ok ? 'PASS' : 'MISS'}  target: ${v.target} — measured ${v.measured}`)
+  for (const note of report.notes ?? []) console.log(`  note: ${note}`)
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const wanted = process.argv.slice(2)
   for (const name of wanted) if (!(name in SECTIONS)) throw new Error(`unknown section ${name} (known: ${Object.keys(SECTIONS).join(', ')})`)
-  const reports = await benchPopCosts({log: (line) => process.stderr.write(`${line}\n`), sections: wanted.length ? wanted : undefined})
-  for (const report of reports) {
-    console.log(`\n== ${report.title}`)
-    const all = [report.table.header, ...report.table.rows].map((row) => row.map(String))
-    const widths = report.table.header.map((_h, i) => Math.max(...all.map((row) => (row[i] ?? '').length)))
-    for (const row of all) console.log(`  ${row.map((cell, i) => (i === 0 || i === 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]))).join('  ').trimEnd()}`)
-    for (const v of report.verdicts ?? []) console.log(`  ${v.ok ? 'PASS' : 'MISS'}  target: ${v.target} — measured ${v.measured}`)
-    for (const note of report.notes ?? []) console.log(`  note: ${note}`)
-  }
+  await benchPopCosts({log: (line) => process.stderr.write(`${line}\n`), sections: wanted.length ? wanted : undefined, onReport: print})
 }
