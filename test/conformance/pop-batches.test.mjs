@@ -28,7 +28,10 @@ for (const backend of backends) {
       pop.stdout.resume()
       const r = await pop.result
       assert.equal(r.code, 0, r.stderr)
-      assert.deepEqual(lines(r.stdout), bodies)
+      const got = lines(r.stdout)
+      const differs = got.findIndex((line, i) => line !== bodies[i])
+      const first = differs === -1 ? Math.min(got.length, bodies.length) : differs
+      assert.ok(got.length === bodies.length && differs === -1, `${got.length} of ${bodies.length} lines, in order up to line ${first} (then ${got[first]?.slice(0, 12) ?? 'nothing'}); stderr: ${r.stderr}`)
       const left = await queueStats(ctx.dlq, queue)
       assert.deepEqual([left.waiting, left.inFlight], [0, 0])
     })

@@ -223,8 +223,9 @@ export class RedisQueues implements QueueDriver {
   /**
    * One reserve script per scriptBatch messages: the first alone, and only if it came back full
    * the others, all sent at once (a short or empty queue costs one call, as a waiting pop's every
-   * look does). What the calls that succeeded reserved is returned even when another failed (else
-   * it would sit invisible until its deadline); only when none succeeded is the failure thrown.
+   * look does). When one of the others fails, what the rest reserved is released (so it does not
+   * sit invisible until its deadline) and the failure is thrown: a short batch would read as a
+   * queue that ran dry, and pop would end early saying nothing.
    */
   private async reserveBatches(keys: ReturnType<typeof keysOf>, request: ReserveRequest): Promise<{entries: Buffer[][]; nextDueMs: number; lastId: Buffer}> {
     const call = ([from, to]: [number, number]) =>
@@ -234,6 +235,13 @@ export class RedisQueues implements QueueDriver {
     if (done[0][0].length === first[1] - first[0] && rest.length > 0) {
       const replies = await Promise.allSettled(rest.map(call))
       for (const reply of replies) if (reply.status === 'fulfilled') done.push(reply.value)
+      const failed = replies.find((reply) => reply.status === 'rejected')
+      if (failed) {
+        const ids = done.flatMap(([entries]) => entries.map(([id]) => text(id)))
+        await Promise.all(batchesOf(ids.length).map(([from, to]) =>
+          settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, 'release', request.maxAttempts, ...ids.slice(from, to)]))).catch(() => {})
+        throw failed.reason
+      }
     }
     const [, nextDueMs, lastId] = done[done.length - 1]
     return {entries: done.flatMap(([entries]) => entries), nextDueMs: num(nextDueMs), lastId}
