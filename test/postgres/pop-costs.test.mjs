@@ -163,7 +163,7 @@ describe('postgres: a pop whose server goes away after it wrote messages', () =>
 
   it('exits 0 and says so: what it wrote is delivered, and comes again once --visibility ends if its ack was lost', async (t) => {
     const url = `${server.url}?connectTimeout=3s` // for the pop only
-    const bodies = numbers(1, 3000).map((n) => `${n} ${'x'.repeat(1000)}`) // a batch is more than a pipe holds
+    const bodies = numbers(1, 3000).map((n) => `${n} ${'x'.repeat(4000)}`) // a batch (4 MB) is far more than a pipe or socket buffers
     await push(server.url, 'q', bodies)
     const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', 'q', '--count', '3000', '--visibility', '2s'], {t, timeoutMs: 60_000})
     pop.stdout.pause() // dlq blocks writing its first batch

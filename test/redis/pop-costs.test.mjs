@@ -154,7 +154,7 @@ describe('redis: a pop costs what it pops', {concurrency: 1}, () => {
 
   it('a pop whose acknowledgement times out after it wrote messages exits 0 and says what it delivered', async (t) => {
     const url = `${server.url}?connectTimeout=500ms` // for the pop only
-    const bodies = numbers(1, 3000).map((n) => `${n} ${'x'.repeat(1000)}`) // a batch is more than a pipe holds
+    const bodies = numbers(1, 3000).map((n) => `${n} ${'x'.repeat(4000)}`) // a batch (4 MB) is far more than a pipe or socket buffers
     await push(server.url, 'slow', bodies)
     const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', 'slow', '--count', '3000'], {t, timeoutMs: 60_000})
     pop.stdout.pause() // dlq blocks writing its first batch
