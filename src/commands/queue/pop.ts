@@ -1,7 +1,7 @@
 import * as Flags from '@oclif/core/flags'
 
 import {refuseStray, splitAtDashes} from '../../argv.js'
-import type {Backend, Message} from '../../backends/types.js'
+import type {Backend, Message, ReserveRequest} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
 import {cannotRun, notNow, usageError} from '../../errors.js'
@@ -9,10 +9,11 @@ import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {SignalRouter, signalExitCode} from '../../signals.js'
+import {WaitingLine} from '../../waiting.js'
 
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
-  static description = `Reserves up to --count messages (invisible to others for --visibility), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
+  static description = `Reserves up to --count messages (invisible to others for --visibility; while --wait waits on a terminal, a line on stderr says for how long), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
 
 Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted.`
   static examples = [
@@ -51,7 +52,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     const options = {visibilityMs, waitMs, maxAttempts: flags['max-attempts'], signal: signals.signal}
     if (flags.exec) return this.work(backend, queue, command, signals, {...options, count: flags.count})
 
-    const messages = await backend.queues.reserve(queue, {...options, count: flags.count ?? 1}).catch((error: unknown) => {
+    const messages = await this.reserve(backend, queue, {...options, count: flags.count ?? 1}).catch((error: unknown) => {
       if (signals.signal.aborted) return []
       throw error
     })
@@ -82,12 +83,23 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     return this.finish(failure === undefined ? 0 : signalExitCode('SIGPIPE'))
   }
 
+  /** reserve(), with the waiting line on a terminal (waiting.ts) once the wait has lasted a moment. */
+  private async reserve(backend: Backend, queue: string, request: ReserveRequest): Promise<Message[]> {
+    const waiting = request.waitMs > 0 ? WaitingLine.onTerminal() : undefined
+    waiting?.showAfter(250, () => `dlq: waiting ${formatDuration(waiting.waitedMs)} for a message on ${JSON.stringify(queue)}${Number.isFinite(request.waitMs) ? ` (--wait ${formatDuration(request.waitMs)})` : ''}`)
+    try {
+      return await backend.queues.reserve(queue, request)
+    } finally {
+      waiting?.clear()
+    }
+  }
+
   /** Worker mode: one message at a time through COMMAND, acked on exit 0. */
   private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}): Promise<void> {
     const {execa} = await import('execa')
     let processed = 0
     while ((options.count === undefined || processed < options.count) && !signals.first) {
-      const [message] = await backend.queues.reserve(queue, {...options, count: 1}).catch((error: unknown) => {
+      const [message] = await this.reserve(backend, queue, {...options, count: 1}).catch((error: unknown) => {
         if (signals.signal.aborted) return [] as Message[]
         throw error
       })
