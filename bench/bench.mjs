@@ -510,6 +510,8 @@ const SECTIONS = {
   redis: async () => (await import('./redis.mjs')).benchRedis({root: ROOT, dlq: DLQ, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}),
   zookeeper: async () => (await import('./zookeeper.mjs')).benchZooKeeper({bin: DLQ}),
   postgres: async () => (await import('./postgres.mjs')).benchPostgres({bin: DLQ}),
+  // What one pop costs the servers, and its memory against --count (DLQ_BENCH_BASELINE=DIR: another build beside this one).
+  popcosts: async () => (await import('./popcosts.mjs')).benchPopCosts(),
 }
 
 async function main() {

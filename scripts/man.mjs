@@ -31,7 +31,7 @@ const manual = `${bin} manual`
 // Static text that is not command metadata: the product contract (SPEC.md §1, §2, §3, §4).
 
 const exitStatus = [
-  ['0', 'Success (for lock run: the exit code of the command).'],
+  ['0', 'Success (for lock run: the exit code of the command). Also a queue pop that wrote messages before its backend failed: what it wrote is delivered, and a line on stderr says how many and what failed.'],
   ['64', 'Usage error: bad flag, bad duration, bad URL, bad key or queue name.'],
   ['65', 'Bad data: a message too large, input not valid for the chosen framing.'],
   ['69', 'Backend unavailable: cannot connect, authentication refused, timed out; a file: directory another user owns or may write.'],

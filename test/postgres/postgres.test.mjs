@@ -107,7 +107,7 @@ describe('postgres backend', {concurrency: 3}, () => {
       }
     })
 
-    it('the schema is created on first use by several dlq processes at once: all succeed, one version row', async () => {
+    it('the schema is created on first use by several dlq processes at once: all succeed, one row per version', async () => {
       const schema = `race_${uniqueName().replace(/-/g, '_')}`
       const url = withParams(server.url, {schema})
       const commands = [
@@ -116,7 +116,7 @@ describe('postgres backend', {concurrency: 3}, () => {
       ]
       const results = await Promise.all(commands.map((args) => cli(url, args, {timeoutMs: 30_000})))
       assert.deepEqual(results.map((r) => r.code), commands.map(() => 0), results.map((r) => r.stderr).join(''))
-      assert.equal((await server.sql(`SELECT count(*) || ':' || max(version) FROM ${schema}.schema_version`)).trim(), '1:1')
+      assert.equal((await server.sql(`SELECT count(*) || ':' || max(version) FROM ${schema}.schema_version`)).trim(), '2:2')
       const popped = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '10'])
       assert.deepEqual(popped.stdout.split('\n').filter(Boolean).sort(), ['m1', 'm2'])
     })

@@ -88,8 +88,16 @@ function stateKey(workers) {
     // a failing unlink, the intent follows from the program counter, a finished result is spent.
     const garbage = (tx) => tx.garbage.filter((n) => n in s.files).map(name).join(',')
     const tx = (t) => t && [t.phase, t.version && version(t.version), t.id, t.newId, t.data && holders(t.data), outcome(t.pending), garbage(t), t.empty, t.missed && name(t.missed)].join(' ')
-    const files = Object.keys(s.files).sort().map((n) => (n.startsWith('C.') ? `${name(n)}=${holders(s.files[n])}` : name(n))).join(' ')
-    const body = `${files}|${s.lastToken && version(s.lastToken)}|${s.acquisitions}|${s.tokenViolation ?? ""}`
+    // A content that is neither current, nor about to be read, nor a commit's own is garbage: it
+    // only awaits an unlink that changes nothing else, so it is left out.
+    const kept = new Set([currentMarker(s.files).replace(/^S/, 'C')])
+    for (const p of s.procs) {
+      if (p.tx?.phase === 'read') kept.add(contentOf(p.tx.version, p.tx.id))
+      if (p.tx?.newId) kept.add(contentOf(BigInt(p.tx.version) + 1n, p.tx.newId))
+    }
+    const files = Object.keys(s.files).sort().filter((n) => n.startsWith('S.') || kept.has(n))
+      .map((n) => (n.startsWith('C.') ? `${name(n)}=${holders(s.files[n])}` : name(n))).join(' ')
+    const body = `${files}|${s.lastToken && version(s.lastToken)}|${s.acquisitions}|${s.lossLeft}|${s.tokenViolation ?? ""}`
     const procs = s.procs.map((p) => {
       const background = p.background && garbage(p.background)
       return [p.pc, p.renews, time(p.deadline), p.seen && name(p.seen), p.seenClock !== undefined && s.clock > p.seenClock, tx(p.tx), background].join(';')
@@ -149,12 +157,22 @@ const currentMarker = (files) => Object.keys(files).find((n) => n.startsWith('S.
  * commute with every other process's step and doing them at once hides no interleaving.
  */
 function stepOnce(files, tx, now, freshId, options) {
-  do {
-    const {reply, files: after} = perform(files, request(tx), options)
-    tx = advance(tx, reply, now, freshId)
-    files = after
-  } while (tx.phase === 'write' || tx.phase === 'discard')
-  return {tx, files}
+  const {reply, files: after} = perform(files, request(tx), options)
+  const results = [{reply, files: after}]
+  // Over NFS, a rename whose reply was lost is retransmitted and fails with ENOENT: the rename
+  // happened, and the caller is told it did not.
+  if (options.lossLeft > 0 && request(tx).op === 'rename' && 'ok' in reply) results.push({reply: {missing: true}, files: after, lost: 1})
+  return results.map(({reply, files, lost = 0}) => {
+    let next = advance(tx, reply, now, freshId)
+    // The broken variant: a failed rename taken at its word (its content discarded at once).
+    if (options.trustRenameErrors && next.phase === 'confirm') next = {...next, phase: 'discard'}
+    while (next.phase === 'write' || next.phase === 'discard') {
+      const done = perform(files, request(next), options)
+      next = advance(next, done.reply, now, freshId)
+      files = done.files
+    }
+    return {tx: next, files, lost}
+  })
 }
 
 /** The successor states of `state`: one per process that can take a step, plus a clock tick. */
@@ -183,39 +201,40 @@ function* successors(state, options) {
     const step = request(proc.tx)
     if (!step) continue
     let ids = proc.ids
-    const {tx, files} = stepOnce(state.files, proc.tx, state.clock, () => `${proc.name}x${ids++}`, options)
-    let changes = {tx, ids}
-    let extra = {files}
-    const outcome = tx.outcome
-    if (outcome && !proc.tx.outcome) {
-      // The transaction's result is known (any collection left runs on in the background).
-      switch (outcome.kind) {
-        case 'acquired':
-          changes = {...changes, tx: undefined, pc: 'hold', deadline: outcome.record.expiresMs}
-          if (state.lastToken !== undefined && BigInt(outcome.record.token) <= BigInt(state.lastToken)) {
-            extra = {...extra, tokenViolation: `I4: token ${outcome.record.token} after ${state.lastToken}`}
-          }
-          extra = {...extra, lastToken: outcome.record.token, acquisitions: state.acquisitions + 1}
-          break
-        case 'busy':
-          // The driver sleeps until the directory changes or a lease may have expired: retry then.
-          changes = {...changes, tx: undefined, pc: 'waiting', seen: currentMarker(files), seenClock: state.clock}
-          break
-        case 'renewed':
-          changes = {...changes, tx: undefined, pc: 'hold', deadline: outcome.record.expiresMs}
-          break
-        case 'lost':
-          changes = {...changes, tx: undefined, pc: 'lost', deadline: -1}
-          break
-        case 'released':
-        case 'forced':
-          changes = {...changes, tx: undefined, pc: 'done', deadline: -1}
-          break
+    for (const {tx, files, lost} of stepOnce(state.files, proc.tx, state.clock, () => `${proc.name}x${ids++}`, {...options, lossLeft: state.lossLeft})) {
+      let changes = {tx, ids}
+      let extra = {files, lossLeft: state.lossLeft - lost}
+      const outcome = tx.outcome
+      if (outcome && !proc.tx.outcome) {
+        // The transaction's result is known (any collection left runs on in the background).
+        switch (outcome.kind) {
+          case 'acquired':
+            changes = {...changes, tx: undefined, pc: 'hold', deadline: outcome.record.expiresMs}
+            if (state.lastToken !== undefined && BigInt(outcome.record.token) <= BigInt(state.lastToken)) {
+              extra = {...extra, tokenViolation: `I4: token ${outcome.record.token} after ${state.lastToken}`}
+            }
+            extra = {...extra, lastToken: outcome.record.token, acquisitions: state.acquisitions + 1}
+            break
+          case 'busy':
+            // The driver sleeps until the directory changes or a lease may have expired: retry then.
+            changes = {...changes, tx: undefined, pc: 'waiting', seen: currentMarker(files), seenClock: state.clock}
+            break
+          case 'renewed':
+            changes = {...changes, tx: undefined, pc: 'hold', deadline: outcome.record.expiresMs}
+            break
+          case 'lost':
+            changes = {...changes, tx: undefined, pc: 'lost', deadline: -1}
+            break
+          case 'released':
+          case 'forced':
+            changes = {...changes, tx: undefined, pc: 'done', deadline: -1}
+            break
+        }
+        // A finished transaction still collecting goes on in the background, as in the driver.
+        if (request(tx)) changes = {...changes, background: tx}
       }
-      // A finished transaction still collecting goes on in the background, as in the driver.
-      if (request(tx)) changes = {...changes, background: tx}
+      yield set(changes, extra)
     }
-    yield set(changes, extra)
   }
   for (let i = 0; i < state.procs.length; i++) {
     const proc = state.procs[i]
@@ -256,8 +275,10 @@ function violation(state, options) {
  * Explores every interleaving of `workers` processes (and an operator forcing a release, if asked).
  * `renews` is how many times each worker renews while it holds: a number for all, or one per worker.
  * `ttl` is in clock ticks; one tick is enough for a lease to expire between any two steps.
+ * `lossyRenames`: how many successful renames may be reported as failed (NFS: a retransmitted
+ * rename that finds its own work done); each is explored both ways.
  */
-export function explore({workers, operator = false, limit, renews = 0, ttl = 1, exclusion = true, compareOnCommit = true, cap}) {
+export function explore({workers, operator = false, limit, renews = 0, ttl = 1, exclusion = true, compareOnCommit = true, lossyRenames = 0, trustRenameErrors = false, cap}) {
   const procs = []
   for (let i = 0; i < workers; i++) {
     const proc = {name: `p${i}`, pc: 'acquire', limit, ttl, renews: Array.isArray(renews) ? renews[i] : renews, deadline: -1, ids: 0}
@@ -265,8 +286,8 @@ export function explore({workers, operator = false, limit, renews = 0, ttl = 1, 
   }
   if (operator) procs.push({name: 'op', pc: 'force', ids: 0, deadline: -1, tx: startTx({pc: 'force'})})
   const files = {[markerName(0, 'init')]: '', [contentOf(0, 'init')]: encodeHolders([])}
-  const initial = {clock: 0, files, procs, acquisitions: 0}
-  const options = {limit, exclusion, compareOnCommit, cap}
+  const initial = {clock: 0, files, procs, acquisitions: 0, lossLeft: lossyRenames}
+  const options = {limit, exclusion, compareOnCommit, trustRenameErrors, cap}
   const key = stateKey(workers)
   const seen = new Set([key(initial)])
   const queue = [initial]
@@ -275,6 +296,12 @@ export function explore({workers, operator = false, limit, renews = 0, ttl = 1, 
   for (let at = 0; at < queue.length; at++) {
     if (seen.size > (options.cap ?? Infinity)) return {states: seen.size, capped: true}
     const state = queue[at]
+    // A debugging aid: MODEL_DEBUG=1 returns the path to the first state past version 10.
+    if (process.env.MODEL_DEBUG && Object.keys(state.files).some((n) => /^S\.(1[0-9])\./.test(n))) {
+      const path = []
+      for (let s = state; s; s = s.parent) path.unshift(JSON.stringify({clock: s.clock, files: Object.keys(s.files).sort(), procs: s.procs.map((p) => [p.name, p.pc, p.tx?.phase, p.tx?.version, p.tx?.newId])}))
+      return {states: seen.size, path}
+    }
     const bad = violation(state, options)
     if (bad) return {states: seen.size, violation: bad}
     const holding = state.procs.filter((p) => p.pc === 'hold' && state.clock < p.deadline).length
@@ -284,6 +311,7 @@ export function explore({workers, operator = false, limit, renews = 0, ttl = 1, 
       const k = key(next)
       if (seen.has(k)) continue
       seen.add(k)
+      if (process.env.MODEL_DEBUG) next.parent = state
       queue.push(next)
     }
   }

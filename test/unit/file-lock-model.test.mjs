@@ -2,6 +2,9 @@
 // interleaving of its steps, run by the protocol's own step functions, for three processes and a
 // clock that may tick between any two steps (any process stalls for any time anywhere). The model
 // is test/support/lease-model.mjs; the invariants I1–I4 are written down in leases.ts.
+// Renewals are explored with two processes here: three processes with one renewing (334k states,
+// every invariant holds) take minutes, too long for every CI run. Run it by hand with
+//   node -e "import('./test/support/lease-model.mjs').then((m) => console.log(m.explore({workers: 3, limit: 1, renews: [1, 0, 0]})))"
 import assert from 'node:assert/strict'
 import {describe, it} from 'node:test'
 
@@ -18,13 +21,6 @@ describe('file lock protocol: every interleaving of its steps (model checking le
     clean(result)
     assert.ok(result.states > 10_000, `explored ${result.states} states`)
     assert.ok(result.allDone > 0, 'some run ends with every process having held the lock and released it')
-    assert.equal(result.maxHolders, 1)
-  })
-
-  it('three processes, limit 1, one of them renewing its lease while the others wait', () => {
-    const result = explore({workers: 3, limit: 1, renews: [1, 0, 0]})
-    clean(result)
-    assert.ok(result.allDone > 0)
     assert.equal(result.maxHolders, 1)
   })
 
@@ -45,6 +41,17 @@ describe('file lock protocol: every interleaving of its steps (model checking le
     const result = explore({workers: 2, operator: true, limit: 1, renews: 1, exclusion: false})
     clean(result)
     assert.ok(result.states > 1_000)
+  })
+
+  it('over NFS, a commit whose rename is reported failed although it happened: confirmed by listing, never discarded', () => {
+    const result = explore({workers: 2, limit: 1, renews: 1, lossyRenames: 1})
+    clean(result)
+    assert.ok(result.allDone > 0)
+  })
+
+  it('the checker finds the damage when a failed rename is taken at its word (broken on purpose)', () => {
+    const result = explore({workers: 2, limit: 1, lossyRenames: 1, trustRenameErrors: true})
+    assert.match(result.violation ?? '', /has no content/)
   })
 
   it('the checker finds the overlap when the commit does not compare (the protocol broken on purpose)', () => {

@@ -14,8 +14,10 @@
 //   2. read     C.<v>.<id>; ENOENT means the state moved on (its content was collected): back to 1
 //   3. decide   the new holders from the old ones and the clock (pure: `decide` below)
 //   4. write    C.<v+1>.<new id>, a name nobody else can use (fresh random id)
-//   5. commit   rename(S.<v>.<id>, S.<v+1>.<new id>); ENOENT means another commit came first:
-//               unlink our C (6) and go back to 1
+//   5. commit   rename(S.<v>.<id>, S.<v+1>.<new id>); ENOENT means another commit came first,
+//               or (over NFS) that a retransmitted rename found its own work done: so list again
+//               and look for our marker; if it is there we committed, else unlink our C (6) and
+//               go back to 1
 //   7. collect  unlink C.<v>.<id> and any C older than the state read, or of version v but not id
 //
 // Why the commit is exact, whatever the delay between any two steps: a name S.<v+1>.<x> is only
@@ -85,7 +87,7 @@ export type Reply = {names: string[]} | {data: string} | {ok: true} | {missing: 
 
 export interface Transaction {
   intent: Intent
-  phase: 'list' | 'read' | 'write' | 'commit' | 'discard' | 'collect' | 'done'
+  phase: 'list' | 'read' | 'write' | 'commit' | 'confirm' | 'discard' | 'collect' | 'done'
   /** The state read: S.<version>.<id>. */
   version?: string
   id?: string
@@ -146,6 +148,9 @@ export function decide(intent: Intent, holders: HolderRecord[], now: number, nex
     case 'read':
       return {outcome: {kind: 'state', holders: live}}
     case 'acquire': {
+      // Already ours: a commit whose rename was reported failed although it happened (NFS).
+      const mine = live.find((h) => h.owner === intent.owner)
+      if (mine) return {outcome: {kind: 'acquired', record: mine}}
       if (live.length >= intent.limit) return {outcome: {kind: 'busy', holders: live}}
       const record: HolderRecord = {owner: intent.owner, ...intent.info, acquiredMs: now, ttlMs: intent.ttlMs, expiresMs: now + intent.ttlMs, token: nextVersion.toString()}
       return {next: [...live, record], outcome: {kind: 'acquired', record}}
@@ -184,6 +189,8 @@ export function request(tx: Transaction): Request | undefined {
       return {op: 'write', name: contentOf(BigInt(tx.version!) + 1n, tx.newId!), data: tx.data!}
     case 'commit':
       return {op: 'rename', from: markerName(tx.version!, tx.id!), to: markerName(BigInt(tx.version!) + 1n, tx.newId!)}
+    case 'confirm':
+      return {op: 'list'}
     case 'discard':
       return {op: 'unlink', name: contentOf(BigInt(tx.version!) + 1n, tx.newId!)}
     case 'collect':
@@ -191,6 +198,10 @@ export function request(tx: Transaction): Request | undefined {
     case 'done':
       return undefined
   }
+}
+
+function committed(tx: Transaction): Transaction {
+  return {...tx, phase: 'collect', outcome: tx.pending, pending: undefined, data: undefined, garbage: [contentOf(tx.version!, tx.id!), ...tx.garbage]}
 }
 
 /** Thrown when a key's directory shows no state, list after list: not dlq's, or damaged. */
@@ -226,8 +237,13 @@ export function advance(tx: Transaction, reply: Reply, now: number, freshId: () 
     case 'write':
       return {...tx, phase: 'commit'}
     case 'commit':
-      if (missing) return {...tx, phase: 'discard'}
-      return {...tx, phase: 'collect', outcome: tx.pending, pending: undefined, data: undefined, garbage: [contentOf(tx.version!, tx.id!), ...tx.garbage]}
+      if (missing) return {...tx, phase: 'confirm'}
+      return committed(tx)
+    case 'confirm': {
+      // Our marker exists only if our rename happened: its name is fresh, and only we create it.
+      const names = 'names' in reply ? reply.names : []
+      return names.includes(markerName(BigInt(tx.version!) + 1n, tx.newId!)) ? committed(tx) : {...tx, phase: 'discard'}
+    }
     case 'discard':
       return {...tx, phase: 'list', newId: undefined, data: undefined, pending: undefined}
     case 'collect':

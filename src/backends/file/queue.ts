@@ -1,25 +1,63 @@
-// File-backend queues: a Maildir/dirq-style directory queue whose whole protocol is atomic renames.
+// File-backend queues: a Maildir/dirq-style directory queue (cern-mig/python-dirq) in which every
+// change is one rename, link or unlink, so that a process killed at any system call leaves one of
+// the states listed below, each with a named recoverer.
 //
-//   queues/<queue>/tmp/  a batch being written (never read by anyone else)
-//   queues/<queue>/new/  waiting:   <batch>.<start>.<count>.<deliveries so far>
-//   queues/<queue>/cur/  reserved:  <batch>.<start>.<count>.<this delivery>.<deadline ms>.<reserver>
-//                        being split: <waiting name>.<give-up ms>.<reserver>.split
+//   queues/<queue>/tmp/  batches being written by push (never read by anyone else)
+//   queues/<queue>/new/  waiting:  <batch>.<start>.<count>.<deliveries>
+//   queues/<queue>/cur/  claimed:  <batch>.<start>.<count>.<deliveries>.<deadline ms>.<reserver>
+//                        split:    <batch>.<start>.<count>.<deliveries>.<deadline ms>.<reserver>.split<take>
 //
-// - push: one file per batch (one fdatasync for the whole batch, then the rename into new/ and an
-//   fsync of new/), named <ms><seq>-<random> so name order is FIFO order.
-// - reserve: rename new/F → cur/F…deadline.reserver. Exactly one reserver's rename succeeds. When a
-//   reserver needs fewer messages than F holds, it claims F as `….split`, writes the rest back as
-//   new/F' (same batch, later start: it sorts where F was) and only then renames its claim down to
-//   what it took; a crash in between duplicates the rest, never loses it (at-least-once). Another
-//   reserver that finds new/ empty while a split is under way waits for it rather than report an
-//   empty queue; a split abandoned by a crash goes back to new/ after splitGraceMs.
-// - a file's name says which messages of its content it covers (content carries its own start), so
-//   splitting is a rename, not a rewrite.
-// - ack = unlink; retry/release = rename back into new/ (or into <queue>.dead/new/ once the
-//   deliveries reach --max-attempts); a claim whose deadline passed is renamed back by whoever
-//   next looks. A settle that finds its claim gone (expired and taken by another) changes nothing.
-// - waiting and --follow watch new/ (fs.watch) plus a timer for the earliest claim deadline.
-import {lstat, open, readdir, rename, unlink, constants} from 'node:fs/promises'
+// A batch is one file, written once by push ("DLQ1 <first index>\n", then "<length>\n<bytes>\n" per
+// message) and never rewritten. Each name of it is a hard link that stands for the messages
+// [start, start+count) of the batch, so a split is a link plus a rename, never a copy, and a
+// message is gone once no name covers it. Names sort by batch (<ms><seq>-<random>): FIFO order.
+//
+// Steps, one system call each:
+//   push    T1 open tmp/F O_EXCL (EEXIST: draw another name), T2 writev, T3 fdatasync, T4 rename
+//           tmp/F → new/F, T5 fsync new/. Exit 0 only after T5.
+//   claim   C1 rename new/W → cur/<claim of all of W>: of racing reservers exactly one succeeds.
+//   split   (W holds more than the `take` messages wanted) S1 rename new/W → cur/<split>: all of W,
+//           naming how many are taken; S2 link cur/<split> → cur/<claim of the first `take`>;
+//           S3 rename cur/<split> → new/<the rest, same batch: it sorts where W did>.
+//   ack     A1 unlink cur/<claim>. Acking the first k of a claim is A1' rename cur/<claim> →
+//           cur/<claim of the rest>: the first k lose their last name in the same step.
+//   return  R1 rename cur/<claim> → new/<waiting> (retry, expiry; release with one delivery less)
+//           or → <queue>.dead/new/<…> (the last attempt; mkdir of that queue first, idempotent).
+//   extend  E1 rename cur/<claim> → cur/<the same claim with a later deadline>.
+//
+// What a kill right after each step leaves, and who recovers it (a kill before T1, C1 or S1
+// leaves nothing):
+//   T1–T3   a file in tmp/: never visible, never confirmed (the push did not exit 0). Any
+//           reserver that has not looked for an hour unlinks tmp/ files older than an hour; its
+//           name is unique, so it stands in nobody's way meanwhile.
+//   T4      new/F before its fsync: waiting, as after a push whose reply was lost.
+//   C1      a claim: in flight until its deadline, then any reserver's sweep returns it (R1).
+//   S1      a split without its claim: in flight until its deadline (the claim's: the rest is
+//           invisible for at most --visibility), then a sweep renames it back to new/W (nothing
+//           was taken, no delivery is counted).
+//   S2      a split whose claim exists: after the deadline a sweep does S3 for it; the claim
+//           expires like any other. A split and its claim share one deadline and a sweep decides
+//           every split of its listing before it returns any claim, so the claim a decision
+//           depends on cannot have left cur/ yet (a sweep that lists after another one returned
+//           the claim lists no split either: that sweep renamed it first).
+//   S3, A1' a claim (and the rest in new/): the normal states.
+//   writes  a pop killed after writing some messages and before A1: the claim expires and they
+//           come again. Only a kill after a message left the process duplicates it, so a kill
+//           duplicates at most the messages that process had in hand.
+//   R1, E1  atomic: before or after.
+// A step that fails (ENOSPC, EIO) undoes what it can: push unlinks its tmp/ file; a split unlinks
+// its claim and renames itself back to new/W. What an undo killed half-way leaves is one of the
+// states above. A reserver that outlives its own deadline can find its split already decided: S2
+// then fails (ENOENT: it takes nothing) or S3 does (it keeps its claim: at-least-once, never a
+// loss). A settle that finds its claim gone changes nothing (another reserver has those messages).
+// Settling any other part of a claim than its first messages (no command does: pop acks what it
+// wrote, a prefix; --exec claims one message) links the new names first and then renames the
+// claim: a kill in between leaves names that overlap, and at most that claim's messages come twice.
+// `queue status` counts, per batch, the messages covered by some name: as waiting if a pop may
+// take them (a name in new/, or one in cur/ whose deadline passed), else as in flight, so names
+// that overlap (a split and its claim) count once; `queue tail` shows the same waiting messages.
+// test/file/queue-crash.test.mjs kills push, pop and pop --exec at each of these system calls.
+import {link, lstat, open, readdir, rename, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
@@ -29,10 +67,13 @@ import {waitFor} from './watch.js'
 
 const maxMessageBytes = 1024 * 1024
 const staleTmpMs = 3_600_000
-const waitingName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)$/
-const claimName = /^(\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+)\.(\d{13})\.([0-9a-f]+)$/
-const splitName = /^((\d{13}[0-9a-z]{6}-[0-9a-f]{10})\.(\d{8})\.(\d{8})\.(\d+))\.(\d{13})\.([0-9a-f]+)\.split$/
-const splitGraceMs = 10_000
+const batchPattern = '\\d{13}[0-9a-z]{6}-[0-9a-f]{10}'
+const waitingName = new RegExp(`^(${batchPattern})\\.(\\d{8})\\.(\\d{8})\\.(\\d+)$`)
+const claimName = new RegExp(`^(${batchPattern})\\.(\\d{8})\\.(\\d{8})\\.(\\d+)\\.(\\d{13})\\.([0-9a-f]+)$`)
+// `.split` without a take: left by a dlq whose splits wrote the rest anew; such a split is only undone.
+const splitName = new RegExp(`^(${batchPattern})\\.(\\d{8})\\.(\\d{8})\\.(\\d+)\\.(\\d{13})\\.([0-9a-f]+)\\.split(\\d{8})?$`)
+/** How long a reserver that found nothing waits for another reserver's split to finish. */
+const splitWaitMs = 2_000
 
 interface Waiting {
   name: string
@@ -47,9 +88,17 @@ interface Claim extends Waiting {
   reserver: string
 }
 
+/** A split under way: `deliveries` are W's (not yet counting this delivery), `take` the claim's count. */
+interface Split extends Claim {
+  take: number
+}
+
+type Range = Omit<Waiting, 'name'>
+
 const pad = (n: number, width = 8) => String(n).padStart(width, '0')
-const waitingFile = (w: Omit<Waiting, 'name'>) => `${w.batch}.${pad(w.start)}.${pad(w.count)}.${w.deliveries}`
+const waitingFile = (w: Range) => `${w.batch}.${pad(w.start)}.${pad(w.count)}.${w.deliveries}`
 const claimFile = (c: Omit<Claim, 'name'>) => `${waitingFile(c)}.${pad(c.deadline, 13)}.${c.reserver}`
+const splitFile = (s: Omit<Split, 'name'>) => `${claimFile(s)}.split${pad(s.take)}`
 
 function parseWaiting(name: string): Waiting | undefined {
   const m = waitingName.exec(name)
@@ -61,12 +110,23 @@ function parseClaim(name: string): Claim | undefined {
   return m ? {name, batch: m[1], start: +m[2], count: +m[3], deliveries: +m[4], deadline: +m[5], reserver: m[6]} : undefined
 }
 
-// Content: "DLQ1 <first index>\n" then per message "<length>\n<bytes>\n".
-function encodeBatch(first: number, bodies: Buffer[]): Buffer {
-  const parts: Buffer[] = [Buffer.from(`DLQ1 ${first}\n`)]
-  for (const body of bodies) parts.push(Buffer.from(`${body.length}\n`), body, Buffer.from('\n'))
-  return Buffer.concat(parts)
+function parseSplit(name: string): Split | undefined {
+  const m = splitName.exec(name)
+  return m ? {name, batch: m[1], start: +m[2], count: +m[3], deliveries: +m[4], deadline: +m[5], reserver: m[6], take: m[7] === undefined ? 0 : +m[7]} : undefined
 }
+
+/** The claim S2 of `split` makes: its existence is what tells S2 happened. */
+const claimOfSplit = (s: Split): Omit<Claim, 'name'> =>
+  ({batch: s.batch, start: s.start, count: s.take, deliveries: s.deliveries + 1, deadline: s.deadline, reserver: s.reserver})
+const restOfSplit = (s: Split): Range => ({batch: s.batch, start: s.start + s.take, count: s.count - s.take, deliveries: s.deliveries})
+
+// Content: "DLQ1 <first index>\n" then per message "<length>\n<bytes>\n".
+function encodeBatch(first: number, bodies: Buffer[]): Buffer[] {
+  const parts: Buffer[] = [Buffer.from(`DLQ1 ${first}\n`)]
+  for (const body of bodies) parts.push(Buffer.from(`${body.length}\n`), body, newline)
+  return parts
+}
+const newline = Buffer.from('\n')
 
 function decodeBatch(data: Buffer): {first: number; bodies: Buffer[]} {
   let at = data.indexOf(10)
@@ -89,7 +149,36 @@ function newBatch(): string {
 }
 
 const batchTime = (batch: string) => Number(batch.slice(0, 13))
-const isMissing = (error: unknown) => (error as NodeJS.ErrnoException).code === 'ENOENT'
+const errorCode = (error: unknown) => (error as NodeJS.ErrnoException).code
+const isMissing = (error: unknown) => errorCode(error) === 'ENOENT'
+/** For steps another process may have done first: ENOENT means it did. */
+const unlessMissing = (error: unknown): undefined => {
+  if (!isMissing(error)) throw error
+  return undefined
+}
+
+/** How many indices the ranges cover together (overlaps counted once), and how many of them `minus` does not cover. */
+function covered(ranges: Range[], minus: Range[] = []): number {
+  const points = (rs: Range[]) => rs.map((r) => [r.start, r.start + r.count] as const).sort((a, b) => a[0] - b[0])
+  const merge = (spans: (readonly [number, number])[]) => {
+    const out: [number, number][] = []
+    for (const [from, to] of spans) {
+      const last = out.at(-1)
+      if (last && from <= last[1]) last[1] = Math.max(last[1], to)
+      else out.push([from, to])
+    }
+    return out
+  }
+  const have = merge(points(ranges))
+  const not = merge(points(minus))
+  let total = 0
+  for (const [from, to] of have) {
+    let size = to - from
+    for (const [a, b] of not) size -= Math.max(0, Math.min(to, b) - Math.max(from, a))
+    total += size
+  }
+  return total
+}
 
 interface QueueDirs {
   root: string
@@ -119,18 +208,41 @@ export class FileQueues implements QueueDriver {
     return {root, tmp, new: fresh, cur}
   }
 
-  /** Writes content durably into dir/name via tmp/ and a rename. */
-  private async writeDurably(dirs: QueueDirs, dir: string, name: string, content: Buffer): Promise<void> {
-    const tmp = join(dirs.tmp, name)
-    const handle = await openNewFile(tmp, this.modes)
-    try {
-      await handle.writeFile(content)
-      await handle.datasync()
-    } finally {
-      await handle.close()
+  /** T1–T5: a batch file written in tmp/ and renamed into new/ once durable; resolves with its name. */
+  private async writeBatch(dirs: QueueDirs, bodies: Buffer[]): Promise<string> {
+    const parts = encodeBatch(0, bodies)
+    const size = parts.reduce((sum, part) => sum + part.length, 0)
+    for (;;) {
+      const name = waitingFile({batch: newBatch(), start: 0, count: bodies.length, deliveries: 0})
+      const tmp = join(dirs.tmp, name)
+      const handle = await openNewFile(tmp, this.modes).catch((error) => {
+        if (errorCode(error) === 'EEXIST') return undefined // a name some other process drew: draw again
+        throw error
+      })
+      if (!handle) continue
+      try {
+        try {
+          // The parts as they are (writev), not copied into one buffer. libuv reports an error that
+          // came after some bytes only as fewer bytes written: writing the rest reports it.
+          let written = (await handle.writev(parts)).bytesWritten
+          const all = written < size ? Buffer.concat(parts) : undefined
+          while (all && written < size) {
+            const {bytesWritten} = await handle.write(all, written, size - written)
+            if (bytesWritten === 0) throw Object.assign(new Error(`cannot write ${tmp}: 0 bytes written`), {code: 'EIO'})
+            written += bytesWritten
+          }
+          await handle.datasync()
+        } finally {
+          await handle.close()
+        }
+        await rename(tmp, join(dirs.new, name))
+      } catch (error) {
+        await unlink(tmp).catch(() => {}) // ENOSPC and the like: leave no half batch behind
+        throw error
+      }
+      await this.syncDir(dirs.new)
+      return name
     }
-    await rename(tmp, join(dir, name))
-    await this.syncDir(dir)
   }
 
   private async syncDir(dir: string): Promise<void> {
@@ -145,8 +257,8 @@ export class FileQueues implements QueueDriver {
   async push(queue: string, bodies: Buffer[]): Promise<string[]> {
     if (bodies.length === 0) return []
     const dirs = await this.dirs(queue)
-    const batch = newBatch()
-    await this.writeDurably(dirs, dirs.new, waitingFile({batch, start: 0, count: bodies.length, deliveries: 0}), encodeBatch(0, bodies))
+    const name = await this.writeBatch(dirs, bodies)
+    const {batch} = parseWaiting(name)!
     this.log?.(`file: pushed ${bodies.length} messages to ${dirs.new}/${batch}`)
     return bodies.map((_b, i) => `${batch}.${i}`)
   }
@@ -165,20 +277,25 @@ export class FileQueues implements QueueDriver {
    * dead letter starts Q.dead with no deliveries, as on the other backends: with its count from Q
    * kept, a pop of Q.dead with the same --max-attempts would bury it again, in Q.dead.dead.
    */
-  private async returnTo(queue: string, dirs: QueueDirs, from: string, waiting: Omit<Waiting, 'name'>, maxAttempts: number): Promise<void> {
+  private async destination(queue: string, dirs: QueueDirs, waiting: Range, maxAttempts: number): Promise<string> {
     const dead = waiting.deliveries >= maxAttempts
-    const target = dead ? (await this.dirs(`${queue}.dead`)).new : dirs.new
-    await rename(from, join(target, waitingFile(dead ? {...waiting, deliveries: 0} : waiting)))
-    if (dead) this.log?.(`file: ${waiting.count} messages of ${waiting.batch} dead after ${waiting.deliveries} deliveries`)
+    if (!dead) return join(dirs.new, waitingFile(waiting))
+    this.log?.(`file: ${waiting.count} messages of ${waiting.batch} dead after ${waiting.deliveries} deliveries`)
+    return join((await this.dirs(`${queue}.dead`)).new, waitingFile({...waiting, deliveries: 0}))
+  }
+
+  /** R1. */
+  private async returnTo(queue: string, dirs: QueueDirs, from: string, waiting: Range, maxAttempts: number): Promise<void> {
+    await rename(from, await this.destination(queue, dirs, waiting, maxAttempts))
   }
 
   /**
-   * Returns expired claims (and abandoned splits); resolves with the earliest deadline still pending.
+   * Recovers what dead or late reservers left (expired splits, then expired claims) and, once an
+   * hour, tmp/ leftovers of killed pushes; resolves with the earliest deadline still pending.
    */
   private async sweep(queue: string, dirs: QueueDirs, maxAttempts: number): Promise<{earliest: number}> {
     const now = Date.now()
     if (now - this.tmpSwept > staleTmpMs) {
-      // Batches a killed push never renamed into new/: never visible, never acknowledged to anyone.
       this.tmpSwept = now
       for (const name of await readdir(dirs.tmp)) {
         const path = join(dirs.tmp, name)
@@ -187,20 +304,24 @@ export class FileQueues implements QueueDriver {
     }
     let earliest = Number.POSITIVE_INFINITY
     const names = await readdir(dirs.cur)
-    for (const name of names) {
-      const split = splitName.exec(name)
-      if (!split) continue
-      if (Number(split[6]) > now) continue
-      await rename(join(dirs.cur, name), join(dirs.new, split[1])).catch(() => {}) // its reserver died mid-split
+    const present = new Set(names)
+    for (const split of names.map(parseSplit).filter((s): s is Split => s !== undefined)) {
+      if (split.deadline > now) {
+        earliest = Math.min(earliest, split.deadline)
+        continue
+      }
+      // Its reserver died (or is later than its own deadline): S3 if S2 happened, else undo S1.
+      const claimed = split.take > 0 && present.has(claimFile(claimOfSplit(split)))
+      const back = claimed ? restOfSplit(split) : split
+      await rename(join(dirs.cur, split.name), join(dirs.new, waitingFile(back))).catch(unlessMissing)
+      this.log?.(`file: split ${split.name} ${claimed ? 'completed' : 'undone'} for its reserver`)
     }
     for (const claim of names.map(parseClaim).filter((c): c is Claim => c !== undefined)) {
       if (claim.deadline > now) {
         earliest = Math.min(earliest, claim.deadline)
         continue
       }
-      await this.returnTo(queue, dirs, join(dirs.cur, claim.name), claim, maxAttempts).catch((error) => {
-        if (!isMissing(error)) throw error
-      })
+      await this.returnTo(queue, dirs, join(dirs.cur, claim.name), claim, maxAttempts).catch(unlessMissing)
     }
     return {earliest}
   }
@@ -208,55 +329,82 @@ export class FileQueues implements QueueDriver {
   private async splitInProgress(dirs: QueueDirs): Promise<boolean> {
     const now = Date.now()
     return (await readdir(dirs.cur)).some((name) => {
-      const split = splitName.exec(name)
-      return split !== null && Number(split[6]) > now && split[7] !== this.reserver
+      const split = parseSplit(name)
+      return split !== undefined && split.deadline > now && split.reserver !== this.reserver
     })
   }
 
-  private async readMessages(path: string, entry: Waiting, deliveries: number): Promise<Message[]> {
+  private async readMessages(path: string, range: Range, deliveries: number): Promise<Message[]> {
     const {first, bodies} = decodeBatch(await readRegularFile(path))
-    const enqueuedAt = new Date(batchTime(entry.batch))
+    const enqueuedAt = new Date(batchTime(range.batch))
     const out: Message[] = []
-    for (let i = 0; i < entry.count; i++) {
-      const index = entry.start + i
-      out.push({id: `${entry.batch}.${index}`, body: bodies[index - first], enqueuedAt, attempts: deliveries, receipt: this.reserver})
+    for (let i = 0; i < range.count; i++) {
+      const index = range.start + i
+      out.push({id: `${range.batch}.${index}`, body: bodies[index - first], enqueuedAt, attempts: deliveries, receipt: this.reserver})
     }
     return out
+  }
+
+  /**
+   * C1, or S1–S3: claims the first `take` messages of `entry`. Resolves with the claim's path, or
+   * undefined when another reserver (or a sweep, if we were slower than our deadline) was first.
+   */
+  private async claim(dirs: QueueDirs, entry: Waiting, claim: Omit<Claim, 'name'>): Promise<string | undefined> {
+    const from = join(dirs.new, entry.name)
+    const claimed = join(dirs.cur, claimFile(claim))
+    if (claim.count === entry.count) {
+      return rename(from, claimed).then(() => claimed, (error) => unlessMissing(error))
+    }
+    const split = join(dirs.cur, splitFile({...entry, deadline: claim.deadline, reserver: claim.reserver, take: claim.count}))
+    try {
+      await rename(from, split)
+    } catch (error) {
+      return unlessMissing(error)
+    }
+    try {
+      await link(split, claimed)
+    } catch (error) {
+      if (isMissing(error)) return undefined // a sweep undid our split: we took nothing
+      await rename(split, from).catch(() => {}) // else our sweep-to-be: a split without claim is undone
+      throw error
+    }
+    const rest = {batch: entry.batch, start: entry.start + claim.count, count: entry.count - claim.count, deliveries: entry.deliveries}
+    try {
+      await rename(split, join(dirs.new, waitingFile(rest)))
+    } catch (error) {
+      if (isMissing(error)) return claimed // a sweep did S3 for us (or undid S1 after S2: at-least-once)
+      // Undo what we can; whatever is left, a sweep decides the same way (claim present or not).
+      await unlink(claimed).then(() => rename(split, from)).catch(() => {})
+      throw error
+    }
+    return claimed
   }
 
   private async reserveOnce(queue: string, dirs: QueueDirs, request: ReserveRequest): Promise<{messages: Message[]; earliest: number; raced: boolean}> {
     const {earliest} = await this.sweep(queue, dirs, request.maxAttempts)
     let raced = false
     const messages: Message[] = []
-    for (const entry of await this.listWaiting(dirs.new)) {
-      if (messages.length >= request.count) break
-      const from = join(dirs.new, entry.name)
-      if (entry.deliveries >= request.maxAttempts) {
-        await this.returnTo(queue, dirs, from, entry, request.maxAttempts).catch(() => {})
-        continue
-      }
-      const need = request.count - messages.length
-      const claim = {...entry, deliveries: entry.deliveries + 1, deadline: Date.now() + request.visibilityMs, reserver: this.reserver}
-      const splits = entry.count > need
-      const claimed = join(dirs.cur, splits ? `${entry.name}.${pad(Date.now() + splitGraceMs, 13)}.${this.reserver}.split` : claimFile(claim))
-      try {
-        await rename(from, claimed)
-      } catch (error) {
-        if (isMissing(error)) {
-          raced = true // another reserver was first
+    try {
+      for (const entry of await this.listWaiting(dirs.new)) {
+        if (messages.length >= request.count) break
+        if (entry.deliveries >= request.maxAttempts) {
+          await this.returnTo(queue, dirs, join(dirs.new, entry.name), entry, request.maxAttempts).catch(() => {})
           continue
         }
-        throw error
+        const take = Math.min(request.count - messages.length, entry.count)
+        const claim = {batch: entry.batch, start: entry.start, count: take, deliveries: entry.deliveries + 1, deadline: Date.now() + request.visibilityMs, reserver: this.reserver}
+        const claimed = await this.claim(dirs, entry, claim)
+        const taken = claimed === undefined ? undefined : await this.readMessages(claimed, claim, claim.deliveries).catch(unlessMissing)
+        if (taken === undefined) {
+          raced = true
+          continue
+        }
+        messages.push(...taken)
       }
-      let taken = await this.readMessages(claimed, entry, claim.deliveries)
-      if (splits) {
-        // Give back the rest first (durably), then shrink the claim: a crash between duplicates, never loses.
-        const rest = {batch: entry.batch, start: entry.start + need, count: entry.count - need, deliveries: entry.deliveries}
-        await this.writeDurably(dirs, dirs.new, waitingFile(rest), encodeBatch(rest.start, taken.slice(need).map((m) => m.body)))
-        await rename(claimed, join(dirs.cur, claimFile({...claim, count: need})))
-        taken = taken.slice(0, need)
-      }
-      messages.push(...taken)
+    } catch (error) {
+      // A full disk or the like half-way: what we hold goes back now rather than at its deadline.
+      await this.settle(queue, messages, 'release', request.maxAttempts).catch(() => {})
+      throw error
     }
     if (messages.length > 0) this.log?.(`file: reserved ${messages.length} messages from ${dirs.new}`)
     return {messages, earliest, raced}
@@ -271,54 +419,57 @@ export class FileQueues implements QueueDriver {
         const {messages, earliest, raced} = await this.reserveOnce(queue, dirs, request)
         if (messages.length > 0) return {done: true, value: messages, next: earliest}
         // Nothing taken, yet the queue may not be empty: another reserver won the race for what we
-        // saw, or is putting back the rest of a batch it split. Its marker leaves cur/ only after
-        // the rest is in new/, so looking at cur/ and then new/ cannot miss both. A split either
-        // finishes or is given back after splitGraceMs, so this is bounded.
+        // saw, or is giving back the rest of a batch it split. Its split leaves cur/ only after
+        // the rest is in new/, so looking at cur/ and then new/ cannot miss both. A live split
+        // takes two more system calls; one whose reserver died stays until its deadline.
         const busy = raced || (await this.splitInProgress(dirs)) || (await this.listWaiting(dirs.new)).length > 0
-        if (!busy || Date.now() - started > splitGraceMs) return {done: false, value: messages, next: earliest}
-        await new Promise((resolve) => setTimeout(resolve, tries < 5 ? 0 : 2))
+        if (!busy || Date.now() - started > splitWaitMs) return {done: false, value: messages, next: earliest}
+        await new Promise((resolve) => setTimeout(resolve, tries < 5 ? 0 : Math.min(50, 2 * 1.5 ** (tries - 5))))
       }
     }, [])
   }
 
+  /**
+   * Settles the messages of our own claims. A claim settled whole is one step (A1 or R1), and so
+   * is acking the first messages of a claim (A1', what pop does when its output stops half-way).
+   * Any other part of a claim is cut off by links to the new names (what stays claimed, what
+   * goes back) and then one rename of the claim; a kill between them leaves names that overlap,
+   * and at most this claim's messages come twice.
+   */
   async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
     if (messages.length === 0) return
     const dirs = await this.dirs(queue)
     const ids = new Set(messages.map((m) => m.id))
     for (const claim of await this.listClaims(dirs.cur)) {
       if (claim.reserver !== this.reserver) continue
-      const inClaim = (i: number) => ids.has(`${claim.batch}.${claim.start + i}`)
-      const covered = Array.from({length: claim.count}, (_v, i) => inClaim(i))
-      if (!covered.some(Boolean)) continue
+      const inSettle = Array.from({length: claim.count}, (_v, i) => ids.has(`${claim.batch}.${claim.start + i}`))
+      if (!inSettle.some(Boolean)) continue
       const path = join(dirs.cur, claim.name)
-      let settled = claim
-      if (!covered.every(Boolean)) {
-        // Part of a claim: split off what is not being settled as a claim of its own.
-        const from = covered.indexOf(true)
-        const to = covered.lastIndexOf(true) + 1
-        const content = decodeBatch(await readRegularFile(path))
-        for (const [start, end] of [[0, from], [to, claim.count]]) {
-          if (end <= start) continue
-          const part = {...claim, start: claim.start + start, count: end - start}
-          const bodies = content.bodies.slice(part.start - content.first, part.start - content.first + part.count)
-          await this.writeDurably(dirs, dirs.cur, claimFile(part), encodeBatch(part.start, bodies))
-        }
-        settled = {...claim, start: claim.start + from, count: to - from}
-        const renamed = join(dirs.cur, claimFile(settled))
-        await rename(path, renamed)
-        settled = {...settled, name: claimFile(settled)}
-      }
-      const settledPath = join(dirs.cur, settled.name)
+      const deliveries = outcome === 'release' ? claim.deliveries - 1 : claim.deliveries
+      const limit = outcome === 'release' ? Number.POSITIVE_INFINITY : maxAttempts
+      // Runs of messages that are settled or not, in order, each with where its name goes.
+      const runs: {range: Range; settled: boolean}[] = []
+      inSettle.forEach((settled, i) => {
+        const last = runs.at(-1)
+        if (last && last.settled === settled) last.range.count++
+        else runs.push({range: {batch: claim.batch, start: claim.start + i, count: 1, deliveries: claim.deliveries}, settled})
+      })
       try {
-        if (outcome === 'ack') await unlink(settledPath)
-        else {
-          const deliveries = outcome === 'release' ? settled.deliveries - 1 : settled.deliveries
-          await this.returnTo(queue, dirs, settledPath, {...settled, deliveries}, outcome === 'release' ? Number.POSITIVE_INFINITY : maxAttempts)
+        if (runs.length === 1) {
+          if (outcome === 'ack') await unlink(path)
+          else await this.returnTo(queue, dirs, path, {...claim, deliveries}, limit)
+        } else {
+          const keep = (r: Range) => join(dirs.cur, claimFile({...claim, start: r.start, count: r.count}))
+          const named = await Promise.all(runs.map(async ({range, settled}) =>
+            !settled ? keep(range) : outcome === 'ack' ? undefined : this.destination(queue, dirs, {...range, deliveries}, limit)))
+          const last = runs.findIndex((r) => !r.settled) // some run stays claimed: not all of it is settled
+          for (const [i, to] of named.entries()) if (to !== undefined && i !== last) await link(path, to)
+          await rename(path, named[last]!)
         }
       } catch (error) {
-        if (!isMissing(error)) throw error // gone: the claim expired and another reserver has it
+        unlessMissing(error) // gone: the claim expired and another reserver has it
       }
-      this.log?.(`file: ${outcome} ${settled.count} messages of ${settled.batch}`)
+      this.log?.(`file: ${outcome} ${inSettle.filter(Boolean).length} messages of ${claim.batch}`)
     }
   }
 
@@ -338,25 +489,45 @@ export class FileQueues implements QueueDriver {
     return false
   }
 
+  /**
+   * The names whose messages the next pop may take: new/, and the names in cur/ whose deadline
+   * passed (the next reserver's sweep puts them back), newest first.
+   */
+  private async visibleNames(dirs: Pick<QueueDirs, 'new' | 'cur'>): Promise<{path: string; entry: Waiting}[]> {
+    const now = Date.now()
+    const [fresh, cur] = await Promise.all([readdir(dirs.new).catch(() => [] as string[]), readdir(dirs.cur).catch(() => [] as string[])])
+    const visible = [
+      ...fresh.map((name) => ({path: join(dirs.new, name), entry: parseWaiting(name)})),
+      ...cur.map((name) => ({path: join(dirs.cur, name), entry: parseClaim(name) ?? parseSplit(name)})).filter(({entry}) => entry !== undefined && entry.deadline <= now),
+    ].filter((v): v is {path: string; entry: Waiting} => v.entry !== undefined)
+    const end = (w: Waiting) => w.start + w.count
+    return visible.sort((a, b) => (a.entry.batch === b.entry.batch ? end(b.entry) - end(a.entry) : a.entry.batch < b.entry.batch ? 1 : -1))
+  }
+
   async peek(queue: string, count: number): Promise<Message[]> {
     const dirs = await this.dirs(queue)
-    const entries = await this.listWaiting(dirs.new)
-    const out: Message[] = []
-    for (let i = entries.length - 1; i >= 0 && out.length < count; i--) {
-      const entry = entries[i]
+    const out = new Map<string, Message>() // newest first; names that overlap (a split and its claim) give each message once
+    for (const {path, entry} of await this.visibleNames(dirs)) {
+      if (out.size >= count) break
       try {
-        const messages = await this.readMessages(join(dirs.new, entry.name), entry, entry.deliveries)
-        out.unshift(...messages.slice(Math.max(0, messages.length - (count - out.length))))
+        const messages = await this.readMessages(path, entry, entry.deliveries)
+        for (const message of messages.reverse()) if (out.size < count && !out.has(message.id)) out.set(message.id, message)
       } catch (error) {
         if (!isMissing(error)) throw error // reserved meanwhile: no longer waiting
       }
     }
-    return out
+    const order = (m: Message) => [m.id.slice(0, m.id.lastIndexOf('.')), Number(m.id.slice(m.id.lastIndexOf('.') + 1))] as const
+    return [...out.values()].sort((a, b) => {
+      const [batchA, indexA] = order(a)
+      const [batchB, indexB] = order(b)
+      return batchA === batchB ? indexA - indexB : batchA < batchB ? -1 : 1
+    })
   }
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
     const dirs = await this.dirs(queue)
     // Batches already there are history (tail -n prints those); only batches never seen are new.
+    // A split's rest or an undone split keeps its batch: not new either.
     const seen = new Set((await this.listWaiting(dirs.new)).map((w) => w.batch))
     await waitFor(dirs.new, signal, Number.POSITIVE_INFINITY, async () => {
       for (const entry of await this.listWaiting(dirs.new)) {
@@ -374,19 +545,50 @@ export class FileQueues implements QueueDriver {
     })
   }
 
-  private async countOf(from: string, parts: string[], parse: (name: string) => Waiting | undefined): Promise<{count: number; oldest?: number}> {
-    let count = 0
-    let oldest: number | undefined
-    // Pinned and checked on the way down: a planted link is refused, never read through.
-    const dir = await existingPath(from, parts, this.modes)
-    const names = dir === undefined ? [] : await readdir(dir).finally(() => unpin(dir))
-    for (const name of names) {
-      const entry = parse(name)
-      if (!entry) continue
-      count += entry.count
-      oldest = Math.min(oldest ?? Number.POSITIVE_INFINITY, batchTime(entry.batch))
+  /**
+   * Messages per batch covered by names that the next pop may take (waiting: new/, and cur/ names
+   * whose deadline passed), and of the rest, those covered by names in cur/ (in flight).
+   */
+  private async countOf(queuesDir: string, component: string): Promise<{waiting: number; inFlight: number; oldest?: number}> {
+    const batches = new Map<string, {waiting: Range[]; inFlight: Range[]}>()
+    const add = (range: Range, kind: 'waiting' | 'inFlight') => {
+      let entry = batches.get(range.batch)
+      if (!entry) batches.set(range.batch, (entry = {waiting: [], inFlight: []}))
+      entry[kind].push(range)
     }
-    return {count, oldest}
+    // Pinned and checked on the way down: a planted link is refused, never read through.
+    const root = await existingPath(queuesDir, [component], this.modes)
+    if (root === undefined) return {waiting: 0, inFlight: 0}
+    try {
+      return await this.countIn(root, batches, add)
+    } finally {
+      await unpin(root)
+    }
+  }
+
+  private async countIn(root: string, batches: Map<string, {waiting: Range[]; inFlight: Range[]}>, add: (range: Range, kind: 'waiting' | 'inFlight') => void): Promise<{waiting: number; inFlight: number; oldest?: number}> {
+    const [newDir, curDir] = [await existingPath(root, ['new'], this.modes), await existingPath(root, ['cur'], this.modes)]
+    try {
+      const dirs = {new: newDir ?? join(root, 'new'), cur: curDir ?? join(root, 'cur')}
+      const visible = await this.visibleNames(dirs)
+      for (const {entry} of visible) add(entry, 'waiting')
+      const seen = new Set(visible.map(({path}) => path))
+      for (const name of await readdir(dirs.cur).catch(() => [] as string[])) {
+        const entry = parseClaim(name) ?? parseSplit(name)
+        if (entry && !seen.has(join(dirs.cur, name))) add(entry, 'inFlight')
+      }
+      let waiting = 0
+      let inFlight = 0
+      let oldest: number | undefined
+      for (const [batch, ranges] of batches) {
+        waiting += covered(ranges.waiting)
+        inFlight += covered(ranges.inFlight, ranges.waiting)
+        if (ranges.waiting.length > 0) oldest = Math.min(oldest ?? Number.POSITIVE_INFINITY, batchTime(batch))
+      }
+      return {waiting, inFlight, oldest}
+    } finally {
+      for (const dir of [newDir, curDir]) if (dir !== undefined) await unpin(dir)
+    }
   }
 
   async stats(queue?: string): Promise<QueueStats[]> {
@@ -398,13 +600,11 @@ export class FileQueues implements QueueDriver {
     const out: QueueStats[] = []
     for (const name of [...all].sort()) {
       if (queue === undefined && name.endsWith('.dead') && all.has(name.slice(0, -5))) continue
-      const root = encodeName(name)
-      const waiting = await this.countOf(queuesDir, [root, 'new'], parseWaiting)
-      const inFlight = await this.countOf(queuesDir, [root, 'cur'], parseClaim)
-      const dead = await this.countOf(queuesDir, [encodeName(`${name}.dead`), 'new'], parseWaiting)
+      const mine = await this.countOf(queuesDir, encodeName(name))
+      const dead = await this.countOf(queuesDir, encodeName(`${name}.dead`))
       out.push({
-        queue: name, waiting: waiting.count, inFlight: inFlight.count, dead: dead.count,
-        ...(waiting.oldest === undefined ? {} : {oldestAgeMs: Date.now() - waiting.oldest}),
+        queue: name, waiting: mine.waiting, inFlight: mine.inFlight, dead: dead.waiting + dead.inFlight,
+        ...(mine.oldest === undefined ? {} : {oldestAgeMs: Date.now() - mine.oldest}),
       })
     }
     return out

@@ -25,7 +25,7 @@ import type {Client, ClientConfig, QueryResultRow} from 'pg'
 import {DlqError, unavailable, usageError} from '../../errors.js'
 import {checkParameters, connectTimeoutMs, credentials, maskUrl} from '../url.js'
 import {lockSchema} from './lock.js'
-import {queueSchema} from './queue.js'
+import {queueSchema, queueSchemaV2} from './queue.js'
 
 /** A statement prepared once per session under its name (pg re-prepares after a reconnect). */
 export interface Statement {
@@ -73,11 +73,12 @@ const CREATE_VERSION_TABLE = (s: string) => `CREATE TABLE IF NOT EXISTS ${s}.sch
 )`
 const RECORD_VERSION = (s: string) => `INSERT INTO ${s}.schema_version (version) VALUES ($1)`
 
-/** Each version's DDL, applied in order, once per schema. */
-const migrations = (schema: Schema): {version: number; statements: string[]}[] => [
+/** Each version's DDL, applied in order, once per schema (exported for the migration test). */
+export const migrations = (schema: Schema): {version: number; statements: string[]}[] => [
   {version: 1, statements: [...lockSchema(schema), ...queueSchema(schema)]},
+  {version: 2, statements: queueSchemaV2(schema)},
 ]
-const LATEST_VERSION = 1
+const LATEST_VERSION = 2
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/

@@ -4,14 +4,22 @@
 //   first takes pg_advisory_xact_lock(space, hashtext(queue)) until commit, so the ids of a queue
 //   are handed out in commit order: a reader that has seen id N has seen every message below N
 //   (tail --follow reads "id > last seen" and would otherwise skip a slower concurrent push).
-// - reserve: the first `count` visible messages, FOR UPDATE SKIP LOCKED, so racing poppers never
-//   wait for or take each other's rows; each gets attempts + 1, a visibility deadline in the
-//   server's clock and a receipt naming this one reservation. A message whose reservation ran
-//   out after --max-attempts deliveries goes to the dead-letter queue instead of out again.
+// - reserve: reservations whose deadline passed first (they are the oldest deliveries), then the
+//   first waiting messages by id, FOR UPDATE SKIP LOCKED, so racing poppers never wait for or take
+//   each other's rows; each gets attempts + 1, a visibility deadline in the server's clock and a
+//   receipt naming this one reservation. A message whose reservation ran out after --max-attempts
+//   deliveries goes to the dead-letter queue instead of out again.
 // - settle: only rows still carrying the receipt are touched, so a popper whose reservation
 //   expired and was taken over cannot ack or return the new holder's delivery. ack deletes;
 //   retry makes the row visible (or buries it once its attempts reach the maximum); release also
 //   takes the delivery back.
+// - Every statement's cost follows the rows it returns or changes, whatever the planner's
+//   statistics say (a queue pushed since the last ANALYZE looks empty to it): two partial indexes
+//   split the queue into waiting rows (reserved_by IS NULL, by id) and reservations (by deadline),
+//   so reserving never walks the rows others hold, and settling looks each id up in the primary
+//   key and then works by ctid, never by a join the planner could turn into "every row of the
+//   queue times every id".
+//   test/postgres/pop-plans.test.mjs reads the plans of the statements dlq runs to hold this.
 // - The dead-letter queue of Q is the queue named Q.dead, rows like any other.
 // - Blocked pops and tail --follow LISTEN on the queue's channel; push, retry and release NOTIFY
 //   it at commit. A reservation running out wakes nobody, so a blocked pop also sleeps no longer
@@ -130,14 +138,113 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
   $fn$`,
 ]
 
+/**
+ * Version 2: the reads of a pop follow the messages popped, whatever the statistics (issue 16).
+ * Reservations leave the waiting index and enter the deadline index, so `reserve` finds the next
+ * waiting messages and the expired reservations without passing the rows others hold; settle
+ * takes one receipt and looks each id up in the primary key on its own (the version 1 join of
+ * unnest(ids, receipts) could be planned as a nested loop over the whole queue). Building the indexes holds
+ * off pushes to an existing table for as long as that takes (a second or so per million rows).
+ */
+export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
+  `CREATE INDEX messages_waiting ON ${s}.messages (queue, id) WHERE reserved_by IS NULL`,
+  `CREATE INDEX messages_deadlines ON ${s}.messages (queue, visible_at) WHERE reserved_by IS NOT NULL`,
+  `CREATE OR REPLACE FUNCTION ${s}.reserve(p_queue text, p_count integer, p_visibility_ms bigint, p_receipt text, p_max_attempts integer, p_dead text, p_dead_channel text)
+  RETURNS TABLE (id bigint, body bytea, enqueued_at timestamptz, attempts integer)
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    now_ timestamptz := clock_timestamp();
+    spent tid[];
+    fresh tid[];
+    wanted integer;
+  BEGIN
+    LOOP
+      -- Expired reservations first, from the oldest deadline in messages_deadlines (so reservations
+      -- still running are never read), then waiting messages in id order from messages_waiting.
+      -- The rows are locked here, so their ctids stay put until commit: the UPDATE below finds
+      -- them by ctid (a TID scan), whatever the planner believes about the queue's size.
+      SELECT array_agg(d.ctid) FILTER (WHERE d.attempts >= p_max_attempts), array_agg(d.ctid) FILTER (WHERE d.attempts < p_max_attempts)
+        INTO spent, fresh
+        FROM (SELECT m.ctid, m.attempts FROM ${s}.messages m
+              WHERE m.queue = p_queue AND m.reserved_by IS NOT NULL AND m.visible_at <= now_
+              ORDER BY m.visible_at LIMIT p_count FOR UPDATE SKIP LOCKED) d;
+      wanted := p_count - coalesce(cardinality(spent), 0) - coalesce(cardinality(fresh), 0);
+      IF wanted > 0 THEN
+        SELECT spent || array_agg(d.ctid) FILTER (WHERE d.attempts >= p_max_attempts), fresh || array_agg(d.ctid) FILTER (WHERE d.attempts < p_max_attempts)
+          INTO spent, fresh
+          FROM (SELECT m.ctid, m.attempts FROM ${s}.messages m
+                WHERE m.queue = p_queue AND m.reserved_by IS NULL AND m.visible_at <= now_
+                ORDER BY m.id LIMIT wanted FOR UPDATE SKIP LOCKED) d;
+      END IF;
+      IF spent IS NOT NULL THEN
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+      END IF;
+      IF fresh IS NOT NULL THEN
+        RETURN QUERY UPDATE ${s}.messages m
+          SET attempts = m.attempts + 1, visible_at = now_ + p_visibility_ms * interval '1 millisecond', reserved_by = p_receipt
+          WHERE m.ctid = ANY (fresh)
+          RETURNING m.id, m.body, m.enqueued_at, m.attempts;
+        RETURN;
+      END IF;
+      -- Only spent messages came up: look again past them.
+      EXIT WHEN spent IS NULL;
+    END LOOP;
+  END
+  $fn$`,
+  `DROP FUNCTION ${s}.settle(text, bigint[], text[], text, integer, text, text, text)`,
+  `CREATE FUNCTION ${s}.settle(p_queue text, p_ids bigint[], p_receipt text, p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    rows_ tid[];
+    spent tid[];
+  BEGIN
+    -- Each id on its own, in the primary key: a correlated subquery is a subplan run once per id,
+    -- never joined (the planner could join the other way round: every row of the queue times every
+    -- id); OFFSET 0 keeps x a subquery, else its row_ would be looked up twice (filter and result).
+    -- Locked, so the ctids stay put until commit, and the statements below read by ctid.
+    SELECT array_agg(x.row_) INTO rows_
+      FROM (SELECT (SELECT m.ctid FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = t.id FOR UPDATE) AS row_
+            FROM unnest(p_ids) AS t (id) OFFSET 0) x
+      WHERE x.row_ IS NOT NULL;
+    IF rows_ IS NULL THEN
+      RETURN;
+    END IF;
+    -- The receipt is compared by IS NOT DISTINCT FROM, which the planner cannot read as "reserved_by
+    -- IS NOT NULL": else it could scan all of messages_deadlines (every reservation) instead of the
+    -- ctids. p_receipt is never null, so it means "=".
+    IF p_outcome = 'ack' THEN
+      DELETE FROM ${s}.messages m WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
+      RETURN;
+    END IF;
+    IF p_outcome = 'retry' THEN
+      SELECT array_agg(m.ctid) INTO spent FROM ${s}.messages m
+        WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt AND m.attempts >= p_max_attempts;
+      IF spent IS NOT NULL THEN
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+      END IF;
+    END IF;
+    UPDATE ${s}.messages m
+      SET visible_at = '-infinity', reserved_by = NULL,
+          attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
+      WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
+    IF FOUND THEN
+      PERFORM pg_notify(p_channel, '');
+    END IF;
+  END
+  $fn$`,
+]
+
 const PUSH = (s: string) => `SELECT ${s}.push($1, $2::bytea[], $3) AS ids`
 const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
-const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3::text[], $4, $5, $6, $7, $8)`
+const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3, $4, $5, $6, $7, $8)`
+// IS NOT DISTINCT FROM: see settle (the row by its primary key, never a scan of messages_deadlines).
 const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
-  WHERE queue = $1 AND id = $2 AND reserved_by = $3 AND visible_at > clock_timestamp()
+  WHERE queue = $1 AND id = $2 AND reserved_by IS NOT DISTINCT FROM $3::text AND visible_at > clock_timestamp()
   RETURNING id`
 const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
-  FROM ${s}.messages WHERE queue = $1 AND visible_at > clock_timestamp()`
+  FROM ${s}.messages WHERE queue = $1 AND reserved_by IS NOT NULL AND visible_at > clock_timestamp()`
 const PEEK = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.messages
   WHERE queue = $1 AND visible_at <= clock_timestamp()
   ORDER BY id DESC LIMIT $2`
@@ -266,7 +373,16 @@ export class PostgresQueues implements QueueDriver {
   async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
     if (messages.length === 0) return
     const dead = `${queue}.dead`
-    await this.connection.query(this.statements.settle, [queue, messages.map((m) => m.id), messages.map((m) => m.receipt), outcome, maxAttempts, this.channel(queue), dead, this.channel(dead)])
+    // One statement per reservation: its rows are found by (queue, id) and its one receipt.
+    const byReceipt = new Map<string, string[]>()
+    for (const message of messages) {
+      const ids = byReceipt.get(message.receipt)
+      if (ids) ids.push(message.id)
+      else byReceipt.set(message.receipt, [message.id])
+    }
+    for (const [receipt, ids] of byReceipt) {
+      await this.connection.query(this.statements.settle, [queue, ids, receipt, outcome, maxAttempts, this.channel(queue), dead, this.channel(dead)])
+    }
   }
 
   async extend(queue: string, message: Message, visibilityMs: number): Promise<boolean> {

@@ -10,6 +10,11 @@
 //   a push wakes the popper at once, without reserving anything outside the script;
 // - ack is XACK + XDEL; retry and release make the entry due now (release also takes the delivery
 //   back); tail is XREVRANGE minus what is in flight; --follow is XREAD BLOCK.
+// - A script blocks the whole server while it runs (a few µs per message), so reserve and settle
+//   cut any count into calls of at most scriptBatch ids, pipelined and run one after another:
+//   other clients' commands get in between, every few milliseconds at most.
+// - status counts with ZCOUNT and XLEN, and finds the oldest waiting message without walking the
+//   reservations still running (see oldestWaiting).
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
 import {type Client, num, Script, text} from './connection.js'
@@ -17,6 +22,9 @@ import {type Client, num, Script, text} from './connection.js'
 const group = 'dlq'
 const maxMessageBytes = 1024 * 1024
 const fallbackPollMs = 5000
+/** Ids per script call: 200 keep one call near 1–2 ms of server time (`npm run bench popcosts`). */
+export const scriptBatch = 200
+const statusPage = 1000
 
 // Keys: 1 stream, 2 deadlines (zset id → ms), 3 owners (hash id → reserver), 4 dead stream.
 const serverNow = `
@@ -59,10 +67,18 @@ end
 if #out < want then
   local fresh = redis.call('XREADGROUP', 'GROUP', '${group}', '${group}', 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
   if fresh then
+    -- One ZADD and one HSET for the whole batch: a call from Lua costs about as much as its work.
+    local deadlines, owners = {}, {}
     for _, entry in ipairs(fresh[1][2]) do
-      redis.call('ZADD', KEYS[2], deadline, entry[1])
-      redis.call('HSET', KEYS[3], entry[1], ARGV[1])
+      deadlines[#deadlines + 1] = deadline
+      deadlines[#deadlines + 1] = entry[1]
+      owners[#owners + 1] = entry[1]
+      owners[#owners + 1] = ARGV[1]
       out[#out + 1] = {entry[1], entry[2][2], 1, entry[2][4] or ''}
+    end
+    if #owners > 0 then
+      redis.call('ZADD', KEYS[2], unpack(deadlines))
+      redis.call('HSET', KEYS[3], unpack(owners))
     end
   end
 end
@@ -80,26 +96,32 @@ return ids
 
 // ARGV: reserver, outcome, max attempts, ids…
 const settleScript = new Script('settle', `${serverNow}${moveToDead}
-for i = 4, #ARGV do
-  local id = ARGV[i]
-  if redis.call('HGET', KEYS[3], id) == ARGV[1] then
-    if ARGV[2] == 'ack' then
-      redis.call('XACK', KEYS[1], '${group}', id)
-      redis.call('XDEL', KEYS[1], id)
-      redis.call('ZREM', KEYS[2], id)
-      redis.call('HDEL', KEYS[3], id)
-    else
-      local deliveries = redis.call('XPENDING', KEYS[1], '${group}', id, id, 1)[1][4]
-      if ARGV[2] == 'retry' and deliveries >= tonumber(ARGV[3]) then
-        bury(id, redis.call('XRANGE', KEYS[1], id, id)[1][2])
-      else
-        if ARGV[2] == 'release' then
-          redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id, 'RETRYCOUNT', math.max(deliveries - 1, 0), 'JUSTID')
-        end
-        redis.call('ZADD', KEYS[2], 0, id)
-        redis.call('HDEL', KEYS[3], id)
-      end
+local ids = {}
+for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+local holders = redis.call('HMGET', KEYS[3], unpack(ids))
+local held = {}
+for i, id in ipairs(ids) do
+  if holders[i] == ARGV[1] then held[#held + 1] = id end
+end
+if #held == 0 then return 1 end
+if ARGV[2] == 'ack' then
+  -- One call per structure for the whole batch (see reserve).
+  redis.call('XACK', KEYS[1], '${group}', unpack(held))
+  redis.call('XDEL', KEYS[1], unpack(held))
+  redis.call('ZREM', KEYS[2], unpack(held))
+  redis.call('HDEL', KEYS[3], unpack(held))
+  return 1
+end
+for _, id in ipairs(held) do
+  local deliveries = redis.call('XPENDING', KEYS[1], '${group}', id, id, 1)[1][4]
+  if ARGV[2] == 'retry' and deliveries >= tonumber(ARGV[3]) then
+    bury(id, redis.call('XRANGE', KEYS[1], id, id)[1][2])
+  else
+    if ARGV[2] == 'release' then
+      redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id, 'RETRYCOUNT', math.max(deliveries - 1, 0), 'JUSTID')
     end
+    redis.call('ZADD', KEYS[2], 0, id)
+    redis.call('HDEL', KEYS[3], id)
   end
 end
 return 1
@@ -132,6 +154,9 @@ function keysOf(queue: string) {
 
 const keyPattern = /^\{dlq:q:(.*)\}:((?:dead:)*)stream$/
 const idTime = (id: string) => Number(id.split('-')[0])
+/** [from, to) ranges of at most scriptBatch covering 0..count. */
+const batchesOf = (count: number): [number, number][] =>
+  Array.from({length: Math.ceil(count / scriptBatch)}, (_v, i) => [i * scriptBatch, Math.min(count, (i + 1) * scriptBatch)])
 
 export class RedisQueues implements QueueDriver {
   readonly maxMessageBytes = maxMessageBytes
@@ -171,7 +196,7 @@ export class RedisQueues implements QueueDriver {
     try {
       for (;;) {
         request.signal.throwIfAborted()
-        const [entries, nextDueMs, lastId] = (await reserveScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, request.count, request.visibilityMs, request.maxAttempts])) as [Buffer[][], number, Buffer]
+        const {entries, nextDueMs, lastId} = await this.reserveBatches(keys, request)
         if (entries.length > 0) {
           this.log?.(`redis: reserved ${entries.length} from ${keys.stream}`)
           return entries.map(([id, body, attempts, enqueued]) => {
@@ -183,7 +208,7 @@ export class RedisQueues implements QueueDriver {
         if (now >= deadline) return []
         blocker ??= this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
         blocker.on('error', () => {})
-        const sleep = Math.max(1, Math.min(deadline - now, num(nextDueMs) >= 0 ? num(nextDueMs) + 1 : fallbackPollMs, fallbackPollMs))
+        const sleep = Math.max(1, Math.min(deadline - now, nextDueMs >= 0 ? nextDueMs + 1 : fallbackPollMs, fallbackPollMs))
         // Wakes on any entry after the last one the script saw: no push can slip in between.
         await blocker.xread('BLOCK', Math.ceil(sleep), 'STREAMS', keys.stream, text(lastId)).catch((error: Error) => {
           if (!request.signal.aborted) throw error
@@ -195,10 +220,31 @@ export class RedisQueues implements QueueDriver {
     }
   }
 
+  /**
+   * One reserve script per scriptBatch messages: the first alone, and only if it came back full
+   * the others, all sent at once (a short or empty queue costs one call, as a waiting pop's every
+   * look does). What the calls that succeeded reserved is returned even when another failed (else
+   * it would sit invisible until its deadline); only when none succeeded is the failure thrown.
+   */
+  private async reserveBatches(keys: ReturnType<typeof keysOf>, request: ReserveRequest): Promise<{entries: Buffer[][]; nextDueMs: number; lastId: Buffer}> {
+    const call = ([from, to]: [number, number]) =>
+      reserveScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, to - from, request.visibilityMs, request.maxAttempts]) as Promise<[Buffer[][], number, Buffer]>
+    const [first, ...rest] = batchesOf(request.count)
+    const done = [await call(first)]
+    if (done[0][0].length === first[1] - first[0] && rest.length > 0) {
+      const replies = await Promise.allSettled(rest.map(call))
+      for (const reply of replies) if (reply.status === 'fulfilled') done.push(reply.value)
+    }
+    const [, nextDueMs, lastId] = done[done.length - 1]
+    return {entries: done.flatMap(([entries]) => entries), nextDueMs: num(nextDueMs), lastId}
+  }
+
   async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
     if (messages.length === 0) return
     const keys = keysOf(queue)
-    await settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, outcome, maxAttempts, ...messages.map((m) => m.id)])
+    const ids = messages.map((m) => m.id)
+    await Promise.all(batchesOf(ids.length).map(([from, to]) =>
+      settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, outcome, maxAttempts, ...ids.slice(from, to)])))
     this.log?.(`redis: ${outcome} ${messages.length} in ${keys.stream}`)
   }
 
@@ -268,19 +314,47 @@ export class RedisQueues implements QueueDriver {
       const [length, inFlight, dead] = await Promise.all([
         this.client.xlen(keys.stream), this.client.zcount(keys.deadlines, `(${now}`, '+inf'), this.client.xlen(keys.dead),
       ])
-      let oldest: number | undefined
-      let start = '-'
-      while (oldest === undefined && length > inFlight) {
-        const page = await this.client.xrange(keys.stream, start, '+', 'COUNT', 100)
-        if (page.length === 0) break
-        const scores = await this.client.zmscore(keys.deadlines, ...page.map(([id]) => id))
-        const index = scores.findIndex((s) => s === null || Number(s) <= now)
-        if (index !== -1) oldest = idTime(page[index][0])
-        start = `(${page.at(-1)![0]}`
-      }
+      const oldest = length > inFlight ? await this.oldestWaiting(keys, now) : undefined
       out.push({queue: name, waiting: length - inFlight, inFlight, dead, ...(oldest === undefined ? {} : {oldestAgeMs: now - oldest})})
     }
     return out
+  }
+
+  /**
+   * The enqueue time of the oldest waiting entry: the first never delivered (after the group's
+   * last-delivered-id) or a reservation that is due (deadline passed, released or retried: score
+   * <= now). Reservations still running are not read: two walks go side by side a page at a time,
+   * and the first to end has the answer. One walks the due reservations (short when few are due);
+   * the other walks the stream from its start to the first entry not held (short when the oldest
+   * entries are due, as after a crashed popper).
+   */
+  private async oldestWaiting(keys: ReturnType<typeof keysOf>, now: number): Promise<number | undefined> {
+    const firstNew = await this.firstUndelivered(keys.stream)
+    let oldest = firstNew === undefined ? Number.POSITIVE_INFINITY : idTime(firstNew)
+    const result = () => (Number.isFinite(oldest) ? oldest : undefined)
+    let dueFrom = 0
+    let streamFrom = '-'
+    for (;;) {
+      const due = await this.client.zrangebyscore(keys.deadlines, '-inf', now, 'LIMIT', dueFrom, statusPage)
+      for (const id of due) oldest = Math.min(oldest, idTime(id))
+      dueFrom += due.length
+      if (due.length < statusPage) return result()
+      const page = await this.client.xrange(keys.stream, streamFrom, '+', 'COUNT', statusPage)
+      if (page.length === 0) return result()
+      const scores = await this.client.zmscore(keys.deadlines, ...page.map(([id]) => id))
+      const index = scores.findIndex((score) => score === null || Number(score) <= now)
+      if (index !== -1) return idTime(page[index][0])
+      streamFrom = `(${page.at(-1)![0]}`
+    }
+  }
+
+  /** The first entry the group has not delivered yet, if any. */
+  private async firstUndelivered(stream: string): Promise<string | undefined> {
+    const groups = (await this.client.xinfo('GROUPS', stream).catch(() => [])) as unknown[][]
+    const info = groups.map((fields) => Object.fromEntries(Array.from({length: fields.length / 2}, (_v, i) => [String(fields[2 * i]), fields[2 * i + 1]])))
+    const ours = info.find((fields) => fields.name === group)
+    const [first] = await this.client.xrange(stream, ours ? `(${String(ours['last-delivered-id'])}` : '-', '+', 'COUNT', 1)
+    return first?.[0]
   }
 
   private async queueNames(): Promise<string[]> {

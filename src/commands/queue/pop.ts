@@ -4,16 +4,24 @@ import {refuseStray, splitAtDashes} from '../../argv.js'
 import type {Backend, Message, ReserveRequest} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
-import {cannotRun, notNow, usageError} from '../../errors.js'
+import {cannotRun, notNow, toDlqError, usageError} from '../../errors.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {SignalRouter, signalExitCode} from '../../signals.js'
 import {WaitingLine} from '../../waiting.js'
 
+/**
+ * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
+ * reserved, whatever --count (a driver cuts a batch further where its server needs it: Redis).
+ */
+const popBatch = 1000
+
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
   static description = `Reserves up to --count messages (invisible to others for --visibility; while --wait waits on a terminal, a line on stderr says for how long), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
+
+A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
 
 Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted.`
   static examples = [
@@ -52,35 +60,84 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     const options = {visibilityMs, waitMs, maxAttempts: flags['max-attempts'], signal: signals.signal}
     if (flags.exec) return this.work(backend, queue, command, signals, {...options, count: flags.count})
 
-    const messages = await this.reserve(backend, queue, {...options, count: flags.count ?? 1}).catch((error: unknown) => {
-      if (signals.signal.aborted) return []
-      throw error
-    })
-    if (signals.first) {
-      await backend.queues.settle(queue, messages, 'release', options.maxAttempts)
-      return this.finish(signalExitCode(signals.first))
-    }
-    if (messages.length === 0) {
+    const result = await this.take(backend, queue, flags.count ?? 1, signals, options, (message) => render(message, this.jsonEnabled(), flags.null))
+    if (result.stopped) this.warnStopped(result.delivered, result.stopped)
+    if (signals.first) return this.finish(signalExitCode(signals.first))
+    if (result.output !== undefined && !readerGone(result.output)) throw result.output
+    if (result.output !== undefined) return this.finish(signalExitCode('SIGPIPE'))
+    if (result.delivered === 0 && result.stopped === undefined) {
       this.report(notNow(`queue ${JSON.stringify(queue)} is empty`, `no message within ${formatDuration(waitMs)}`))
       return this.finish(75)
     }
-    let written = 0
-    let failure: unknown
-    for (const message of messages) {
-      if (signals.first) break
+    return this.finish(0)
+  }
+
+  /**
+   * Takes up to `count` messages a batch at a time: reserve, write each, ack what was written,
+   * release the rest, next batch. Memory is one batch whatever --count, and what was written is
+   * settled before more is taken. A backend failure before anything was written is thrown (exit
+   * 69, nothing delivered); after, it ends the pop early and is reported in `stopped`: what was
+   * written is delivered (SPEC §3 is at-least-once: deleted only after it was written, and
+   * possibly delivered again when the acknowledgement did not land).
+   */
+  private async take(backend: Backend, queue: string, count: number, signals: SignalRouter, options: {visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}, format: (message: Message) => Buffer): Promise<{delivered: number; output?: unknown; stopped?: {error: unknown; unacknowledged: number}}> {
+    let delivered = 0
+    while (delivered < count) {
+      const want = Math.min(popBatch, count - delivered)
+      let messages: Message[]
       try {
-        await writeOut(process.stdout, render(message, this.jsonEnabled(), flags.null))
-        written++
+        // --wait is for the first message; once some came, a short batch means the queue ran dry.
+        messages = await this.reserve(backend, queue, {...options, count: want, waitMs: delivered === 0 ? options.waitMs : 0})
       } catch (error) {
-        failure = error // the reader is gone, or stdout failed: what was not written stays in the queue
-        break
+        if (signals.signal.aborted) return {delivered}
+        if (delivered === 0) throw error
+        return {delivered, stopped: {error, unacknowledged: 0}}
       }
+      if (signals.first) {
+        await backend.queues.settle(queue, messages, 'release', options.maxAttempts) // never written: not a delivery
+        return {delivered}
+      }
+      if (messages.length === 0) return {delivered}
+      let written = 0
+      let output: unknown
+      for (const message of messages) {
+        if (signals.first) break
+        try {
+          await writeOut(process.stdout, format(message))
+          written++
+        } catch (error) {
+          output = error // the reader is gone, or stdout failed: what was not written stays in the queue
+          break
+        }
+      }
+      try {
+        await backend.queues.settle(queue, messages.slice(0, written), 'ack', options.maxAttempts)
+      } catch (error) {
+        if (written === 0) throw error
+        await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts).catch(() => {})
+        return {delivered: delivered + written, output, stopped: {error, unacknowledged: written}}
+      }
+      delivered += written
+      try {
+        await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts)
+      } catch (error) {
+        // Not written, so not delivered: a failed release only delays them until --visibility ends.
+        if (delivered === 0) throw error
+        return {delivered, output, stopped: {error, unacknowledged: 0}}
+      }
+      if (output !== undefined || signals.first || messages.length < want) return {delivered, output}
     }
-    await backend.queues.settle(queue, messages.slice(0, written), 'ack', options.maxAttempts)
-    await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts)
-    if (signals.first) return this.finish(signalExitCode(signals.first))
-    if (failure !== undefined && !readerGone(failure)) throw failure
-    return this.finish(failure === undefined ? 0 : signalExitCode('SIGPIPE'))
+    return {delivered}
+  }
+
+  /** A pop that delivered messages and then lost its backend: exit 0, and one line saying so. */
+  private warnStopped(delivered: number, stopped: {error: unknown; unacknowledged: number}): void {
+    const {what, why} = toDlqError(stopped.error)
+    const line = stopped.unacknowledged > 0
+      ? {what: `queue pop: ${delivered} messages written, but the acknowledgement of the last ${stopped.unacknowledged} failed`, why: `${what}: ${why}`, hint: 'they count as delivered, and may be delivered again once --visibility ends'}
+      : {what: `queue pop stopped after ${delivered} messages`, why: `${what}: ${why}`, hint: 'the messages written are delivered and acknowledged; the rest stay in the queue'}
+    if (this.jsonEnabled()) process.stderr.write(`${JSON.stringify({warning: {...line, delivered, unacknowledged: stopped.unacknowledged}})}\n`)
+    else process.stderr.write(`dlq: ${line.what}: ${line.why} (${line.hint})\n`)
   }
 
   /** reserve(), with the waiting line on a terminal (waiting.ts) once the wait has lasted a moment. */

@@ -1,0 +1,190 @@
+// What a PostgreSQL pop costs the server (issue 16): the plans of the statements `dlq queue pop`
+// runs, read from the server's own log (auto_explain, actual row counts, the statements inside
+// dlq's functions included), must touch about as many rows as the pop takes, whatever the
+// planner's statistics say and however many reservations sit in front of the waiting messages.
+// A plan, not a time: a slow machine cannot fail these, a plan that reads the whole queue must.
+// Also: an existing version 1 schema is migrated, and a pop that loses its server after writing
+// messages says what it delivered instead of failing.
+import assert from 'node:assert/strict'
+import {after, before, describe, it} from 'node:test'
+
+import {run, spawnDlq, waitFor} from '../support/cli.mjs'
+import {planLog, planLogConfig, planNodes, rowsTouched} from '../support/pgplans.mjs'
+import {startPostgres} from '../support/postgres.mjs'
+
+const {migrations, schemaOf} = await import('../../dist/backends/postgres/connection.js')
+
+const popBatch = 1000 // what queue pop reserves and settles per statement on PostgreSQL
+const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
+const withSchema = (url, schema) => `${url}?schema=${schema}`
+const numbers = (from, to) => Array.from({length: to - from + 1}, (_v, i) => String(from + i))
+const lines = (text) => (text === '' ? [] : text.slice(0, -1).split('\n'))
+
+async function push(url, queue, bodies) {
+  const r = await cli(url, ['queue', 'push', '--queue', queue], {input: bodies.join('\n') + '\n', timeoutMs: 60_000})
+  assert.equal(r.code, 0, r.stderr)
+}
+
+async function stats(url, queue) {
+  const r = await cli(url, ['queue', 'status', '--queue', queue, '--json'])
+  assert.equal(r.code, 0, r.stderr)
+  return JSON.parse(r.stdout).queues[0]
+}
+
+describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
+  let server
+  let log
+  before(async () => {
+    // No autovacuum: the statistics are exactly what each test made them.
+    server = await startPostgres({config: [...planLogConfig, 'autovacuum=off']})
+    log = planLog(server)
+  })
+  after(() => server?.stop())
+
+  /** Runs the pop, then checks every plan its session ran; returns the popped lines. */
+  async function popChecked(url, queue, count, what) {
+    const mark = log.mark()
+    const r = await cli(url, ['queue', 'pop', '--queue', queue, '--count', String(count)], {timeoutMs: 60_000})
+    assert.equal(r.code, 0, r.stderr)
+    const onMessages = checkPlans(mark, what)
+    assert.ok(onMessages.some((e) => /^\s*DELETE FROM/i.test(e.query)), `${what}: no DELETE among the plans logged`)
+    assert.ok(onMessages.some((e) => /FOR UPDATE SKIP LOCKED/i.test(e.query)), `${what}: no reservation among the plans logged`)
+    return lines(r.stdout)
+  }
+
+  /** Every plan dlq's sessions ran since `mark` that read messages: no sequential scan, a batch of rows at most. */
+  function checkPlans(mark, what, bound = popBatch + 10) {
+    const onMessages = log.since(mark, 'dlq').filter((e) => [...planNodes(e.plan)].some((n) => n['Relation Name'] === 'messages'))
+    for (const entry of onMessages) {
+      for (const node of planNodes(entry.plan)) {
+        const where = `${what}: ${node['Node Type']}${node['Index Name'] ? ` on ${node['Index Name']}` : ''} in\n${entry.query}\n${JSON.stringify(entry.plan, null, 1).slice(0, 3000)}`
+        if (node['Relation Name'] === 'messages') assert.notEqual(node['Node Type'], 'Seq Scan', `a sequential scan of the queue: ${where}`)
+        assert.ok(rowsTouched(node) <= bound, `${rowsTouched(node)} rows touched (at most ${bound}): ${where}`)
+      }
+    }
+    return onMessages
+  }
+
+  it('statistics taken while the table was nearly empty (then 20,000 pushed): every plan reads about what it pops', async () => {
+    const url = withSchema(server.url, 'tiny_stats')
+    await push(url, 'warm', ['a', 'b'])
+    await server.sql('ANALYZE tiny_stats.messages')
+    await push(url, 'q', numbers(1, 20_000))
+    assert.deepEqual(await popChecked(url, 'q', 1000, 'first pop'), numbers(1, 1000))
+    // Five batches in one session: PL/pgSQL may switch to generic plans after five executions.
+    assert.deepEqual(await popChecked(url, 'q', 7000, 'seven batches'), numbers(1001, 8000))
+  })
+
+  it('a table never analyzed: the same', async () => {
+    const url = withSchema(server.url, 'no_stats')
+    await push(url, 'q', numbers(1, 20_000))
+    assert.deepEqual(await popChecked(url, 'q', 1000, 'never analyzed'), numbers(1, 1000))
+  })
+
+  it('statistics of the full queue: the same', async () => {
+    const url = withSchema(server.url, 'full_stats')
+    await push(url, 'q', numbers(1, 20_000))
+    await server.sql('ANALYZE full_stats.messages')
+    assert.deepEqual(await popChecked(url, 'q', 3000, 'analyzed'), numbers(1, 3000))
+  })
+
+  it('20,000 reservations in front of the waiting messages are not read; expired ones are delivered first', async () => {
+    const url = withSchema(server.url, 'held')
+    await push(url, 'q', numbers(1, 25_000))
+    // Another popper's reservations, as its reserve() leaves them: held for an hour.
+    await server.sql(`UPDATE held.messages SET reserved_by = 'elsewhere', attempts = 1, visible_at = now() + interval '1 hour'
+      WHERE queue = 'q' AND id <= (SELECT min(id) + 19999 FROM held.messages WHERE queue = 'q')`)
+    assert.deepEqual(await popChecked(url, 'q', 1000, 'behind reservations'), numbers(20_001, 21_000))
+    // 300 of them run out: they go first, then the waiting ones.
+    await server.sql(`UPDATE held.messages SET visible_at = now() - interval '1 second'
+      WHERE queue = 'q' AND id <= (SELECT min(id) + 299 FROM held.messages WHERE queue = 'q')`)
+    const got = await popChecked(url, 'q', 1000, 'expired reservations')
+    assert.deepEqual(got.slice(0, 300), numbers(1, 300))
+    assert.deepEqual(got.slice(300), numbers(21_001, 21_700))
+    const left = await stats(url, 'q')
+    assert.deepEqual([left.waiting, left.inFlight], [25_000 - 21_700, 19_700])
+  })
+
+  it('worker mode behind 20,000 reservations: ack, retry, burial and extend read only their own rows', async () => {
+    const url = withSchema(server.url, 'worker')
+    await push(url, 'q', numbers(1, 20_050))
+    await server.sql(`UPDATE worker.messages SET reserved_by = 'elsewhere', attempts = 1, visible_at = now() + interval '1 hour'
+      WHERE queue = 'q' AND id <= (SELECT min(id) + 19999 FROM worker.messages WHERE queue = 'q')`)
+    const mark = log.mark()
+    // A handler slower than --visibility / 3: its reservation is extended while it runs.
+    const ok = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3', '--visibility', '300ms', '--exec', '--', 'sleep', '0.25'], {timeoutMs: 60_000})
+    assert.equal(ok.code, 0, ok.stderr)
+    const failed = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3', '--max-attempts', '2', '--exec', '--', 'false'], {timeoutMs: 60_000})
+    assert.equal(failed.code, 0, failed.stderr)
+    const plans = checkPlans(mark, 'worker', 10)
+    assert.equal((await stats(url, 'q')).dead, 1) // the first one failed twice
+    for (const [what, pattern] of [['ack', /DELETE FROM/], ['extend', /^UPDATE .* SET visible_at = clock_timestamp\(\)/s], ['retry', /SET visible_at = '-infinity'/], ['burial', /DELETE FROM .* WHERE ctid = ANY \(p_rows\)/s]]) {
+      assert.ok(plans.some((e) => pattern.test(e.query.trim())), `no ${what} among the plans logged`)
+    }
+  })
+
+  it('a version 1 schema is migrated: its messages and reservations stay, and its pops read what they pop', async () => {
+    const {default: pg} = await import('pg')
+    const client = new pg.Client({connectionString: server.url})
+    await client.connect()
+    const s = schemaOf('legacy')
+    try {
+      // The schema as a dlq of version 1 left it: its DDL, its version row, messages it pushed,
+      // and two of them reserved by a popper of that version.
+      await client.query('BEGIN')
+      await client.query('CREATE SCHEMA legacy')
+      await client.query(`CREATE TABLE legacy.schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL DEFAULT current_user)`)
+      for (const statement of migrations(s)[0].statements) await client.query(statement)
+      await client.query('INSERT INTO legacy.schema_version (version) VALUES (1)')
+      await client.query('COMMIT')
+      const bodies = numbers(1, 5000).map((n) => Buffer.from(n))
+      await client.query(`SELECT legacy.push('q', $1::bytea[], 'c')`, [bodies])
+      const held = await client.query(`SELECT id FROM legacy.reserve('q', 2, 3600000, 'old-popper', 5, 'q.dead', 'd')`)
+      assert.equal(held.rows.length, 2)
+    } finally {
+      await client.end()
+    }
+    const url = withSchema(server.url, 'legacy')
+    assert.deepEqual(await popChecked(url, 'q', 1000, 'migrated'), numbers(3, 1002))
+    assert.equal((await server.sql('SELECT max(version) FROM legacy.schema_version')).trim(), '2')
+    const indexes = (await server.sql(`SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'legacy' AND tablename = 'messages'`)).trim()
+    assert.equal(indexes, 'messages_deadlines,messages_pkey,messages_waiting')
+    const left = await stats(url, 'q')
+    assert.deepEqual([left.waiting, left.inFlight], [3998, 2])
+  })
+})
+
+describe('postgres: a pop whose server goes away after it wrote messages', () => {
+  let server
+  before(async () => {
+    server = await startPostgres()
+  })
+  after(() => server?.stop())
+
+  it('exits 0 and says so: what it wrote is delivered, and comes again once --visibility ends if its ack was lost', async (t) => {
+    const url = `${server.url}?connectTimeout=3s` // for the pop only
+    const bodies = numbers(1, 3000).map((n) => `${n} ${'x'.repeat(1000)}`) // a batch is more than a pipe holds
+    await push(server.url, 'q', bodies)
+    const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', 'q', '--count', '3000', '--visibility', '2s'], {t, timeoutMs: 60_000})
+    pop.stdout.pause() // dlq blocks writing its first batch
+    // Reserved, whether or not its 2 s have run out meanwhile on a busy machine.
+    const reserved = async () => Number(await server.sql(`SELECT count(*) FROM dlq.messages WHERE queue = 'q' AND reserved_by IS NOT NULL`))
+    await waitFor(async () => pop.exited || (await reserved()) > 0, {timeoutMs: 60_000, what: 'the first batch reserved'})
+    assert.equal(pop.exited, false, pop.stderrText())
+    await server.halt()
+    pop.stdout.resume()
+    const r = await pop.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.deepEqual(lines(r.stdout), bodies.slice(0, popBatch))
+    assert.match(r.stderr, /^dlq: queue pop: 1000 messages written, but the acknowledgement of the last 1000 failed: .*\(they count as delivered, and may be delivered again once --visibility ends\)\n$/)
+    // At-least-once: the acknowledgement never landed, so they come again, before the rest.
+    await server.start()
+    await new Promise((resolve) => setTimeout(resolve, 2200))
+    const again = await cli(server.url, ['queue', 'pop', '--queue', 'q', '--count', '3000', '--json'], {timeoutMs: 60_000})
+    assert.equal(again.code, 0, again.stderr)
+    const messages = lines(again.stdout).map((line) => JSON.parse(line))
+    assert.deepEqual(messages.map((m) => m.body), bodies)
+    assert.deepEqual([...new Set(messages.map((m) => m.attempts))], [2, 1])
+  })
+
+})
