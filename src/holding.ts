@@ -41,6 +41,10 @@ export function holderInfo(command: string): HolderInfo {
   return {host: hostname(), pid: process.pid, user, command}
 }
 
+/** The waiting line of lock run and lock acquire (waiting.ts): the time first, the detail after. */
+export const waitingForLock = (key: string, waitedMs: number, holders: Holder[]) =>
+  `dlq: waiting ${formatDuration(waitedMs)} for lock ${JSON.stringify(key)}: ${describeHolders(holders)}`
+
 export function describeHolders(holders: Holder[]): string {
   if (holders.length === 0) return 'no holder is recorded'
   const now = Date.now()

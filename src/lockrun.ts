@@ -2,11 +2,12 @@
 // (commands/lock/run.ts) and the fast path (fast.ts) call this with the parsed flags.
 import {formatDuration, parseDuration} from './duration.js'
 import {DlqError, usageError} from './errors.js'
-import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner} from './holding.js'
+import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
 import {checkName} from './names.js'
 import type {Session} from './session.js'
 import {SignalRouter, signalExitCode} from './signals.js'
 import {supervise} from './supervisor.js'
+import {WaitingLine} from './waiting.js'
 
 export interface LockRunFlags {
   key: string
@@ -40,25 +41,18 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     const signals = new SignalRouter()
 
     const owner = newOwner()
-    const started = Date.now()
-    const statusLine = !flags.quiet && process.stderr.isTTY
-    let shown = false
+    const waiting = WaitingLine.onTerminal(!flags.quiet)
     const lease = await backend.locks
       .acquire({
         key, owner, ttlMs, limit, waitMs, signal: signals.signal,
         holder: holderInfo([command, ...args].join(' ')),
-        onWaiting: statusLine
-          ? (holders) => {
-            shown = true
-            process.stderr.write(`\r\u001B[2Kdlq: waiting for ${key}: ${describeHolders(holders)}; waited ${formatDuration(Date.now() - started)}`)
-          }
-          : undefined,
+        onWaiting: waiting && ((holders) => waiting.show(() => waitingForLock(key, waiting.waitedMs, holders))),
       })
       .catch((error: unknown) => {
         if (signals.signal.aborted) return undefined
         throw error
       })
-    if (shown) process.stderr.write('\r\u001B[2K')
+      .finally(() => waiting?.clear())
     if (signals.first) {
       if (lease) await backend.locks.release(key, owner).catch(() => {})
       return session.finish(signalExitCode(signals.first))

@@ -1,15 +1,16 @@
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
 import {DlqError} from '../../errors.js'
-import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, leaseJson, newOwner} from '../../holding.js'
+import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, leaseJson, newOwner, waitingForLock} from '../../holding.js'
 import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
 import {jsonText, readerGone, writeOut} from '../../output.js'
 import {signalExitCode} from '../../signals.js'
+import {WaitingLine} from '../../waiting.js'
 
 export default class LockAcquire extends DlqCommand {
   static summary = 'Take a lock that outlives this process; print its owner token.'
-  static description = `For pipelines whose steps are separate processes. The lease stays for --ttl and then simply expires: nothing renews it unless you run "lock renew". Release it with "lock release --token". Exit 75 (--conflict-exit-code) when not acquired within --wait.`
+  static description = `For pipelines whose steps are separate processes. The lease stays for --ttl and then simply expires: nothing renews it unless you run "lock renew". Release it with "lock release --token". Exit 75 (--conflict-exit-code) when not acquired within --wait. While it waits on a terminal, a line on stderr says for how long and who holds the lock.`
   static examples = [
     {description: 'Take the deploy lock for a pipeline whose steps are separate processes.', command: 'TOKEN=$(<%= config.bin %> lock acquire --key deploy --ttl 30m)'},
     {description: 'In a later step: extend it, then release it when done.', command: '<%= config.bin %> lock renew --key deploy --token "$TOKEN"'},
@@ -35,7 +36,13 @@ export default class LockAcquire extends DlqCommand {
     const owner = newOwner()
     const abort = new AbortController()
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.once(signal, () => abort.abort())
-    const lease = await backend.locks.acquire({key, owner, ttlMs, limit, waitMs, signal: abort.signal, holder: holderInfo('dlq lock acquire')})
+    const waiting = WaitingLine.onTerminal()
+    const lease = await backend.locks
+      .acquire({
+        key, owner, ttlMs, limit, waitMs, signal: abort.signal, holder: holderInfo('dlq lock acquire'),
+        onWaiting: waiting && ((holders) => waiting.show(() => waitingForLock(key, waiting.waitedMs, holders))),
+      })
+      .finally(() => waiting?.clear())
     if (!lease) {
       const [state] = await backend.locks.status(key)
       this.report(new DlqError(conflictExitCode, `lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}`, describeHolders(state?.holders ?? [])))

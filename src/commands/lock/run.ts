@@ -9,6 +9,8 @@ export default class LockRun extends DlqCommand {
   static summary = 'Run a command while holding a lock.'
   static description = `Waits for the lock KEY (up to --wait), runs COMMAND without a shell while renewing the lease every ttl/3, and releases the lock once COMMAND has exited. dlq exits with COMMAND's exit code (128+N if a signal N killed it), 75 (--conflict-exit-code) if the lock was not acquired in time, and 70 if the lock was lost while COMMAND ran: then COMMAND's whole process group got SIGTERM, and SIGKILL after --kill-grace.
 
+While it waits on a terminal, a line on stderr (cut to the terminal's width, erased when the wait ends; none with --quiet) says for how long and who holds the lock.
+
 Every word before -- must belong to a flag: a stray one (--wait 10 min) is a usage error (64), never dropped.
 
 COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (an integer that increases with every acquisition of KEY, for fencing writes downstream).`

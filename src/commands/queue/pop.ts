@@ -1,7 +1,7 @@
 import * as Flags from '@oclif/core/flags'
 
 import {refuseStray, splitAtDashes} from '../../argv.js'
-import type {Backend, Message} from '../../backends/types.js'
+import type {Backend, Message, ReserveRequest} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
 import {cannotRun, notNow, toDlqError, usageError} from '../../errors.js'
@@ -9,6 +9,7 @@ import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {SignalRouter, signalExitCode} from '../../signals.js'
+import {WaitingLine} from '../../waiting.js'
 
 /**
  * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
@@ -18,7 +19,7 @@ const popBatch = 1000
 
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
-  static description = `Reserves up to --count messages (invisible to others for --visibility), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
+  static description = `Reserves up to --count messages (invisible to others for --visibility; while --wait waits on a terminal, a line on stderr says for how long), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
 
 A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
 
@@ -86,7 +87,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       let messages: Message[]
       try {
         // --wait is for the first message; once some came, a short batch means the queue ran dry.
-        messages = await backend.queues.reserve(queue, {...options, count: want, waitMs: delivered === 0 ? options.waitMs : 0})
+        messages = await this.reserve(backend, queue, {...options, count: want, waitMs: delivered === 0 ? options.waitMs : 0})
       } catch (error) {
         if (signals.signal.aborted) return {delivered}
         if (delivered === 0) throw error
@@ -139,12 +140,23 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     else process.stderr.write(`dlq: ${line.what}: ${line.why} (${line.hint})\n`)
   }
 
+  /** reserve(), with the waiting line on a terminal (waiting.ts) once the wait has lasted a moment. */
+  private async reserve(backend: Backend, queue: string, request: ReserveRequest): Promise<Message[]> {
+    const waiting = request.waitMs > 0 ? WaitingLine.onTerminal() : undefined
+    waiting?.showAfter(250, () => `dlq: waiting ${formatDuration(waiting.waitedMs)} for a message on ${JSON.stringify(queue)}${Number.isFinite(request.waitMs) ? ` (--wait ${formatDuration(request.waitMs)})` : ''}`)
+    try {
+      return await backend.queues.reserve(queue, request)
+    } finally {
+      waiting?.clear()
+    }
+  }
+
   /** Worker mode: one message at a time through COMMAND, acked on exit 0. */
   private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}): Promise<void> {
     const {execa} = await import('execa')
     let processed = 0
     while ((options.count === undefined || processed < options.count) && !signals.first) {
-      const [message] = await backend.queues.reserve(queue, {...options, count: 1}).catch((error: unknown) => {
+      const [message] = await this.reserve(backend, queue, {...options, count: 1}).catch((error: unknown) => {
         if (signals.signal.aborted) return [] as Message[]
         throw error
       })
