@@ -2,6 +2,7 @@
 // none kills dlq behind the command's back: while dlq waits, a signal cancels the wait; from the
 // moment a command is about to run, signals are held and then forwarded to it, including those
 // that arrive between taking the lock and starting the command.
+import {readFileSync} from 'node:fs'
 import {constants} from 'node:os'
 
 export const forwardedSignals = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT'] as const
@@ -55,6 +56,25 @@ export class SignalRouter {
 
   dispose(): void {
     for (const off of this.handlers) off()
+  }
+}
+
+/**
+ * Did `signal` most likely come from dlq's terminal, which sent it to dlq's whole job, the command
+ * included (it runs in dlq's process group)? True for SIGINT and SIGQUIT (Ctrl-C, Ctrl-\) while
+ * dlq's process group is its terminal's foreground group: forwarding those would deliver them
+ * twice, which a command that traps SIGINT (a shell script's cleanup, Python's KeyboardInterrupt)
+ * would run twice. Node cannot see the sender (sudo reads si_code for the same decision), so a
+ * SIGINT that someone sends to dlq's pid alone while it is in the foreground is not forwarded.
+ */
+export function fromTerminal(signal: NodeJS.Signals): boolean {
+  if (signal !== 'SIGINT' && signal !== 'SIGQUIT') return false
+  try {
+    const stat = readFileSync('/proc/self/stat', 'latin1')
+    const [, , pgrp, , , tpgid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+    return tpgid !== '-1' && tpgid === pgrp
+  } catch {
+    return false
   }
 }
 
