@@ -20,7 +20,7 @@ import type {Lease, LockDriver} from './backends/types.js'
 import {formatDuration} from './duration.js'
 import {LockLostError, toDlqError} from './errors.js'
 import {fromTerminal, type SignalRouter} from './signals.js'
-import {Watchdog} from './watchdog.js'
+import {termLead, Watchdog} from './watchdog.js'
 
 export interface Supervision {
   command: string
@@ -49,9 +49,6 @@ interface Exit {
   signal: NodeJS.Signals | null
   error?: NodeJS.ErrnoException
 }
-
-/** How long before the lease's end a stopped dlq's watchdog sends SIGTERM (SIGKILL comes at the end). */
-export const termLead = (ttlMs: number, killGraceMs: number) => Math.min(killGraceMs, Math.floor(ttlMs / 3))
 
 export async function supervise(job: Supervision): Promise<Outcome> {
   let lease = job.lease

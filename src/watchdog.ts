@@ -121,6 +121,13 @@ wait_gone $g || finish
 // A "forever" kill grace, as the shell's integers take it (a year).
 const maxMs = 365 * 86_400_000
 
+/**
+ * How long before the lease's end a stopped dlq's watchdog sends SIGTERM (SIGKILL comes at the
+ * end): the kill grace, but no more than a third of the TTL. A running dlq renews every ttl/3,
+ * so it has sent a newer lease line by then; the look at dlq must come late enough to catch it stopped.
+ */
+export const termLead = (ttlMs: number, killGraceMs: number) => Math.min(killGraceMs, Math.floor(ttlMs / 3))
+
 export interface WatchdogOptions {
   /** NAME=VALUE in the environment of the command (and so of everything it starts). */
   mark: string

@@ -4,10 +4,15 @@ import type {Backend, Message} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
 import {usageError} from '../../errors.js'
+import {newOwner} from '../../holding.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
-import {commandAfterDashes, SignalRouter, signalExitCode} from '../../signals.js'
+import {commandAfterDashes, fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
+import {termLead, Watchdog} from '../../watchdog.js'
+
+/** A handler whose worker died gets SIGTERM, and SIGKILL after this, or when its message would be redelivered. */
+const handlerKillGraceMs = 10_000
 
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
@@ -95,17 +100,31 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
         break
       }
       signals.hold()
+      const reservedAt = Date.now()
+      // When the message would become visible again (1% + 10 ms early, as lock run's deadline).
+      const untilRedelivery = (from: number) => from + options.visibilityMs * 0.99 - 10 - Date.now()
+      // Should this worker die or be stopped, its watchdog stops the handler before the message can
+      // go to another worker (watchdog.ts); a live worker lets its handler finish.
+      const handlerId = newOwner()
+      const watchdog = new Watchdog({mark: `DLQ_HANDLER_ID=${handlerId}`, graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)})
+      watchdog.lease(untilRedelivery(reservedAt))
       // Keep the message reserved while the command works on it, however long that takes.
-      const extender = setInterval(() => void backend.queues.extend(queue, message, options.visibilityMs).catch(() => {}), Math.max(50, options.visibilityMs / 3))
+      const extender = setInterval(() => {
+        const at = Date.now()
+        void backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
+      }, Math.max(50, options.visibilityMs / 3))
       const child = execa(command[0], command.slice(1), {
         input: message.body,
         stdout: 'inherit',
         stderr: 'inherit',
         reject: false,
-        env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts)},
+        env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
       })
-      signals.forwardTo((signal) => child.kill(signal))
+      if (child.pid !== undefined) watchdog.command(child.pid)
+      // To every process of the handler, except what the terminal sent the whole job already (signals.ts).
+      signals.forwardTo((signal) => fromTerminal(signal) || watchdog.signal(signal) || child.kill(signal))
       const result = await child
+      watchdog.end()
       signals.waitAgain()
       clearInterval(extender)
       const ok = result.exitCode === 0
