@@ -67,6 +67,33 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     leadMs: termLead(lease.ttlMs, job.killGraceMs),
     onStopping: () => loseLock(`the lease ran out while ${suspended ? 'the job was suspended' : 'dlq was stopped'} (its watchdog stopped the command)`, true),
   })
+  // Ctrl-Z: the terminal has stopped the command (same process group); dlq renews once more, says
+  // how long the job may stay suspended, and stops itself as the terminal meant it to, so that the
+  // shell sees the whole job stopped. `fg` continues both; dlq then renews at once. Listening
+  // starts before the spawn: a Ctrl-Z may come as soon as the command runs.
+  const suspend = async () => {
+    if (suspended) return
+    suspended = true // until the first renewal after fg: the watchdog's report may come later
+    if (lost === undefined) {
+      const bound = new Promise((resolve) => setTimeout(resolve, Math.min(1000, timeLeft())))
+      await Promise.race([renewOnce(), bound])
+      if (lost === undefined) {
+        const left = deadline() - termLead(lease.ttlMs, job.killGraceMs) - Date.now()
+        const onTerminal = process.stderr.isTTY ? '\n' : '' // after the terminal's "^Z"
+        job.notice(`${onTerminal}dlq: job suspended: the lease on lock ${key} is not renewed while it is; resume it (fg) within ${formatDuration(Math.max(0, left))}, or the command is stopped and dlq exits 70`)
+      }
+    }
+    process.off('SIGTSTP', onSuspend) // the default action again: stop
+    process.kill(process.pid, 'SIGTSTP')
+    process.on('SIGTSTP', onSuspend)
+    if (lost !== undefined) return
+    clearTimeout(renewTimer)
+    await renew()
+    suspended = false
+  }
+  const onSuspend = () => void suspend()
+  process.on('SIGTSTP', onSuspend)
+
   // The watchdog's timer runs before the command does: dlq may be stopped at any instruction, and
   // the command is found by its mark in the environment before the watchdog learns its pid.
   watchdog.lease(timeLeft())
@@ -142,30 +169,6 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   renewTimer = setTimeout(() => void renew(), renewEvery)
   const stopWatching = job.locks.watchLoss?.(lease, loseLock)
 
-  // Ctrl-Z: the terminal has stopped the command (same process group); dlq renews once more, says
-  // how long the job may stay suspended, and stops itself as the terminal meant it to, so that the
-  // shell sees the whole job stopped. `fg` continues both; dlq then renews at once.
-  const suspend = async () => {
-    if (suspended) return
-    suspended = true // until the first renewal after fg: the watchdog's report may come later
-    if (lost === undefined) {
-      const bound = new Promise((resolve) => setTimeout(resolve, Math.min(1000, timeLeft())))
-      await Promise.race([renewOnce(), bound])
-      if (lost === undefined) {
-        const left = deadline() - termLead(lease.ttlMs, job.killGraceMs) - Date.now()
-        job.notice(`dlq: job suspended: the lease on lock ${key} is not renewed while it is; resume it (fg) within ${formatDuration(Math.max(0, left))}, or the command is stopped and dlq exits 70`)
-      }
-    }
-    process.off('SIGTSTP', onSuspend) // the default action again: stop
-    process.kill(process.pid, 'SIGTSTP')
-    process.on('SIGTSTP', onSuspend)
-    if (lost !== undefined) return
-    clearTimeout(renewTimer)
-    await renew()
-    suspended = false
-  }
-  const onSuspend = () => void suspend()
-  process.on('SIGTSTP', onSuspend)
 
   const result = await exited
   process.off('SIGTSTP', onSuspend)
