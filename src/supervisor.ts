@@ -86,6 +86,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     process.off('SIGTSTP', onSuspend) // the default action again: stop
     process.kill(process.pid, 'SIGTSTP')
     process.on('SIGTSTP', onSuspend)
+    if (lost === undefined && Date.now() >= deadline()) loseLock('the lease expired while the job was suspended')
     if (lost !== undefined) return
     clearTimeout(renewTimer)
     await renew()
@@ -141,7 +142,12 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   // However a renewal hangs (server paused, partition), the lease is over at its deadline.
   const armExpiry = () => {
     clearTimeout(expiryTimer)
-    expiryTimer = setTimeout(() => loseLock('no renewal succeeded before the lease expired (backend unreachable, or dlq stopped?)'), timeLeft())
+    const due = deadline()
+    expiryTimer = setTimeout(() => {
+      // A timer that fires long after it was due: dlq itself was not running (SIGSTOP, starved).
+      const late = Date.now() - due > Math.max(200, lease.ttlMs / 10)
+      loseLock(late ? 'the lease expired while dlq was not running (stopped or starved)' : 'no renewal succeeded before the lease expired (backend unreachable?)')
+    }, timeLeft())
   }
   armExpiry()
 

@@ -34,11 +34,11 @@ import {spawn, type ChildProcess} from 'node:child_process'
 export const watchdogScript = `
 trap '' PIPE
 mark=$1 grace=$2 lead=$3 dlq=$PPID
-pid= start= t= killat= stopping= cost=50
+pid= start= t= killat= stopping= known= cost=50
 clock() { read -r up _ < /proc/uptime; up=\${up%.*}\${up#*.}; up=\${up#"\${up%%[!0]*}"}; ms=$((\${up:-0} * 10)); }
 secs() { s=$(($1 % 1000 + 1000)); s=$(($1 / 1000)).\${s#1}; }
 members() {
-  grep -lszxF -- "$mark" /proc/[0-9]*/environ | awk -v self=$$ -v dlq="$dlq" -v cmd="$pid" -v cmdstart="$start" -v only="$1" '
+  grep -lszxF -- "$mark" /proc/[0-9]*/environ | awk -v self=$$ -v dlq="$dlq" -v cmd="$pid" -v cmdstart="$start" '
     BEGIN {
       while ((getline line < "-") > 0) { split(line, path, "/"); seed[path[3]] = 1 }
       for (i = 1; i < ARGC; i++) {
@@ -53,28 +53,36 @@ members() {
       }
       if (cmd != "" && (cmd in started) && started[cmd] == cmdstart) seed[cmd] = 1
       do { more = 0; for (p in parent) if (!(p in seed) && (parent[p] in seed)) { seed[p] = 1; more = 1 } } while (more)
-      for (p in seed) {
-        if (!(p in state) || p == self || p == dlq || state[p] == "Z" || state[p] == "X") continue
-        if (only == "run" && (state[p] == "T" || state[p] == "t")) continue
-        print p
-      }
+      for (p in seed) if ((p in state) && p != self && p != dlq && state[p] != "Z" && state[p] != "X") print p ":" started[p]
     }' /proc/[0-9]*/
 }
-signal() { m=$(members); [ -n "$m" ] && kill -"$1" $m 2>/dev/null; }
-term() { m=$(members); [ -n "$m" ] && { kill -TERM $m; kill -CONT $m; } 2>/dev/null; }
+pids() { r=; for e in $1; do r="$r \${e%%:*}"; done; }
+current() {
+  cur=
+  for e in $known; do
+    read -r l < /proc/\${e%%:*}/stat || continue
+    set -- \${l##*) }
+    [ "$1" != Z ] && [ "\${20}" = "\${e#*:}" ] && cur="$cur \${e%%:*}"
+  done 2>/dev/null
+}
+signal() { pids "$(members)"; [ -n "$r" ] && kill -"$1" $r 2>/dev/null; }
+term() {
+  clock; a=$ms; known=$(members); clock; cost=$((ms - a))
+  pids "$known"; [ -n "$r" ] && { kill -TERM $r; kill -CONT $r; } 2>/dev/null
+}
 finish() {
-  m=$(members); [ -z "$m" ] && return
-  kill -STOP $m 2>/dev/null
-  m="$m $(members)"; kill -KILL $m 2>/dev/null
+  current; [ -n "$cur" ] && kill -STOP $cur 2>/dev/null
+  pids "$(members)"; [ -n "$cur$r" ] && kill -KILL $cur $r 2>/dev/null
 }
 wait_gone() {
-  clock; end=$((ms + $1))
+  clock; end=$((ms + $1 - 2 * cost))
   while :; do
-    a=$ms; m=$(members); [ -z "$m" ] && return 0
-    clock; cost=$((ms - a))
-    w=$((end - 3 * cost - ms)); [ $w -le 0 ] && return 1
-    [ $w -gt 100 ] && w=100
-    secs $w; sleep $s; clock
+    while current; [ -n "$cur" ]; do
+      clock; w=$((end - ms)); [ $w -le 0 ] && return 1
+      [ $w -gt 50 ] && w=50
+      secs $w; sleep $s
+    done
+    known=$(members); [ -z "$known" ] && return 0
   done
 }
 dlq_stopped() {
@@ -94,7 +102,7 @@ arm() {
       clock; wait_gone $((killat - ms)) || finish
       echo gone; exit 0
     fi
-    clock; w=$((killat - 3 * cost - ms)); [ $w -gt 0 ] && { secs $w; sleep $s & z=$!; wait "$z"; }
+    clock; w=$((killat - 2 * cost - ms)); [ $w -gt 0 ] && { secs $w; sleep $s & z=$!; wait "$z"; }
     if dlq_stopped; then trap '' TERM; echo stopping; finish; echo gone; fi
   ) 2>/dev/null &
   t=$!
@@ -109,7 +117,7 @@ while read -r word arg; do
       term; ( wait_gone "$arg" || finish; echo gone ) & ;;
     ok) [ -n "$t" ] && kill "$t" 2>/dev/null; exit 0 ;;
   esac
-done
+done 2>/dev/null
 [ -n "$t" ] && kill "$t" 2>/dev/null
 [ -n "$stopping" ] && { finish; exit 0; }
 term
