@@ -14,7 +14,8 @@
 //
 // It is a small /bin/sh loop in a session of its own (no Ctrl-C or Ctrl-Z for dlq's job reaches
 // it), holding a pipe from dlq. Its clock is /proc/uptime; its state, the lines dlq writes:
-//   lease MS   the lease ends MS from now (before the spawn, after each renewal)
+//   lease T    the lease ends at T, ms on the clock of /proc/uptime (before the spawn, after each
+//              renewal; absolute, so a watchdog slow to read it is not misled)
 //   pid N      the command's pid
 //   sig NAME   forward signal NAME to the command's processes
 //   stop MS    dlq lost the lock: SIGTERM (and SIGCONT) now, SIGKILL after MS, report "gone"
@@ -30,6 +31,7 @@
 // be cancelled half-way would leave a command that was sent SIGTERM, ignored it, and was never
 // sent SIGKILL).
 import {spawn, type ChildProcess} from 'node:child_process'
+import {readFileSync} from 'node:fs'
 
 export const watchdogScript = `
 trap '' PIPE
@@ -75,7 +77,7 @@ finish() {
   pids "$(members)"; [ -n "$cur$r" ] && kill -KILL $cur $r 2>/dev/null
 }
 wait_gone() {
-  clock; end=$((ms + $1 - 2 * cost))
+  clock; end=$((ms + $1)); [ "$2" = hard ] && end=$((end - 2 * cost))
   while :; do
     while current; [ -n "$cur" ]; do
       clock; w=$((end - ms)); [ $w -le 0 ] && return 1
@@ -99,7 +101,7 @@ arm() {
     if dlq_stopped; then
       trap '' TERM
       echo stopping; term
-      clock; wait_gone $((killat - ms)) || finish
+      clock; wait_gone $((killat - ms)) hard || finish
       echo gone; exit 0
     fi
     clock; w=$((killat - 2 * cost - ms)); [ $w -gt 0 ] && { secs $w; sleep $s & z=$!; wait "$z"; }
@@ -109,7 +111,7 @@ arm() {
 }
 while read -r word arg; do
   case $word in
-    lease) [ -z "$stopping" ] && arm "$arg" ;;
+    lease) [ -z "$stopping" ] && { clock; arm $((arg - ms)); } ;;
     pid) pid=$arg; start=
       if read -r l < /proc/$pid/stat; then set -- \${l##*) }; start=\${20}; fi ;;
     sig) signal "$arg" ;;
@@ -121,10 +123,19 @@ done 2>/dev/null
 [ -n "$t" ] && kill "$t" 2>/dev/null
 [ -n "$stopping" ] && { finish; exit 0; }
 term
-clock; g=$grace
-[ -n "$killat" ] && [ $((killat - ms)) -lt $g ] && g=$((killat - ms))
-wait_gone $g || finish
+clock; g=$grace h=
+[ -n "$killat" ] && [ $((killat - ms)) -lt $g ] && g=$((killat - ms)) h=hard
+wait_gone $g $h || finish
 `
+
+/** The watchdog's clock: ms since boot, as /proc/uptime says (10 ms steps). */
+function uptimeMs(): number | undefined {
+  try {
+    return Math.round(Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]) * 1000)
+  } catch {
+    return undefined
+  }
+}
 
 // A "forever" kill grace, as the shell's integers take it (a year).
 const maxMs = 365 * 86_400_000
@@ -159,10 +170,11 @@ export class Watchdog {
   constructor(options: WatchdogOptions) {
     const ms = (value: number) => String(Math.max(0, Math.round(Math.min(value, maxMs))))
     try {
-      this.child = spawn('/bin/sh', ['-c', watchdogScript, 'dlq-watchdog', options.mark, ms(options.graceMs), ms(options.leadMs)], {
+      // The script comes through the environment, so that ps shows `sh -c eval… dlq-watchdog MARK…`.
+      this.child = spawn('/bin/sh', ['-c', 'eval "$DLQ_WATCHDOG"', 'dlq-watchdog', options.mark, ms(options.graceMs), ms(options.leadMs)], {
         stdio: ['pipe', 'pipe', 'ignore'],
         detached: true, // its own session: neither a Ctrl-C, a Ctrl-Z nor a SIGSTOP for dlq's job reaches it
-        env: {PATH: `${process.env.PATH ?? ''}:/usr/bin:/bin`, LC_ALL: 'C'}, // none of dlq's secrets
+        env: {PATH: `${process.env.PATH ?? ''}:/usr/bin:/bin`, LC_ALL: 'C', DLQ_WATCHDOG: watchdogScript}, // none of dlq's secrets
       })
     } catch {
       return
@@ -197,7 +209,8 @@ export class Watchdog {
 
   /** The lease ends `msLeft` from now. */
   lease(msLeft: number): void {
-    this.tell(`lease ${Math.max(0, Math.floor(msLeft))}`)
+    const now = uptimeMs()
+    if (now !== undefined) this.tell(`lease ${now + Math.max(0, Math.floor(msLeft))}`)
   }
 
   command(pid: number): void {
