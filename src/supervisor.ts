@@ -61,11 +61,13 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   let lost: string | undefined
   let suspended = false
   let stopped: Promise<void> | undefined // the stop of a lost lock's command, once begun
+  // Why a lease ran out that dlq was not there to renew; its watchdog stopped the command meanwhile.
+  const ranOut = () => `the lease ran out while ${suspended ? 'the job was suspended' : 'dlq was stopped or starved'}`
   const watchdog = new Watchdog({
     mark: `DLQ_LOCK_OWNER=${lease.owner}`,
     graceMs: job.killGraceMs,
     leadMs: termLead(lease.ttlMs, job.killGraceMs),
-    onStopping: () => loseLock(`the lease ran out while ${suspended ? 'the job was suspended' : 'dlq was stopped'} (its watchdog stopped the command)`, true),
+    onStopping: () => loseLock(ranOut(), true),
   })
   // Ctrl-Z: the terminal has stopped the command (same process group); dlq renews once more, says
   // how long the job may stay suspended, and stops itself as the terminal meant it to, so that the
@@ -86,7 +88,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     process.off('SIGTSTP', onSuspend) // the default action again: stop
     process.kill(process.pid, 'SIGTSTP')
     process.on('SIGTSTP', onSuspend)
-    if (lost === undefined && Date.now() >= deadline()) loseLock('the lease expired while the job was suspended')
+    if (lost === undefined && Date.now() >= deadline()) loseLock(ranOut())
     if (lost !== undefined) return
     clearTimeout(renewTimer)
     await renew()
@@ -127,7 +129,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     lost = why
     clearTimeout(renewTimer)
     clearTimeout(expiryTimer)
-    job.say(`dlq: lock ${key} lost: ${why}${byWatchdog ? '' : ' (stopping the command)'}`)
+    job.say(`dlq: lock ${key} lost: ${why} (${byWatchdog ? 'its watchdog stopped the command' : 'stopping the command'})`)
     if (byWatchdog) stopped = watchdog.gone
     else if (watchdog.stop(job.killGraceMs)) stopped = watchdog.gone
     else stopped = stopDirectChild()
@@ -146,7 +148,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     expiryTimer = setTimeout(() => {
       // A timer that fires long after it was due: dlq itself was not running (SIGSTOP, starved).
       const late = Date.now() - due > Math.max(200, lease.ttlMs / 10)
-      loseLock(late ? 'the lease expired while dlq was not running (stopped or starved)' : 'no renewal succeeded before the lease expired (backend unreachable?)')
+      loseLock(late ? ranOut() : 'no renewal succeeded before the lease expired (backend unreachable?)')
     }, timeLeft())
   }
   armExpiry()
@@ -183,7 +185,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   stopWatching?.()
   // dlq was stopped past the lease's end (SIGSTOP, a suspended VM): the watchdog ended the command.
   if (lost === undefined && Date.now() >= deadline()) {
-    lost = `the lease expired while ${suspended ? 'the job was suspended' : 'dlq was not running (stopped or starved)'}`
+    lost = ranOut()
     job.say(`dlq: lock ${key} lost: ${lost} (the command was stopped)`)
   }
   // The direct child is gone, but its children may not be: finish the kill grace, then SIGKILL.
