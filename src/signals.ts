@@ -18,6 +18,7 @@ export class SignalRouter {
   private holding = false
   private readonly held: ForwardedSignal[] = []
   private target?: (signal: ForwardedSignal) => void
+  private unless?: (signal: ForwardedSignal) => boolean
   private readonly handlers = forwardedSignals.map((signal) => {
     const handler = () => this.receive(signal)
     process.on(signal, handler)
@@ -31,8 +32,9 @@ export class SignalRouter {
 
   private receive(signal: ForwardedSignal): void {
     this.first ??= signal
-    if (this.target) this.target(signal)
-    else if (this.holding) this.held.push(signal)
+    if (this.target) {
+      if (!this.unless?.(signal)) this.target(signal)
+    } else if (this.holding) this.held.push(signal)
     else this.abort.abort()
   }
 
@@ -41,9 +43,14 @@ export class SignalRouter {
     this.holding = true
   }
 
-  /** Sends held and future signals to `target` (the command's process group). */
-  forwardTo(target: ((signal: ForwardedSignal) => void) | undefined): void {
+  /**
+   * Sends held and future signals to `target` (every process of the command), except a future one
+   * for which `unless` says true (the terminal's, which reached the command already). A held one
+   * came before the command existed: it always goes.
+   */
+  forwardTo(target: ((signal: ForwardedSignal) => void) | undefined, unless?: (signal: ForwardedSignal) => boolean): void {
     this.target = target
+    this.unless = unless
     if (target) for (const signal of this.held.splice(0)) target(signal)
   }
 

@@ -118,9 +118,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
       // gone already
     }
   }
-  job.signals.forwardTo((signal) => {
-    if (!fromTerminal(signal)) signalCommand(signal)
-  })
+  job.signals.forwardTo(signalCommand, fromTerminal)
 
   let renewTimer: NodeJS.Timeout | undefined
   let expiryTimer: NodeJS.Timeout | undefined
@@ -176,7 +174,6 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   }
   renewTimer = setTimeout(() => void renew(), renewEvery)
   const stopWatching = job.locks.watchLoss?.(lease, loseLock)
-
 
   const result = await exited
   process.off('SIGTSTP', onSuspend)

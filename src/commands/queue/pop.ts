@@ -122,7 +122,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       })
       if (child.pid !== undefined) watchdog.command(child.pid)
       // To every process of the handler, except what the terminal sent the whole job already (signals.ts).
-      signals.forwardTo((signal) => fromTerminal(signal) || watchdog.signal(signal) || child.kill(signal))
+      signals.forwardTo((signal) => watchdog.signal(signal) || child.kill(signal), fromTerminal)
       const result = await child
       watchdog.end()
       signals.waitAgain()
