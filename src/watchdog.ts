@@ -9,8 +9,10 @@
 // its start time against reuse), every process whose environment carries the command's mark
 // (DLQ_LOCK_OWNER=…, inherited by whatever the command starts, even re-parented orphans and
 // processes in sessions of their own), and their descendants (for children that cleared their
-// environment: env -i, sudo). A final kill first freezes them all with SIGSTOP, rescanning until
-// none is left running, then SIGKILLs them: a process cannot fork past the scan.
+// environment: env -i, sudo). Before each look it freezes (SIGSTOP) the processes it knows already
+// (by pid and start time: the command from the start), so that none exits or forks meanwhile: a
+// child that cleared its environment is found through its parent, which must still be there. Then
+// it sends SIGTERM and SIGCONT, or SIGKILL, to all of them, and looks again for any it missed.
 //
 // It is a small /bin/sh loop in a session of its own (no Ctrl-C or Ctrl-Z for dlq's job reaches
 // it), holding a pipe from dlq. Its clock is /proc/uptime; its state, the lines dlq writes:
@@ -36,10 +38,24 @@ import {readFileSync} from 'node:fs'
 export const watchdogScript = `
 trap '' PIPE
 mark=$1 grace=$2 lead=$3 dlq=$PPID
-pid= start= t= killat= stopping= known= cost=50
-clock() { read -r up _ < /proc/uptime; up=\${up%.*}\${up#*.}; up=\${up#"\${up%%[!0]*}"}; ms=$((\${up:-0} * 10)); }
+pid= start= t= killat= stopping= known= cost=50 proc=
+[ -r /proc/uptime ] && [ -r /proc/self/stat ] && proc=1
+clock() {
+  if [ -z "$proc" ]; then ms=$((($(date +%s) + 1) * 1000)); return; fi
+  read -r up _ < /proc/uptime; up=\${up%.*}\${up#*.}; up=\${up#"\${up%%[!0]*}"}; ms=$((\${up:-0} * 10))
+}
 secs() { s=$(($1 % 1000 + 1000)); s=$(($1 / 1000)).\${s#1}; }
 members() {
+  if [ -z "$proc" ]; then
+    ps -A -o pid= -o ppid= -o stat= 2>/dev/null | awk -v self=$$ -v dlq="$dlq" -v cmd="$pid" '
+      { parent[$1] = $2; state[$1] = substr($3, 1, 1) }
+      END {
+        if (cmd in parent) seed[cmd] = 1
+        do { more = 0; for (p in parent) if (!(p in seed) && (parent[p] in seed)) { seed[p] = 1; more = 1 } } while (more)
+        for (p in seed) if (p != self && p != dlq && state[p] != "Z") print p ":-"
+      }'
+    return
+  fi
   grep -lszxF -- "$mark" /proc/[0-9]*/environ | awk -v self=$$ -v dlq="$dlq" -v cmd="$pid" -v cmdstart="$start" '
     BEGIN {
       while ((getline line < "-") > 0) { split(line, path, "/"); seed[path[3]] = 1 }
@@ -62,6 +78,7 @@ pids() { r=; for e in $1; do r="$r \${e%%:*}"; done; }
 current() {
   cur=
   for e in $known; do
+    if [ -z "$proc" ]; then kill -0 \${e%%:*} && cur="$cur \${e%%:*}"; continue; fi
     read -r l < /proc/\${e%%:*}/stat || continue
     set -- \${l##*) }
     [ "$1" != Z ] && [ "\${20}" = "\${e#*:}" ] && cur="$cur \${e%%:*}"
@@ -69,12 +86,21 @@ current() {
 }
 signal() { pids "$(members)"; [ -n "$r" ] && kill -"$1" $r 2>/dev/null; }
 term() {
-  clock; a=$ms; known=$(members); clock; cost=$((ms - a))
-  pids "$known"; [ -n "$r" ] && { kill -TERM $r; kill -CONT $r; } 2>/dev/null
+  current; [ -n "$cur" ] && kill -STOP $cur 2>/dev/null
+  clock; a=$ms; found=$(members); clock; cost=$((ms - a))
+  pids "$found"; [ -n "$cur$r" ] && { kill -TERM $cur $r; kill -CONT $cur $r; } 2>/dev/null
+  known="$known $found"
 }
 finish() {
-  current; [ -n "$cur" ] && kill -STOP $cur 2>/dev/null
-  pids "$(members)"; [ -n "$cur$r" ] && kill -KILL $cur $r 2>/dev/null
+  current; frozen=$cur; [ -n "$cur" ] && kill -STOP $cur 2>/dev/null
+  n=0
+  while [ $n -lt 5 ]; do
+    pids "$(members)"; new=
+    for p in $r; do case " $frozen " in *" $p "*) ;; *) new="$new $p" ;; esac; done
+    [ -z "$new" ] && break
+    kill -STOP $new; frozen="$frozen $new"; n=$((n + 1))
+  done 2>/dev/null
+  [ -n "$frozen" ] && kill -KILL $frozen 2>/dev/null
 }
 wait_gone() {
   clock; end=$((ms + $1)); [ "$2" = hard ] && end=$((end - 2 * cost))
@@ -88,6 +114,7 @@ wait_gone() {
   done
 }
 dlq_stopped() {
+  if [ -z "$proc" ]; then set -- $(ps -o stat= -p "$dlq" 2>/dev/null); case $1 in T*) return 0 ;; esac; return 1; fi
   read -r l < /proc/$dlq/stat || return 1
   set -- \${l##*) }
   [ "$1" = T ] || [ "$1" = t ]
@@ -112,8 +139,9 @@ arm() {
 while read -r word arg; do
   case $word in
     lease) [ -z "$stopping" ] && { clock; arm $((arg - ms)); } ;;
-    pid) pid=$arg; start=
-      if read -r l < /proc/$pid/stat; then set -- \${l##*) }; start=\${20}; fi ;;
+    pid) pid=$arg; start=-
+      if [ -n "$proc" ]; then start=; read -r l < /proc/$pid/stat && { set -- \${l##*) }; start=\${20}; }; fi
+      [ -n "$start" ] && known="$pid:$start" ;;
     sig) signal "$arg" ;;
     stop) [ -n "$t" ] && kill "$t" 2>/dev/null; t= stopping=1
       term; ( wait_gone "$arg" || finish; echo gone ) & ;;
@@ -128,12 +156,15 @@ clock; g=$grace h=
 wait_gone $g $h || finish
 `
 
-/** The watchdog's clock: ms since boot, as /proc/uptime says (10 ms steps). */
-function uptimeMs(): number | undefined {
+/**
+ * The watchdog's clock: ms since boot as /proc/uptime says (10 ms steps), or without /proc
+ * (macOS), the epoch as `date +%s` says (1 s steps).
+ */
+function uptimeMs(): number {
   try {
     return Math.round(Number(readFileSync('/proc/uptime', 'latin1').split(' ')[0]) * 1000)
   } catch {
-    return undefined
+    return Date.now()
   }
 }
 
@@ -209,8 +240,7 @@ export class Watchdog {
 
   /** The lease ends `msLeft` from now. */
   lease(msLeft: number): void {
-    const now = uptimeMs()
-    if (now !== undefined) this.tell(`lease ${now + Math.max(0, Math.floor(msLeft))}`)
+    this.tell(`lease ${uptimeMs() + Math.max(0, Math.floor(msLeft))}`)
   }
 
   command(pid: number): void {
