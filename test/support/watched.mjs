@@ -9,6 +9,8 @@
 import {spawn} from 'node:child_process'
 import {createInterface} from 'node:readline'
 
+// Node's test runner runs every file under test/ once as a test of its own, without arguments.
+if (process.argv.length < 7) process.exit(0)
 const {Watchdog} = await import(new URL('../../dist/watchdog.js', import.meta.url).href)
 const [mark, graceMs, leadMs, leaseMs, script, ...args] = process.argv.slice(2)
 const say = (line) => process.stdout.write(`${line}\n`)
