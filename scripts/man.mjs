@@ -57,7 +57,7 @@ const childEnvironment = {
     inherits: 'COMMAND inherits dlq\'s environment (DLQ_BACKEND, PATH, PGPASSWORD and the rest) except DLQ_PASSWORD, with these added:',
     vars: [
       ['DLQ_LOCK_KEY', 'The lock key.'],
-      ['DLQ_LOCK_OWNER', 'The unique id of this holding of the lock: its token, as lock status shows it (token in JSON).'],
+      ['DLQ_LOCK_OWNER', "The unique id of this holding of the lock: its token, as lock status shows it (token in JSON). Everything COMMAND starts inherits it, and dlq's watchdog finds COMMAND's processes by it (and as COMMAND's descendants): a process that drops it from its environment once its parent has exited is out of the watchdog's reach."],
       ['DLQ_FENCING_TOKEN', 'An integer that strictly increases with every successful acquisition of the key on that backend, so that a downstream system can refuse writes from a stale holder.'],
     ],
   },
@@ -68,6 +68,7 @@ const childEnvironment = {
       ['DLQ_MESSAGE_ID', 'The id of the message on stdin.'],
       ['DLQ_MESSAGE_ATTEMPT', 'Which delivery of the message this is (1 for the first).'],
       ['DLQ_QUEUE', 'The queue the message was taken from.'],
+      ['DLQ_HANDLER_ID', "The unique id of this run of COMMAND, by which the worker's watchdog finds its processes."],
     ],
   },
 }
@@ -97,6 +98,18 @@ const jsonOutput = {
   'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is left out when none waits. dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "inFlight": N, "dead": N, "oldestAgeMs": N}]}']],
 }
 const errorShape = '{"error": {"code": EXIT-CODE, "what": TEXT, "why": TEXT, "hint": TEXT}}'
+
+// What a command does with signals, the terminal and its own death, beyond its description.
+const signalSections = {
+  'lock:run': [
+    ['The terminal', 'COMMAND runs in the process group and session of dlq, not in a new session: it keeps the controlling terminal, so prompts that read /dev/tty (sudo, ssh, git, gpg) work, as under flock(1).'],
+    ['Ctrl-C, Ctrl-\\', 'The terminal sends SIGINT or SIGQUIT to the whole job, dlq and COMMAND: COMMAND gets it once, and dlq waits for COMMAND to exit, releases the lock and exits with its code (130 when SIGINT ended it). While dlq is the terminal\'s foreground job, a SIGINT or SIGQUIT sent to dlq alone is taken for the terminal\'s and not forwarded.'],
+    ['Ctrl-Z, fg, bg', 'Ctrl-Z stops COMMAND and dlq together; the shell reports the job stopped. dlq renews the lease once more and prints how long the job may stay suspended (the TTL, less the SIGTERM lead below): a stopped dlq renews nothing. fg (or bg) within that time resumes both and the lease is renewed at once; later, COMMAND has been stopped by the watchdog, and dlq, resumed, reports the lost lock and exits 70. Use a longer --ttl for jobs you mean to suspend.'],
+    ['SIGINT, SIGTERM, SIGHUP, SIGQUIT sent to dlq', 'Forwarded to every process of COMMAND (COMMAND, what it started, what left for a session of its own); the lock is released once COMMAND has exited. While dlq waits for the lock, such a signal cancels the wait (exit 128+N) and nothing is left held.'],
+    ['A lost lock', 'Every process of COMMAND gets SIGTERM, then SIGKILL after --kill-grace; dlq exits 70. Processes of dlq\'s job that are not COMMAND\'s (the other side of a pipe) are left alone.'],
+    ['dlq killed or stopped', 'A watchdog started before COMMAND, in a session of its own, knows the lease\'s end from dlq\'s last renewal. If dlq dies (kill -9), it sends every process of COMMAND SIGTERM at once and SIGKILL after --kill-grace or at the lease\'s end, whichever comes first. If dlq is stopped (SIGSTOP, a suspended job), it sends SIGTERM (and SIGCONT) --kill-grace before the lease\'s end, but no earlier than two thirds into the TTL, and SIGKILL at its end. Either way COMMAND never runs beside the next holder; dlq warns at the start when --kill-grace is not shorter than --ttl. Processes are found by DLQ_LOCK_OWNER in their environment and as descendants of COMMAND.'],
+  ],
+}
 
 const backends = [
   ['file:///DIR', `A shared directory, on local disk or NFS; no server. The default: $XDG_STATE_HOME/${bin}, or ~/.local/state/${bin} when XDG_STATE_HOME is unset. Users share it only as a group's setgid directory (install -d -m 2770 -g GROUP DIR), whose members share every lock and queue in it. Any other must be yours or root's, and writable by nobody else unless it is sticky like /tmp; below it, ${bin} uses only directories that are yours and that nobody else may write (in a group's directory: the group's, not writable by everyone), and refuses any other with exit 69, naming the directory and its owner.`],
@@ -337,6 +350,7 @@ function commandPage(command) {
   lines.push('.SH OPTIONS', ...optionList(own))
   if (global.length > 0) lines.push('.SS "Global options"', ...optionList(global))
   if (command.examples?.length) lines.push('.SH EXAMPLES', ...command.examples.flatMap(example))
+  if (signalSections[command.id]) lines.push('.SH "SIGNALS AND JOB CONTROL"', ...tpList(signalSections[command.id], (term) => bold(text(term))))
   lines.push(...jsonSection(command.id))
   lines.push(...exitStatusSection())
   lines.push(...environmentSection(command.id))

@@ -35,6 +35,8 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     const say = (line: string) => {
       if (!flags.quiet) process.stderr.write(`${line}\n`)
     }
+    // The watchdog's guarantee (SIGKILL by the lease's end when dlq dies or is stopped) wins over the grace.
+    if (killGraceMs >= ttlMs) say(`dlq: warning: --kill-grace ${flags['kill-grace']} is not shorter than --ttl ${flags.ttl}: should dlq die or be stopped, its watchdog SIGKILLs the command at the lease's end, before the grace is over`)
 
     const backend = await session.backend(flags.backend, flags.verbose)
     // A signal while waiting cancels the wait at once and leaves nothing behind (exit 128+N).
@@ -68,6 +70,7 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     const outcome = await supervise({
       command, args, lease, locks: backend.locks, killGraceMs, signals,
       say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
+      notice: say,
       env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.fencingToken},
     })
     return session.finish(outcome.exitCode)

@@ -1,17 +1,26 @@
 // The process supervisor of `dlq lock run` (SPEC §2). It guarantees:
-// - the command runs without a shell, stdio inherited, in a process group of its own;
-// - SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to dlq go to that group, as a terminal would send them;
+// - the command runs without a shell, stdio inherited, in dlq's own process group and session, so
+//   it keeps the controlling terminal: /dev/tty prompts (sudo, ssh, gpg) work, and Ctrl-C, Ctrl-Z
+//   and fg reach the whole job, dlq and command together, as under flock;
+// - SIGINT/SIGTERM/SIGHUP/SIGQUIT sent to dlq go to every process of the command (the terminal's
+//   own Ctrl-C and Ctrl-\ already reached them: those are not sent twice, see signals.ts);
 // - the lease is renewed every ttl/3; when it is lost (renewal refused, or no renewal succeeded
-//   before the lease ran out, or the backend reports loss) the whole group gets SIGTERM, then
-//   SIGKILL after the kill grace, so no grandchild goes on believing it holds the lock
-//   (unlike consul lock: hashicorp/consul#2022), and the result is exit 70;
+//   before the lease ran out, or the backend reports loss) every process of the command gets
+//   SIGTERM, then SIGKILL after the kill grace, so no grandchild goes on believing it holds the
+//   lock (unlike consul lock: hashicorp/consul#2022), and the result is exit 70;
+// - if dlq dies or is stopped, its watchdog (watchdog.ts) stops them, SIGKILL no later than the
+//   lease's end whatever the grace;
+// - Ctrl-Z suspends the job; the lease is renewed once more, and dlq says how long the job may stay
+//   suspended: a stopped dlq renews nothing, and its watchdog ends the command at the lease's end;
 // - the lease is released only after the command has exited, on every path.
-import {spawn, type ChildProcess} from 'node:child_process'
+import {spawn} from 'node:child_process'
 import {constants} from 'node:os'
 
 import type {Lease, LockDriver} from './backends/types.js'
+import {formatDuration} from './duration.js'
 import {LockLostError, toDlqError} from './errors.js'
-import type {SignalRouter} from './signals.js'
+import {fromTerminal, type SignalRouter} from './signals.js'
+import {termLead, Watchdog} from './watchdog.js'
 
 export interface Supervision {
   command: string
@@ -20,10 +29,12 @@ export interface Supervision {
   lease: Lease
   locks: LockDriver
   killGraceMs: number
-  /** Signals held since the lock was taken; forwarded to the command's group once it runs. */
+  /** Signals held since the lock was taken; forwarded to the command once it runs. */
   signals: SignalRouter
-  /** dlq's own messages (lost lock, release trouble). */
+  /** dlq's own messages that are always printed (lost lock, release trouble). */
   say: (line: string) => void
+  /** dlq's notices that --quiet silences (a suspended job's lease). */
+  notice: (line: string) => void
 }
 
 export interface Outcome {
@@ -32,59 +43,6 @@ export interface Outcome {
 }
 
 const signalNumber = (name: string) => constants.signals[name as NodeJS.Signals] ?? 0
-
-// The lease's watchdog, outside dlq and outside the command's group: a tiny shell that holds a pipe
-// from dlq. Each number it reads is the time left on the lease, in seconds (the first is written
-// before the command is spawned, the others after each successful renewal); when that runs out
-// with no newer line (dlq SIGSTOPped, or starved), the command's group gets SIGTERM, then SIGKILL
-// after the grace: a frozen dlq cannot let its command outlive its lease. "pg=N" names the group,
-// written right after the spawn; should dlq be stopped before it could write that, the watchdog
-// finds the group in /proc: dlq's child that leads a group of its own, other than the watchdog.
-// End of file without "ok" means dlq itself died (kill -9): the group is stopped at once the same
-// way. "ok" (the command has exited) ends the watch. The timer is a subshell around a background
-// sleep that it kills when it is replaced, so no stray sleep lingers.
-const reaperScript = `
-pg=
-scan() {
-  for d in /proc/[0-9]*; do
-    p=\${d#/proc/}; [ "$p" = "$$" ] && continue
-    read -r l < "$d/stat" 2>/dev/null || continue
-    set -- \${l##*) }
-    [ "$2" = "$PPID" ] && [ "$3" = "$p" ] && { echo "$p"; return; }
-  done
-}
-stop() {
-  [ -n "$pg" ] || pg=$(scan)
-  [ -n "$pg" ] && kill -TERM -"$pg" 2>/dev/null || exit 0
-  sleep "$1" & s=$!; wait "$s"; kill -KILL -"$pg" 2>/dev/null; exit 0
-}
-t=
-while read -r word; do
-  case $word in
-    ok) [ -n "$t" ] && kill "$t" 2>/dev/null; exit 0 ;;
-    pg=*) pg=\${word#pg=} ;;
-    *) [ -n "$t" ] && kill "$t" 2>/dev/null
-      (trap 'kill "$s" 2>/dev/null; exit 0' TERM; sleep "$word" & s=$!; wait "$s" && stop "$1") & t=$! ;;
-  esac
-done
-[ -n "$t" ] && kill "$t" 2>/dev/null
-stop "$1"`
-
-function startReaper(graceMs: number): ChildProcess | undefined {
-  try {
-    const reaper = spawn('/bin/sh', ['-c', reaperScript, 'dlq-reaper', (graceMs / 1000).toFixed(3)], {
-      stdio: ['pipe', 'ignore', 'ignore'],
-      detached: true, // its own session: neither a Ctrl-C nor a SIGSTOP for dlq reaches it
-    })
-    reaper.on('error', () => {})
-    reaper.stdin?.on('error', () => {})
-    reaper.unref()
-    ;(reaper.stdin as unknown as {unref?: () => void})?.unref?.()
-    return reaper
-  } catch {
-    return undefined
-  }
-}
 
 interface Exit {
   code: number | null
@@ -98,90 +56,119 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   // for clock drift), so the command normally has its SIGTERM before another holder can get in.
   const deadline = () => lease.expiresAt.getTime() - lease.ttlMs / 100 - 10
   const timeLeft = () => Math.max(0, deadline() - Date.now())
-  const reaper = startReaper(job.killGraceMs)
-  const tellReaper = (line: string) => reaper?.stdin?.write(`${line}\n`)
-  // The watchdog's timer runs before the command does: dlq may be stopped at any instruction.
-  tellReaper((timeLeft() / 1000).toFixed(3))
-  // node's own spawn (not execa, whose extra work after the spawn only widened the moment before
-  // the watchdog learns the group, and costs start-up time).
-  const child = spawn(job.command, job.args, {
-    stdio: 'inherit',
-    detached: true, // its own process group: lost-lock kills reach grandchildren too
-    env: {...process.env, ...job.env},
+  const key = JSON.stringify(lease.key)
+
+  let lost: string | undefined
+  let suspended = false
+  let stopped: Promise<void> | undefined // the stop of a lost lock's command, once begun
+  // Why a lease ran out that dlq was not there to renew; its watchdog stopped the command meanwhile.
+  const ranOut = () => `the lease ran out while ${suspended ? 'the job was suspended' : 'dlq was stopped or starved'}`
+  const watchdog = new Watchdog({
+    mark: `DLQ_LOCK_OWNER=${lease.owner}`,
+    graceMs: job.killGraceMs,
+    leadMs: termLead(lease.ttlMs, job.killGraceMs),
+    onStopping: () => loseLock(ranOut(), true),
   })
+  // Ctrl-Z: the terminal has stopped the command (same process group); dlq renews once more, says
+  // how long the job may stay suspended, and stops itself as the terminal meant it to, so that the
+  // shell sees the whole job stopped. `fg` continues both; dlq then renews at once. Listening
+  // starts before the spawn: a Ctrl-Z may come as soon as the command runs.
+  const suspend = async () => {
+    if (suspended) return
+    suspended = true // until the first renewal after fg: the watchdog's report may come later
+    if (lost === undefined) {
+      const bound = new Promise((resolve) => setTimeout(resolve, Math.min(1000, timeLeft())))
+      await Promise.race([renewOnce(), bound])
+      if (lost === undefined) {
+        const left = deadline() - termLead(lease.ttlMs, job.killGraceMs) - Date.now()
+        const onTerminal = process.stderr.isTTY ? '\n' : '' // after the terminal's "^Z"
+        job.notice(`${onTerminal}dlq: job suspended: the lease on lock ${key} is not renewed while it is; resume it (fg) within ${formatDuration(Math.max(0, left))}, or the command is stopped and dlq exits 70`)
+      }
+    }
+    process.off('SIGTSTP', onSuspend) // the default action again: stop
+    process.kill(process.pid, 'SIGTSTP')
+    process.on('SIGTSTP', onSuspend)
+    if (lost === undefined && Date.now() >= deadline()) loseLock(ranOut())
+    if (lost !== undefined) return
+    clearTimeout(renewTimer)
+    await renew()
+    suspended = false
+  }
+  const onSuspend = () => void suspend()
+  process.on('SIGTSTP', onSuspend)
+
+  // The watchdog's timer runs before the command does: dlq may be stopped at any instruction, and
+  // the command is found by its mark in the environment before the watchdog learns its pid.
+  watchdog.lease(timeLeft())
+  // node's own spawn (not execa, whose extra work after the spawn costs start-up time). Not
+  // detached: the command stays in dlq's process group, on dlq's terminal.
+  const child = spawn(job.command, job.args, {stdio: 'inherit', env: {...process.env, ...job.env}})
   const pid = child.pid
-  tellReaper(pid === undefined ? 'ok' : `pg=${pid}`)
+  if (pid !== undefined) watchdog.command(pid)
   const exited = new Promise<Exit>((resolve) => {
     child.once('error', (error) => pid === undefined && resolve({code: null, signal: null, error})) // only spawn errors: dlq never kills or messages through `child`
     child.once('exit', (code, signal) => resolve({code, signal}))
   })
-  const killGroup = (signal: NodeJS.Signals) => {
-    if (pid === undefined) return
+  // Without a watchdog (no /bin/sh), only the command's own pid can be signalled.
+  const signalCommand = (signal: NodeJS.Signals) => {
+    if (pid === undefined || watchdog.signal(signal)) return
     try {
-      process.kill(-pid, signal)
+      process.kill(pid, signal)
     } catch {
-      // the group is gone already
+      // gone already
     }
   }
-  const groupAlive = () => {
-    if (pid === undefined) return false
-    try {
-      process.kill(-pid, 0)
-      return true
-    } catch {
-      return false
-    }
-  }
+  job.signals.forwardTo(signalCommand, fromTerminal)
 
-  job.signals.forwardTo(killGroup)
-
-  let lost: string | undefined
   let renewTimer: NodeJS.Timeout | undefined
-  let killTimer: NodeJS.Timeout | undefined
-  let killedHard = false
-  let groupDone: (() => void) | undefined
-  const loseLock = (why: string) => {
+  let expiryTimer: NodeJS.Timeout | undefined
+  function loseLock(why: string, byWatchdog = false) {
     if (lost !== undefined) return
     lost = why
     clearTimeout(renewTimer)
     clearTimeout(expiryTimer)
-    job.say(`dlq: lock ${JSON.stringify(lease.key)} lost: ${why} (stopping the command)`)
-    killGroup('SIGTERM')
-    const killAt = Date.now() + job.killGraceMs
-    // Grandchildren outlive a direct child that exits at once: keep the whole group in view.
-    const check = () => {
-      if (!groupAlive()) return
-      if (Date.now() >= killAt) {
-        killGroup('SIGKILL')
-        killedHard = true // cannot be ignored; what remains are zombies awaiting their reaper
-        groupDone?.()
-      } else killTimer = setTimeout(check, Math.min(50, Math.max(1, killAt - Date.now())))
-    }
-    killTimer = setTimeout(check, Math.min(50, job.killGraceMs))
+    job.say(`dlq: lock ${key} lost: ${why} (${byWatchdog ? 'its watchdog stopped the command' : 'stopping the command'})`)
+    if (byWatchdog) stopped = watchdog.gone
+    else if (watchdog.stop(job.killGraceMs)) stopped = watchdog.gone
+    else stopped = stopDirectChild()
+  }
+  const stopDirectChild = async () => {
+    signalCommand('SIGTERM')
+    if (!Number.isFinite(job.killGraceMs)) return
+    const grace = new Promise((resolve) => setTimeout(resolve, job.killGraceMs))
+    if ((await Promise.race([exited.then(() => 'exited'), grace])) !== 'exited') signalCommand('SIGKILL')
   }
 
   // However a renewal hangs (server paused, partition), the lease is over at its deadline.
-  let expiryTimer: NodeJS.Timeout | undefined
   const armExpiry = () => {
     clearTimeout(expiryTimer)
-    expiryTimer = setTimeout(() => loseLock('no renewal succeeded before the lease expired (backend unreachable, or dlq stopped?)'), timeLeft())
+    const due = deadline()
+    expiryTimer = setTimeout(() => {
+      // A timer that fires long after it was due: dlq itself was not running (SIGSTOP, starved).
+      const late = Date.now() - due > Math.max(200, lease.ttlMs / 10)
+      loseLock(late ? ranOut() : 'no renewal succeeded before the lease expired (backend unreachable?)')
+    }, timeLeft())
   }
   armExpiry()
 
   const renewEvery = Math.max(1, Math.floor(lease.ttlMs / 3))
-  const renew = async () => {
+  const renewOnce = async () => {
     try {
-      lease = await job.locks.renew(lease.key, lease.owner, lease.ttlMs)
-      if (lost === undefined) {
-        tellReaper((timeLeft() / 1000).toFixed(3))
-        armExpiry()
-      }
+      const renewed = await job.locks.renew(lease.key, lease.owner, lease.ttlMs)
+      if (lost !== undefined) return
+      lease = renewed
+      watchdog.lease(timeLeft())
+      armExpiry()
     } catch (error) {
       if (error instanceof LockLostError) return loseLock(error.why)
       // Backend trouble: keep trying while the lease lasts; past its expiry, assume it is gone.
       if (Date.now() >= deadline()) return loseLock(`could not renew before the lease expired: ${toDlqError(error).why}`)
     }
+  }
+  const renew = async () => {
+    await renewOnce()
     if (lost === undefined) {
+      clearTimeout(renewTimer)
       renewTimer = setTimeout(() => void renew(), Math.max(1, Math.min(renewEvery, deadline() - Date.now())))
     }
   }
@@ -189,25 +176,23 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   const stopWatching = job.locks.watchLoss?.(lease, loseLock)
 
   const result = await exited
+  process.off('SIGTSTP', onSuspend)
   clearTimeout(renewTimer)
   clearTimeout(expiryTimer)
   stopWatching?.()
   // dlq was stopped past the lease's end (SIGSTOP, a suspended VM): the watchdog ended the command.
   if (lost === undefined && Date.now() >= deadline()) {
-    lost = 'the lease expired while dlq was not running (stopped or starved)'
-    job.say(`dlq: lock ${JSON.stringify(lease.key)} lost: ${lost} (the command was stopped)`)
+    lost = ranOut()
+    job.say(`dlq: lock ${key} lost: ${lost} (the command was stopped)`)
   }
-  if (lost !== undefined && !killedHard && groupAlive()) {
-    // The direct child is gone but its group is not: finish the kill grace, then SIGKILL.
-    await new Promise<void>((resolve) => {
-      groupDone = resolve
-      const wait = () => (killedHard || !groupAlive() ? resolve() : setTimeout(wait, 20))
-      wait()
-    })
+  // The direct child is gone, but its children may not be: finish the kill grace, then SIGKILL.
+  if (stopped) {
+    const keepAlive = setInterval(() => {}, 1 << 30) // the watchdog's pipe is unref'd
+    await stopped
+    clearInterval(keepAlive)
   }
-  clearTimeout(killTimer)
   job.signals.forwardTo(undefined)
-  reaper?.stdin?.end('ok\n')
+  watchdog.end()
 
   let exitCode: number
   if (result.error && pid === undefined) {
@@ -221,7 +206,7 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   try {
     if (lost === undefined) await job.locks.release(lease.key, lease.owner)
   } catch (error) {
-    job.say(`dlq: could not release lock ${JSON.stringify(lease.key)}: ${toDlqError(error).why} (it expires by itself at ${lease.expiresAt.toISOString()})`)
+    job.say(`dlq: could not release lock ${key}: ${toDlqError(error).why} (it expires by itself at ${lease.expiresAt.toISOString()})`)
   }
   return lost === undefined ? {exitCode} : {exitCode: 70, lost}
 }

@@ -27,6 +27,8 @@ describe('lock run: the fast path and oclif agree', {concurrency: 4}, () => {
     ['--ttl 50ms', ['--key', key, '--ttl', '50ms', '--', 'true']],
     ['--wait -1', ['--key', key, '--wait', '-1', '--', 'true']],
     ['--kill-grace 99999999999h', ['--key', key, '--kill-grace', '99999999999h', '--', 'true']],
+    ['--kill-grace not shorter than --ttl (a warning)', ['--key', key, '--ttl', '2s', '--kill-grace', '2s', '--', 'true']],
+    ['a /dev/tty the command cannot open without a terminal', ['--key', key, '--', 'sh', '-c', 'exec 3</dev/tty; echo opened']],
     ['an empty key', ['--key', '', '--', 'true']],
     ['a key with a newline', ['--key', 'a\nb', '--', 'true']],
     ['no --key', ['--', 'true']],

@@ -7,7 +7,11 @@ import {lockRun} from '../../lockrun.js'
 
 export default class LockRun extends DlqCommand {
   static summary = 'Run a command while holding a lock.'
-  static description = `Waits for the lock KEY (up to --wait), runs COMMAND without a shell while renewing the lease every ttl/3, and releases the lock once COMMAND has exited. dlq exits with COMMAND's exit code (128+N if a signal N killed it), 75 (--conflict-exit-code) if the lock was not acquired in time, and 70 if the lock was lost while COMMAND ran: then COMMAND's whole process group got SIGTERM, and SIGKILL after --kill-grace.
+  static description = `Waits for the lock KEY (up to --wait), runs COMMAND without a shell while renewing the lease every ttl/3, and releases the lock once COMMAND has exited. dlq exits with COMMAND's exit code (128+N if a signal N killed it), 75 (--conflict-exit-code) if the lock was not acquired in time, and 70 if the lock was lost while COMMAND ran: then every process of COMMAND got SIGTERM, and SIGKILL after --kill-grace.
+
+COMMAND runs in dlq's own process group and session, as under flock: it keeps the terminal, so /dev/tty prompts (sudo, ssh, gpg) work, Ctrl-C reaches it (once), and Ctrl-Z suspends dlq and COMMAND together until fg. A suspended job's lease is renewed once, then not again: resume it within the time dlq prints, or COMMAND is stopped and dlq exits 70.
+
+If dlq dies (kill -9) or is stopped, its watchdog stops every process of COMMAND: SIGTERM at once (stopped: before the lease's end), SIGKILL no later than the lease's end, whatever --kill-grace says.
 
 While it waits on a terminal, a line on stderr (cut to the terminal's width, erased when the wait ends; none with --quiet) says for how long and who holds the lock.
 
@@ -29,7 +33,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
     ttl: ttlFlag('Lease length; renewed every ttl/3 while the command runs.'),
     limit: limitFlag,
     'conflict-exit-code': conflictFlag,
-    'kill-grace': Flags.string({summary: 'After SIGTERM to a command whose lock was lost, wait this long before SIGKILL.', default: '10s', helpValue: 'DURATION'}),
+    'kill-grace': Flags.string({summary: 'After SIGTERM to a command whose lock was lost, wait this long before SIGKILL (should dlq die or be stopped, SIGKILL comes by the lease\'s end).', default: '10s', helpValue: 'DURATION'}),
     quiet: Flags.boolean({char: 'q', summary: 'Print nothing of dlq\'s own (the command\'s output still flows).'}),
   }
 

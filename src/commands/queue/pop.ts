@@ -5,11 +5,13 @@ import type {Backend, Message, ReserveRequest} from '../../backends/types.js'
 import {DlqCommand} from '../../base.js'
 import {formatDuration, parseDuration} from '../../duration.js'
 import {cannotRun, notNow, toDlqError, usageError} from '../../errors.js'
+import {newOwner} from '../../holding.js'
 import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
-import {SignalRouter, signalExitCode} from '../../signals.js'
+import {fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
 import {WaitingLine} from '../../waiting.js'
+import {termLead, Watchdog} from '../../watchdog.js'
 
 /**
  * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
@@ -17,13 +19,16 @@ import {WaitingLine} from '../../waiting.js'
  */
 const popBatch = 1000
 
+/** A handler whose worker died gets SIGTERM, and SIGKILL after this, or when its message would be redelivered. */
+const handlerKillGraceMs = 10_000
+
 export default class QueuePop extends DlqCommand {
   static summary = 'Take messages off a queue, or work through them with --exec.'
   static description = `Reserves up to --count messages (invisible to others for --visibility; while --wait waits on a terminal, a line on stderr says for how long), writes each to stdout with its delimiter, and deletes each only once it was written. A pop killed in between loses nothing: the message becomes visible again. A message written into a pipe counts as delivered; use --exec when processing must succeed.
 
 A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
 
-Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted.`
+Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted. Should the worker die or be stopped, its watchdog stops the handler and everything it started (SIGTERM at once, SIGKILL before the message can be redelivered).`
   static examples = [
     '<%= config.bin %> queue pop --queue jobs',
     '<%= config.bin %> queue pop --queue jobs --count 100 --wait 30s > batch.txt',
@@ -166,17 +171,31 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
         break
       }
       signals.hold()
+      const reservedAt = Date.now()
+      // When the message would become visible again (1% + 10 ms early, as lock run's deadline).
+      const untilRedelivery = (from: number) => from + options.visibilityMs * 0.99 - 10 - Date.now()
+      // Should this worker die or be stopped, its watchdog stops the handler before the message can
+      // go to another worker (watchdog.ts); a live worker lets its handler finish.
+      const handlerId = newOwner()
+      const watchdog = new Watchdog({mark: `DLQ_HANDLER_ID=${handlerId}`, graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)})
+      watchdog.lease(untilRedelivery(reservedAt))
       // Keep the message reserved while the command works on it, however long that takes.
-      const extender = setInterval(() => void backend.queues.extend(queue, message, options.visibilityMs).catch(() => {}), Math.max(50, options.visibilityMs / 3))
+      const extender = setInterval(() => {
+        const at = Date.now()
+        void backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
+      }, Math.max(50, options.visibilityMs / 3))
       const child = execa(command[0], command.slice(1), {
         input: message.body,
         stdout: 'inherit',
         stderr: 'inherit',
         reject: false,
-        env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts)},
+        env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
       })
-      signals.forwardTo((signal) => child.kill(signal))
+      if (child.pid !== undefined) watchdog.command(child.pid)
+      // To every process of the handler, except what the terminal sent the whole job already (signals.ts).
+      signals.forwardTo((signal) => watchdog.signal(signal) || child.kill(signal), fromTerminal)
       const result = await child
+      watchdog.end()
       signals.waitAgain()
       clearInterval(extender)
       if (child.pid === undefined) {
