@@ -1,7 +1,7 @@
 // `dlq lock run` itself (SPEC §2), apart from parsing: both the oclif command
 // (commands/lock/run.ts) and the fast path (fast.ts) call this with the parsed flags.
 import {formatDuration, parseDuration} from './duration.js'
-import {DlqError, usageError} from './errors.js'
+import {DlqError, toDlqError, usageError} from './errors.js'
 import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
 import {checkName} from './names.js'
 import type {Session} from './session.js'
@@ -61,8 +61,12 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     }
     signals.hold() // from here on, a signal is for the command: kept until it runs, then forwarded
     if (!lease) {
-      const [state] = await backend.locks.status(key).catch(() => [])
-      const failure = new DlqError(conflictExitCode, `lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}`, describeHolders(state?.holders ?? []))
+      // Who holds it is a courtesy: if asking fails, say so rather than "no holder is recorded".
+      const holders = await backend.locks.status(key).then(([state]) => describeHolders(state?.holders ?? []), (error: unknown) => {
+        const {what, why} = toDlqError(error)
+        return `who holds it is unknown (${what}: ${why})`
+      })
+      const failure = new DlqError(conflictExitCode, `lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}`, holders)
       say(flags.json ? JSON.stringify(failure.toJSON()) : failure.line())
       return session.finish(conflictExitCode)
     }

@@ -189,7 +189,8 @@ for (const backend of backends) {
     it('hostile keys work as keys, stay distinct, and create nothing outside the backend', async () => {
       // Each key on its own, all keys at once: the keys must not interfere with each other.
       const tokens = await Promise.all(hostileKeys.map(async (key) => {
-        const r = await ctx.dlq.run(['lock', 'acquire', `--key=${key}`, '--ttl', '30s'])
+        // 10m: a machine so loaded that the whole test outlasts a shorter lease must not expire them.
+        const r = await ctx.dlq.run(['lock', 'acquire', `--key=${key}`, '--ttl', '10m'])
         assert.equal(r.code, 0, `acquire ${JSON.stringify(key)}: ${r.stderr}`)
         return r.stdout.trim()
       }))
