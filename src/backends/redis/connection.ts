@@ -88,6 +88,17 @@ export class Script {
       return client.callBuffer('EVAL', [this.lua, keys.length, ...keys, ...args])
     }
   }
+
+  /**
+   * For calls sent while others are in flight whose order matters (push batches, a pop's later
+   * reserve calls): EVAL, with the script's text, so none can fail with NOSCRIPT and be sent again
+   * behind the calls after it. (With EVALSHA, another client loading the script between two
+   * calls made the second succeed and the first come back last: messages stored out of order.)
+   * The server compiles the text once, by its SHA1; the text is small beside a batch's messages.
+   */
+  runInOrder(client: Client, keys: string[], args: (string | number | Buffer)[]): Promise<unknown> {
+    return client.callBuffer('EVAL', [this.lua, keys.length, ...keys, ...args])
+  }
 }
 
 /** Replies come back as Buffers (message bodies are bytes); this reads the rest as text. */

@@ -181,7 +181,7 @@ export class RedisQueues implements QueueDriver {
 
   async push(queue: string, bodies: Buffer[]): Promise<string[]> {
     const {stream} = keysOf(queue)
-    const ids = ((await pushScript.run(this.client, [stream], bodies)) as Buffer[]).map(text)
+    const ids = ((await pushScript.runInOrder(this.client, [stream], bodies)) as Buffer[]).map(text)
     this.log?.(`redis: XADD ${bodies.length} to ${stream}`)
     return ids
   }
@@ -228,18 +228,20 @@ export class RedisQueues implements QueueDriver {
    * queue that ran dry, and pop would end early saying nothing.
    */
   private async reserveBatches(keys: ReturnType<typeof keysOf>, request: ReserveRequest): Promise<{entries: Buffer[][]; nextDueMs: number; lastId: Buffer}> {
-    const call = ([from, to]: [number, number]) =>
-      reserveScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, to - from, request.visibilityMs, request.maxAttempts]) as Promise<[Buffer[][], number, Buffer]>
+    const args = ([from, to]: [number, number]) => [this.reserver, to - from, request.visibilityMs, request.maxAttempts]
+    const scriptKeys = [keys.stream, keys.deadlines, keys.owners, keys.dead]
+    type Reply = [Buffer[][], number, Buffer]
     const [first, ...rest] = batchesOf(request.count)
-    const done = [await call(first)]
+    // The first alone, by EVALSHA (its NOSCRIPT retry can reorder nothing); the others in order.
+    const done = [await reserveScript.run(this.client, scriptKeys, args(first)) as Reply]
     if (done[0][0].length === first[1] - first[0] && rest.length > 0) {
-      const replies = await Promise.allSettled(rest.map(call))
+      const replies = await Promise.allSettled(rest.map((range) => reserveScript.runInOrder(this.client, scriptKeys, args(range)) as Promise<Reply>))
       for (const reply of replies) if (reply.status === 'fulfilled') done.push(reply.value)
       const failed = replies.find((reply) => reply.status === 'rejected')
       if (failed) {
         const ids = done.flatMap(([entries]) => entries.map(([id]) => text(id)))
         await Promise.all(batchesOf(ids.length).map(([from, to]) =>
-          settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, 'release', request.maxAttempts, ...ids.slice(from, to)]))).catch(() => {})
+          settleScript.run(this.client, scriptKeys, [this.reserver, 'release', request.maxAttempts, ...ids.slice(from, to)]))).catch(() => {})
         throw failed.reason
       }
     }
