@@ -8,6 +8,7 @@ import type {Session} from './session.js'
 import {SignalRouter, signalExitCode} from './signals.js'
 import {supervise} from './supervisor.js'
 import {WaitingLine} from './waiting.js'
+import {termLead, Watchdog} from './watchdog.js'
 
 export interface LockRunFlags {
   key: string
@@ -44,7 +45,7 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
 
     const owner = newOwner()
     const waiting = WaitingLine.onTerminal(!flags.quiet)
-    const lease = await backend.locks
+    const acquiring = backend.locks
       .acquire({
         key, owner, ttlMs, limit, waitMs, signal: signals.signal,
         holder: holderInfo([command, ...args].join(' ')),
@@ -55,6 +56,11 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
         throw error
       })
       .finally(() => waiting?.clear())
+    // The command's watchdog (watchdog.ts) is spawned while the acquisition is under way rather
+    // than after it: a spawn blocks dlq for milliseconds, which would count in every hand-off.
+    const watchdog = new Watchdog({mark: `DLQ_LOCK_OWNER=${owner}`, graceMs: killGraceMs, leadMs: termLead(ttlMs, killGraceMs)})
+    const lease = await acquiring
+    if (!lease || signals.first) watchdog.end() // no command to watch
     if (signals.first) {
       if (lease) await backend.locks.release(key, owner).catch(() => {})
       return session.finish(signalExitCode(signals.first))
@@ -72,7 +78,7 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     }
     session.log2(`acquired ${key} with fencing token ${lease.fencingToken}`)
     const outcome = await supervise({
-      command, args, lease, locks: backend.locks, killGraceMs, signals,
+      command, args, lease, locks: backend.locks, killGraceMs, signals, watchdog,
       say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
       notice: say,
       env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.fencingToken},

@@ -20,7 +20,7 @@ import type {Lease, LockDriver} from './backends/types.js'
 import {formatDuration} from './duration.js'
 import {LockLostError, toDlqError} from './errors.js'
 import {fromTerminal, type SignalRouter} from './signals.js'
-import {termLead, Watchdog} from './watchdog.js'
+import {termLead, type Watchdog} from './watchdog.js'
 
 export interface Supervision {
   command: string
@@ -35,6 +35,8 @@ export interface Supervision {
   say: (line: string) => void
   /** dlq's notices that --quiet silences (a suspended job's lease). */
   notice: (line: string) => void
+  /** The command's watchdog (watchdog.ts), marked DLQ_LOCK_OWNER=<owner>, not yet told of a lease. */
+  watchdog: Watchdog
 }
 
 export interface Outcome {
@@ -63,12 +65,10 @@ export async function supervise(job: Supervision): Promise<Outcome> {
   let stopped: Promise<void> | undefined // the stop of a lost lock's command, once begun
   // Why a lease ran out that dlq was not there to renew; its watchdog stopped the command meanwhile.
   const ranOut = () => `the lease ran out while ${suspended ? 'the job was suspended' : 'dlq was stopped or starved'}`
-  const watchdog = new Watchdog({
-    mark: `DLQ_LOCK_OWNER=${lease.owner}`,
-    graceMs: job.killGraceMs,
-    leadMs: termLead(lease.ttlMs, job.killGraceMs),
-    onStopping: () => loseLock(ranOut(), true),
-  })
+  // Spawned by lockRun while the lock was being acquired (a spawn costs milliseconds that would
+  // otherwise count in every hand-off); its mark is DLQ_LOCK_OWNER of this holding.
+  const watchdog = job.watchdog
+  watchdog.onStopping = () => loseLock(ranOut(), true)
   // Ctrl-Z: the terminal has stopped the command (same process group); dlq renews once more, says
   // how long the job may stay suspended, and stops itself as the terminal meant it to, so that the
   // shell sees the whole job stopped. `fg` continues both; dlq then renews at once. Listening
@@ -139,14 +139,20 @@ export async function supervise(job: Supervision): Promise<Outcome> {
     if ((await Promise.race([exited.then(() => 'exited'), grace])) !== 'exited') signalCommand('SIGKILL')
   }
 
+  // A timer that fires this long after it was due: dlq itself was not running (SIGSTOP, starved).
+  const lateBy = Math.max(200, lease.ttlMs / 10)
+  // Set when the renewal timer fired late, until a renewal succeeds. Continued after a stop past
+  // the lease's end, dlq runs both timers at once, the renewal's first: the expiry, due only just
+  // before, is not late itself, yet the lease ran out because dlq was stopped.
+  let stalled = false
   // However a renewal hangs (server paused, partition), the lease is over at its deadline.
   const armExpiry = () => {
+    stalled = false
     clearTimeout(expiryTimer)
     const due = deadline()
     expiryTimer = setTimeout(() => {
-      // A timer that fires long after it was due: dlq itself was not running (SIGSTOP, starved).
-      const late = Date.now() - due > Math.max(200, lease.ttlMs / 10)
-      loseLock(late ? ranOut() : 'no renewal succeeded before the lease expired (backend unreachable?)')
+      const late = Date.now() - due > lateBy
+      loseLock(late || stalled ? ranOut() : 'no renewal succeeded before the lease expired (backend unreachable?)')
     }, timeLeft())
   }
   armExpiry()
@@ -165,14 +171,22 @@ export async function supervise(job: Supervision): Promise<Outcome> {
       if (Date.now() >= deadline()) return loseLock(`could not renew before the lease expired: ${toDlqError(error).why}`)
     }
   }
+  let renewDue = 0
+  const scheduleRenewal = (ms: number) => {
+    renewDue = Date.now() + ms
+    renewTimer = setTimeout(() => {
+      if (Date.now() - renewDue > lateBy) stalled = true
+      void renew()
+    }, ms)
+  }
   const renew = async () => {
     await renewOnce()
     if (lost === undefined) {
       clearTimeout(renewTimer)
-      renewTimer = setTimeout(() => void renew(), Math.max(1, Math.min(renewEvery, deadline() - Date.now())))
+      scheduleRenewal(Math.max(1, Math.min(renewEvery, deadline() - Date.now())))
     }
   }
-  renewTimer = setTimeout(() => void renew(), renewEvery)
+  scheduleRenewal(renewEvery)
   const stopWatching = job.locks.watchLoss?.(lease, loseLock)
 
   const result = await exited

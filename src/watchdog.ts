@@ -198,7 +198,11 @@ export class Watchdog {
     this.reportGone = resolve
   })
 
+  /** Called when the watchdog stopped the command itself (dlq was stopped as the lease ran out). */
+  onStopping?: () => void
+
   constructor(options: WatchdogOptions) {
+    this.onStopping = options.onStopping
     const ms = (value: number) => String(Math.max(0, Math.round(Math.min(value, maxMs))))
     try {
       // The script comes through the environment, so that ps shows `sh -c eval… dlq-watchdog MARK…`.
@@ -219,7 +223,7 @@ export class Watchdog {
       const lines = (partial + chunk.toString('latin1')).split('\n')
       partial = lines.pop() ?? ''
       for (const line of lines) {
-        if (line === 'stopping') options.onStopping?.()
+        if (line === 'stopping') this.onStopping?.()
         else if (line === 'gone') this.reportGone?.()
       }
     })
