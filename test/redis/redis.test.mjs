@@ -6,7 +6,7 @@ import {readFile, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
-import {oneErrorLine, run, spawnDlq, tempDir, trackPid, uniqueName, waitFor, isAlive} from '../support/cli.mjs'
+import {oneErrorLine, run, shUntil, spawnDlq, tempDir, trackPid, uniqueName, waitFor, isAlive} from '../support/cli.mjs'
 import {freePort, startRedis} from '../support/servers.mjs'
 
 const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
@@ -115,6 +115,40 @@ describe('redis: losing the lock', () => {
     assert.equal(r.code, 70, r.stderr)
     assert.match(r.stderr, /lost/)
     assert.equal(isAlive(pid), false)
+  })
+
+  // --ttl 60s: the next renewal is 20 s away, so a stop within 2 s can only come from the holder
+  // hearing the release on the key's channel.
+  it('lock release --force under a long lease: the holder hears it and stops the command at once, exit 70', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('forced')
+    const child = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--ttl', '60s', '--kill-grace', '10s', '--', 'sh', '-c', 'echo $$ > "$1/pid"; sleep 30', 'x', dir], {t})
+    await waitFor(async () => /^\d+/.test(await readFile(join(dir, 'pid'), 'utf8').catch(() => '')), {what: 'the command to start'})
+    const pid = trackPid((await readFile(join(dir, 'pid'), 'utf8')).trim())
+    const forced = await cli(server.url, ['lock', 'release', '--key', key, '--force'])
+    assert.equal(forced.code, 0, forced.stderr)
+    await waitFor(() => !isAlive(pid), {what: 'the command to be stopped after the force release', timeoutMs: 2000})
+    const r = await child.result
+    assert.equal(r.code, 70, r.stderr)
+    assert.match(oneErrorLine(r, assert), /lost: .*force-released/)
+  })
+
+  it('another holder of a semaphore releasing (which publishes too) does not stop a holder whose lease stands', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('sem')
+    const holder = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--limit', '2', '--ttl', '60s', '--', 'sh', '-c', `echo $$ > "$1/pid"; ${shUntil('[ -e "$1/done" ]')}`, 'x', dir], {t})
+    await waitFor(async () => /^\d+/.test(await readFile(join(dir, 'pid'), 'utf8').catch(() => '')), {what: 'the first holder to start'})
+    await waitFor(() => redisCli(server.port, 'PUBSUB', 'NUMSUB', `{dlq:l:${key}}:released`).split('\n')[1] === '1', {what: 'the holder to listen on the key\'s channel'})
+    const other = await cli(server.url, ['lock', 'run', '--key', key, '--limit', '2', '--wait', '0', '--', 'true'])
+    assert.equal(other.code, 0, other.stderr)
+    // The release's message reached the holder: its check found its lease and went on. Its own
+    // release at the end must still find the lease, which a wrong loss would have dropped.
+    const [state] = JSON.parse((await cli(server.url, ['lock', 'status', '--key', key, '--json'])).stdout).locks
+    assert.equal(state.holders.length, 1)
+    await writeFile(join(dir, 'done'), '')
+    const r = await holder.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stderr, '')
   })
 
   it('a server restart (no persistence) mid-hold: the lease is gone, so the command is stopped (70); nothing hangs', async (t) => {

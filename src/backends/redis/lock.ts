@@ -10,6 +10,8 @@
 //   (no persistence configured) cannot hand out a token again;
 // - waiters are woken by a PUBLISH from the releasing script (one round trip after the release),
 //   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
+// - holders listen on the same channel (watchLoss), so a force release stops the command one round
+//   trip after it, not at the next renewal (redis-semaphore learns only when refreshing);
 // - all keys of one lock share the hash tag {dlq:l:KEY}, so the scripts stay valid on Redis Cluster.
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {LockLostError} from '../../errors.js'
@@ -185,6 +187,31 @@ export class RedisLocks implements LockDriver {
     const released = num(await releaseScript.run(this.client, [keys.holders, keys.info], [owner, keys.channel])) === 1
     this.log?.(`redis: release ${key}: ${released}`)
     return released
+  }
+
+  /**
+   * Every release and force release of the key PUBLISHes on its channel: on each message (and once
+   * the subscription is in place, so a release just before it is not missed) the holder asks
+   * whether its lease is still there. Other holders of a semaphore releasing also publish, hence
+   * the question rather than the message deciding. When the server cannot be asked, renewals decide.
+   */
+  watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
+    const keys = keysOf(lease.key)
+    let stopped = false
+    const subscriber = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+    subscriber.on('error', () => {})
+    const check = () => {
+      if (stopped) return
+      this.client.zscore(keys.holders, lease.owner).then((score) => {
+        if (!stopped && score === null) onLost(`no lease with owner ${lease.owner} any more (it was force-released, or expired)`)
+      }, () => {})
+    }
+    subscriber.on('message', check)
+    subscriber.subscribe(keys.channel).then(check, () => {})
+    return () => {
+      stopped = true
+      subscriber.disconnect()
+    }
   }
 
   async forceRelease(key: string): Promise<number> {
