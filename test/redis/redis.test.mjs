@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict'
 import {execFileSync} from 'node:child_process'
 import {readFile, writeFile} from 'node:fs/promises'
+import {connect} from 'node:net'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
@@ -194,6 +195,74 @@ describe('redis: losing the lock', () => {
       assert.ok(Date.now() - paused < 1500 + 500 + 1500, `stopped ${Date.now() - paused}ms after the pause`)
     } finally {
       process.kill(server.pid(), 'SIGCONT')
+    }
+  })
+})
+
+describe('redis: a server that refuses', () => {
+  let server
+  let replica
+  before(async () => {
+    server = await startRedis({config: ['maxclients 1']})
+    replica = await startRedis({config: [`replicaof 127.0.0.1 ${server.port}`]})
+  })
+  after(async () => {
+    await replica?.stop()
+    await server?.stop()
+  })
+
+  it('at maxclients: exit 69, one line naming the limit', async (t) => {
+    // The replica holds the master's only client slot. Taken again by a raw connection in case
+    // the replica's link is between reconnects.
+    const socket = connect({host: '127.0.0.1', port: server.port})
+    t.after(() => socket.destroy())
+    await new Promise((resolve) => socket.once('connect', resolve))
+    await waitFor(async () => {
+      const r = await cli(server.url, ['lock', 'status'])
+      return r.code === 69 && /maxclients/.test(r.stderr) ? r : undefined
+    }, {what: 'the server to refuse a client', timeoutMs: 10_000}).then((r) => {
+      assert.match(oneErrorLine(r, assert), /max number of clients reached/)
+    })
+    const push = await cli(server.url, ['queue', 'push', '--queue', uniqueName(), 'x'])
+    assert.equal(push.code, 69, push.stderr)
+    oneErrorLine(push, assert)
+  })
+
+  it('a replica (READONLY): a push or a lock is exit 69 with one line saying so, a pop --wait never exit 0', async () => {
+    const push = await cli(replica.url, ['queue', 'push', '--queue', uniqueName(), 'x'])
+    assert.equal(push.code, 69, push.stderr)
+    assert.match(oneErrorLine(push, assert), /replica.*READONLY/)
+    const lock = await cli(replica.url, ['lock', 'run', '--key', uniqueName(), '--wait', '5s', '--', 'true'])
+    assert.equal(lock.code, 69, lock.stderr)
+    assert.match(oneErrorLine(lock, assert), /READONLY/)
+    const pop = await cli(replica.url, ['queue', 'pop', '--queue', uniqueName(), '--wait', '5s'])
+    assert.equal(pop.code, 69, pop.stderr)
+    assert.equal(pop.stdout, '')
+    oneErrorLine(pop, assert)
+  })
+})
+
+describe('redis: the server dies under a wait', () => {
+  let server
+  before(async () => {
+    server = await startRedis()
+  })
+  after(() => server?.stop())
+
+  it('a waiting pop and a waiting lock run: exit 69 with one line, nothing on stdout (never 0 without a message)', async (t) => {
+    const key = uniqueName('dies')
+    const held = await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '60s'])
+    assert.equal(held.code, 0, held.stderr)
+    const pop = spawnDlq(['queue', 'pop', '-b', server.url, '--queue', uniqueName('dies'), '--wait', '60s'], {t})
+    const waiter = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--wait', '60s', '--', 'echo', 'ran'], {t})
+    await waitFor(() => /blocked_clients:1/.test(redisCli(server.port, 'INFO', 'clients')) && redisCli(server.port, 'ZCARD', `{dlq:l:${key}}:waiters`).trim() === '1', {what: 'both to wait'})
+    process.kill(server.pid(), 'SIGKILL')
+    for (const child of [pop, waiter]) {
+      const r = await child.result
+      assert.equal(r.code, 69, r.stderr)
+      assert.equal(r.stdout, '')
+      assert.match(oneErrorLine(r, assert), /lost|closed|connect/i)
+      assert.ok(r.ms < 15_000)
     }
   })
 })

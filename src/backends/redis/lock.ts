@@ -16,7 +16,7 @@
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {LockLostError} from '../../errors.js'
 import {Wakeup} from '../wakeup.js'
-import {type Client, num, Script, text} from './connection.js'
+import {type Client, FailoverWait, num, Script, text} from './connection.js'
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
 // 3 fence (counter), 4 waiters (zset owner → presence expiry).
@@ -130,6 +130,8 @@ export class RedisLocks implements LockDriver {
   constructor(
     private readonly client: Client,
     private readonly log?: (line: string) => void,
+    /** Behind Sentinel: how long a waiting acquire follows a failover (connection.ts). */
+    private readonly followMs = 0,
   ) {}
 
   async acquire(request: AcquireRequest): Promise<Lease | undefined> {
@@ -139,12 +141,21 @@ export class RedisLocks implements LockDriver {
     let subscriber: Client | undefined
     let acquired = false
     const wakeup = new Wakeup(request.signal)
+    const failover = new FailoverWait(this.followMs)
     try {
       for (;;) {
         request.signal.throwIfAborted()
         wakeup.changed = false
+        let reply: unknown[]
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
-        const reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
+        try {
+          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
+        } catch (error) {
+          // Asking again is safe: a holder that already holds is answered "held" (lost reply).
+          await failover.failed(error, request.signal, deadline)
+          continue
+        }
+        failover.succeeded()
         this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
         if (num(reply[0]) === 1) {
           acquired = true
@@ -153,12 +164,18 @@ export class RedisLocks implements LockDriver {
         }
         const now = Date.now()
         if (now >= deadline) return undefined
-        if (request.onWaiting) request.onWaiting((await this.status(request.key))[0]?.holders ?? [])
+        if (request.onWaiting) request.onWaiting((await this.status(request.key).catch(() => []))[0]?.holders ?? [])
         if (!subscriber) {
           subscriber = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
           subscriber.on('error', () => {})
           subscriber.on('message', wakeup.wake)
-          await subscriber.subscribe(keys.channel)
+          try {
+            await subscriber.subscribe(keys.channel)
+          } catch (error) {
+            subscriber.disconnect()
+            subscriber = undefined
+            await failover.failed(error, request.signal, deadline)
+          }
           continue // try again now that a release cannot slip by unheard
         }
         if (wakeup.changed) continue

@@ -17,7 +17,7 @@
 //   reservations still running (see oldestWaiting).
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
-import {type Client, num, Script, text} from './connection.js'
+import {type Client, FailoverWait, num, Script, text} from './connection.js'
 
 const group = 'dlq'
 const maxMessageBytes = 1024 * 1024
@@ -168,6 +168,8 @@ export class RedisQueues implements QueueDriver {
   constructor(
     private readonly client: Client,
     private readonly log?: (line: string) => void,
+    /** Behind Sentinel: how long a waiting pop follows a failover (connection.ts). */
+    private readonly followMs = 0,
   ) {}
 
   private async ensureGroup(stream: string): Promise<void> {
@@ -188,15 +190,28 @@ export class RedisQueues implements QueueDriver {
 
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
     const keys = keysOf(queue)
-    await this.ensureGroup(keys.stream)
     const deadline = Date.now() + request.waitMs
+    const failover = new FailoverWait(this.followMs)
     let blocker: Client | undefined
     const onAbort = () => blocker?.disconnect()
     request.signal.addEventListener('abort', onAbort)
     try {
       for (;;) {
         request.signal.throwIfAborted()
-        const {entries, nextDueMs, lastId} = await this.reserveBatches(keys, request)
+        let batch: Awaited<ReturnType<RedisQueues['reserveBatches']>>
+        try {
+          await this.ensureGroup(keys.stream)
+          batch = await this.reserveBatches(keys, request)
+        } catch (error) {
+          // A master promoted before the group reached it: create it there.
+          if (/NOGROUP/.test(String((error as Error).message)) && this.groups.delete(keys.stream)) continue
+          // A reserve whose reply was lost holds its messages until --visibility ends; they are
+          // delivered then, never lost, and asking again cannot reserve them twice.
+          await failover.failed(error, request.signal, deadline)
+          continue
+        }
+        failover.succeeded()
+        const {entries, nextDueMs, lastId} = batch
         if (entries.length > 0) {
           this.log?.(`redis: reserved ${entries.length} from ${keys.stream}`)
           return entries.map(([id, body, attempts, enqueued]) => {
@@ -206,13 +221,18 @@ export class RedisQueues implements QueueDriver {
         }
         const now = Date.now()
         if (now >= deadline) return []
-        blocker ??= this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
-        blocker.on('error', () => {})
+        if (!blocker) {
+          blocker = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+          blocker.on('error', () => {})
+        }
         const sleep = Math.max(1, Math.min(deadline - now, nextDueMs >= 0 ? nextDueMs + 1 : fallbackPollMs, fallbackPollMs))
         // Wakes on any entry after the last one the script saw: no push can slip in between.
-        await blocker.xread('BLOCK', Math.ceil(sleep), 'STREAMS', keys.stream, text(lastId)).catch((error: Error) => {
-          if (!request.signal.aborted) throw error
-        })
+        try {
+          await blocker.xread('BLOCK', Math.ceil(sleep), 'STREAMS', keys.stream, text(lastId))
+        } catch (error) {
+          if (request.signal.aborted) continue
+          await failover.failed(error, request.signal, deadline)
+        }
       }
     } finally {
       request.signal.removeEventListener('abort', onAbort)
