@@ -27,7 +27,7 @@ export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessE
 }
 
 const fileParameters = ['connectTimeout']
-const redisParameters = ['connectTimeout', 'passwordFile']
+const redisParameters = ['connectTimeout', 'passwordFile', 'replicas', 'replicaTimeout']
 const sentinelParameters = [...redisParameters, 'failoverTimeout']
 const zooKeeperParameters = ['connectTimeout', 'passwordFile']
 

@@ -113,12 +113,14 @@ export interface Connection {
   client: Client
   /** How long waiting commands go on through a failover (0: a dead server ends them: exit 69). */
   followMs: number
+  replication: Replication
 }
 
 export async function connect(url: URL, log?: (line: string) => void): Promise<Connection> {
   const {Redis} = await import('ioredis')
   const {user, password} = await credentials(url)
   const {options, followMs} = await topologyOf(url, user, password)
+  const {wanted, timeoutMs} = replicationOf(url)
   const db = options.db ?? 0
   const client = new Redis(options)
   // The connect promise often says only "Connection is closed"; the cause arrives as an event.
@@ -155,7 +157,7 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     throw unavailable(`cannot connect to ${shownUrl(url)}`, message, 'is the server up and reachable?')
   }
   log?.(`redis: connected to ${shownUrl(url)}`)
-  return {client, followMs}
+  return {client, followMs, replication: new Replication(client, wanted, timeoutMs)}
 }
 
 /** What a server says unasked within a moment of a connection (a refusal), if anything. */
@@ -212,6 +214,70 @@ export class FailoverWait {
     }
     await new Promise((resolve) => setTimeout(resolve, Math.min(200, deadline - now)))
   }
+}
+
+/**
+ * WAIT after a write that must outlive a failover (an acquisition, a renewal, a push): the write
+ * is confirmed once `?replicas=N` replicas have it (default: one when the master has any, none on
+ * a master without replicas), within ?replicaTimeout= (default 1s). Asynchronous replication is
+ * not consensus: this narrows the window in which a failover loses an acknowledged write to the
+ * replicas that confirmed it dying too, or Sentinel promoting one that had not (see README).
+ * The master's replicas are counted once (ROLE), sent alongside the first write: no extra wait.
+ */
+export class Replication {
+  private counted?: Promise<number>
+
+  constructor(
+    private readonly client: Client,
+    /** ?replicas=N; undefined: one if the master has any. */
+    private readonly wanted: number | undefined,
+    private readonly timeoutMs: number,
+  ) {}
+
+  /** Starts counting the master's replicas, if ?replicas= did not say: call before the write. */
+  prepare(): void {
+    if (this.wanted === undefined && !this.counted) {
+      this.counted = this.client.role().then((role) => (role[0] === 'master' && Array.isArray(role[2]) ? (role[2] as unknown[]).length : 0), () => {
+        this.counted = undefined
+        return 0
+      })
+    }
+  }
+
+  /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
+  async confirm(what: string): Promise<void> {
+    this.prepare()
+    const wanted = this.wanted ?? Math.min(1, await this.counted!)
+    if (wanted <= 0) return
+    const acknowledged = Number(await this.client.call('WAIT', wanted, this.timeoutMs))
+    if (acknowledged < wanted && this.wanted === undefined) {
+      // By default dlq waits for a replica the master has: one that went away is not waited for.
+      this.counted = undefined
+      this.prepare()
+      if ((await this.counted!) === 0) return
+    }
+    if (acknowledged < wanted) {
+      throw unavailable(`${what} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
+    }
+  }
+}
+
+/** ?replicas=N and ?replicaTimeout=DURATION (default 1s, within ?connectTimeout=). */
+export function replicationOf(url: URL): {wanted: number | undefined; timeoutMs: number} {
+  const text = url.searchParams.get('replicas')
+  let wanted: number | undefined
+  if (text !== null) {
+    wanted = Number(text)
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(wanted)) throw usageError('bad ?replicas=', `${text} in ${shownUrl(url)}`, 'a number of replicas, 0 for none')
+  }
+  const timeoutText = url.searchParams.get('replicaTimeout')
+  let timeoutMs = 1000
+  if (timeoutText !== null) {
+    timeoutMs = parseDuration(timeoutText, 'replicaTimeout')
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw usageError('bad ?replicaTimeout=', `${timeoutText} in ${shownUrl(url)}`, 'a finite duration such as 1s')
+  }
+  // A command is cut off after ?connectTimeout=: WAIT must end first.
+  return {wanted, timeoutMs: Math.max(1, Math.min(timeoutMs, connectTimeoutMs(url) - 100))}
 }
 
 /** A Lua script called by its SHA1, loaded on the first NOSCRIPT. */

@@ -7,11 +7,11 @@ import {RedisLocks} from './lock.js'
 import {RedisQueues} from './queue.js'
 
 export async function openRedisBackend(url: URL, options: BackendOptions): Promise<Backend> {
-  const {client, followMs} = await connect(url, options.log)
+  const {client, followMs, replication} = await connect(url, options.log)
   return {
     displayUrl: shownUrl(url),
-    locks: new RedisLocks(client, options.log, followMs),
-    queues: new RedisQueues(client, options.log, followMs),
+    locks: new RedisLocks(client, options.log, followMs, replication),
+    queues: new RedisQueues(client, options.log, followMs, replication),
     // Not QUIT: it waits for a reply, and dlq must not hang on a server that stopped answering.
     close: async () => client.disconnect(),
   }

@@ -16,7 +16,7 @@
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {LockLostError} from '../../errors.js'
 import {Wakeup} from '../wakeup.js'
-import {type Client, FailoverWait, num, Script, text} from './connection.js'
+import {type Client, FailoverWait, num, type Replication, Script, text} from './connection.js'
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
 // 3 fence (counter), 4 waiters (zset owner → presence expiry).
@@ -132,6 +132,8 @@ export class RedisLocks implements LockDriver {
     private readonly log?: (line: string) => void,
     /** Behind Sentinel: how long a waiting acquire follows a failover (connection.ts). */
     private readonly followMs = 0,
+    /** WAIT for replicas after acquisitions and renewals (connection.ts). */
+    private readonly replication?: Replication,
   ) {}
 
   async acquire(request: AcquireRequest): Promise<Lease | undefined> {
@@ -148,6 +150,7 @@ export class RedisLocks implements LockDriver {
         wakeup.changed = false
         let reply: unknown[]
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
+        this.replication?.prepare()
         try {
           reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
         } catch (error) {
@@ -158,6 +161,13 @@ export class RedisLocks implements LockDriver {
         failover.succeeded()
         this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
         if (num(reply[0]) === 1) {
+          try {
+            await this.replication?.confirm(`the lock ${JSON.stringify(request.key)}`)
+          } catch (error) {
+            // Not handed out: a lease a failover could lose would let two holders run.
+            await this.release(request.key, request.owner).catch(() => {})
+            throw error
+          }
           acquired = true
           const parsed = parseRecord(text(reply[1]))
           return {key: request.key, owner: request.owner, fencingToken: parsed.token, ttlMs: request.ttlMs, expiresAt: new Date(sent + request.ttlMs)}
@@ -191,8 +201,10 @@ export class RedisLocks implements LockDriver {
   async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
     const keys = keysOf(key)
     const sent = Date.now()
+    this.replication?.prepare()
     const reply = (await renewScript.run(this.client, [keys.holders, keys.info], [owner, ttlMs ?? 0])) as unknown[] | null
     if (!reply) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    await this.replication?.confirm(`the renewal of ${JSON.stringify(key)}`)
     const parsed = parseRecord(text(reply[0]))
     const granted = ttlMs ?? parsed.ttlMs
     this.log?.(`redis: renewed ${key} for ${granted}ms`)

@@ -17,7 +17,7 @@
 //   reservations still running (see oldestWaiting).
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
-import {type Client, FailoverWait, num, Script, text} from './connection.js'
+import {type Client, FailoverWait, num, type Replication, Script, text} from './connection.js'
 
 const group = 'dlq'
 const maxMessageBytes = 1024 * 1024
@@ -170,6 +170,8 @@ export class RedisQueues implements QueueDriver {
     private readonly log?: (line: string) => void,
     /** Behind Sentinel: how long a waiting pop follows a failover (connection.ts). */
     private readonly followMs = 0,
+    /** WAIT for replicas after pushes (connection.ts). */
+    private readonly replication?: Replication,
   ) {}
 
   private async ensureGroup(stream: string): Promise<void> {
@@ -183,7 +185,9 @@ export class RedisQueues implements QueueDriver {
 
   async push(queue: string, bodies: Buffer[]): Promise<string[]> {
     const {stream} = keysOf(queue)
+    this.replication?.prepare()
     const ids = ((await pushScript.run(this.client, [stream], bodies)) as Buffer[]).map(text)
+    await this.replication?.confirm(`the push of ${bodies.length} message${bodies.length === 1 ? '' : 's'} to ${JSON.stringify(queue)}`)
     this.log?.(`redis: XADD ${bodies.length} to ${stream}`)
     return ids
   }
