@@ -166,3 +166,36 @@ export async function startSentinels({name = 'mymaster'} = {}) {
     throw error
   }
 }
+
+/**
+ * A Redis Cluster of `masters` nodes (no replicas), each on a free port with a free cluster bus
+ * port, slots spread by `redis-cli --cluster create`. Returns {nodes, url, stop}; each node as
+ * startRedis gives it plus its cluster id.
+ */
+export async function startCluster({masters = 3} = {}) {
+  const nodes = []
+  try {
+    for (let i = 0; i < masters; i++) {
+      const busPort = await freePort()
+      nodes.push(await startRedis({config: ['cluster-enabled yes', 'cluster-config-file nodes.conf', 'cluster-node-timeout 3000', `cluster-port ${busPort}`]}))
+    }
+    const {execFile} = await import('node:child_process')
+    await new Promise((resolve, reject) => {
+      execFile('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-yes'], {timeout: 30_000}, (error, stdout, stderr) => (error ? reject(new Error(`redis-cli --cluster create: ${stdout}${stderr}`)) : resolve()))
+    })
+    for (const node of nodes) {
+      await waitFor(async () => /cluster_state:ok/.test(await redisCliReply(node.port, 'CLUSTER', 'INFO')), {timeoutMs: 20_000, what: `node ${node.port} to see the cluster ok`})
+      node.id = (await redisCliReply(node.port, 'CLUSTER', 'MYID')).trim()
+    }
+    return {
+      nodes,
+      url: `redis+cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`,
+      async stop() {
+        for (const node of nodes) await node.stop()
+      },
+    }
+  } catch (error) {
+    for (const node of nodes) await node.stop().catch(() => {})
+    throw error
+  }
+}

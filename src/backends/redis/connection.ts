@@ -1,24 +1,45 @@
 // One Redis connection per dlq process (plus a duplicate for blocking reads or pub/sub when a
-// command has to wait), with the failures that mean "backend unavailable" turned into exit 69.
+// command has to wait), with the failures that mean "backend unavailable" turned into exit 69:
+// to one server, to the master Sentinel names (following its failovers), or to a Redis Cluster
+// (following MOVED/ASK). Nothing is sent twice: a command whose reply a dropped connection lost
+// fails rather than being resent, and only the wait loops ask again (FailoverWait).
 import {createHash} from 'node:crypto'
 import {readFile} from 'node:fs/promises'
 import {createConnection, isIP} from 'node:net'
 
-import type {Redis as Client, RedisOptions} from 'ioredis'
+import type {Cluster, ClusterOptions, Redis, RedisOptions} from 'ioredis'
 
 import {formatDuration, parseDuration} from '../../duration.js'
 import {DlqError, ExitCode, serverRefusal, toDlqError, unavailable, usageError} from '../../errors.js'
 import {connectTimeoutMs, credentials, maskUrl} from '../url.js'
 
-export type {Client}
+/** One server or a master behind Sentinel (Redis), or a Redis Cluster (Cluster). */
+export type Client = Redis | Cluster
 
-/** Where a URL's data lives: one server, or a master that Sentinel names and follows. */
+/** A second connection like `client`, for blocking reads and pub/sub: never cut off, queued until connected. */
+export function duplicateOf(client: Client): Client {
+  if (client.isCluster) {
+    const cluster = client as Cluster
+    return cluster.duplicate(undefined, {enableOfflineQueue: true, redisOptions: {...cluster.options.redisOptions, commandTimeout: undefined}})
+  }
+  return (client as Redis).duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+}
+
+/** Every master that holds dlq's keys: the one server, or each master of a cluster. */
+export function mastersOf(client: Client): Redis[] {
+  return client.isCluster ? (client as Cluster).nodes('master') : [client as Redis]
+}
+
+/** Where a URL's data lives: one server, a master that Sentinel names and follows, or a cluster. */
 interface Topology {
   options: RedisOptions
-  /** ?failoverTimeout=, Sentinel only: how long a waiting command waits for a new master. */
+  /** redis+cluster://: the seed nodes and the Cluster client's own options. */
+  cluster?: {nodes: {host: string; port: number}[]; options: ClusterOptions}
+  /** ?failoverTimeout= (Sentinel, Cluster): how long a waiting command waits for a new master. */
   followMs: number
 }
 
+const isCluster = (url: URL) => url.protocol === 'redis+cluster:'
 const isSentinel = (url: URL) => url.protocol === 'redis+sentinel:' || url.protocol === 'rediss+sentinel:'
 const isTls = (url: URL) => url.protocol === 'rediss:' || url.protocol === 'rediss+sentinel:'
 
@@ -36,22 +57,27 @@ export function failoverTimeoutMs(url: URL): number {
  * (backends/index.ts), the credentials are the data nodes' (Sentinel itself is asked without).
  */
 function sentinelTopology(url: URL, db: number): Pick<RedisOptions, 'sentinels' | 'name' | 'db'> {
-  const hosts = decodeURIComponent(url.host).split(',').map((h) => h.trim()).filter(Boolean)
   const [name, dbText, ...rest] = decodeURIComponent(url.pathname).split('/').slice(1)
   const bad = (why: string) => usageError('bad backend URL', `${why} in ${maskUrl(url.href)}`, `${url.protocol}//h1:26379,h2:26379/MASTER[/DB]`)
   if (!name) throw bad('no master name')
   if (rest.length > 0 || (dbText !== undefined && !/^\d+$/.test(dbText))) throw bad('a path other than /MASTER[/DB]')
-  if (hosts.length === 0) throw bad('no Sentinel address')
-  const sentinels = hosts.map((entry) => {
+  return {sentinels: hostList(url, 26379, bad), name, db: dbText === undefined ? db : Number(dbText)}
+}
+
+/** h1:26379,h2 (%-encoded by backends/index.ts) as addresses, `port` where none is given. */
+function hostList(url: URL, port: number, bad: (why: string) => Error): {host: string; port: number}[] {
+  const hosts = decodeURIComponent(url.host).split(',').map((h) => h.trim()).filter(Boolean)
+  if (hosts.length === 0) throw bad('no address')
+  return hosts.map((entry) => {
     const match = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(entry)
-    if (!match) throw bad(`Sentinel address ${JSON.stringify(entry)}`)
-    return {host: match[1].replace(/^\[|\]$/g, ''), port: match[2] ? Number(match[2]) : 26379}
+    if (!match) throw bad(`address ${JSON.stringify(entry)}`)
+    return {host: match[1].replace(/^\[|\]$/g, ''), port: match[2] ? Number(match[2]) : port}
   })
-  return {sentinels, name, db: dbText === undefined ? db : Number(dbText)}
 }
 
 async function topologyOf(url: URL, user: string | undefined, password: string | undefined): Promise<Topology> {
   const sentinel = isSentinel(url)
+  if (isCluster(url) && url.pathname.length > 1) throw usageError('bad backend URL', `a path in ${shownUrl(url)}`, 'a cluster has only database 0: redis+cluster://h1:7000,h2:7001')
   const db = !sentinel && url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0
   if (!Number.isInteger(db) || db < 0) throw usageError('bad backend URL', `database ${JSON.stringify(url.pathname.slice(1))} in ${maskUrl(url.href)}`, 'redis://host:port/DB with DB a number')
   let tls: RedisOptions['tls']
@@ -82,6 +108,36 @@ async function topologyOf(url: URL, user: string | undefined, password: string |
     enableOfflineQueue: false,
     retryStrategy: (times) => Math.min(50 * 2 ** times, 1000),
     connectionName: 'dlq',
+  }
+  if (isCluster(url)) {
+    const bad = (why: string) => usageError('bad backend URL', `${why} in ${shownUrl(url)}`, 'redis+cluster://h1:7000,h2:7001')
+    return {
+      options: common,
+      cluster: {
+        nodes: hostList(url, 6379, bad),
+        options: {
+          redisOptions: {...common, enableReadyCheck: false},
+          lazyConnect: true,
+          // The cluster connects to each node on its first command there: without the queue a
+          // second command while that connection opens would fail. Each command stays bounded by
+          // the nodes' commandTimeout.
+          enableOfflineQueue: true,
+          enableReadyCheck: true,
+          // MOVED and ASK are followed (a slot moving, a failover), CLUSTERDOWN and TRYAGAIN retried:
+          // each answered an error, so nothing ran twice. Past the redirections, exit 69.
+          maxRedirections: 16,
+          retryDelayOnClusterDown: 100,
+          retryDelayOnTryAgain: 100,
+          // 0: a command whose connection closed before its reply may have run; it is not sent again.
+          retryDelayOnFailover: 0,
+          slotsRefreshTimeout: timeout,
+          clusterRetryStrategy: (times) => Math.min(50 * 2 ** times, 1000),
+          // Writes and reads go to masters: a replica's copy may lag.
+          scaleReads: 'master',
+        },
+      },
+      followMs: failoverTimeoutMs(url),
+    }
   }
   if (!sentinel) {
     return {options: {...common, host: url.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1', port: url.port ? Number(url.port) : 6379, db, enableReadyCheck: false}, followMs: 0}
@@ -117,12 +173,12 @@ export interface Connection {
 }
 
 export async function connect(url: URL, log?: (line: string) => void): Promise<Connection> {
-  const {Redis} = await import('ioredis')
+  const {Redis, Cluster} = await import('ioredis')
   const {user, password} = await credentials(url)
-  const {options, followMs} = await topologyOf(url, user, password)
+  const {options, cluster, followMs} = await topologyOf(url, user, password)
   const {wanted, timeoutMs} = replicationOf(url)
   const db = options.db ?? 0
-  const client = new Redis(options)
+  const client: Client = cluster ? new Cluster(cluster.nodes, cluster.options) : new Redis(options)
   // The connect promise often says only "Connection is closed"; the cause arrives as an event.
   let cause: Error | undefined
   const onError = (error: Error) => {
@@ -149,7 +205,7 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     }
     // A full server writes its refusal and closes; ioredis has written its first commands by then
     // and reports only the broken pipe. A connection that sends nothing reads the refusal.
-    const refusal = /EPIPE|ECONNRESET|Connection is closed/.test(message) && !isSentinel(url) && !isTls(url)
+    const refusal = /EPIPE|ECONNRESET|Connection is closed/.test(message) && !isSentinel(url) && !cluster && !isTls(url)
       ? await greeting(options.host ?? '127.0.0.1', options.port ?? 6379, connectTimeoutMs(url))
       : undefined
     const server = serverRefusal(refusal?.startsWith('-') ? refusal.slice(1) : message)
@@ -234,6 +290,18 @@ export class Replication {
     private readonly timeoutMs: number,
   ) {}
 
+  /**
+   * WAIT on the connection that carried the write. On a cluster that is the node owning the key's
+   * slot: a keyed no-op (EXISTS) takes the pipeline there, WAIT with it.
+   */
+  private async wait(wanted: number, key: string): Promise<number> {
+    if (!this.client.isCluster) return Number(await this.client.call('WAIT', wanted, this.timeoutMs))
+    const replies = await this.client.pipeline().exists(key).call('WAIT', wanted, this.timeoutMs).exec()
+    const [error, reply] = replies?.[1] ?? [new Error('no reply to WAIT')]
+    if (error) throw error
+    return Number(reply)
+  }
+
   /** Starts counting the master's replicas, if ?replicas= did not say: call before the write. */
   prepare(): void {
     if (this.wanted === undefined && !this.counted) {
@@ -245,11 +313,11 @@ export class Replication {
   }
 
   /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
-  async confirm(what: string): Promise<void> {
+  async confirm(what: string, key: string): Promise<void> {
     this.prepare()
     const wanted = this.wanted ?? Math.min(1, await this.counted!)
     if (wanted <= 0) return
-    const acknowledged = Number(await this.client.call('WAIT', wanted, this.timeoutMs))
+    const acknowledged = await this.wait(wanted, key)
     if (acknowledged < wanted && this.wanted === undefined) {
       // By default dlq waits for a replica the master has: one that went away is not waited for.
       this.counted = undefined

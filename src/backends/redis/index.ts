@@ -1,6 +1,6 @@
-// The Redis backend (redis://, rediss://, and a master behind Sentinel: redis+sentinel://,
-// rediss+sentinel://): locks and semaphores as scripted sorted sets, queues on Streams. ioredis is
-// loaded only when one of these schemes is used.
+// The Redis backend (redis://, rediss://, a master behind Sentinel: redis+sentinel://,
+// rediss+sentinel://, and Redis Cluster: redis+cluster://): locks and semaphores as scripted
+// sorted sets, queues on Streams. ioredis is loaded only when one of these schemes is used.
 import type {Backend, BackendOptions} from '../types.js'
 import {connect, shownUrl} from './connection.js'
 import {RedisLocks} from './lock.js'

@@ -16,7 +16,7 @@
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {LockLostError} from '../../errors.js'
 import {Wakeup} from '../wakeup.js'
-import {type Client, FailoverWait, num, type Replication, Script, text} from './connection.js'
+import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
 // 3 fence (counter), 4 waiters (zset owner → presence expiry).
@@ -162,7 +162,7 @@ export class RedisLocks implements LockDriver {
         this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
         if (num(reply[0]) === 1) {
           try {
-            await this.replication?.confirm(`the lock ${JSON.stringify(request.key)}`)
+            await this.replication?.confirm(`the lock ${JSON.stringify(request.key)}`, keys.holders)
           } catch (error) {
             // Not handed out: a lease a failover could lose would let two holders run.
             await this.release(request.key, request.owner).catch(() => {})
@@ -176,7 +176,7 @@ export class RedisLocks implements LockDriver {
         if (now >= deadline) return undefined
         if (request.onWaiting) request.onWaiting((await this.status(request.key).catch(() => []))[0]?.holders ?? [])
         if (!subscriber) {
-          subscriber = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+          subscriber = duplicateOf(this.client)
           subscriber.on('error', () => {})
           subscriber.on('message', wakeup.wake)
           try {
@@ -204,7 +204,7 @@ export class RedisLocks implements LockDriver {
     this.replication?.prepare()
     const reply = (await renewScript.run(this.client, [keys.holders, keys.info], [owner, ttlMs ?? 0])) as unknown[] | null
     if (!reply) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
-    await this.replication?.confirm(`the renewal of ${JSON.stringify(key)}`)
+    await this.replication?.confirm(`the renewal of ${JSON.stringify(key)}`, keys.holders)
     const parsed = parseRecord(text(reply[0]))
     const granted = ttlMs ?? parsed.ttlMs
     this.log?.(`redis: renewed ${key} for ${granted}ms`)
@@ -227,7 +227,7 @@ export class RedisLocks implements LockDriver {
   watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
     const keys = keysOf(lease.key)
     let stopped = false
-    const subscriber = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+    const subscriber = duplicateOf(this.client)
     subscriber.on('error', () => {})
     const check = () => {
       if (stopped) return
@@ -268,12 +268,15 @@ export class RedisLocks implements LockDriver {
 
   private async heldKeys(): Promise<string[]> {
     const found = new Set<string>()
-    let cursor = '0'
-    do {
-      const [next, keys] = await this.client.scan(cursor, 'MATCH', '{dlq:l:*}:holders', 'COUNT', 1000)
-      cursor = next
-      for (const k of keys) found.add(k.slice('{dlq:l:'.length, -'}:holders'.length))
-    } while (cursor !== '0')
+    // On a cluster each master holds its own slots: every one is scanned.
+    for (const node of mastersOf(this.client)) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', '{dlq:l:*}:holders', 'COUNT', 1000)
+        cursor = next
+        for (const k of keys) found.add(k.slice('{dlq:l:'.length, -'}:holders'.length))
+      } while (cursor !== '0')
+    }
     return [...found].sort()
   }
 }

@@ -17,7 +17,7 @@
 //   reservations still running (see oldestWaiting).
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
-import {type Client, FailoverWait, num, type Replication, Script, text} from './connection.js'
+import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'
 
 const group = 'dlq'
 const maxMessageBytes = 1024 * 1024
@@ -187,7 +187,7 @@ export class RedisQueues implements QueueDriver {
     const {stream} = keysOf(queue)
     this.replication?.prepare()
     const ids = ((await pushScript.run(this.client, [stream], bodies)) as Buffer[]).map(text)
-    await this.replication?.confirm(`the push of ${bodies.length} message${bodies.length === 1 ? '' : 's'} to ${JSON.stringify(queue)}`)
+    await this.replication?.confirm(`the push of ${bodies.length} message${bodies.length === 1 ? '' : 's'} to ${JSON.stringify(queue)}`, stream)
     this.log?.(`redis: XADD ${bodies.length} to ${stream}`)
     return ids
   }
@@ -226,7 +226,7 @@ export class RedisQueues implements QueueDriver {
         const now = Date.now()
         if (now >= deadline) return []
         if (!blocker) {
-          blocker = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+          blocker = duplicateOf(this.client)
           blocker.on('error', () => {})
         }
         const sleep = Math.max(1, Math.min(deadline - now, nextDueMs >= 0 ? nextDueMs + 1 : fallbackPollMs, fallbackPollMs))
@@ -311,7 +311,7 @@ export class RedisQueues implements QueueDriver {
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
     const keys = keysOf(queue)
-    const blocker = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+    const blocker = duplicateOf(this.client)
     blocker.on('error', () => {})
     const onAbort = () => blocker.disconnect()
     signal.addEventListener('abort', onAbort)
@@ -391,15 +391,18 @@ export class RedisQueues implements QueueDriver {
 
   private async queueNames(): Promise<string[]> {
     const found = new Set<string>()
-    let cursor = '0'
-    do {
-      const [next, keys] = await this.client.scan(cursor, 'MATCH', '{dlq:q:*}:stream', 'COUNT', 1000)
-      cursor = next
-      for (const key of keys) {
-        const match = keyPattern.exec(key)
-        if (match) found.add(match[1] + '.dead'.repeat(match[2].length / 5))
-      }
-    } while (cursor !== '0')
+    // On a cluster each master holds its own slots: every one is scanned.
+    for (const node of mastersOf(this.client)) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', '{dlq:q:*}:stream', 'COUNT', 1000)
+        cursor = next
+        for (const key of keys) {
+          const match = keyPattern.exec(key)
+          if (match) found.add(match[1] + '.dead'.repeat(match[2].length / 5))
+        }
+      } while (cursor !== '0')
+    }
     return [...found].sort()
   }
 }
