@@ -6,6 +6,7 @@ import {execFileSync} from 'node:child_process'
 import {existsSync} from 'node:fs'
 import {readFile, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
+import {PassThrough} from 'node:stream'
 import {after, before, describe, it} from 'node:test'
 
 import {oneErrorLine, run, shUntil, spawnDlq, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
@@ -141,5 +142,33 @@ describe('redis+sentinel: the master dies under a waiting lock run', () => {
     const r = await waiter.result
     assert.equal(r.code, 0, r.stderr)
     assert.ok(BigInt((await readFile(join(dir, 'token'), 'utf8')).trim()) > BigInt(fencingToken))
+  })
+})
+
+describe('redis+sentinel: the master dies mid-push', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('what survives on the promoted replica is the push in order, nothing twice; exit 0 only if all of it survived', async (t) => {
+    const queue = uniqueName('midpush')
+    const stream = `{dlq:q:${queue}}:stream`
+    const input = new PassThrough()
+    const lines = (from, to) => Array.from({length: to - from}, (_v, i) => `m${from + i}\n`).join('')
+    const push = spawnDlq(['queue', 'push', '-b', group.url(), '--queue', queue], {t, input, timeoutMs: 60_000})
+    input.write(lines(0, 5000))
+    await waitFor(() => Number(redisCli(group.master.port, 'XLEN', stream)) >= 2000, {what: 'the first batches to reach the master'})
+    kill(group.master)
+    input.end(lines(5000, 10_000))
+    const r = await push.result
+    assert.ok(r.code === 0 || r.code === 69, `exit ${r.code}: ${r.stderr}`)
+    if (r.code === 69) oneErrorLine(r, assert)
+    await group.promoted(group.replica.port)
+    const bodies = redisCli(group.replica.port, 'XRANGE', stream, '-', '+').split('\n').filter((l) => /^m\d+$/.test(l))
+    bodies.forEach((body, i) => assert.equal(body, `m${i}`, `message ${i} on the new master`))
+    if (r.code === 0) assert.equal(bodies.length, 10_000, 'an acknowledged push lost messages in the failover')
+    assert.ok(bodies.length >= 1000, `the replica had ${bodies.length} messages`)
   })
 })
