@@ -172,3 +172,29 @@ describe('redis+sentinel: the master dies mid-push', () => {
     assert.ok(bodies.length >= 1000, `the replica had ${bodies.length} messages`)
   })
 })
+
+describe('redis+sentinel: no master comes back', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('a waiting pop and a waiting lock run give up after ?failoverTimeout= with exit 69 and one line, nothing on stdout', async (t) => {
+    const key = uniqueName('gone')
+    const url = `${group.url()}?failoverTimeout=2s&connectTimeout=2s`
+    assert.equal((await cli(url, ['lock', 'acquire', '--key', key, '--ttl', '60s'])).code, 0)
+    const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', uniqueName('gone'), '--wait', '60s'], {t, timeoutMs: 40_000})
+    const waiter = spawnDlq(['lock', 'run', '-b', url, '--key', key, '--wait', '60s', '--', 'echo', 'ran'], {t, timeoutMs: 40_000})
+    await waitFor(() => /blocked_clients:1/.test(redisCli(group.master.port, 'INFO', 'clients')) && redisCli(group.master.port, 'ZCARD', `{dlq:l:${key}}:waiters`).trim() === '1', {what: 'both to wait'})
+    // The replica first, then the master: nothing is left for Sentinel to promote.
+    kill(group.replica)
+    kill(group.master)
+    for (const child of [pop, waiter]) {
+      const r = await child.result
+      assert.equal(r.code, 69, r.stderr)
+      assert.equal(r.stdout, '')
+      assert.match(oneErrorLine(r, assert), /master went away while waiting: no master answered for \d/)
+    }
+  })
+})
