@@ -34,7 +34,7 @@ const exitStatus = [
   ['0', 'Success (for lock run: the exit code of the command). Also a queue pop that wrote messages before its backend failed: what it wrote is delivered, and a line on stderr says how many and what failed.'],
   ['64', 'Usage error: bad flag, bad duration, bad URL, bad key or queue name.'],
   ['65', 'Bad data: a message too large, input not valid for the chosen framing.'],
-  ['69', 'Backend unavailable: cannot connect, authentication refused, timed out; a file: directory another user owns or may write.'],
+  ['69', 'Backend unavailable: cannot connect, authentication refused, timed out; a server that refused (a Redis replica or demoted master: READONLY, LOADING, maxclients reached, cluster down, redirected too often); the connection lost under a command; no new master within ?failoverTimeout= behind Sentinel; a file: directory another user owns or may write.'],
   ['70', 'The lock was lost while the command ran; the command was stopped.'],
   ['74', 'stdout could not be written (a full disk, an I/O error). What was done still holds: pushed messages stay pushed, queue pop leaves the messages it could not write in the queue, lock acquire releases the lease whose token it could not print.'],
   ['75', 'Not now: lock not acquired within --wait, or queue empty within --wait (for locks, override with --conflict-exit-code).'],
@@ -113,8 +113,10 @@ const signalSections = {
 
 const backends = [
   ['file:///DIR', `A shared directory, on local disk or NFS; no server. The default: $XDG_STATE_HOME/${bin}, or ~/.local/state/${bin} when XDG_STATE_HOME is unset. Users share it only as a group's setgid directory (install -d -m 2770 -g GROUP DIR), whose members share every lock and queue in it. Any other must be yours or root's, and writable by nobody else unless it is sticky like /tmp; below it, ${bin} uses only directories that are yours and that nobody else may write (in a group's directory: the group's, not writable by everyone), and refuses any other with exit 69, naming the directory and its owner.`],
-  ['redis://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later.'],
+  ['redis://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later. Acquisitions, renewals and pushes wait (WAIT) for ?replicas=N replicas (default: one when the master has any) within ?replicaTimeout= (default 1s); not confirmed in time is exit 69 (a renewal counts as failed). ?replicas=0 does not wait.'],
   ['rediss://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later over TLS.'],
+  ['redis+cluster://[USER:PASS@]H1:PORT,H2:PORT', 'A Redis Cluster, found from these seed nodes. Each lock and queue lives in one slot (hash tags); lock status and queue status cover every master; MOVED, ASK, CLUSTERDOWN and TRYAGAIN are followed or retried, and exit 69 past 16 redirections. Takes the parameters of redis+sentinel:.'],
+  ['redis+sentinel://[USER:PASS@]H1[:PORT],H2[:PORT]/MASTER[/DB]', 'The Redis master that the Sentinels (port 26379 by default) know as MASTER; dlq follows it to the replica they promote in a failover. USER and PASS are the data nodes\' (the Sentinels are asked without). A waiting lock run or queue pop waits through a failover for up to ?failoverTimeout= (default 30s), then exits 69. Replication is asynchronous: what the master acknowledged but had not passed to its replica is lost in a failover; fencing tokens still only increase. rediss+sentinel:// speaks TLS to both.'],
   ['zk://HOST1:2181,HOST2:2181[/CHROOT]', 'A ZooKeeper 3.5 or later ensemble.'],
   ['postgres://USER[:PASS]@HOST[:PORT]/DB', 'PostgreSQL 12 or later; the schema is created on first use.'],
 ]
@@ -393,7 +395,7 @@ function overviewPage() {
     paragraphs(`The backend is chosen by URL: --backend (-b), else the environment variable DLQ_BACKEND, else a directory in $XDG_STATE_HOME/${bin}. Every backend has the same semantics.`),
     ...tpList(backends),
     '.PP',
-    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).\n\n?connectTimeout=DURATION (default 5s) is a hard bound on opening the backend on every scheme (for file:, the directory\'s first look): past it, exit 69. A URL parameter the scheme does not know is exit 64. file: knows connectTimeout; redis: connectTimeout and passwordFile (rediss: also ca and insecure); zk: connectTimeout and passwordFile; postgres: those, schema, and libpq\'s user, password, host, port, sslmode, sslrootcert and application_name.'),
+    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).\n\n?connectTimeout=DURATION (default 5s) is a hard bound on opening the backend on every scheme (for file:, the directory\'s first look): past it, exit 69. A URL parameter the scheme does not know is exit 64. file: knows connectTimeout; redis: connectTimeout, passwordFile, replicas and replicaTimeout (rediss: also ca and insecure); redis+sentinel: and redis+cluster: those and failoverTimeout; zk: connectTimeout and passwordFile; postgres: those, schema, and libpq\'s user, password, host, port, sslmode, sslrootcert and application_name.'),
   )
   lines.push(
     '.SH CONVENTIONS',

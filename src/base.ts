@@ -15,7 +15,7 @@ export abstract class DlqCommand extends Command {
   static baseFlags = {
     backend: Flags.string({
       char: 'b',
-      summary: 'Backend URL: file:///dir, redis://…, zk://…, postgres://… (default: $DLQ_BACKEND, else file:// in $XDG_STATE_HOME/dlq or ~/.local/state/dlq).',
+      summary: 'Backend URL: file:///dir, redis://…, redis+sentinel://…, redis+cluster://…, zk://…, postgres://… (default: $DLQ_BACKEND, else file:// in $XDG_STATE_HOME/dlq or ~/.local/state/dlq).',
       helpValue: 'URL',
       helpGroup: 'GLOBAL',
     }),

@@ -85,6 +85,25 @@ const unavailableCodes = new Set([
   'ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE',
 ])
 
+/**
+ * A Redis server's (or its client library's) words for "this server cannot serve you now", as the
+ * exit table's 69 lists them: a replica or a master demoted by a failover, a server still loading
+ * its data, a full server, a cluster that is down or still moving a slot, a master that died under
+ * a command. Undefined for anything else.
+ */
+export function serverRefusal(message: string): {why: string; hint: string} | undefined {
+  const line = firstLine(message)
+  if (/^READONLY\b/.test(line)) return {why: `the server is a replica now: ${line}`, hint: 'a failover demoted it; use redis+sentinel:// to follow the master'}
+  if (/^LOADING\b/.test(line)) return {why: `the server is loading its data: ${line}`, hint: 'try again once it has loaded'}
+  if (/max(imum)? number of clients reached/i.test(line)) return {why: `the server refused the connection: ${line}`, hint: 'it is at its maxclients limit'}
+  if (/^CLUSTERDOWN\b/.test(line)) return {why: `the cluster is down: ${line}`, hint: 'a master has failed and no replica took over yet'}
+  if (/^(MOVED|ASK)\b|Too many Cluster redirections/i.test(line)) return {why: `the cluster kept redirecting: ${line}`, hint: 'a slot is moving, or this is a cluster node: use redis+cluster://'}
+  if (/^(MASTERDOWN|TRYAGAIN)\b/.test(line)) return {why: `the server cannot serve now: ${line}`, hint: 'a failover or slot move is under way'}
+  if (/max retries per request limit/i.test(line)) return {why: 'the connection to the server was lost before it answered', hint: 'the server stopped or a failover began; whether the last request took effect is unknown'}
+  if (/All sentinels are unreachable|failed to connect to sentinel/i.test(line)) return {why: line, hint: 'are the Sentinels up and reachable?'}
+  return undefined
+}
+
 /** Turn anything thrown into a DlqError; unknown errors keep exit 1 so bugs are not disguised. */
 export function toDlqError(error: unknown, context = 'backend operation failed'): DlqError {
   if (error instanceof DlqError) return error
@@ -93,9 +112,15 @@ export function toDlqError(error: unknown, context = 'backend operation failed')
     return unavailable(context, err.message.replace(/^\w+: /, ''))
   }
   // Client libraries' words for a connection that went away or stopped answering mid-command.
-  if (err instanceof Error && /Connection is closed|Stream isn't writeable|Command timed out|Connection terminated|connection timeout/i.test(err.message)) {
+  if (err instanceof Error && /Connection is closed|Stream isn't writeable/i.test(err.message)) {
+    // ioredis's words for "not connected": its option names mean nothing to the user.
+    return unavailable(context, 'the connection to the server was lost', 'the server stopped, restarted or closed the connection')
+  }
+  if (err instanceof Error && /Command timed out|Connection terminated|connection timeout/i.test(err.message)) {
     return unavailable(context, firstLine(err.message), 'the backend stopped answering')
   }
+  const refusal = err instanceof Error ? serverRefusal(err.message) : undefined
+  if (refusal) return unavailable(context, refusal.why, refusal.hint)
   if (err && typeof err === 'object' && typeof err.oclif?.exit === 'number' && err.oclif.exit !== 0) {
     // oclif's own parse errors (unknown flag, missing value, bad option): usage.
     return usageError('bad usage', parseProblem(err.message), 'see --help')

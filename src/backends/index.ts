@@ -27,7 +27,8 @@ export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessE
 }
 
 const fileParameters = ['connectTimeout']
-const redisParameters = ['connectTimeout', 'passwordFile']
+const redisParameters = ['connectTimeout', 'passwordFile', 'replicas', 'replicaTimeout']
+const followingParameters = [...redisParameters, 'failoverTimeout']
 const zooKeeperParameters = ['connectTimeout', 'passwordFile']
 
 export async function openBackend(url: string, options: BackendOptions & {isDefault?: boolean} = {}): Promise<Backend> {
@@ -35,7 +36,10 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
   const href = (url.startsWith('/') || url.startsWith('./') || url.startsWith('../') ? pathToFileURL(url).href : url)
     // WHATWG URL cannot parse ZooKeeper's host list (zk://h1:2181,h2:2181/chroot); with its colons
     // %-encoded it is one opaque host, which the ZooKeeper driver decodes and splits.
+    // Sentinel's and a cluster's address lists likewise (redis+sentinel://h1:26379,h2:26379/MASTER,
+    // redis+cluster://h1:7000,h2:7001), even of one.
     .replace(/^(zk:\/\/(?:[^/?#@]*@)?)([^/?#@]*,[^/?#]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
+    .replace(/^(rediss?\+(?:sentinel|cluster):\/\/(?:[^/?#]*@)?)([^/?#@]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
   let parsed: URL
   try {
     parsed = new URL(href)
@@ -77,6 +81,13 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
       connectTimeoutMs(parsed)
       return withinConnectTimeout(parsed, display, import('./redis/index.js').then(({openRedisBackend}) => openRedisBackend(parsed, options)))
     }
+    case 'redis+sentinel:':
+    case 'rediss+sentinel:':
+    case 'redis+cluster:': {
+      checkParameters(parsed, parsed.protocol === 'rediss+sentinel:' ? [...followingParameters, 'ca', 'insecure'] : followingParameters, display)
+      connectTimeoutMs(parsed)
+      return withinConnectTimeout(parsed, display, import('./redis/index.js').then(({openRedisBackend}) => openRedisBackend(parsed, options)))
+    }
     case 'zk:': {
       // The session opens on the first request, within the same bound (zookeeper/connection.ts).
       checkParameters(parsed, zooKeeperParameters, display)
@@ -90,6 +101,6 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
       return withinConnectTimeout(parsed, display, import('./postgres/index.js').then(({openPostgresBackend}) => openPostgresBackend(parsed, options)))
     }
     default:
-      throw usageError('bad backend URL', `unknown scheme ${JSON.stringify(parsed.protocol)} in ${maskUrl(url)}`, 'use file:, redis:, rediss:, zk: or postgres:')
+      throw usageError('bad backend URL', `unknown scheme ${JSON.stringify(parsed.protocol)} in ${maskUrl(url)}`, 'use file:, redis:, rediss:, redis+sentinel:, rediss+sentinel:, redis+cluster:, zk: or postgres:')
   }
 }

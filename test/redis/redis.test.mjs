@@ -3,10 +3,11 @@
 import assert from 'node:assert/strict'
 import {execFileSync} from 'node:child_process'
 import {readFile, writeFile} from 'node:fs/promises'
+import {connect} from 'node:net'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
-import {oneErrorLine, run, spawnDlq, tempDir, trackPid, uniqueName, waitFor, isAlive} from '../support/cli.mjs'
+import {oneErrorLine, run, shUntil, spawnDlq, tempDir, trackPid, uniqueName, waitFor, isAlive} from '../support/cli.mjs'
 import {freePort, startRedis} from '../support/servers.mjs'
 
 const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
@@ -117,6 +118,40 @@ describe('redis: losing the lock', () => {
     assert.equal(isAlive(pid), false)
   })
 
+  // --ttl 60s: the next renewal is 20 s away, so a stop within 2 s can only come from the holder
+  // hearing the release on the key's channel.
+  it('lock release --force under a long lease: the holder hears it and stops the command at once, exit 70', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('forced')
+    const child = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--ttl', '60s', '--kill-grace', '10s', '--', 'sh', '-c', 'echo $$ > "$1/pid"; sleep 30', 'x', dir], {t})
+    await waitFor(async () => /^\d+/.test(await readFile(join(dir, 'pid'), 'utf8').catch(() => '')), {what: 'the command to start'})
+    const pid = trackPid((await readFile(join(dir, 'pid'), 'utf8')).trim())
+    const forced = await cli(server.url, ['lock', 'release', '--key', key, '--force'])
+    assert.equal(forced.code, 0, forced.stderr)
+    await waitFor(() => !isAlive(pid), {what: 'the command to be stopped after the force release', timeoutMs: 2000})
+    const r = await child.result
+    assert.equal(r.code, 70, r.stderr)
+    assert.match(oneErrorLine(r, assert), /lost: .*force-released/)
+  })
+
+  it('another holder of a semaphore releasing (which publishes too) does not stop a holder whose lease stands', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('sem')
+    const holder = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--limit', '2', '--ttl', '60s', '--', 'sh', '-c', `echo $$ > "$1/pid"; ${shUntil('[ -e "$1/done" ]')}`, 'x', dir], {t})
+    await waitFor(async () => /^\d+/.test(await readFile(join(dir, 'pid'), 'utf8').catch(() => '')), {what: 'the first holder to start'})
+    await waitFor(() => redisCli(server.port, 'PUBSUB', 'NUMSUB', `{dlq:l:${key}}:released`).split('\n')[1] === '1', {what: 'the holder to listen on the key\'s channel'})
+    const other = await cli(server.url, ['lock', 'run', '--key', key, '--limit', '2', '--wait', '0', '--', 'true'])
+    assert.equal(other.code, 0, other.stderr)
+    // The release's message reached the holder: its check found its lease and went on. Its own
+    // release at the end must still find the lease, which a wrong loss would have dropped.
+    const [state] = JSON.parse((await cli(server.url, ['lock', 'status', '--key', key, '--json'])).stdout).locks
+    assert.equal(state.holders.length, 1)
+    await writeFile(join(dir, 'done'), '')
+    const r = await holder.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stderr, '')
+  })
+
   it('a server restart (no persistence) mid-hold: the lease is gone, so the command is stopped (70); nothing hangs', async (t) => {
     const dir = await tempDir(t)
     const key = uniqueName('restart')
@@ -160,6 +195,74 @@ describe('redis: losing the lock', () => {
       assert.ok(Date.now() - paused < 1500 + 500 + 1500, `stopped ${Date.now() - paused}ms after the pause`)
     } finally {
       process.kill(server.pid(), 'SIGCONT')
+    }
+  })
+})
+
+describe('redis: a server that refuses', () => {
+  let server
+  let replica
+  before(async () => {
+    server = await startRedis({config: ['maxclients 1']})
+    replica = await startRedis({config: [`replicaof 127.0.0.1 ${server.port}`]})
+  })
+  after(async () => {
+    await replica?.stop()
+    await server?.stop()
+  })
+
+  it('at maxclients: exit 69, one line naming the limit', async (t) => {
+    // The replica holds the master's only client slot. Taken again by a raw connection in case
+    // the replica's link is between reconnects.
+    const socket = connect({host: '127.0.0.1', port: server.port})
+    t.after(() => socket.destroy())
+    await new Promise((resolve) => socket.once('connect', resolve))
+    await waitFor(async () => {
+      const r = await cli(server.url, ['lock', 'status'])
+      return r.code === 69 && /maxclients/.test(r.stderr) ? r : undefined
+    }, {what: 'the server to refuse a client', timeoutMs: 10_000}).then((r) => {
+      assert.match(oneErrorLine(r, assert), /max number of clients reached/)
+    })
+    const push = await cli(server.url, ['queue', 'push', '--queue', uniqueName(), 'x'])
+    assert.equal(push.code, 69, push.stderr)
+    oneErrorLine(push, assert)
+  })
+
+  it('a replica (READONLY): a push or a lock is exit 69 with one line saying so, a pop --wait never exit 0', async () => {
+    const push = await cli(replica.url, ['queue', 'push', '--queue', uniqueName(), 'x'])
+    assert.equal(push.code, 69, push.stderr)
+    assert.match(oneErrorLine(push, assert), /replica.*READONLY/)
+    const lock = await cli(replica.url, ['lock', 'run', '--key', uniqueName(), '--wait', '5s', '--', 'true'])
+    assert.equal(lock.code, 69, lock.stderr)
+    assert.match(oneErrorLine(lock, assert), /READONLY/)
+    const pop = await cli(replica.url, ['queue', 'pop', '--queue', uniqueName(), '--wait', '5s'])
+    assert.equal(pop.code, 69, pop.stderr)
+    assert.equal(pop.stdout, '')
+    oneErrorLine(pop, assert)
+  })
+})
+
+describe('redis: the server dies under a wait', () => {
+  let server
+  before(async () => {
+    server = await startRedis()
+  })
+  after(() => server?.stop())
+
+  it('a waiting pop and a waiting lock run: exit 69 with one line, nothing on stdout (never 0 without a message)', async (t) => {
+    const key = uniqueName('dies')
+    const held = await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '60s'])
+    assert.equal(held.code, 0, held.stderr)
+    const pop = spawnDlq(['queue', 'pop', '-b', server.url, '--queue', uniqueName('dies'), '--wait', '60s'], {t})
+    const waiter = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--wait', '60s', '--', 'echo', 'ran'], {t})
+    await waitFor(() => /blocked_clients:1/.test(redisCli(server.port, 'INFO', 'clients')) && redisCli(server.port, 'ZCARD', `{dlq:l:${key}}:waiters`).trim() === '1', {what: 'both to wait'})
+    process.kill(server.pid(), 'SIGKILL')
+    for (const child of [pop, waiter]) {
+      const r = await child.result
+      assert.equal(r.code, 69, r.stderr)
+      assert.equal(r.stdout, '')
+      assert.match(oneErrorLine(r, assert), /lost|closed|connect/i)
+      assert.ok(r.ms < 15_000)
     }
   })
 })

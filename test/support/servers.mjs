@@ -96,3 +96,106 @@ export const redisBackend = {
     return {url: server.url, teardown: () => server.stop()}
   },
 }
+
+const redisCliReply = async (port, ...args) => {
+  const {execFile} = await import('node:child_process')
+  return new Promise((resolve) => {
+    execFile('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], {encoding: 'utf8', timeout: 5000}, (error, stdout) => resolve(error ? '' : stdout))
+  })
+}
+
+/**
+ * A master, one replica and three Sentinels (quorum 2) watching them as "mymaster", each on a free
+ * port in a temporary directory. Sentinel notices a dead master after 1 s (down-after-milliseconds)
+ * and promotes the replica. Returns {master, replica, sentinelPorts, url(scheme?), masterPort(),
+ * promoted(port): waits until the Sentinels name that port as the master, stop}.
+ */
+export async function startSentinels({name = 'mymaster'} = {}) {
+  const master = await startRedis()
+  const replica = await startRedis({config: [`replicaof 127.0.0.1 ${master.port}`]})
+  const stops = [() => replica.stop(), () => master.stop()]
+  try {
+    await waitFor(async () => /master_link_status:up/.test(await redisCliReply(replica.port, 'INFO', 'replication')), {timeoutMs: 15_000, what: 'the replica to sync with the master'})
+    // Started after the replica is online: a Sentinel's first INFO of the master lists it.
+    const sentinels = []
+    for (let i = 0; i < 3; i++) {
+      const dir = await mkdtemp(join(tmpdir(), 'dlq-sentinel-'))
+      const port = await freePort()
+      await writeFile(join(dir, 'sentinel.conf'), [
+        'bind 127.0.0.1', `port ${port}`, `dir ${dir}`,
+        `sentinel monitor ${name} 127.0.0.1 ${master.port} 2`,
+        `sentinel down-after-milliseconds ${name} 1000`,
+        `sentinel failover-timeout ${name} 10000`,
+        `sentinel parallel-syncs ${name} 1`,
+      ].join('\n') + '\n', {mode: 0o600})
+      const server = daemon('redis-server', [join(dir, 'sentinel.conf'), '--sentinel'])
+      sentinels.push({port, dir, server})
+      stops.unshift(async () => {
+        await server.stop()
+        await rm(dir, {recursive: true, force: true})
+      })
+    }
+    for (const {port, server} of sentinels) {
+      await waitFor(() => accepts(port), {timeoutMs: 10_000, what: `Sentinel on port ${port} (${server.output()})`})
+    }
+    // Ready for a failover: every Sentinel knows the replica and the two other Sentinels.
+    for (const {port} of sentinels) {
+      await waitFor(async () => (await redisCliReply(port, 'SENTINEL', 'REPLICAS', name)).includes(String(replica.port)), {timeoutMs: 20_000, what: `Sentinel ${port} to know the replica`})
+      await waitFor(async () => (await redisCliReply(port, 'SENTINEL', 'SENTINELS', name)).split('\n').filter((l) => l === 'runid').length === 2, {timeoutMs: 20_000, what: `Sentinel ${port} to know the other two`})
+    }
+    const sentinelPorts = sentinels.map((s) => s.port)
+    return {
+      master,
+      replica,
+      name,
+      sentinelPorts,
+      url: (scheme = 'redis+sentinel') => `${scheme}://${sentinelPorts.map((p) => `127.0.0.1:${p}`).join(',')}/${name}`,
+      /** Waits until every Sentinel names `port` as the master. */
+      async promoted(port, timeoutMs = 30_000) {
+        for (const s of sentinelPorts) {
+          await waitFor(async () => (await redisCliReply(s, 'SENTINEL', 'GET-MASTER-ADDR-BY-NAME', name)).split('\n')[1] === String(port), {timeoutMs, what: `Sentinel ${s} to name port ${port} the master`})
+        }
+        await waitFor(async () => /role:master/.test(await redisCliReply(port, 'INFO', 'replication')), {timeoutMs, what: `port ${port} to be a master`})
+      },
+      async stop() {
+        for (const stop of stops) await stop()
+      },
+    }
+  } catch (error) {
+    for (const stop of stops) await stop().catch(() => {})
+    throw error
+  }
+}
+
+/**
+ * A Redis Cluster of `masters` nodes (no replicas), each on a free port with a free cluster bus
+ * port, slots spread by `redis-cli --cluster create`. Returns {nodes, url, stop}; each node as
+ * startRedis gives it plus its cluster id.
+ */
+export async function startCluster({masters = 3} = {}) {
+  const nodes = []
+  try {
+    for (let i = 0; i < masters; i++) {
+      const busPort = await freePort()
+      nodes.push(await startRedis({config: ['cluster-enabled yes', 'cluster-config-file nodes.conf', 'cluster-node-timeout 3000', `cluster-port ${busPort}`]}))
+    }
+    const {execFile} = await import('node:child_process')
+    await new Promise((resolve, reject) => {
+      execFile('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-yes'], {timeout: 30_000}, (error, stdout, stderr) => (error ? reject(new Error(`redis-cli --cluster create: ${stdout}${stderr}`)) : resolve()))
+    })
+    for (const node of nodes) {
+      await waitFor(async () => /cluster_state:ok/.test(await redisCliReply(node.port, 'CLUSTER', 'INFO')), {timeoutMs: 20_000, what: `node ${node.port} to see the cluster ok`})
+      node.id = (await redisCliReply(node.port, 'CLUSTER', 'MYID')).trim()
+    }
+    return {
+      nodes,
+      url: `redis+cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`,
+      async stop() {
+        for (const node of nodes) await node.stop()
+      },
+    }
+  } catch (error) {
+    for (const node of nodes) await node.stop().catch(() => {})
+    throw error
+  }
+}

@@ -6,7 +6,7 @@ import {maskUrl} from '../../dist/backends/index.js'
 import {encodeName} from '../../dist/backends/file/paths.js'
 import {maskUrlsIn} from '../../dist/backends/url.js'
 import {formatDuration, parseDuration} from '../../dist/duration.js'
-import {DlqError} from '../../dist/errors.js'
+import {DlqError, toDlqError} from '../../dist/errors.js'
 import {batches} from '../../dist/framing.js'
 import {checkName} from '../../dist/names.js'
 import {jsonText} from '../../dist/output.js'
@@ -142,5 +142,25 @@ describe('JSON output', () => {
     const text = jsonText({fencingToken: 2n ** 63n - 1n, small: 7n, command: 'bigint123x45', list: [1n]})
     assert.equal(text, '{"fencingToken":9223372036854775807,"small":7,"command":"bigint123x45","list":[1]}')
     assert.equal(jsonText({a: 1n}, true), '{\n  "a": 1\n}')
+  })
+})
+
+describe('Redis server refusals', () => {
+  it('map to exit 69 with the cause named, not an internal error', () => {
+    for (const [message, cause] of [
+      ["READONLY You can't write against a read only replica.", /replica/],
+      ['LOADING Redis is loading the dataset in memory', /loading/],
+      ['ERR max number of clients reached', /maxclients/],
+      ['CLUSTERDOWN The cluster is down', /cluster is down/],
+      ['MOVED 7426 127.0.0.1:7001', /redirect/],
+      ['ASK 7426 127.0.0.1:7001', /redirect/],
+      ['Too many Cluster redirections. Last error: MOVED 1 127.0.0.1:7000', /redirect/],
+      ['Reached the max retries per request limit (which is 0). Refer to "maxRetriesPerRequest" option for details.', /lost before it answered/],
+    ]) {
+      const error = toDlqError(new Error(message))
+      assert.equal(error.exitCode, 69, message)
+      assert.match(`${error.why} ${error.hint}`, cause, message)
+    }
+    assert.equal(toDlqError(new Error('ERR something else')).exitCode, 1)
   })
 })

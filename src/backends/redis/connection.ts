@@ -1,35 +1,97 @@
 // One Redis connection per dlq process (plus a duplicate for blocking reads or pub/sub when a
-// command has to wait), with the failures that mean "backend unavailable" turned into exit 69.
+// command has to wait), with the failures that mean "backend unavailable" turned into exit 69:
+// to one server, to the master Sentinel names (following its failovers), or to a Redis Cluster
+// (following MOVED/ASK). Nothing is sent twice: a command whose reply a dropped connection lost
+// fails rather than being resent, and only the wait loops ask again (FailoverWait).
 import {createHash} from 'node:crypto'
 import {readFile} from 'node:fs/promises'
-import {isIP} from 'node:net'
+import {createConnection, isIP} from 'node:net'
 
-import type {Redis as Client, RedisOptions} from 'ioredis'
+import type {Cluster, ClusterOptions, Redis, RedisOptions} from 'ioredis'
 
-import {unavailable, usageError} from '../../errors.js'
+import {formatDuration, parseDuration} from '../../duration.js'
+import {DlqError, ExitCode, serverRefusal, toDlqError, unavailable, usageError} from '../../errors.js'
 import {connectTimeoutMs, credentials, maskUrl} from '../url.js'
 
-export type {Client}
+/** One server or a master behind Sentinel (Redis), or a Redis Cluster (Cluster). */
+export type Client = Redis | Cluster
 
-export async function connect(url: URL, log?: (line: string) => void): Promise<Client> {
-  const {Redis} = await import('ioredis')
-  const {user, password} = await credentials(url)
-  const db = url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0
+/** A second connection like `client`, for blocking reads and pub/sub: never cut off, queued until connected. */
+export function duplicateOf(client: Client): Client {
+  if (client.isCluster) {
+    const cluster = client as Cluster
+    return cluster.duplicate(undefined, {enableOfflineQueue: true, redisOptions: {...cluster.options.redisOptions, commandTimeout: undefined}})
+  }
+  return (client as Redis).duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+}
+
+/** Every master that holds dlq's keys: the one server, or each master of a cluster. */
+export function mastersOf(client: Client): Redis[] {
+  return client.isCluster ? (client as Cluster).nodes('master') : [client as Redis]
+}
+
+/** Where a URL's data lives: one server, a master that Sentinel names and follows, or a cluster. */
+interface Topology {
+  options: RedisOptions
+  /** redis+cluster://: the seed nodes and the Cluster client's own options. */
+  cluster?: {nodes: {host: string; port: number}[]; options: ClusterOptions}
+  /** ?failoverTimeout= (Sentinel, Cluster): how long a waiting command waits for a new master. */
+  followMs: number
+}
+
+const isCluster = (url: URL) => url.protocol === 'redis+cluster:'
+const isSentinel = (url: URL) => url.protocol === 'redis+sentinel:' || url.protocol === 'rediss+sentinel:'
+const isTls = (url: URL) => url.protocol === 'rediss:' || url.protocol === 'rediss+sentinel:'
+
+/** ?failoverTimeout=DURATION (Sentinel), default 30s: Sentinel's own default down-after is 30 s. */
+export function failoverTimeoutMs(url: URL): number {
+  const text = url.searchParams.get('failoverTimeout')
+  if (text === null) return 30_000
+  const ms = parseDuration(text, 'failoverTimeout')
+  if (!Number.isFinite(ms) || ms <= 0) throw usageError('bad ?failoverTimeout=', `${text} in ${maskUrl(url.href)}`, 'a finite duration such as 30s')
+  return ms
+}
+
+/**
+ * redis+sentinel://[user:pass@]h1:26379,h2:26379/MASTER[/DB]: the host list arrives %-encoded
+ * (backends/index.ts), the credentials are the data nodes' (Sentinel itself is asked without).
+ */
+function sentinelTopology(url: URL, db: number): Pick<RedisOptions, 'sentinels' | 'name' | 'db'> {
+  const [name, dbText, ...rest] = decodeURIComponent(url.pathname).split('/').slice(1)
+  const bad = (why: string) => usageError('bad backend URL', `${why} in ${maskUrl(url.href)}`, `${url.protocol}//h1:26379,h2:26379/MASTER[/DB]`)
+  if (!name) throw bad('no master name')
+  if (rest.length > 0 || (dbText !== undefined && !/^\d+$/.test(dbText))) throw bad('a path other than /MASTER[/DB]')
+  return {sentinels: hostList(url, 26379, bad), name, db: dbText === undefined ? db : Number(dbText)}
+}
+
+/** h1:26379,h2 (%-encoded by backends/index.ts) as addresses, `port` where none is given. */
+function hostList(url: URL, port: number, bad: (why: string) => Error): {host: string; port: number}[] {
+  const hosts = decodeURIComponent(url.host).split(',').map((h) => h.trim()).filter(Boolean)
+  if (hosts.length === 0) throw bad('no address')
+  return hosts.map((entry) => {
+    const match = /^(\[[^\]]+\]|[^:]+)(?::(\d+))?$/.exec(entry)
+    if (!match) throw bad(`address ${JSON.stringify(entry)}`)
+    return {host: match[1].replace(/^\[|\]$/g, ''), port: match[2] ? Number(match[2]) : port}
+  })
+}
+
+async function topologyOf(url: URL, user: string | undefined, password: string | undefined): Promise<Topology> {
+  const sentinel = isSentinel(url)
+  if (isCluster(url) && url.pathname.length > 1) throw usageError('bad backend URL', `a path in ${shownUrl(url)}`, 'a cluster has only database 0: redis+cluster://h1:7000,h2:7001')
+  const db = !sentinel && url.pathname.length > 1 ? Number(url.pathname.slice(1)) : 0
   if (!Number.isInteger(db) || db < 0) throw usageError('bad backend URL', `database ${JSON.stringify(url.pathname.slice(1))} in ${maskUrl(url.href)}`, 'redis://host:port/DB with DB a number')
   let tls: RedisOptions['tls']
-  if (url.protocol === 'rediss:') {
+  if (isTls(url)) {
     const ca = url.searchParams.get('ca')
+    const host = sentinel ? '' : url.hostname.replace(/^\[|\]$/g, '')
     tls = {
-      ...(isIP(url.hostname.replace(/^\[|\]$/g, '')) ? {} : {servername: url.hostname}),
+      ...(sentinel || isIP(host) ? {} : {servername: host}),
       ...(ca ? {ca: await readFile(ca).catch(() => { throw usageError('cannot read ?ca=', ca, 'name a PEM file with the CA certificate') })} : {}),
       rejectUnauthorized: url.searchParams.get('insecure') === null,
     }
   }
   const timeout = connectTimeoutMs(url)
-  const client = new Redis({
-    host: url.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1',
-    port: url.port ? Number(url.port) : 6379,
-    db,
+  const common: RedisOptions = {
     username: user,
     password,
     tls,
@@ -37,19 +99,94 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     connectTimeout: timeout,
     // A command must not hang dlq when the server stops answering (SIGSTOP, partition).
     commandTimeout: timeout,
-    maxRetriesPerRequest: 1,
+    // 0: a connection that drops fails every command still waiting for its reply, at once. With
+    // more, ioredis keeps them and (autoResendUnfulfilledCommands) sends them again on the next
+    // connection: a push whose first XADD had landed would be appended twice.
+    maxRetriesPerRequest: 0,
+    autoResendUnfulfilledCommands: false,
     // No queueing while disconnected: renewals fail fast, and the supervisor decides at expiry.
     enableOfflineQueue: false,
     retryStrategy: (times) => Math.min(50 * 2 ** times, 1000),
-    enableReadyCheck: false,
     connectionName: 'dlq',
-  })
+  }
+  if (isCluster(url)) {
+    const bad = (why: string) => usageError('bad backend URL', `${why} in ${shownUrl(url)}`, 'redis+cluster://h1:7000,h2:7001')
+    return {
+      options: common,
+      cluster: {
+        nodes: hostList(url, 6379, bad),
+        options: {
+          redisOptions: {...common, enableReadyCheck: false},
+          lazyConnect: true,
+          // The cluster connects to each node on its first command there: without the queue a
+          // second command while that connection opens would fail. Each command stays bounded by
+          // the nodes' commandTimeout.
+          enableOfflineQueue: true,
+          enableReadyCheck: true,
+          // MOVED and ASK are followed (a slot moving, a failover), CLUSTERDOWN and TRYAGAIN retried:
+          // each answered an error, so nothing ran twice. Past the redirections, exit 69.
+          maxRedirections: 16,
+          retryDelayOnClusterDown: 100,
+          retryDelayOnTryAgain: 100,
+          // 0: a command whose connection closed before its reply may have run; it is not sent again.
+          retryDelayOnFailover: 0,
+          slotsRefreshTimeout: timeout,
+          clusterRetryStrategy: (times) => Math.min(50 * 2 ** times, 1000),
+          // Writes and reads go to masters: a replica's copy may lag.
+          scaleReads: 'master',
+        },
+      },
+      followMs: failoverTimeoutMs(url),
+    }
+  }
+  if (!sentinel) {
+    return {options: {...common, host: url.hostname.replace(/^\[|\]$/g, '') || '127.0.0.1', port: url.port ? Number(url.port) : 6379, db, enableReadyCheck: false}, followMs: 0}
+  }
+  return {
+    options: {
+      ...common,
+      ...sentinelTopology(url, db),
+      role: 'master',
+      enableTLSForSentinelMode: tls !== undefined,
+      sentinelTLS: tls,
+      // The ready check asks the server its role: a demoted master that Sentinel still named a
+      // moment ago is refused, and the next Sentinel asked.
+      enableReadyCheck: true,
+      // Told by Sentinel of a new master (+switch-master), ioredis reconnects at once rather than
+      // at its next failed command.
+      failoverDetector: true,
+      sentinelRetryStrategy: (times) => Math.min(50 * 2 ** times, 1000),
+      sentinelCommandTimeout: timeout,
+      // A master demoted under dlq answers writes with READONLY (one still loading, LOADING):
+      // reconnect through Sentinel, failing this command (never resending it: see above).
+      reconnectOnError: (error) => (/^(READONLY|LOADING)\b/.test(error.message) ? 1 : false),
+    },
+    followMs: failoverTimeoutMs(url),
+  }
+}
+
+export interface Connection {
+  client: Client
+  /** How long waiting commands go on through a failover (0: a dead server ends them: exit 69). */
+  followMs: number
+  replication: Replication
+}
+
+export async function connect(url: URL, log?: (line: string) => void): Promise<Connection> {
+  const {Redis, Cluster} = await import('ioredis')
+  const {user, password} = await credentials(url)
+  const {options, cluster, followMs} = await topologyOf(url, user, password)
+  const {wanted, timeoutMs} = replicationOf(url)
+  const db = options.db ?? 0
+  const client: Client = cluster ? new Cluster(cluster.nodes, cluster.options) : new Redis(options)
   // The connect promise often says only "Connection is closed"; the cause arrives as an event.
   let cause: Error | undefined
-  client.on('error', (error: Error) => {
+  const onError = (error: Error) => {
     cause = error
     log?.(`redis: ${error.message}`)
-  })
+  }
+  client.on('error', onError)
+  client.on('sentinelError', onError)
   try {
     await client.connect()
     // connect() can resolve before the AUTH reply: one round trip proves the session usable.
@@ -61,15 +198,154 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     client.disconnect()
     const message = (cause ?? (error as Error)).message
     if (/DB index/i.test(message)) {
-      throw unavailable(`cannot use database ${db} of ${maskUrl(url.href)}`, message, 'the server has fewer: see its "databases" setting')
+      throw unavailable(`cannot use database ${db} of ${shownUrl(url)}`, message, 'the server has fewer: see its "databases" setting')
     }
     if (/WRONGPASS|NOAUTH|NOPERM|invalid password|AUTH/i.test(message)) {
-      throw unavailable(`authentication refused by ${maskUrl(url.href)}`, message.replace(password ?? '\0', '***'), 'check the user and DLQ_PASSWORD or ?passwordFile=')
+      throw unavailable(`authentication refused by ${shownUrl(url)}`, message.replace(password ?? '\0', '***'), 'check the user and DLQ_PASSWORD or ?passwordFile=')
     }
-    throw unavailable(`cannot connect to ${maskUrl(url.href)}`, message, 'is the server up and reachable?')
+    // A full server writes its refusal and closes; ioredis has written its first commands by then
+    // and reports only the broken pipe. A connection that sends nothing reads the refusal.
+    const refusal = /EPIPE|ECONNRESET|Connection is closed/.test(message) && !isSentinel(url) && !cluster && !isTls(url)
+      ? await greeting(options.host ?? '127.0.0.1', options.port ?? 6379, connectTimeoutMs(url))
+      : undefined
+    const server = serverRefusal(refusal?.startsWith('-') ? refusal.slice(1) : message)
+    if (server) throw unavailable(`cannot use ${shownUrl(url)}`, server.why, server.hint)
+    throw unavailable(`cannot connect to ${shownUrl(url)}`, message, 'is the server up and reachable?')
   }
-  log?.(`redis: connected to ${maskUrl(url.href)}`)
-  return client
+  log?.(`redis: connected to ${shownUrl(url)}`)
+  return {client, followMs, replication: new Replication(client, wanted, timeoutMs)}
+}
+
+/** What a server says unasked within a moment of a connection (a refusal), if anything. */
+function greeting(host: string, port: number, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = createConnection({host, port})
+    let text = ''
+    const done = () => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(text === '' ? undefined : text.split('\r\n')[0])
+    }
+    const timer = setTimeout(done, Math.min(500, timeoutMs))
+    socket.on('data', (chunk) => {
+      text += chunk.toString('utf8')
+      if (text.includes('\r\n')) done()
+    })
+    socket.on('error', done)
+    socket.on('close', done)
+  })
+}
+
+/** The URL as dlq prints it: password masked, a Sentinel address list as it was written. */
+export const shownUrl = (url: URL): string => maskUrl(url.href).replace(url.host, decodeURIComponent(url.host))
+
+/**
+ * For the wait loops (a lock's --wait, a pop's --wait): behind Sentinel a failure of the server
+ * (connection lost, READONLY from a demoted master) is waited out while ioredis finds the new
+ * master, for up to ?failoverTimeout= since the first failure in a row; then it is exit 69. On a
+ * single server (followMs 0) it is exit 69 at once. Nothing is retried that could have taken
+ * effect twice: the loops only ask again (acquire is idempotent for its owner, reserve re-reads).
+ */
+export class FailoverWait {
+  private since?: number
+  private last?: string
+
+  constructor(private readonly followMs: number) {}
+
+  /** A round trip succeeded: the next failure starts a new count. */
+  succeeded(): void {
+    this.since = undefined
+  }
+
+  /** Resolves after a short pause when `error` may pass with a failover before `deadline`; else throws. */
+  async failed(error: unknown, signal: AbortSignal, deadline: number): Promise<void> {
+    const dlqError = toDlqError(error)
+    if (this.followMs <= 0 || signal.aborted || error instanceof DlqError || dlqError.exitCode !== ExitCode.unavailable) throw error
+    const now = Date.now()
+    this.since ??= now
+    this.last = dlqError.why
+    if (now >= deadline) throw error
+    if (now - this.since >= this.followMs) {
+      throw unavailable('the Redis master went away while waiting', `no master answered for ${formatDuration(now - this.since)} (last: ${this.last})`, 'is Sentinel promoting a replica? ?failoverTimeout= sets how long dlq follows a failover')
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.min(200, deadline - now)))
+  }
+}
+
+/**
+ * WAIT after a write that must outlive a failover (an acquisition, a renewal, a push): the write
+ * is confirmed once `?replicas=N` replicas have it (default: one when the master has any, none on
+ * a master without replicas), within ?replicaTimeout= (default 1s). Asynchronous replication is
+ * not consensus: this narrows the window in which a failover loses an acknowledged write to the
+ * replicas that confirmed it dying too, or Sentinel promoting one that had not (see README).
+ * The master's replicas are counted once (ROLE), sent alongside the first write: no extra wait.
+ */
+export class Replication {
+  private counted?: Promise<number>
+
+  constructor(
+    private readonly client: Client,
+    /** ?replicas=N; undefined: one if the master has any. */
+    private readonly wanted: number | undefined,
+    private readonly timeoutMs: number,
+  ) {}
+
+  /**
+   * WAIT on the connection that carried the write. On a cluster that is the node owning the key's
+   * slot: a keyed no-op (EXISTS) takes the pipeline there, WAIT with it.
+   */
+  private async wait(wanted: number, key: string): Promise<number> {
+    if (!this.client.isCluster) return Number(await this.client.call('WAIT', wanted, this.timeoutMs))
+    const replies = await this.client.pipeline().exists(key).call('WAIT', wanted, this.timeoutMs).exec()
+    const [error, reply] = replies?.[1] ?? [new Error('no reply to WAIT')]
+    if (error) throw error
+    return Number(reply)
+  }
+
+  /** Starts counting the master's replicas, if ?replicas= did not say: call before the write. */
+  prepare(): void {
+    if (this.wanted === undefined && !this.counted) {
+      this.counted = this.client.role().then((role) => (role[0] === 'master' && Array.isArray(role[2]) ? (role[2] as unknown[]).length : 0), () => {
+        this.counted = undefined
+        return 0
+      })
+    }
+  }
+
+  /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
+  async confirm(what: string, key: string): Promise<void> {
+    this.prepare()
+    const wanted = this.wanted ?? Math.min(1, await this.counted!)
+    if (wanted <= 0) return
+    const acknowledged = await this.wait(wanted, key)
+    if (acknowledged < wanted && this.wanted === undefined) {
+      // By default dlq waits for a replica the master has: one that went away is not waited for.
+      this.counted = undefined
+      this.prepare()
+      if ((await this.counted!) === 0) return
+    }
+    if (acknowledged < wanted) {
+      throw unavailable(`${what} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
+    }
+  }
+}
+
+/** ?replicas=N and ?replicaTimeout=DURATION (default 1s, within ?connectTimeout=). */
+export function replicationOf(url: URL): {wanted: number | undefined; timeoutMs: number} {
+  const text = url.searchParams.get('replicas')
+  let wanted: number | undefined
+  if (text !== null) {
+    wanted = Number(text)
+    if (!/^\d+$/.test(text) || !Number.isSafeInteger(wanted)) throw usageError('bad ?replicas=', `${text} in ${shownUrl(url)}`, 'a number of replicas, 0 for none')
+  }
+  const timeoutText = url.searchParams.get('replicaTimeout')
+  let timeoutMs = 1000
+  if (timeoutText !== null) {
+    timeoutMs = parseDuration(timeoutText, 'replicaTimeout')
+    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw usageError('bad ?replicaTimeout=', `${timeoutText} in ${shownUrl(url)}`, 'a finite duration such as 1s')
+  }
+  // A command is cut off after ?connectTimeout=: WAIT must end first.
+  return {wanted, timeoutMs: Math.max(1, Math.min(timeoutMs, connectTimeoutMs(url) - 100))}
 }
 
 /** A Lua script called by its SHA1, loaded on the first NOSCRIPT. */

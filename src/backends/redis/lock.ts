@@ -10,11 +10,13 @@
 //   (no persistence configured) cannot hand out a token again;
 // - waiters are woken by a PUBLISH from the releasing script (one round trip after the release),
 //   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
+// - holders listen on the same channel (watchLoss), so a force release stops the command one round
+//   trip after it, not at the next renewal (redis-semaphore learns only when refreshing);
 // - all keys of one lock share the hash tag {dlq:l:KEY}, so the scripts stay valid on Redis Cluster.
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {LockLostError} from '../../errors.js'
 import {Wakeup} from '../wakeup.js'
-import {type Client, num, Script, text} from './connection.js'
+import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
 // 3 fence (counter), 4 waiters (zset owner → presence expiry).
@@ -128,6 +130,10 @@ export class RedisLocks implements LockDriver {
   constructor(
     private readonly client: Client,
     private readonly log?: (line: string) => void,
+    /** Behind Sentinel: how long a waiting acquire follows a failover (connection.ts). */
+    private readonly followMs = 0,
+    /** WAIT for replicas after acquisitions and renewals (connection.ts). */
+    private readonly replication?: Replication,
   ) {}
 
   async acquire(request: AcquireRequest): Promise<Lease | undefined> {
@@ -137,26 +143,49 @@ export class RedisLocks implements LockDriver {
     let subscriber: Client | undefined
     let acquired = false
     const wakeup = new Wakeup(request.signal)
+    const failover = new FailoverWait(this.followMs)
     try {
       for (;;) {
         request.signal.throwIfAborted()
         wakeup.changed = false
+        let reply: unknown[]
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
-        const reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
+        this.replication?.prepare()
+        try {
+          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
+        } catch (error) {
+          // Asking again is safe: a holder that already holds is answered "held" (lost reply).
+          await failover.failed(error, request.signal, deadline)
+          continue
+        }
+        failover.succeeded()
         this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
         if (num(reply[0]) === 1) {
+          try {
+            await this.replication?.confirm(`the lock ${JSON.stringify(request.key)}`, keys.holders)
+          } catch (error) {
+            // Not handed out: a lease a failover could lose would let two holders run.
+            await this.release(request.key, request.owner).catch(() => {})
+            throw error
+          }
           acquired = true
           const parsed = parseRecord(text(reply[1]))
           return {key: request.key, owner: request.owner, fencingToken: parsed.token, ttlMs: request.ttlMs, expiresAt: new Date(sent + request.ttlMs)}
         }
         const now = Date.now()
         if (now >= deadline) return undefined
-        if (request.onWaiting) request.onWaiting((await this.status(request.key))[0]?.holders ?? [])
+        if (request.onWaiting) request.onWaiting((await this.status(request.key).catch(() => []))[0]?.holders ?? [])
         if (!subscriber) {
-          subscriber = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+          subscriber = duplicateOf(this.client)
           subscriber.on('error', () => {})
           subscriber.on('message', wakeup.wake)
-          await subscriber.subscribe(keys.channel)
+          try {
+            await subscriber.subscribe(keys.channel)
+          } catch (error) {
+            subscriber.disconnect()
+            subscriber = undefined
+            await failover.failed(error, request.signal, deadline)
+          }
           continue // try again now that a release cannot slip by unheard
         }
         if (wakeup.changed) continue
@@ -172,8 +201,10 @@ export class RedisLocks implements LockDriver {
   async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
     const keys = keysOf(key)
     const sent = Date.now()
+    this.replication?.prepare()
     const reply = (await renewScript.run(this.client, [keys.holders, keys.info], [owner, ttlMs ?? 0])) as unknown[] | null
     if (!reply) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    await this.replication?.confirm(`the renewal of ${JSON.stringify(key)}`, keys.holders)
     const parsed = parseRecord(text(reply[0]))
     const granted = ttlMs ?? parsed.ttlMs
     this.log?.(`redis: renewed ${key} for ${granted}ms`)
@@ -185,6 +216,31 @@ export class RedisLocks implements LockDriver {
     const released = num(await releaseScript.run(this.client, [keys.holders, keys.info], [owner, keys.channel])) === 1
     this.log?.(`redis: release ${key}: ${released}`)
     return released
+  }
+
+  /**
+   * Every release and force release of the key PUBLISHes on its channel: on each message (and once
+   * the subscription is in place, so a release just before it is not missed) the holder asks
+   * whether its lease is still there. Other holders of a semaphore releasing also publish, hence
+   * the question rather than the message deciding. When the server cannot be asked, renewals decide.
+   */
+  watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
+    const keys = keysOf(lease.key)
+    let stopped = false
+    const subscriber = duplicateOf(this.client)
+    subscriber.on('error', () => {})
+    const check = () => {
+      if (stopped) return
+      this.client.zscore(keys.holders, lease.owner).then((score) => {
+        if (!stopped && score === null) onLost(`no lease with owner ${lease.owner} any more (it was force-released, or expired)`)
+      }, () => {})
+    }
+    subscriber.on('message', check)
+    subscriber.subscribe(keys.channel).then(check, () => {})
+    return () => {
+      stopped = true
+      subscriber.disconnect()
+    }
   }
 
   async forceRelease(key: string): Promise<number> {
@@ -212,12 +268,15 @@ export class RedisLocks implements LockDriver {
 
   private async heldKeys(): Promise<string[]> {
     const found = new Set<string>()
-    let cursor = '0'
-    do {
-      const [next, keys] = await this.client.scan(cursor, 'MATCH', '{dlq:l:*}:holders', 'COUNT', 1000)
-      cursor = next
-      for (const k of keys) found.add(k.slice('{dlq:l:'.length, -'}:holders'.length))
-    } while (cursor !== '0')
+    // On a cluster each master holds its own slots: every one is scanned.
+    for (const node of mastersOf(this.client)) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', '{dlq:l:*}:holders', 'COUNT', 1000)
+        cursor = next
+        for (const k of keys) found.add(k.slice('{dlq:l:'.length, -'}:holders'.length))
+      } while (cursor !== '0')
+    }
     return [...found].sort()
   }
 }

@@ -17,7 +17,7 @@
 //   reservations still running (see oldestWaiting).
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
-import {type Client, num, Script, text} from './connection.js'
+import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'
 
 const group = 'dlq'
 const maxMessageBytes = 1024 * 1024
@@ -168,6 +168,10 @@ export class RedisQueues implements QueueDriver {
   constructor(
     private readonly client: Client,
     private readonly log?: (line: string) => void,
+    /** Behind Sentinel: how long a waiting pop follows a failover (connection.ts). */
+    private readonly followMs = 0,
+    /** WAIT for replicas after pushes (connection.ts). */
+    private readonly replication?: Replication,
   ) {}
 
   private async ensureGroup(stream: string): Promise<void> {
@@ -181,22 +185,37 @@ export class RedisQueues implements QueueDriver {
 
   async push(queue: string, bodies: Buffer[]): Promise<string[]> {
     const {stream} = keysOf(queue)
+    this.replication?.prepare()
     const ids = ((await pushScript.runInOrder(this.client, [stream], bodies)) as Buffer[]).map(text)
+    await this.replication?.confirm(`the push of ${bodies.length} message${bodies.length === 1 ? '' : 's'} to ${JSON.stringify(queue)}`, stream)
     this.log?.(`redis: XADD ${bodies.length} to ${stream}`)
     return ids
   }
 
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
     const keys = keysOf(queue)
-    await this.ensureGroup(keys.stream)
     const deadline = Date.now() + request.waitMs
+    const failover = new FailoverWait(this.followMs)
     let blocker: Client | undefined
     const onAbort = () => blocker?.disconnect()
     request.signal.addEventListener('abort', onAbort)
     try {
       for (;;) {
         request.signal.throwIfAborted()
-        const {entries, nextDueMs, lastId} = await this.reserveBatches(keys, request)
+        let batch: Awaited<ReturnType<RedisQueues['reserveBatches']>>
+        try {
+          await this.ensureGroup(keys.stream)
+          batch = await this.reserveBatches(keys, request)
+        } catch (error) {
+          // A master promoted before the group reached it: create it there.
+          if (/NOGROUP/.test(String((error as Error).message)) && this.groups.delete(keys.stream)) continue
+          // A reserve whose reply was lost holds its messages until --visibility ends; they are
+          // delivered then, never lost, and asking again cannot reserve them twice.
+          await failover.failed(error, request.signal, deadline)
+          continue
+        }
+        failover.succeeded()
+        const {entries, nextDueMs, lastId} = batch
         if (entries.length > 0) {
           this.log?.(`redis: reserved ${entries.length} from ${keys.stream}`)
           return entries.map(([id, body, attempts, enqueued]) => {
@@ -206,13 +225,18 @@ export class RedisQueues implements QueueDriver {
         }
         const now = Date.now()
         if (now >= deadline) return []
-        blocker ??= this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
-        blocker.on('error', () => {})
+        if (!blocker) {
+          blocker = duplicateOf(this.client)
+          blocker.on('error', () => {})
+        }
         const sleep = Math.max(1, Math.min(deadline - now, nextDueMs >= 0 ? nextDueMs + 1 : fallbackPollMs, fallbackPollMs))
         // Wakes on any entry after the last one the script saw: no push can slip in between.
-        await blocker.xread('BLOCK', Math.ceil(sleep), 'STREAMS', keys.stream, text(lastId)).catch((error: Error) => {
-          if (!request.signal.aborted) throw error
-        })
+        try {
+          await blocker.xread('BLOCK', Math.ceil(sleep), 'STREAMS', keys.stream, text(lastId))
+        } catch (error) {
+          if (request.signal.aborted) continue
+          await failover.failed(error, request.signal, deadline)
+        }
       }
     } finally {
       request.signal.removeEventListener('abort', onAbort)
@@ -289,7 +313,7 @@ export class RedisQueues implements QueueDriver {
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
     const keys = keysOf(queue)
-    const blocker = this.client.duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+    const blocker = duplicateOf(this.client)
     blocker.on('error', () => {})
     const onAbort = () => blocker.disconnect()
     signal.addEventListener('abort', onAbort)
@@ -369,15 +393,18 @@ export class RedisQueues implements QueueDriver {
 
   private async queueNames(): Promise<string[]> {
     const found = new Set<string>()
-    let cursor = '0'
-    do {
-      const [next, keys] = await this.client.scan(cursor, 'MATCH', '{dlq:q:*}:stream', 'COUNT', 1000)
-      cursor = next
-      for (const key of keys) {
-        const match = keyPattern.exec(key)
-        if (match) found.add(match[1] + '.dead'.repeat(match[2].length / 5))
-      }
-    } while (cursor !== '0')
+    // On a cluster each master holds its own slots: every one is scanned.
+    for (const node of mastersOf(this.client)) {
+      let cursor = '0'
+      do {
+        const [next, keys] = await node.scan(cursor, 'MATCH', '{dlq:q:*}:stream', 'COUNT', 1000)
+        cursor = next
+        for (const key of keys) {
+          const match = keyPattern.exec(key)
+          if (match) found.add(match[1] + '.dead'.repeat(match[2].length / 5))
+        }
+      } while (cursor !== '0')
+    }
     return [...found].sort()
   }
 }

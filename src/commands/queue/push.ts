@@ -48,7 +48,11 @@ export default class QueuePush extends DlqCommand {
     const pushAll = async (source: AsyncIterable<Buffer[]> | Iterable<Buffer[]>) => {
       try {
         for await (const batch of source) {
-          inFlight.push(backend.queues.push(queue, batch))
+          const sent = backend.queues.push(queue, batch)
+          // confirm() awaits each in order; when one fails, those after it may fail too (a lost
+          // connection fails them all) and must not end dlq as unhandled rejections (exit 1).
+          sent.catch(() => {})
+          inFlight.push(sent)
           if (inFlight.length >= window) await confirm()
         }
       } finally {

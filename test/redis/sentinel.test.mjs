@@ -1,0 +1,200 @@
+// Redis behind Sentinel (redis+sentinel://): a master, a replica and three Sentinels that the tests
+// start on free loopback ports; the master is killed (SIGKILL) mid-hold and mid-wait, and dlq must
+// follow the replica that Sentinel promotes. Each failover test gets a group of its own.
+import assert from 'node:assert/strict'
+import {execFileSync} from 'node:child_process'
+import {existsSync} from 'node:fs'
+import {readFile, writeFile} from 'node:fs/promises'
+import {join} from 'node:path'
+import {PassThrough} from 'node:stream'
+import {after, before, describe, it} from 'node:test'
+
+import {oneErrorLine, run, shUntil, spawnDlq, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
+import {startSentinels} from '../support/servers.mjs'
+
+const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
+const redisCli = (port, ...args) => execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], {encoding: 'utf8'})
+const kill = (server) => process.kill(server.pid(), 'SIGKILL')
+
+/** Waits until the replica has what the master wrote so far (replication offset caught up). */
+async function replicated(group) {
+  const offset = (port, field) => Number(new RegExp(`${field}:(\\d+)`).exec(redisCli(port, 'INFO', 'replication'))?.[1] ?? -1)
+  const target = offset(group.master.port, 'master_repl_offset')
+  await waitFor(() => offset(group.replica.port, 'slave_repl_offset') >= target, {what: 'the replica to catch up', timeoutMs: 5000})
+}
+
+describe('redis+sentinel: URLs', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('locks and queues work through Sentinel, and the URL is shown as written', async () => {
+    const key = uniqueName('s')
+    const r = await cli(group.url(), ['lock', 'run', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(r.code, 0, r.stderr)
+    assert.match(r.stdout, /^\d+\n$/)
+    const queue = uniqueName('q')
+    assert.equal((await cli(group.url(), ['queue', 'push', '--queue', queue, 'one', 'two'])).code, 0)
+    const popped = await cli(group.url(), ['queue', 'pop', '--queue', queue, '--count', '2'])
+    assert.equal(popped.code, 0, popped.stderr)
+    assert.equal(popped.stdout, 'one\ntwo\n')
+    // The data went to the master Sentinel names.
+    assert.equal(redisCli(group.master.port, 'EXISTS', `{dlq:q:${queue}}:stream`).trim(), '1')
+  })
+
+  it('unknown parameters, a missing master name and a bad ?failoverTimeout= are usage errors (64)', async () => {
+    for (const url of [`${group.url()}?sentinel=x`, group.url().replace(/\/mymaster$/, ''), `${group.url()}/0/extra`, `${group.url()}?failoverTimeout=soon`]) {
+      const r = await cli(url, ['lock', 'status'])
+      assert.equal(r.code, 64, `${url}: ${r.stderr}`)
+      oneErrorLine(r, assert)
+    }
+    const ok = await cli(`${group.url()}/0?failoverTimeout=10s&connectTimeout=3s`, ['lock', 'status'])
+    assert.equal(ok.code, 0, ok.stderr)
+  })
+
+  it('a master name Sentinel does not know is exit 69 with one line', async () => {
+    const r = await cli(group.url().replace(/mymaster$/, 'nosuchmaster') + '?connectTimeout=2s', ['lock', 'status'])
+    assert.equal(r.code, 69, r.stderr)
+    assert.match(oneErrorLine(r, assert), /127\.0\.0\.1:\d+,127\.0\.0\.1:\d+/)
+  })
+})
+
+describe('redis+sentinel: the master dies mid-hold', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('the holder renews on the promoted replica and its command runs on; fencing tokens still increase', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('hold')
+    const holder = spawnDlq(['lock', 'run', '-b', group.url(), '--key', key, '--ttl', '9s', '--kill-grace', '1s', '--', 'sh', '-c', `echo $DLQ_FENCING_TOKEN > "$1/token"; ${shUntil('[ -e "$1/go" ]', 60)}`, 'x', dir], {t, timeoutMs: 60_000})
+    await waitFor(() => existsSync(join(dir, 'token')), {what: 'the command to start'})
+    const token = BigInt((await readFile(join(dir, 'token'), 'utf8')).trim())
+    await replicated(group)
+    kill(group.master)
+    const killedAt = Date.now()
+    await group.promoted(group.replica.port)
+    // A renewal on the new master: every lease the old one granted ends by killedAt + ttl.
+    await waitFor(() => {
+      const [, expiry] = redisCli(group.replica.port, 'ZRANGE', `{dlq:l:${key}}:holders`, '0', '-1', 'WITHSCORES').split('\n')
+      return Number(expiry) > killedAt + 9000
+    }, {what: 'a renewal on the promoted replica', timeoutMs: 15_000})
+    assert.equal(holder.exited, false, `the holder ended: ${holder.stderrText()}`)
+    await writeFile(join(dir, 'go'), '')
+    const r = await holder.result
+    assert.equal(r.code, 0, r.stderr)
+    const next = await cli(group.url(), ['lock', 'run', '--key', key, '--wait', '0', '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(next.code, 0, next.stderr)
+    assert.ok(BigInt(next.stdout.trim()) > token, `the token after the failover (${next.stdout.trim()}) must exceed the one before (${token})`)
+  })
+})
+
+describe('redis+sentinel: the master dies mid-wait', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('a waiting queue pop follows the promoted replica and gets a message pushed there (never exit 0 without one)', async (t) => {
+    const queue = uniqueName('wait')
+    assert.equal((await cli(group.url(), ['queue', 'push', '--queue', queue, 'before'])).code, 0)
+    assert.equal((await cli(group.url(), ['queue', 'pop', '--queue', queue])).stdout, 'before\n')
+    await replicated(group)
+    const pop = spawnDlq(['queue', 'pop', '-b', group.url(), '--queue', queue, '--wait', '60s'], {t, timeoutMs: 60_000})
+    await waitFor(() => /blocked_clients:1/.test(redisCli(group.master.port, 'INFO', 'clients')), {what: 'the pop to block on the master'})
+    kill(group.master)
+    await group.promoted(group.replica.port)
+    assert.equal(pop.exited, false, `the pop ended: ${pop.stderrText()}`)
+    const pushed = await cli(group.url(), ['queue', 'push', '--queue', queue, 'after'])
+    assert.equal(pushed.code, 0, pushed.stderr)
+    const r = await pop.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stdout, 'after\n')
+  })
+})
+
+describe('redis+sentinel: the master dies under a waiting lock run', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('the waiter follows the promoted replica and gets the lock once it is released there, with a larger token', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('waiter')
+    const acquired = await cli(group.url(), ['lock', 'acquire', '--key', key, '--ttl', '60s', '--json'])
+    assert.equal(acquired.code, 0, acquired.stderr)
+    const {token, fencingToken} = JSON.parse(acquired.stdout)
+    const waiter = spawnDlq(['lock', 'run', '-b', group.url(), '--key', key, '--wait', '60s', '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN > "$1/token"', 'x', dir], {t, timeoutMs: 60_000})
+    await waitFor(() => redisCli(group.master.port, 'ZCARD', `{dlq:l:${key}}:waiters`).trim() === '1', {what: 'the waiter to wait'})
+    await replicated(group)
+    kill(group.master)
+    await group.promoted(group.replica.port)
+    assert.equal(waiter.exited, false, `the waiter ended: ${waiter.stderrText()}`)
+    const released = await cli(group.url(), ['lock', 'release', '--key', key, '--token', token])
+    assert.equal(released.code, 0, released.stderr)
+    const r = await waiter.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.ok(BigInt((await readFile(join(dir, 'token'), 'utf8')).trim()) > BigInt(fencingToken))
+  })
+})
+
+describe('redis+sentinel: the master dies mid-push', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('what survives on the promoted replica is the push in order, nothing twice; exit 0 only if all of it survived', async (t) => {
+    const queue = uniqueName('midpush')
+    const stream = `{dlq:q:${queue}}:stream`
+    const input = new PassThrough()
+    const lines = (from, to) => Array.from({length: to - from}, (_v, i) => `m${from + i}\n`).join('')
+    const push = spawnDlq(['queue', 'push', '-b', group.url(), '--queue', queue], {t, input, timeoutMs: 60_000})
+    input.write(lines(0, 5000))
+    await waitFor(() => Number(redisCli(group.master.port, 'XLEN', stream)) >= 2000, {what: 'the first batches to reach the master'})
+    kill(group.master)
+    input.end(lines(5000, 10_000))
+    const r = await push.result
+    assert.ok(r.code === 0 || r.code === 69, `exit ${r.code}: ${r.stderr}`)
+    if (r.code === 69) oneErrorLine(r, assert)
+    await group.promoted(group.replica.port)
+    const bodies = redisCli(group.replica.port, 'XRANGE', stream, '-', '+').split('\n').filter((l) => /^m\d+$/.test(l))
+    bodies.forEach((body, i) => assert.equal(body, `m${i}`, `message ${i} on the new master`))
+    if (r.code === 0) assert.equal(bodies.length, 10_000, 'an acknowledged push lost messages in the failover')
+    assert.ok(bodies.length >= 1000, `the replica had ${bodies.length} messages`)
+  })
+})
+
+describe('redis+sentinel: no master comes back', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('a waiting pop and a waiting lock run give up after ?failoverTimeout= with exit 69 and one line, nothing on stdout', async (t) => {
+    const key = uniqueName('gone')
+    const url = `${group.url()}?failoverTimeout=2s&connectTimeout=2s`
+    assert.equal((await cli(url, ['lock', 'acquire', '--key', key, '--ttl', '60s'])).code, 0)
+    const pop = spawnDlq(['queue', 'pop', '-b', url, '--queue', uniqueName('gone'), '--wait', '60s'], {t, timeoutMs: 40_000})
+    const waiter = spawnDlq(['lock', 'run', '-b', url, '--key', key, '--wait', '60s', '--', 'echo', 'ran'], {t, timeoutMs: 40_000})
+    await waitFor(() => /blocked_clients:1/.test(redisCli(group.master.port, 'INFO', 'clients')) && redisCli(group.master.port, 'ZCARD', `{dlq:l:${key}}:waiters`).trim() === '1', {what: 'both to wait'})
+    // The replica first, then the master: nothing is left for Sentinel to promote.
+    kill(group.replica)
+    kill(group.master)
+    for (const child of [pop, waiter]) {
+      const r = await child.result
+      assert.equal(r.code, 69, r.stderr)
+      assert.equal(r.stdout, '')
+      assert.match(oneErrorLine(r, assert), /master went away while waiting: no master answered for \d/)
+    }
+  })
+})
