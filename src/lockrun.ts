@@ -59,7 +59,10 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     // The command's watchdog (watchdog.ts) is spawned while the acquisition is under way rather
     // than after it: a spawn blocks dlq for milliseconds, which would count in every hand-off.
     const watchdog = new Watchdog({mark: `DLQ_LOCK_OWNER=${owner}`, graceMs: killGraceMs, leadMs: termLead(ttlMs, killGraceMs)})
-    const lease = await acquiring
+    const lease = await acquiring.catch((error: unknown) => {
+      watchdog.end() // no command to watch: it exits quietly rather than look for one
+      throw error
+    })
     if (!lease || signals.first) watchdog.end() // no command to watch
     if (signals.first) {
       if (lease) await backend.locks.release(key, owner).catch(() => {})
