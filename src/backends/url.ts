@@ -40,14 +40,17 @@ export async function credentials(url: URL, env: NodeJS.ProcessEnv = process.env
   return {user, password: env.DLQ_PASSWORD || undefined}
 }
 
-/** ?connectTimeout=DURATION, default 5s: how long to try before exit 69. */
-export function connectTimeoutMs(url: URL): number {
-  const text = url.searchParams.get('connectTimeout')
-  if (text === null) return 5000
-  const ms = parseDuration(text, 'connectTimeout')
-  if (!Number.isFinite(ms) || ms <= 0) throw usageError('bad ?connectTimeout=', `${text} in ${maskUrl(url.href)}`, 'a finite duration such as 5s')
+/** ?NAME=DURATION: a finite duration above zero, or `defaultMs` when absent; 64 otherwise. */
+export function durationParam(url: URL, name: string, defaultMs: number, example: string, shown = maskUrl(url.href)): number {
+  const text = url.searchParams.get(name)
+  if (text === null) return defaultMs
+  const ms = parseDuration(text, name)
+  if (!Number.isFinite(ms) || ms <= 0) throw usageError(`bad ?${name}=`, `${text} in ${shown}`, `a finite duration such as ${example}`)
   return ms
 }
+
+/** ?connectTimeout=DURATION, default 5s: how long to try before exit 69. */
+export const connectTimeoutMs = (url: URL): number => durationParam(url, 'connectTimeout', 5000, '5s')
 
 /** `text` (a stack trace, a library's message) with every URL in it masked. */
 export const maskUrlsIn = (text: string): string => text.replace(/[a-z][a-z0-9+.-]*:\/\/[^\s/?#]*/gi, maskUrl)

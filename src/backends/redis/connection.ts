@@ -9,9 +9,9 @@ import {createConnection, isIP} from 'node:net'
 
 import type {Cluster, ClusterOptions, Redis, RedisOptions} from 'ioredis'
 
-import {formatDuration, parseDuration} from '../../duration.js'
+import {formatDuration} from '../../duration.js'
 import {DlqError, ExitCode, serverRefusal, toDlqError, unavailable, usageError} from '../../errors.js'
-import {connectTimeoutMs, credentials, maskUrl} from '../url.js'
+import {connectTimeoutMs, credentials, durationParam, maskUrl} from '../url.js'
 
 /** One server or a master behind Sentinel (Redis), or a Redis Cluster (Cluster). */
 export type Client = Redis | Cluster
@@ -44,13 +44,7 @@ const isSentinel = (url: URL) => url.protocol === 'redis+sentinel:' || url.proto
 const isTls = (url: URL) => url.protocol === 'rediss:' || url.protocol === 'rediss+sentinel:'
 
 /** ?failoverTimeout=DURATION (Sentinel), default 30s: Sentinel's own default down-after is 30 s. */
-export function failoverTimeoutMs(url: URL): number {
-  const text = url.searchParams.get('failoverTimeout')
-  if (text === null) return 30_000
-  const ms = parseDuration(text, 'failoverTimeout')
-  if (!Number.isFinite(ms) || ms <= 0) throw usageError('bad ?failoverTimeout=', `${text} in ${maskUrl(url.href)}`, 'a finite duration such as 30s')
-  return ms
-}
+export const failoverTimeoutMs = (url: URL): number => durationParam(url, 'failoverTimeout', 30_000, '30s')
 
 /**
  * redis+sentinel://[user:pass@]h1:26379,h2:26379/MASTER[/DB]: the host list arrives %-encoded
@@ -338,12 +332,7 @@ export function replicationOf(url: URL): {wanted: number | undefined; timeoutMs:
     wanted = Number(text)
     if (!/^\d+$/.test(text) || !Number.isSafeInteger(wanted)) throw usageError('bad ?replicas=', `${text} in ${shownUrl(url)}`, 'a number of replicas, 0 for none')
   }
-  const timeoutText = url.searchParams.get('replicaTimeout')
-  let timeoutMs = 1000
-  if (timeoutText !== null) {
-    timeoutMs = parseDuration(timeoutText, 'replicaTimeout')
-    if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw usageError('bad ?replicaTimeout=', `${timeoutText} in ${shownUrl(url)}`, 'a finite duration such as 1s')
-  }
+  const timeoutMs = durationParam(url, 'replicaTimeout', 1000, '1s', shownUrl(url))
   // A command is cut off after ?connectTimeout=: WAIT must end first.
   return {wanted, timeoutMs: Math.max(1, Math.min(timeoutMs, connectTimeoutMs(url) - 100))}
 }
