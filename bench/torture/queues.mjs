@@ -235,7 +235,16 @@ export function checkQueues({q, events, drain, drainLimitMs, workers}) {
         continue
       }
       unexplained++
-      if (samples.length < 10) samples.push(`duplicate without a fault: ${id} delivered at ${iso(d.at)} (attempt ${d.attempt}, worker ${d.ppid}) and handled OK, delivered again at ${iso(next.at)} (attempt ${next.attempt}, worker ${next.ppid})`)
+      if (samples.length < 10) {
+        samples.push(`duplicate without a fault: ${id} delivered at ${iso(d.at)} (attempt ${d.attempt}, worker ${d.ppid}) and handled OK, delivered again at ${iso(next.at)} (attempt ${next.attempt}, worker ${next.ppid})`)
+        // What a reader needs to explain it: the faults around it and what the two workers said.
+        const near = events.filter((e) => e.at <= next.at + 1000 && (e.until ?? e.at) >= d.at - 10_000)
+        samples.push(`  faults from 10 s before: ${near.map((e) => `${e.kind}${e.pid ? ` (pid ${e.pid})` : ''} ${iso(e.at)}${e.until ? `-${iso(e.until)}` : ''}`).join('; ') || 'none'}`)
+        for (const pid of new Set([d.ppid, next.ppid])) {
+          const run = q.workerRuns.find((r) => r.pid === pid)
+          if (run) samples.push(`  worker ${pid}: ${iso(run.spawnAt)}-${run.exitAt ? iso(run.exitAt) : 'end'}, ${run.signal ?? `exit ${run.code}`}${run.stderr?.trim() ? `: ${run.stderr.trim().split('\n').slice(-2).join(' | ')}` : ''}`)
+        }
+      }
     }
   }
   // Every worker fault is aimed at a worker with a message in hand; a server fault can catch one
