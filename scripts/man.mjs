@@ -427,6 +427,11 @@ if (undocumented.length > 0) {
 const pages = new Map([[`${bin}.1`, overviewPage()], ...commands.map((command) => [`${pageName(command.id)}.1`, commandPage(command)])])
 const existing = existsSync(manDir) ? readdirSync(manDir).filter((file) => file.startsWith(`${bin}`) && file.endsWith('.1')) : []
 const obsolete = existing.filter((file) => !pages.has(file)).sort()
+// package.json's "man" lists every page, so that `npm install -g` puts them where `man` looks.
+const packageUrl = new URL('package.json', root)
+const packageJson = JSON.parse(readFileSync(packageUrl, 'utf8'))
+const manField = [...pages.keys()].map((file) => `./man/${file}`)
+const manFieldStale = JSON.stringify(packageJson.man) !== JSON.stringify(manField)
 
 if (check) {
   const stale = []
@@ -436,6 +441,7 @@ if (check) {
     else if (readFileSync(url, 'utf8') !== content) stale.push(`man/${file}`)
   }
   for (const file of obsolete) stale.push(`man/${file} (no such command any more)`)
+  if (manFieldStale) stale.push('package.json "man" (it must list every page)')
   if (stale.length > 0) {
     console.error(`man pages are stale; run \`npm run build && npm run man\` and commit man/:\n  ${stale.join('\n  ')}`)
     process.exit(1)
@@ -451,5 +457,6 @@ if (check) {
     written++
   }
   for (const file of obsolete) unlinkSync(new URL(file, manDir))
+  if (manFieldStale) writeFileSync(packageUrl, `${JSON.stringify({...packageJson, man: manField}, null, 2)}\n`)
   console.log(`man/: ${pages.size} pages, ${written} written${obsolete.length ? `, removed ${obsolete.join(', ')}` : ''}`)
 }
