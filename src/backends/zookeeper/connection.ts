@@ -10,10 +10,12 @@
 //   does); silent for 3/4 of it → anyone watching for loss is told, before the ensemble can expire
 //   the session and let another holder in;
 // - deadlines (lock expiry, message visibility) are read on the server's clock: a znode's mtime is
-//   the leader's time of the write, and each process learns its offset from a write of its own.
+//   the leader's time of the write, and each process learns its offset from writes of its own, as
+//   bounds (clock.ts): others' deadlines are judged on the earliest, its own set on the latest.
 import {formatDuration} from '../../duration.js'
 import {DlqError, ExitCode, unavailable, usageError} from '../../errors.js'
 import {connectTimeoutMs, credentials, maskUrl} from '../url.js'
+import {ServerClock, type ServerTime} from './clock.js'
 import type {ACL, Client, CreateModeValue, Exception, Stat, TransactionResult, Watcher} from 'node-zookeeper-client'
 
 type Library = typeof import('node-zookeeper-client')
@@ -128,7 +130,8 @@ export class Session {
   private live?: Live
   private opening?: Promise<Live>
   private wantedTimeoutMs = defaultSessionTimeoutMs
-  private offsetMs?: number
+  private readonly clock = new ServerClock()
+  private clockMeasuredAt = 0
   private lastHeard = 0
   private closed = false
   private readonly known = new Set<string>()
@@ -274,9 +277,9 @@ export class Session {
     }))
   }
 
-  /** Whether the offset to the server's clock was measured (else nowEstimate() is the local clock). */
+  /** Whether the offset to the server's clock was measured (else clockNow() is the local clock). */
   get clockKnown(): boolean {
-    return this.offsetMs !== undefined
+    return this.clock.known
   }
 
   remove(path: string, version = -1): Promise<void> {
@@ -335,28 +338,32 @@ export class Session {
 
   /** Learn the server's clock from the stat of a write this process just made. */
   observeWrite(stat: Stat, sent: number, received = Date.now()): void {
-    this.offsetMs = time(stat.mtime) - (sent + received) / 2
+    this.clock.observe(time(stat.mtime), sent, received)
   }
 
-  /** Now, on the server's clock, as far as this process knows it (its own clock until it wrote). */
-  nowEstimate(): number {
-    return Date.now() + (this.offsetMs ?? 0)
+  /** Now on the server's clock, as far as this process knows it (clock.ts; its own clock until it wrote). */
+  clockNow(): ServerTime {
+    return this.clock.now()
   }
 
-  /** Now on the server's clock, measured by one write if this process has not written yet. */
-  async serverNow(): Promise<number> {
-    if (this.offsetMs === undefined) {
+  /**
+   * Now on the server's clock, measured by one write if this process has not written yet, or if
+   * what it measured is too vague (a reply that came after a stall), at most once a second.
+   */
+  async serverNow(): Promise<ServerTime> {
+    if (this.clock.wide && Date.now() - this.clockMeasuredAt >= 1000) {
       const clock = `${this.target.root}/clock`
       const sent = Date.now()
       try {
         this.observeWrite(await this.setData(clock, Buffer.alloc(0)), sent)
+        this.clockMeasuredAt = Date.now()
       } catch (error) {
         if (!isCode(error, Code.NO_NODE)) throw error
         await this.ensurePath(clock)
         return this.serverNow()
       }
     }
-    return this.nowEstimate()
+    return this.clock.now()
   }
 
   /** Wakes on reconnection and on session expiry (watches may have been lost). */

@@ -40,8 +40,8 @@ import {Wakeup} from '../wakeup.js'
 import {Code, isCode, isConnectionLoss, Mode, type Session, time, zxid} from './connection.js'
 import {basename, decodeName, encodeName, type Layout, sequenceOf} from './paths.js'
 
-// A waiter deletes an expired holder only this long after its expiry: covers the error of the
-// clock-offset estimate (half a round trip).
+// A waiter deletes an expired holder only this long after its expiry (on the earliest the server's
+// clock can be, clock.ts): a margin for the server's clock itself.
 const expiryGraceMs = 25
 // A renewal this close to expiry is refused: a waiter may already have counted the lease as gone.
 const renewMarginMs = (ttlMs: number) => Math.min(250, ttlMs / 10)
@@ -214,11 +214,12 @@ export class ZooKeeperLocks implements LockDriver {
             const window = contenders.slice(Math.max(0, index - limit), index)
             const watched = await this.read(keyPath, index < limit ? [...window, ...leases] : window, watcher)
             if (watched.length < window.length + (index < limit ? leases.length : 0)) continue // one went meanwhile
-            let now = this.session.nowEstimate()
+            // Someone's lease is over when the server's clock is past it for sure: its earliest.
+            let now = this.session.clockNow().earliest
             let expired = watched.filter((n) => this.expired(n, now))
             if (expired.length > 0 && !this.session.clockKnown) {
               // About to delete someone's node: on the server's clock, not on a guess.
-              now = await this.session.serverNow()
+              now = (await this.session.serverNow()).earliest
               expired = watched.filter((n) => this.expired(n, now))
             }
             if (expired.length > 0) {
@@ -316,7 +317,7 @@ export class ZooKeeperLocks implements LockDriver {
       const node = await this.find(key, owner)
       if (!node) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
       if (!node.record.acquired) throw new LockLostError(key, `owner ${owner} is waiting for the lock, not holding it`)
-      if (own?.key !== key && this.expired(node, await this.session.serverNow())) {
+      if (own?.key !== key && this.expired(node, (await this.session.serverNow()).earliest)) {
         await this.collect(node)
         throw new LockLostError(key, `the lease expired at ${new Date(expiry(node)).toISOString()} before it was renewed`)
       }
@@ -353,7 +354,7 @@ export class ZooKeeperLocks implements LockDriver {
     for (;;) {
       const node = await this.find(key, owner)
       if (!node || !node.record.acquired) return false
-      const held = !this.expired(node, await this.session.serverNow())
+      const held = !this.expired(node, (await this.session.serverNow()).earliest)
       try {
         await this.session.remove(node.path, node.stat.version)
         return held
@@ -383,7 +384,7 @@ export class ZooKeeperLocks implements LockDriver {
     }
     const {contenders, leases} = split(children)
     const nodes = await this.read(keyPath, [...leases, ...contenders])
-    const now = this.session.nowEstimate()
+    const now = this.session.clockNow().earliest
     const live = nodes.filter((n) => !this.expired(n, now))
     const liveLeases = live.filter((n) => n.name.startsWith('l.'))
     const holders = [...liveLeases]

@@ -209,7 +209,7 @@ export class ZooKeeperQueues implements QueueDriver {
   }
 
   /** What a claim will do: read, named, not yet committed. */
-  private async prepareClaims(queue: string, dirs: {waiting: string; claimed: string}, entries: Waiting[], now: number, request: ReserveRequest): Promise<Claiming[]> {
+  private async prepareClaims(queue: string, dirs: {waiting: string; claimed: string}, entries: Waiting[], request: ReserveRequest): Promise<Claiming[]> {
     const reads = await inBatches(entries, async (entry) => {
       const from = `${dirs.waiting}/${entry.name}`
       try {
@@ -220,6 +220,9 @@ export class ZooKeeperQueues implements QueueDriver {
       }
     })
     const claims: Claiming[] = []
+    // A claim lasts --visibility from now, after the reads (which a busy server can make slow),
+    // from the latest the server's clock can be (clock.ts).
+    const now = this.session.clockNow().latest
     for (const read of reads) {
       if (!read) continue
       const {entry, from} = read
@@ -266,15 +269,16 @@ export class ZooKeeperQueues implements QueueDriver {
 
   private async reserveOnce(queue: string, dirs: {waiting: string; claimed: string}, request: ReserveRequest, watcher?: Watcher): Promise<{messages: Message[]; waiting: number; nextDue: number}> {
     const [waitingNames, claimedNames] = await Promise.all([this.list(dirs.waiting, watcher), this.list(dirs.claimed)])
+    // Others' claims are over when the server's clock is past them for sure (clock.ts).
     const now = await this.session.serverNow()
-    const nextDue = await this.sweep(queue, dirs.claimed, claimedNames, now, request.maxAttempts)
+    const nextDue = await this.sweep(queue, dirs.claimed, claimedNames, now.earliest, request.maxAttempts)
     const entries = waitingNames.map(parseWaiting).filter((w): w is Waiting => w !== undefined)
     const messages: Message[] = []
     // The lowest first; what others took first is skipped for the next ones in line.
     for (let at = 0; at < entries.length && messages.length < request.count;) {
       const batch = entries.slice(at, at + request.count - messages.length)
       at += batch.length
-      messages.push(...(await this.commitClaims(dirs, await this.prepareClaims(queue, dirs, batch, now, request))))
+      messages.push(...(await this.commitClaims(dirs, await this.prepareClaims(queue, dirs, batch, request))))
     }
     return {messages, waiting: entries.length, nextDue}
   }
@@ -285,7 +289,7 @@ export class ZooKeeperQueues implements QueueDriver {
     return this.waitFor(request.signal, deadline, async (watcher) => {
       const {messages, waiting, nextDue} = await this.reserveOnce(queue, dirs, request, watcher)
       // Messages were listed but others took them all: look again at once rather than wait.
-      return {done: messages.length > 0, value: messages, retryNow: waiting > 0 || nextDue <= this.session.nowEstimate(), next: nextDue}
+      return {done: messages.length > 0, value: messages, retryNow: waiting > 0 || nextDue <= this.session.clockNow().earliest, next: nextDue}
     }, [])
   }
 
@@ -319,7 +323,7 @@ export class ZooKeeperQueues implements QueueDriver {
         if (result.retryNow && retries++ < 100) continue
         if (Date.now() >= deadline) return timedOut
         if (wakeup.changed) continue
-        const next = result.next - (this.session.nowEstimate() - Date.now())
+        const next = result.next - (this.session.clockNow().earliest - Date.now())
         const sleep = Math.max(1, Math.min(deadline - Date.now(), next - Date.now() + 1, fallbackPollMs))
         await wakeup.sleep(sleep)
       }
@@ -361,9 +365,9 @@ export class ZooKeeperQueues implements QueueDriver {
       const claim = parseClaim(message.receipt)
       if (!claim || claim.reserver !== this.reserver) return false
       const now = await this.session.serverNow()
-      if (claim.deadline <= now) return false // expired: someone may have returned it already
+      if (claim.deadline <= now.earliest) return false // expired: someone may have returned it already
       const {claimed} = this.paths.queue(queue)
-      const name = claimFile({...claim, deadline: Math.ceil(now + visibilityMs)})
+      const name = claimFile({...claim, deadline: Math.ceil(now.latest + visibilityMs)})
       const moved = await this.attempt([
         {op: 'remove', path: `${claimed}/${message.receipt}`},
         {op: 'create', path: `${claimed}/${name}`, data: encode(message.enqueuedAt.getTime(), message.body), mode: Mode.PERSISTENT},
@@ -429,7 +433,7 @@ export class ZooKeeperQueues implements QueueDriver {
     if (queue !== undefined) names = [queue]
     else names = (await this.list(this.paths.queues)).map(decodeName)
     const all = new Set(names)
-    const now = this.session.nowEstimate()
+    const now = this.session.clockNow().earliest
     const out: QueueStats[] = []
     for (const name of [...all].sort()) {
       if (queue === undefined && name.endsWith('.dead') && all.has(name.slice(0, -5))) continue
