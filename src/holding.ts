@@ -16,6 +16,13 @@ export function checkExitCode(code: number, flag: string): number {
   return code
 }
 
+/** --wait in ms; flock's -n (--nonblock) is --wait 0, and a --wait beside it must say the same. */
+export function checkWait(wait: string, nonblock: boolean | undefined, fallback: string): number {
+  const waitMs = parseDuration(wait, 'wait')
+  if (nonblock && waitMs !== 0 && wait !== fallback) throw usageError('-n and --wait disagree', `-n means --wait 0, and --wait ${wait} was given too`, 'give one of them')
+  return nonblock ? 0 : waitMs
+}
+
 export function checkTtl(text: string): number {
   const ttl = parseDuration(text, 'ttl')
   if (ttl < 100 || !Number.isFinite(ttl)) throw usageError('bad --ttl', text, 'a lease needs a finite TTL of at least 100ms')

@@ -2,7 +2,7 @@
 // (commands/lock/run.ts) and the fast path (fast.ts) call this with the parsed flags.
 import {formatDuration, parseDuration} from './duration.js'
 import {DlqError, toDlqError, usageError} from './errors.js'
-import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
+import {checkExitCode, checkLimit, checkTtl, checkWait, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
 import {checkName} from './names.js'
 import type {Session} from './session.js'
 import {SignalRouter, signalExitCode} from './signals.js'
@@ -13,6 +13,8 @@ import {termLead, Watchdog} from './watchdog.js'
 export interface LockRunFlags {
   key: string
   wait: string
+  /** flock's -n: --wait 0. */
+  nonblock?: boolean
   ttl: string
   limit: number
   'conflict-exit-code': number
@@ -27,7 +29,7 @@ export interface LockRunFlags {
 /** Runs `command args…` under the lock and ends the process with the outcome's exit code. */
 export async function lockRun(flags: LockRunFlags, [command, ...args]: string[], session: Session): Promise<never> {
     const key = checkName(flags.key, 'key')
-    const waitMs = parseDuration(flags.wait, 'wait')
+    const waitMs = checkWait(flags.wait, flags.nonblock, 'forever')
     const ttlMs = checkTtl(flags.ttl)
     const killGraceMs = parseDuration(flags['kill-grace'], 'kill-grace')
     const limit = checkLimit(flags.limit)

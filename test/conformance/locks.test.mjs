@@ -110,6 +110,18 @@ for (const backend of backends) {
       assert.equal(custom.stdout, '')
       oneErrorLine(custom, assert)
 
+      // flock's spellings: -n is --wait 0, -E N is --conflict-exit-code N (lock acquire too).
+      const flock = await ctx.dlq.run(['lock', 'run', '--key', key, '-n', '-E', '9', '--', 'echo', 'ran'])
+      assert.equal(flock.code, 9, flock.stderr)
+      assert.equal(flock.stdout, '')
+      oneErrorLine(flock, assert)
+      const acquireN = await ctx.dlq.run(['lock', 'acquire', '--key', key, '-n', '-E', '8'])
+      assert.equal(acquireN.code, 8, acquireN.stderr)
+      const disagree = await ctx.dlq.run(['lock', 'run', '--key', key, '-n', '--wait', '5s', '--', 'echo', 'ran'])
+      assert.equal(disagree.code, 64, disagree.stderr)
+      assert.match(disagree.stderr, /-n and --wait disagree/)
+      oneErrorLine(disagree, assert)
+
       const short = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '300ms', '--', 'echo', 'ran'])
       assert.equal(short.code, 75)
       assert.ok(short.ms >= 300, `gave up after ${short.ms}ms, before --wait 300ms`)

@@ -1,8 +1,8 @@
 import {DlqCommand} from '../../base.js'
-import {formatDuration, parseDuration} from '../../duration.js'
+import {formatDuration} from '../../duration.js'
 import {DlqError} from '../../errors.js'
-import {checkExitCode, checkLimit, checkTtl, describeHolders, holderInfo, leaseJson, newOwner, waitingForLock} from '../../holding.js'
-import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
+import {checkExitCode, checkLimit, checkTtl, checkWait, describeHolders, holderInfo, leaseJson, newOwner, waitingForLock} from '../../holding.js'
+import {conflictFlag, keyFlag, limitFlag, nonblockFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
 import {jsonText, readerGone, writeOut} from '../../output.js'
 import {signalExitCode} from '../../signals.js'
@@ -21,6 +21,7 @@ export default class LockAcquire extends DlqCommand {
     key: keyFlag,
     ttl: ttlFlag('Lease length; nothing renews it unless you run "lock renew".'),
     wait: waitFlag('forever'),
+    nonblock: nonblockFlag,
     limit: limitFlag,
     'conflict-exit-code': conflictFlag,
   }
@@ -29,7 +30,7 @@ export default class LockAcquire extends DlqCommand {
     const {flags} = await this.parse(LockAcquire)
     const key = checkName(flags.key, 'key')
     const ttlMs = checkTtl(flags.ttl)
-    const waitMs = parseDuration(flags.wait, 'wait')
+    const waitMs = checkWait(flags.wait, flags.nonblock, 'forever')
     const limit = checkLimit(flags.limit)
     const conflictExitCode = checkExitCode(flags['conflict-exit-code'], 'conflict-exit-code')
     const backend = await this.backend(flags.backend, flags.verbose)

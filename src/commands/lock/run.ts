@@ -2,7 +2,7 @@ import * as Flags from '@oclif/core/flags'
 
 import {refuseStray, splitAtDashes} from '../../argv.js'
 import {DlqCommand} from '../../base.js'
-import {conflictFlag, keyFlag, limitFlag, ttlFlag, waitFlag} from '../../lockflags.js'
+import {conflictFlag, keyFlag, limitFlag, nonblockFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {lockRun} from '../../lockrun.js'
 
 export default class LockRun extends DlqCommand {
@@ -30,6 +30,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
   static flags = {
     key: keyFlag,
     wait: waitFlag('forever'),
+    nonblock: nonblockFlag,
     ttl: ttlFlag('Lease length; renewed every ttl/3 while the command runs.'),
     limit: limitFlag,
     'conflict-exit-code': conflictFlag,
