@@ -1,5 +1,6 @@
 // The whole CLI in one module: esbuild bundles this file, oclif and the commands into dist/dlq.js,
 // so a run loads one file instead of a few hundred (startup time is a product feature).
+import Completion from './commands/completion.js'
 import LockAcquire from './commands/lock/acquire.js'
 import LockRelease from './commands/lock/release.js'
 import LockRenew from './commands/lock/renew.js'
@@ -13,6 +14,7 @@ import QueueTail from './commands/queue/tail.js'
 export {execute} from '@oclif/core/execute'
 
 export const COMMANDS = {
+  completion: Completion,
   'lock:acquire': LockAcquire,
   'lock:release': LockRelease,
   'lock:renew': LockRenew,
