@@ -86,16 +86,19 @@ const jsonOutput = {
   'lock:renew': [['On stdout, the holding with its new expiry, as lock acquire prints it.', holdingShape]],
   'lock:release': [['On stdout: how many holds of KEY were released (1 with --token; any number with --force).', '{"key": KEY, "released": N}']],
   'lock:status': [
-    ['On stdout, every held lock (or the one KEY; none: an empty list). Each holder has token (what --token takes, also as owner) and fencingToken; host, pid, user and command say who holds it. waiters is there where the backend can tell; queue, where its waiting is fair (ZooKeeper), lists the waiters in the order they will get the lock.',
-      '{"locks": [{"key": KEY,\n            "holders": [{"token": TOKEN, "owner": TOKEN, "fencingToken": INTEGER,\n                         "host": HOST, "pid": N, "user": USER, "command": TEXT,\n                         "acquiredAt": ISO-8601, "expiresAt": ISO-8601}],\n            "waiters": N,\n            "queue": [{"owner": ID, "host": HOST, "pid": N, "user": USER, "command": TEXT, "since": ISO-8601}]}]}'],
+    ['On stdout, every held lock (or the one KEY; none: an empty list). Each holder has token (what --token takes, also as owner) and fencingToken; host, pid, user and command say who holds it. waiters is how many wait, null where the backend cannot tell; queue, where its waiting is fair (ZooKeeper), lists the waiters in the order they will get the lock, and is null elsewhere.',
+      '{"locks": [{"key": KEY,\n            "holders": [{"token": TOKEN, "owner": TOKEN, "fencingToken": INTEGER,\n                         "host": HOST, "pid": N, "user": USER, "command": TEXT,\n                         "acquiredAt": ISO-8601, "expiresAt": ISO-8601}],\n            "waiters": N|null,\n            "queue": [{"owner": ID, "host": HOST, "pid": N, "user": USER, "command": TEXT, "since": ISO-8601}]|null}]}'],
   ],
-  'lock:run': [['stdout is the command\'s. --json changes dlq\'s own lines on stderr: errors, and the lock not acquired within --wait (exit 75 or --conflict-exit-code), are the error object below. Lines about the command\'s run (a lost lock, a lock that could not be released) stay text lines starting with "dlq: ".', undefined]],
+  'lock:run': [
+    ['stdout is the command\'s; with --json every line dlq writes on stderr is a JSON object. Once the command has run, the last one is the outcome: exitCode is dlq\'s exit code (the command\'s, 128+N for a signal, 70 for a lost lock, 126/127 when it could not start), and lost says why the lock was lost, or is null.', '{"key": KEY, "fencingToken": INTEGER, "exitCode": N, "lost": TEXT|null}'],
+    ['Lines about the run before it (a lost lock, a lock that could not be released, a --kill-grace not shorter than --ttl) are warnings:', '{"warning": {"what": TEXT}}'],
+  ],
   'queue:push': [['On stdout, one object once every message is accepted: ids in the order pushed.', '{"queue": QUEUE, "count": N, "ids": [ID, ...]}']],
   'queue:pop': [
-    ['On stdout, one object per line and message. body is the message as text when it is valid UTF-8, else bodyBase64 holds its bytes in base64; attempts is which delivery this is (1 the first time). With --exec, stdout is the handlers\' and --json changes only dlq\'s own errors. No message within --wait (exit 75) is the error object below.', messageShape],
+    ['On stdout, one object per line and message. body is the message as text when it is valid UTF-8, else bodyBase64 holds its bytes in base64; attempts is which delivery this is (1 the first time). With --exec, stdout is the handlers\'; --json changes dlq\'s own lines on stderr: a handler that failed is a warning object, {"warning": {"what": TEXT, "id": ID, "attempt": N, "exitCode": N|null, "signal": NAME|null}}. No message within --wait (exit 75) is the error object below.', messageShape],
   ],
   'queue:tail': [['On stdout, one object per line and message, as queue pop prints them (body or bodyBase64); attempts counts the deliveries so far (0 for a message never popped).', messageShape]],
-  'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is left out when none waits. dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "inFlight": N, "dead": N, "oldestAgeMs": N}]}']],
+  'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is null when none waits. dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "inFlight": N, "dead": N, "oldestAgeMs": N|null}]}']],
 }
 const errorShape = '{"error": {"code": EXIT-CODE, "what": TEXT, "why": TEXT, "hint": TEXT}}'
 

@@ -78,7 +78,8 @@ export function lockStateJson(state: LockState): Record<string, unknown> {
       token: h.owner, owner: h.owner, fencingToken: BigInt(h.fencingToken), host: h.host, pid: h.pid, user: h.user, command: h.command,
       acquiredAt: h.acquiredAt.toISOString(), expiresAt: h.expiresAt.toISOString(),
     })),
-    ...(state.waiters === undefined ? {} : {waiters: state.waiters}),
-    ...(state.queue === undefined ? {} : {queue: state.queue.map((w) => ({owner: w.owner, host: w.host, pid: w.pid, user: w.user, command: w.command, since: w.since.toISOString()}))}),
+    // Stable fields: what the backend cannot tell is null, never missing.
+    waiters: state.waiters ?? null,
+    queue: state.queue?.map((w) => ({owner: w.owner, host: w.host, pid: w.pid, user: w.user, command: w.command, since: w.since.toISOString()})) ?? null,
   }
 }

@@ -35,8 +35,11 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     const limit = checkLimit(flags.limit)
     const conflictExitCode = checkExitCode(flags['conflict-exit-code'], 'conflict-exit-code')
     if (!command) throw usageError('no command to run', 'lock run needs a command after --', 'dlq lock run --key KEY -- COMMAND [ARGS...]')
+    // With --json, dlq's own lines on stderr are JSON too (stdout is the command's): a warning
+    // object per line, and once the command has run, the outcome (below).
+    const own = (line: string) => (flags.json ? JSON.stringify({warning: {what: line.replace(/^\n?dlq: (warning: )?/, '')}}) : line)
     const say = (line: string) => {
-      if (!flags.quiet) process.stderr.write(`${line}\n`)
+      if (!flags.quiet) process.stderr.write(`${own(line)}\n`)
     }
     // The watchdog's guarantee (SIGKILL by the lease's end when dlq dies or is stopped) wins over the grace.
     if (killGraceMs >= ttlMs) say(`dlq: warning: --kill-grace ${flags['kill-grace']} is not shorter than --ttl ${flags.ttl}: should dlq die or be stopped, its watchdog SIGKILLs the command at the lease's end, before the grace is over`)
@@ -78,15 +81,20 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
         return `who holds it is unknown (${what}: ${why})`
       })
       const failure = new DlqError(conflictExitCode, `lock ${JSON.stringify(key)} not acquired within ${formatDuration(waitMs)}`, holders)
-      say(flags.json ? JSON.stringify(failure.toJSON()) : failure.line())
+      if (!flags.quiet) process.stderr.write(`${flags.json ? JSON.stringify(failure.toJSON()) : failure.line()}\n`)
       return session.finish(conflictExitCode)
     }
     session.log2(`acquired ${key} with fencing token ${lease.fencingToken}`)
     const outcome = await supervise({
       command, args, lease, locks: backend.locks, killGraceMs, signals, watchdog,
-      say: (line) => process.stderr.write(`${line}\n`), // a lost lock is reported even with --quiet
+      say: (line) => process.stderr.write(`${own(line)}\n`), // a lost lock is reported even with --quiet
       notice: say,
       env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.fencingToken},
     })
+    if (flags.json) {
+      // fencingToken as the exact integer it is (output.ts's jsonText, without its import).
+      const fields = JSON.stringify({key, fencingToken: 0, exitCode: outcome.exitCode, lost: outcome.lost ?? null})
+      process.stderr.write(`${fields.replace('"fencingToken":0', `"fencingToken":${BigInt(lease.fencingToken)}`)}\n`)
+    }
     return session.finish(outcome.exitCode)
 }

@@ -157,10 +157,17 @@ for (const backend of backends) {
       const failed = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--', 'sh', '-c', 'exit 3'])
       assert.equal(failed.code, 0, failed.stderr)
       assert.match(oneErrorLine(failed, assert), /exited 3; returned for retry/)
+      // With --json, that line is a warning object.
+      const failedJson = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--json', '--exec', '--', 'sh', '-c', 'exit 4'])
+      assert.equal(failedJson.code, 0, failedJson.stderr)
+      assert.equal(failedJson.stderrLines.length, 1, failedJson.stderr)
+      const {warning} = JSON.parse(failedJson.stderrLines[0])
+      assert.deepEqual([warning.attempt, warning.exitCode, warning.signal], [2, 4, null])
+      assert.match(warning.what, /exited 4; returned for retry$/)
       const rest = await drainJson(ctx.dlq, queue)
       assert.equal(rest.length, 1, 'the failed message is back in the queue')
       assert.equal(rest[0].body.length, big.length)
-      assert.equal(rest[0].attempts, 2)
+      assert.equal(rest[0].attempts, 3)
     })
 
     it('stdout closed before anything was written: pop exits 141 quietly and every message stays; acquire releases the lease nobody got', async () => {

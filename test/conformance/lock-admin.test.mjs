@@ -1,10 +1,12 @@
 // Conformance: holding a lock across steps (`lock acquire / renew / release`), `lock status`, and
 // which keys are valid (SPEC §2), against every backend in test/support/backends.mjs.
 import assert from 'node:assert/strict'
+import {existsSync} from 'node:fs'
+import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
 import {backends, useBackend} from '../support/backends.mjs'
-import {oneErrorLine, uniqueName} from '../support/cli.mjs'
+import {oneErrorLine, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
 
 const statusOf = async (dlq, key) => {
   const r = await dlq.run(['lock', 'status', '--key', key, '--json'])
@@ -167,6 +169,32 @@ for (const backend of backends) {
         assert.equal(error.code, code, r.stderr)
         assert.match(error.what, /not acquired within 0ms|is empty/)
       }
+    })
+
+    it('lock run --json: stdout stays the command\'s; stderr is JSON only, ending with the outcome (key, fencingToken, exitCode, lost), a lost lock included', async (t) => {
+      const key = uniqueName('json-run')
+      const ran = await ctx.dlq.run(['lock', 'run', '--key', key, '--json', '--ttl', '1s', '--kill-grace', '2s', '--', 'sh', '-c', 'echo out; exit 3'])
+      assert.equal(ran.code, 3, ran.stderr)
+      assert.equal(ran.stdout, 'out\n')
+      const lines = ran.stderrLines.map((l) => JSON.parse(l))
+      assert.match(lines[0].warning.what, /^--kill-grace 2s is not shorter than --ttl 1s/)
+      const outcome = lines.at(-1)
+      assert.deepEqual(Object.keys(outcome), ['key', 'fencingToken', 'exitCode', 'lost'])
+      assert.deepEqual([outcome.key, outcome.exitCode, outcome.lost], [key, 3, null])
+      assert.ok(Number.isInteger(outcome.fencingToken) && /"fencingToken":\d+,/.test(ran.stderrLines.at(-1)), ran.stderr)
+
+      const dir = await tempDir(t)
+      const child = ctx.dlq.spawn(['lock', 'run', '--key', key, '--json', '--ttl', '3s', '--kill-grace', '1s', '--', 'sh', '-c', 'echo $$ > "$1/child"; exec sleep 30', 'sh', dir], {t})
+      await waitFor(() => existsSync(join(dir, 'child')), {what: 'the command to start'})
+      assert.equal((await ctx.dlq.run(['lock', 'release', '--key', key, '--force'])).code, 0)
+      const lost = await child.result
+      assert.equal(lost.code, 70, lost.stderr)
+      const parsed = lost.stderrLines.map((l) => JSON.parse(l))
+      assert.ok(parsed.slice(0, -1).every((l) => typeof l.warning?.what === 'string'), lost.stderr)
+      const end = parsed.at(-1)
+      assert.deepEqual([end.key, end.exitCode], [key, 70])
+      assert.equal(typeof end.lost, 'string')
+      assert.ok(end.fencingToken > outcome.fencingToken, lost.stderr)
     })
 
     it('an acquired lease nobody renews expires after its TTL, not before', async () => {

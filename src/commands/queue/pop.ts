@@ -210,7 +210,8 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       if (!ok) {
         const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
         const next = message.attempts >= options.maxAttempts ? `moved to ${queue}.dead` : 'returned for retry'
-        process.stderr.write(`dlq: message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}\n`)
+        const what = `message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}`
+        process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.exitCode ?? null, signal: result.signal ?? null}})}\n` : `dlq: ${what}\n`)
       }
       processed++
     }

@@ -19,7 +19,8 @@ export default class QueueStatus extends DlqCommand {
     const backend = await this.backend(flags.backend, flags.verbose)
     const stats = await backend.queues.stats(queue)
     await this.closeBackend()
-    if (this.jsonEnabled()) return {queues: stats}
+    // Stable fields: no message waiting is an oldestAgeMs of null, not a missing one.
+    if (this.jsonEnabled()) return {queues: stats.map((s) => ({...s, oldestAgeMs: s.oldestAgeMs ?? null}))}
     if (stats.length === 0) {
       process.stderr.write('dlq: no queue exists yet\n')
       return
