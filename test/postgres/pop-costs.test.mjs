@@ -123,6 +123,20 @@ describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
     }
   })
 
+  it('queue status --queue Q reads only Q and Q.dead, never the other queues (a table never analyzed)', async () => {
+    const url = withSchema(server.url, 'status_costs')
+    await push(url, 'big', numbers(1, 20_000))
+    await push(url, 'small', ['a', 'b', 'c'])
+    for (const analyzed of [false, true]) {
+      if (analyzed) await server.sql('ANALYZE status_costs.messages')
+      const mark = log.mark()
+      const small = await stats(url, 'small')
+      assert.deepEqual([small.waiting, small.inFlight, small.dead, small.oldestAgeMs >= 0], [3, 0, 0, true])
+      const plans = checkPlans(mark, `queue status --queue small${analyzed ? ' (analyzed)' : ''}`, 10)
+      assert.ok(plans.length > 0, 'the status query was not among the plans logged')
+    }
+  })
+
   it('a version 1 schema is migrated: its messages and reservations stay, and its pops read what they pop', async () => {
     const {default: pg} = await import('pg')
     const client = new pg.Client({connectionString: server.url})

@@ -257,7 +257,17 @@ const STATS = (s: string, where: string) => `SELECT queue,
     count(*) FILTER (WHERE visible_at > now()) AS in_flight,
     floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms
   FROM ${s}.messages ${where} GROUP BY queue ORDER BY queue`
-const STATS_OF_QUEUE = (s: string) => STATS(s, 'WHERE queue = $1 OR queue = $2')
+// One queue and its dead letters, each counted by its own lookup in the primary key (queue = $n):
+// "queue = $1 OR queue = $2" was planned as a walk of the whole index in queue order, through
+// every other queue's messages (issue 16).
+const STATS_OF_QUEUE = (s: string) => `SELECT v.queue, c.waiting, c.in_flight, c.oldest_ms
+  FROM (VALUES ($1::text), ($2::text)) AS v(queue)
+  CROSS JOIN LATERAL (SELECT
+    count(*) FILTER (WHERE visible_at <= now()) AS waiting,
+    count(*) FILTER (WHERE visible_at > now()) AS in_flight,
+    floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms
+    FROM ${s}.messages m WHERE m.queue = v.queue) AS c
+  ORDER BY v.queue`
 const ALL_STATS = (s: string) => STATS(s, '')
 
 /** The queue statements of one schema, named for pg's per-session prepared statements. */
