@@ -3,6 +3,7 @@
 import {formatDuration, parseDuration} from './duration.js'
 import {DlqError, toDlqError, usageError} from './errors.js'
 import {checkExitCode, checkLimit, checkTtl, checkWait, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
+import {jsonText} from './json.js'
 import {checkName} from './names.js'
 import type {Session} from './session.js'
 import {SignalRouter, signalExitCode} from './signals.js'
@@ -91,10 +92,6 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
       notice: say,
       env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.fencingToken},
     })
-    if (flags.json) {
-      // fencingToken as the exact integer it is (output.ts's jsonText, without its import).
-      const fields = JSON.stringify({key, fencingToken: 0, exitCode: outcome.exitCode, lost: outcome.lost ?? null})
-      process.stderr.write(`${fields.replace('"fencingToken":0', `"fencingToken":${BigInt(lease.fencingToken)}`)}\n`)
-    }
+    if (flags.json) process.stderr.write(`${jsonText({key, fencingToken: BigInt(lease.fencingToken), exitCode: outcome.exitCode, lost: outcome.lost ?? null})}\n`)
     return session.finish(outcome.exitCode)
 }

@@ -252,23 +252,18 @@ const LAST_ID = (s: string) => `SELECT coalesce(max(id), 0) AS last FROM ${s}.me
 const AFTER = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.messages
   WHERE queue = $1 AND id > $2 AND visible_at <= clock_timestamp()
   ORDER BY id LIMIT ${followPage}`
-const STATS = (s: string, where: string) => `SELECT queue,
-    count(*) FILTER (WHERE visible_at <= now()) AS waiting,
+/** The counts of `queue status`, over the rows a statement groups or selects. */
+const COUNTS = `count(*) FILTER (WHERE visible_at <= now()) AS waiting,
     count(*) FILTER (WHERE visible_at > now()) AS in_flight,
-    floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms
-  FROM ${s}.messages ${where} GROUP BY queue ORDER BY queue`
+    floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms`
+const ALL_STATS = (s: string) => `SELECT queue, ${COUNTS} FROM ${s}.messages GROUP BY queue ORDER BY queue`
 // One queue and its dead letters, each counted by its own lookup in the primary key (queue = $n):
 // "queue = $1 OR queue = $2" was planned as a walk of the whole index in queue order, through
 // every other queue's messages (issue 16).
 const STATS_OF_QUEUE = (s: string) => `SELECT v.queue, c.waiting, c.in_flight, c.oldest_ms
   FROM (VALUES ($1::text), ($2::text)) AS v(queue)
-  CROSS JOIN LATERAL (SELECT
-    count(*) FILTER (WHERE visible_at <= now()) AS waiting,
-    count(*) FILTER (WHERE visible_at > now()) AS in_flight,
-    floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms
-    FROM ${s}.messages m WHERE m.queue = v.queue) AS c
+  CROSS JOIN LATERAL (SELECT ${COUNTS} FROM ${s}.messages m WHERE m.queue = v.queue) AS c
   ORDER BY v.queue`
-const ALL_STATS = (s: string) => STATS(s, '')
 
 /** The queue statements of one schema, named for pg's per-session prepared statements. */
 export const queueStatements = (schema: Schema) => {
