@@ -20,7 +20,7 @@ import type {Lease, LockDriver} from './backends/types.js'
 import {formatDuration} from './duration.js'
 import {LockLostError, toDlqError} from './errors.js'
 import {fromTerminal, type SignalRouter} from './signals.js'
-import {termLead, type Watchdog} from './watchdog.js'
+import {deadlineMarginMs, termLead, type Watchdog} from './watchdog.js'
 
 export interface Supervision {
   command: string
@@ -54,9 +54,9 @@ interface Exit {
 
 export async function supervise(job: Supervision): Promise<Outcome> {
   let lease = job.lease
-  // dlq's deadline comes a little before the backend's (1% of the TTL + 10 ms, as Redlock allows
-  // for clock drift), so the command normally has its SIGTERM before another holder can get in.
-  const deadline = () => lease.expiresAt.getTime() - lease.ttlMs / 100 - 10
+  // dlq's deadline comes a little before the backend's (deadlineMarginMs), so the command has its
+  // SIGKILL, from dlq or its watchdog, before another holder can get in.
+  const deadline = () => lease.expiresAt.getTime() - deadlineMarginMs(lease.ttlMs)
   const timeLeft = () => Math.max(0, deadline() - Date.now())
   const key = JSON.stringify(lease.key)
 

@@ -184,6 +184,14 @@ const maxMs = 365 * 86_400_000
  */
 export const termLead = (ttlMs: number, killGraceMs: number) => Math.min(killGraceMs, Math.floor(ttlMs / 3))
 
+/**
+ * How long before the backend's deadline (a lease's expiry, a message's redelivery) the watchdog
+ * must be done: 1% of the TTL + 10 ms for clock drift (as Redlock allows), and a scheduling
+ * allowance of a tenth of the TTL, at most 250 ms, for a shell that must still look at /proc and
+ * send SIGKILL on a loaded machine (30 ms, a 2 s TTL's drift margin alone, was once too little).
+ */
+export const deadlineMarginMs = (ttlMs: number) => ttlMs / 100 + 10 + Math.min(250, ttlMs / 10)
+
 export interface WatchdogOptions {
   /** NAME=VALUE in the environment of the command (and so of everything it starts). */
   mark: string

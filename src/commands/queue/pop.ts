@@ -11,7 +11,7 @@ import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
 import {WaitingLine} from '../../waiting.js'
-import {termLead, Watchdog} from '../../watchdog.js'
+import {deadlineMarginMs, termLead, Watchdog} from '../../watchdog.js'
 
 /**
  * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
@@ -172,8 +172,8 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       }
       signals.hold()
       const reservedAt = Date.now()
-      // When the message would become visible again (1% + 10 ms early, as lock run's deadline).
-      const untilRedelivery = (from: number) => from + options.visibilityMs * 0.99 - 10 - Date.now()
+      // When the message would become visible again, early by the margin of lock run's deadline.
+      const untilRedelivery = (from: number) => from + options.visibilityMs - deadlineMarginMs(options.visibilityMs) - Date.now()
       // Should this worker die or be stopped, its watchdog stops the handler before the message can
       // go to another worker (watchdog.ts); a live worker lets its handler finish.
       const handlerId = newOwner()
