@@ -1,9 +1,12 @@
 // What `npm install -g` of the published package gives a user: the tarball from `npm pack`,
-// installed into a temporary prefix (dependencies from npm's cache, which `npm ci` filled), must
-// put `dlq` on the prefix's bin and every man page where `man` looks (PREFIX/share/man/man1).
+// installed into a temporary prefix by a normal user (when the tests run as root, as the unprivileged
+// `nobody`, with a home and an npm cache of its own), must put `dlq` on the prefix's bin and every man
+// page where `man` looks (PREFIX/share/man/man1), and its commands and completion must work. The
+// package ships only what runs: the bundles, the man pages, the manifest; oclif, chalk and execa are
+// inside the bundle, so an install fetches only the three backend clients and their dependencies.
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
-import {existsSync, mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
+import {chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync} from 'node:fs'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
@@ -11,24 +14,53 @@ import {fileURLToPath} from 'node:url'
 
 const root = fileURLToPath(new URL('../..', import.meta.url))
 const npm = process.platform === 'win32' ? 'npm.cmd' : 'npm'
+const NOBODY = 65534
+const asRoot = process.getuid?.() === 0
 
 function run(command, args, options = {}) {
-  const r = spawnSync(command, args, {encoding: 'utf8', timeout: 180_000, ...options})
+  const r = spawnSync(command, args, {encoding: 'utf8', timeout: 300_000, ...options})
   assert.equal(r.status, 0, `${command} ${args.join(' ')} exited ${r.status ?? r.signal}:\n${r.stdout}${r.stderr}`)
   return r.stdout
 }
 
-describe('the npm package, installed globally into a prefix', () => {
+describe('the npm package, installed globally into a prefix by a normal user', () => {
   let dir
   let prefix
+  let packed
+  let user // how to run a program as the installing user, with its own home
   before(() => {
     dir = mkdtempSync(join(tmpdir(), 'dlq-install-'))
     prefix = join(dir, 'prefix')
+    const home = join(dir, 'home')
+    mkdirSync(home)
     // --ignore-scripts: pack what the test run built; `prepare` would rebuild dist/ under other tests.
-    const [packed] = JSON.parse(run(npm, ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], {cwd: root}))
-    run(npm, ['install', '--global', '--prefix', prefix, '--prefer-offline', '--no-audit', '--no-fund', join(dir, packed.filename)], {cwd: dir})
+    ;[packed] = JSON.parse(run(npm, ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], {cwd: root}))
+    if (asRoot) for (const path of [dir, home, join(dir, packed.filename)]) chownSync(path, NOBODY, NOBODY)
+    const env = {...process.env, HOME: home, XDG_STATE_HOME: join(home, 'state'), XDG_CACHE_HOME: join(home, 'cache'), npm_config_cache: join(home, 'npm-cache')}
+    delete env.DLQ_BACKEND
+    user = (command, args, options = {}) =>
+      asRoot
+        ? run('setpriv', ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', '--', command, ...args], {cwd: dir, ...options, env: {...env, ...options.env}})
+        : run(command, args, {cwd: dir, ...options, env: {...env, ...options.env}})
+    // A cache of its own: the user's npm fetches the backend clients from the registry, as a new user's would.
+    user(npm, ['install', '--global', '--prefix', prefix, '--no-audit', '--no-fund', join(dir, packed.filename)])
   })
   after(() => rmSync(dir, {recursive: true, force: true}))
+
+  it('ships only what runs: the two bundles, bin, man pages and the manifest (no code caches, no unbundled modules)', () => {
+    const files = packed.files.map((f) => f.path).sort()
+    const extra = files.filter((f) => !/^(bin\/run\.cjs|dist\/(dlq|lock-run)\.cjs|man\/[a-z-]+\.1|oclif\.manifest\.json|package\.json|README\.md|LICENSE)$/.test(f))
+    assert.deepEqual(extra, [], 'files in the package that nothing loads')
+    assert.ok(files.includes('dist/dlq.cjs') && files.includes('dist/lock-run.cjs') && files.includes('bin/run.cjs'), files.join(' '))
+  })
+
+  it('installs the backend clients and their dependencies, not the libraries the bundle already holds', () => {
+    const modules = join(prefix, 'lib', 'node_modules', 'dlq', 'node_modules')
+    const names = readdirSync(modules).filter((n) => !n.startsWith('.')).flatMap((n) => (n.startsWith('@') ? readdirSync(join(modules, n)).map((m) => `${n}/${m}`) : [n]))
+    for (const client of ['ioredis', 'pg', 'node-zookeeper-client']) assert.ok(names.includes(client), `${client} installed: ${names.join(' ')}`)
+    for (const bundled of ['@oclif/core', 'chalk', 'execa']) assert.ok(!names.includes(bundled), `${bundled} is in the bundle, yet installed`)
+    assert.ok(names.length <= 30, `${names.length} packages installed: ${names.join(' ')}`)
+  })
 
   it('installs every man page where man looks for it', () => {
     const pages = readdirSync(join(root, 'man')).filter((f) => f.endsWith('.1')).sort()
@@ -39,16 +71,23 @@ describe('the npm package, installed globally into a prefix', () => {
   })
 
   it('man dlq-lock-run finds and formats the installed page', () => {
-    const text = run('man', ['-P', 'cat', 'dlq-lock-run'], {env: {...process.env, MANPATH: join(prefix, 'share', 'man'), MANWIDTH: '80'}})
+    const text = user('man', ['-P', 'cat', 'dlq-lock-run'], {env: {MANPATH: join(prefix, 'share', 'man'), MANWIDTH: '80'}})
     assert.match(text, /lock run/)
   })
 
-  it("puts a dlq on the prefix's bin that runs the main job on the default backend", () => {
+  it("puts a dlq on the prefix's bin that runs the main job on the default backend, and every other command through oclif", () => {
     const dlq = join(prefix, 'bin', 'dlq')
-    assert.match(run(dlq, ['--version']), /\d+\.\d+\.\d+/)
-    const env = {...process.env, XDG_STATE_HOME: join(dir, 'state')}
-    delete env.DLQ_BACKEND
-    const out = run(dlq, ['lock', 'run', '--key', 'installed', '--', 'sh', '-c', 'echo "held $DLQ_FENCING_TOKEN"'], {env})
-    assert.match(out, /^held \d+$/m)
+    assert.match(user(dlq, ['--version']), /\d+\.\d+\.\d+/)
+    assert.match(user(dlq, ['lock', 'run', '--key', 'installed', '--', 'sh', '-c', 'echo "held $DLQ_FENCING_TOKEN"']), /^held \d+$/m)
+    assert.match(user(dlq, ['lock', 'run', '--help']), /--key/)
+    assert.deepEqual(JSON.parse(user(dlq, ['lock', 'status', '--json'])).locks, [])
+    user(dlq, ['queue', 'push', '--queue', 'installed'], {input: 'one\ntwo\n'})
+    assert.equal(user(dlq, ['queue', 'pop', '--queue', 'installed', '--count', '2']), 'one\ntwo\n')
+  })
+
+  it("loads the installed dlq's bash completion", () => {
+    const dlq = join(prefix, 'bin', 'dlq')
+    const out = user('bash', ['--norc', '--noprofile', '-c', `eval "$("$1" completion bash)" && complete -p dlq`, 'dlq-test-bash', dlq])
+    assert.match(out, /^complete .*dlq$/m)
   })
 })
