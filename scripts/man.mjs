@@ -79,6 +79,7 @@ const childEnvironment = {
 // DLQ_FENCING_TOKEN carries.
 const holdingShape = '{"key": KEY, "token": TOKEN, "owner": TOKEN, "fencingToken": INTEGER, "expiresAt": ISO-8601}'
 const messageShape = '{"id": ID, "body": TEXT, "enqueuedAt": ISO-8601, "attempts": N}'
+const binaryMessage = ['A message whose body is not valid UTF-8 has bodyBase64 instead of body:', '{"id": ID, "bodyBase64": BASE64, "enqueuedAt": ISO-8601, "attempts": N}']
 const jsonOutput = {
   'lock:acquire': [
     ['On stdout, one object: token is what lock renew and lock release take with --token; fencingToken is the integer a lock run under this holding would see as DLQ_FENCING_TOKEN; expiresAt is when the lease ends unless renewed.', holdingShape],
@@ -96,8 +97,9 @@ const jsonOutput = {
   'queue:push': [['On stdout, one object once every message is accepted: ids in the order pushed.', '{"queue": QUEUE, "count": N, "ids": [ID, ...]}']],
   'queue:pop': [
     ['On stdout, one object per line and message. body is the message as text when it is valid UTF-8, else bodyBase64 holds its bytes in base64; attempts is which delivery this is (1 the first time). With --exec, stdout is the handlers\'; --json changes dlq\'s own lines on stderr: a handler that failed is a warning object, {"warning": {"what": TEXT, "id": ID, "attempt": N, "exitCode": N|null, "signal": NAME|null}}. No message within --wait (exit 75) is the error object below.', messageShape],
+    binaryMessage,
   ],
-  'queue:tail': [['On stdout, one object per line and message, as queue pop prints them (body or bodyBase64); attempts counts the deliveries so far (0 for a message never popped).', messageShape]],
+  'queue:tail': [['On stdout, one object per line and message, as queue pop prints them (body or bodyBase64); attempts counts the deliveries so far (0 for a message never popped).', messageShape], binaryMessage],
   'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is null when none waits. dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "inFlight": N, "dead": N, "oldestAgeMs": N|null}]}']],
 }
 const errorShape = '{"error": {"code": EXIT-CODE, "what": TEXT, "why": TEXT, "hint": TEXT}}'
