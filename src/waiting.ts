@@ -3,7 +3,22 @@
 // ("\r", erase the line, write it again) and erased when the wait ends. It is cut to the
 // terminal's width, one column spare: a line that wrapped would leave its first rows on the screen,
 // where the next "\r" cannot reach them. The changing part comes first, so a cut takes the detail.
+// Long work (a push of a million lines, a large pop --count) shows its progress the same way, from
+// a second into the work: `progressLine`.
 const refreshMs = 1000
+
+/** The progress line of long work, from a second into it: on a terminal only, never on a pipe. */
+export function progressLine(wanted: boolean, describe: (elapsedMs: number) => string): WaitingLine | undefined {
+  const line = WaitingLine.onTerminal(wanted)
+  line?.showAfter(refreshMs, () => describe(line.waitedMs))
+  return line
+}
+
+/** "1,234,567 messages (45,678/s)": a count and its rate over `elapsedMs`. */
+export function countAndRate(count: number, what: string, elapsedMs: number): string {
+  const rate = elapsedMs > 0 ? Math.round((count * 1000) / elapsedMs) : 0
+  return `${count.toLocaleString('en-US')} ${what} (${rate.toLocaleString('en-US')}/s)`
+}
 
 export class WaitingLine {
   private describe?: () => string

@@ -10,10 +10,13 @@ const quote = (word) => `'${String(word).replaceAll("'", "'\\''")}'`
 
 /**
  * Starts `dlq ARGS…` on a terminal of `columns` columns. Returns {child, output(), result} where
- * output() is what reached the terminal so far and result resolves with {code, output}.
+ * output() is what reached the terminal so far and result resolves with {code, output}. With
+ * `from` (a shell command), dlq's stdin is that command's output instead of the terminal; with
+ * `to` (a path), its stdout goes to that file: stderr stays on the terminal.
  */
-export function onTerminal(args, {columns = 80, rows = 24, env = {}, t} = {}) {
-  const command = `stty cols ${columns} rows ${rows} && exec ${[NODE, BIN, ...args].map(quote).join(' ')}`
+export function onTerminal(args, {columns = 80, rows = 24, env = {}, t, from, to} = {}) {
+  const dlq = `${[NODE, BIN, ...args].map(quote).join(' ')}${to === undefined ? '' : ` > ${quote(to)}`}`
+  const command = `stty cols ${columns} rows ${rows} && ${from === undefined ? `exec ${dlq}` : `{ ${from}; } | ${dlq}`}`
   // stdin stays an open pipe: script forwards it to the terminal and would pass an end of file on.
   const child = spawn('script', ['-qfec', command, '/dev/null'], {cwd: ROOT, env: dlqEnv({TERM: 'xterm', ...env}), stdio: ['pipe', 'pipe', 'pipe'], detached: true})
   const chunks = []

@@ -10,7 +10,7 @@ import {checkName} from '../../names.js'
 import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
-import {WaitingLine} from '../../waiting.js'
+import {countAndRate, progressLine, WaitingLine} from '../../waiting.js'
 import {deadlineMarginMs, termLead, Watchdog} from '../../watchdog.js'
 
 /**
@@ -87,52 +87,62 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
    */
   private async take(backend: Backend, queue: string, count: number, signals: SignalRouter, options: {visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}, format: (message: Message) => Buffer): Promise<{delivered: number; output?: unknown; stopped?: {error: unknown; unacknowledged: number}}> {
     let delivered = 0
-    while (delivered < count) {
-      const want = Math.min(popBatch, count - delivered)
-      let messages: Message[]
-      try {
-        // --wait is for the first message; once some came, a short batch means the queue ran dry.
-        messages = await this.reserve(backend, queue, {...options, count: want, waitMs: delivered === 0 ? options.waitMs : 0})
-      } catch (error) {
-        if (signals.signal.aborted) return {delivered}
-        if (delivered === 0) throw error
-        return {delivered, stopped: {error, unacknowledged: 0}}
-      }
-      if (signals.first) {
-        await backend.queues.settle(queue, messages, 'release', options.maxAttempts) // never written: not a delivery
-        return {delivered}
-      }
-      if (messages.length === 0) return {delivered}
-      let written = 0
-      let output: unknown
-      for (const message of messages) {
-        if (signals.first) break
+    // A large --count shows how far it got on a terminal, from the first batch on (before it, the
+    // waiting line may be up), unless the messages go to that terminal too.
+    let progress: WaitingLine | undefined
+    let popped = 0 // messages written so far, acknowledged or not yet
+    try {
+      while (delivered < count) {
+        const want = Math.min(popBatch, count - delivered)
+        let messages: Message[]
         try {
-          await writeOut(process.stdout, format(message))
-          written++
+          // --wait is for the first message; once some came, a short batch means the queue ran dry.
+          messages = await this.reserve(backend, queue, {...options, count: want, waitMs: delivered === 0 ? options.waitMs : 0})
         } catch (error) {
-          output = error // the reader is gone, or stdout failed: what was not written stays in the queue
-          break
+          if (signals.signal.aborted) return {delivered}
+          if (delivered === 0) throw error
+          return {delivered, stopped: {error, unacknowledged: 0}}
         }
+        if (signals.first) {
+          await backend.queues.settle(queue, messages, 'release', options.maxAttempts) // never written: not a delivery
+          return {delivered}
+        }
+        if (messages.length === 0) return {delivered}
+        progress ??= progressLine(!process.stdout.isTTY && !this.jsonEnabled() && count > popBatch, (ms) => `dlq: popped ${countAndRate(popped, 'messages', ms)} of ${count.toLocaleString('en-US')} from ${JSON.stringify(queue)}`)
+        let written = 0
+        let output: unknown
+        for (const message of messages) {
+          if (signals.first) break
+          try {
+            await writeOut(process.stdout, format(message))
+            written++
+            popped++
+          } catch (error) {
+            output = error // the reader is gone, or stdout failed: what was not written stays in the queue
+            break
+          }
+        }
+        try {
+          await backend.queues.settle(queue, messages.slice(0, written), 'ack', options.maxAttempts)
+        } catch (error) {
+          if (written === 0) throw error
+          await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts).catch(() => {})
+          return {delivered: delivered + written, output, stopped: {error, unacknowledged: written}}
+        }
+        delivered += written
+        try {
+          await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts)
+        } catch (error) {
+          // Not written, so not delivered: a failed release only delays them until --visibility ends.
+          if (delivered === 0) throw error
+          return {delivered, output, stopped: {error, unacknowledged: 0}}
+        }
+        if (output !== undefined || signals.first || messages.length < want) return {delivered, output}
       }
-      try {
-        await backend.queues.settle(queue, messages.slice(0, written), 'ack', options.maxAttempts)
-      } catch (error) {
-        if (written === 0) throw error
-        await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts).catch(() => {})
-        return {delivered: delivered + written, output, stopped: {error, unacknowledged: written}}
-      }
-      delivered += written
-      try {
-        await backend.queues.settle(queue, messages.slice(written), 'release', options.maxAttempts)
-      } catch (error) {
-        // Not written, so not delivered: a failed release only delays them until --visibility ends.
-        if (delivered === 0) throw error
-        return {delivered, output, stopped: {error, unacknowledged: 0}}
-      }
-      if (output !== undefined || signals.first || messages.length < want) return {delivered, output}
+      return {delivered}
+    } finally {
+      progress?.clear()
     }
-    return {delivered}
   }
 
   /** A pop that delivered messages and then lost its backend: exit 0, and one line saying so. */

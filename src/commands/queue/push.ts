@@ -5,6 +5,7 @@ import {dataError, usageError} from '../../errors.js'
 import {batches, type Framing} from '../../framing.js'
 import {checkName} from '../../names.js'
 import {nullFlag, queueFlag} from '../../queueflags.js'
+import {countAndRate, progressLine} from '../../waiting.js'
 
 export default class QueuePush extends DlqCommand {
   static summary = 'Push messages: the arguments, or stdin one message per line.'
@@ -45,18 +46,25 @@ export default class QueuePush extends DlqCommand {
       count += pushed.length
       if (keepIds) ids.push(...pushed)
     }
+    // On a terminal, a push that lasts shows how far it got (stdout carries nothing but --json).
+    let accepted = 0 // for the progress line: counted as each batch is accepted, before confirm() gets to it
+    const progress = progressLine(!this.jsonEnabled(), (ms) => `dlq: pushed ${countAndRate(accepted, 'messages', ms)} to ${JSON.stringify(queue)}`)
     const pushAll = async (source: AsyncIterable<Buffer[]> | Iterable<Buffer[]>) => {
       try {
         for await (const batch of source) {
           const sent = backend.queues.push(queue, batch)
           // confirm() awaits each in order; when one fails, those after it may fail too (a lost
           // connection fails them all) and must not end dlq as unhandled rejections (exit 1).
-          sent.catch(() => {})
+          sent.then((pushed) => (accepted += pushed.length), () => {})
           inFlight.push(sent)
           if (inFlight.length >= window) await confirm()
         }
       } finally {
-        while (inFlight.length > 0) await confirm()
+        try {
+          while (inFlight.length > 0) await confirm()
+        } finally {
+          progress?.clear()
+        }
       }
     }
     if (args.length > 0) {
