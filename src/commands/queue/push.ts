@@ -9,7 +9,7 @@ import {countAndRate, progressLine} from '../../waiting.js'
 
 export default class QueuePush extends DlqCommand {
   static summary = 'Push messages: the arguments, or stdin one message per line.'
-  static description = `With arguments, each is one message. Without, stdin is read: one message per line (a trailing \\r is kept as data; an empty line is an empty message), NUL-separated with -0, or all of stdin as one message with --whole. Messages from one push keep their order. Large inputs are streamed in batches. Exit 0 only once every message is durably accepted; a message over the size limit stops the push with exit 65, after the messages before it were pushed.`
+  static description = `With arguments, each is one message. Without, stdin is read: one message per line (a trailing \\r is kept as data; an empty line is an empty message), NUL-separated with -0, or all of stdin as one message with --whole. Messages from one push keep their order. Large inputs are streamed in batches. Exit 0 only once every message is durably accepted; a message over the size limit stops the push with exit 65, after the messages before it were pushed. On a terminal, a push that lasts over a second shows on stderr how many messages were accepted so far.`
   static examples = [
     '<%= config.bin %> queue push --queue jobs "one message" "two"',
     'seq 1 1000 | <%= config.bin %> queue push --queue jobs',
