@@ -3,7 +3,7 @@ import * as Flags from '@oclif/core/flags'
 
 import type {Message} from './backends/types.js'
 
-export const queueFlag = Flags.string({summary: 'Queue name: 1–255 bytes of UTF-8, no control characters.', required: true, helpValue: 'QUEUE'})
+export const queueFlag = Flags.string({char: 'q', summary: 'Queue name: 1–255 bytes of UTF-8, no control characters.', required: true, helpValue: 'QUEUE'})
 export const nullFlag = Flags.boolean({summary: 'Messages are separated by NUL bytes instead of newlines (short: -0).'})
 
 /** One message as written by pop and tail: the body and its delimiter, or a JSON line. */

@@ -233,6 +233,20 @@ describe('bad flags, keys and queue names', {concurrency: 4}, () => {
     }
   })
 
+  it('-q is --queue on every queue command (queue commands have no --quiet; lock run\'s -q stays --quiet)', async () => {
+    const queue = uniqueName('short-q')
+    const pushed = await ctx.dlq.run(['queue', 'push', '-q', queue, 'one', 'two', 'three'])
+    assert.equal(pushed.code, 0, pushed.stderr)
+    const tail = await ctx.dlq.run(['queue', 'tail', '-q', queue, '-n', '1'])
+    assert.equal(tail.stdout, 'three\n', tail.stderr)
+    const status = await ctx.dlq.run(['queue', 'status', '-q', queue, '--json'])
+    assert.equal(JSON.parse(status.stdout).queues[0].waiting, 3, status.stderr)
+    const popped = await ctx.dlq.run(['queue', 'pop', '-q', queue, '-n', '2'])
+    assert.equal(popped.stdout, 'one\ntwo\n', popped.stderr)
+    const worker = await ctx.dlq.run(['queue', 'pop', '-q', queue, '--exec', '--', 'cat'])
+    assert.equal(worker.stdout, 'three', worker.stderr) // the handler gets the body without its delimiter
+  })
+
   it('a key or queue name that is not valid UTF-8 is 64 (two such keys would arrive as one, U+FFFD); a U+FFFD written as such is a key like any other', async () => {
     // bash passes the bytes as they are; Node would decode \xff and \xfe alike to U+FFFD.
     const withBytes = (words, env = {}) => runProgram('bash', ['-c', `"$@" ${words}`, 'dlq-test-sh', NODE, BIN], {env})

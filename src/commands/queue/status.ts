@@ -10,7 +10,7 @@ export default class QueueStatus extends DlqCommand {
   static examples = ['<%= config.bin %> queue status', '<%= config.bin %> queue status --queue jobs --json']
 
   static flags = {
-    queue: Flags.string({summary: 'Only this queue.', helpValue: 'QUEUE'}),
+    queue: Flags.string({char: 'q', summary: 'Only this queue.', helpValue: 'QUEUE'}),
   }
 
   async run(): Promise<unknown> {
