@@ -22,6 +22,7 @@ import {open, readdir, rename, rm, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {LockLostError, unavailable} from '../../errors.js'
+import {inBatches} from '../inbatches.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
 import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, request as nextRequest} from './leases.js'
 import {decodeName, encodeName, existingDir, existingPath, makeDir, type Modes, readRegularFile, safeDir, unpin, writeNewFile} from './paths.js'
@@ -234,20 +235,21 @@ export class FileLocks implements LockDriver {
   async status(key?: string): Promise<LockState[]> {
     const leases = await this.leasesDir()
     const components = key === undefined ? (await readdir(leases)).sort() : [encodeName(key)]
-    const states: LockState[] = []
-    for (const component of components) {
+    // 32 keys at a time: each is a few system calls on the thread pool, which one after another
+    // would leave mostly idle.
+    const states = await inBatches(components, 32, async (component): Promise<LockState | undefined> => {
       const dir = this.ready.get(component) ?? (await existingDir(join(leases, component), this.modes))
-      if (!dir) continue
+      if (!dir) return undefined
       try {
         const outcome = await this.transact(dir, {kind: 'read'})
-        if (outcome.kind !== 'state' || outcome.holders.length === 0) continue
+        if (outcome.kind !== 'state' || outcome.holders.length === 0) return undefined
         const name = key ?? (await decodeName(leases, component, this.modes)) ?? component
-        states.push({key: name, holders: outcome.holders.map(toHolder).sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken)))})
+        return {key: name, holders: outcome.holders.map(toHolder).sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken)))}
       } finally {
         if (this.ready.get(component) !== dir) await unpin(dir)
       }
-    }
-    return states
+    })
+    return states.filter((state) => state !== undefined)
   }
 
   /** A force release is noticed at once (every commit renames the marker), not at the next renewal. */

@@ -35,6 +35,7 @@
 import type {Stat, Watcher} from 'node-zookeeper-client'
 
 import {LockLostError} from '../../errors.js'
+import {inBatches} from '../inbatches.js'
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import {Code, isCode, isConnectionLoss, Mode, type Session, time, zxid} from './connection.js'
@@ -420,17 +421,16 @@ export class ZooKeeperLocks implements LockDriver {
         throw error
       }
     }
-    const states: LockState[] = []
-    for (const name of keys) {
+    // Keys are read 64 at a time (pipelined on the session), not one round trip after another.
+    const states = await inBatches(keys, 64, async (name): Promise<LockState | undefined> => {
       const {holders, waiters, queue} = await this.holdsOf(name, key === undefined)
-      if (holders.length > 0) {
-        states.push({
-          key: name, holders: holders.map((n) => this.holder(n)), waiters,
-          queue: queue.map(({record, stat}) => ({owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command, since: new Date(time(stat.ctime))})),
-        })
+      if (holders.length === 0) return undefined
+      return {
+        key: name, holders: holders.map((n) => this.holder(n)), waiters,
+        queue: queue.map(({record, stat}) => ({owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command, since: new Date(time(stat.ctime))})),
       }
-    }
-    return states
+    })
+    return states.filter((state) => state !== undefined)
   }
 
   async forceRelease(key: string): Promise<number> {

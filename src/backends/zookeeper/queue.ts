@@ -25,6 +25,7 @@
 import type {Watcher} from 'node-zookeeper-client'
 
 import {dataError} from '../../errors.js'
+import {inBatches} from '../inbatches.js'
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import {Code, isCode, isConnectionLoss, Mode, type Op, type Session, time} from './connection.js'
@@ -77,12 +78,6 @@ interface Claiming {
 // reply it takes out of it, so a thousand pipelined replies cost quadratic copying and GC.
 const readsInFlight = 64
 
-/** fn over items, in order, with at most readsInFlight of them pending at a time. */
-async function inBatches<T, R>(items: T[], fn: (item: T) => Promise<R>): Promise<R[]> {
-  const out: R[] = []
-  for (let at = 0; at < items.length; at += readsInFlight) out.push(...(await Promise.all(items.slice(at, at + readsInFlight).map(fn))))
-  return out
-}
 
 /** Splits items into runs that fit one request: at most multiBytes and 1000 items each. */
 function chunks<T>(items: T[], size: (item: T) => number): T[][] {
@@ -210,7 +205,7 @@ export class ZooKeeperQueues implements QueueDriver {
 
   /** What a claim will do: read, named, not yet committed. */
   private async prepareClaims(queue: string, dirs: {waiting: string; claimed: string}, entries: Waiting[], request: ReserveRequest): Promise<Claiming[]> {
-    const reads = await inBatches(entries, async (entry) => {
+    const reads = await inBatches(entries, readsInFlight, async (entry) => {
       const from = `${dirs.waiting}/${entry.name}`
       try {
         return {entry, from, ...(await this.session.getData(from))}
@@ -385,7 +380,7 @@ export class ZooKeeperQueues implements QueueDriver {
   }
 
   private async read(dir: string, entries: Waiting[]): Promise<Message[]> {
-    const messages = await inBatches(entries, async (entry) => {
+    const messages = await inBatches(entries, readsInFlight, async (entry) => {
       try {
         const {data, stat} = await this.session.getData(`${dir}/${entry.name}`)
         const {enqueuedAt, body} = decode(data)
