@@ -138,6 +138,27 @@ describe('postgres behind PgBouncer (default settings)', {concurrency: 1}, () =>
     t.diagnostic(`50 lock run through PgBouncer (transaction, pool 10): ${Math.round((Date.now() - started) / 1000)} s, hand-off median ${median(gaps).toFixed(1)} ms, max ${Math.max(...gaps).toFixed(1)} ms`)
   })
 
+  it('transaction pooling without ?pooling=transaction: dlq notices the shared sessions and works on', async (t) => {
+    // The issue's 20 of 20 failures ("prepared statement dlq_acquire already exists"): now the
+    // first such error switches the process to unnamed statements and polling.
+    const bouncer = await startPgBouncer(server, {poolMode: 'transaction', poolSize: 2})
+    t.after(() => bouncer.stop())
+    const dir = await tempDir(t)
+    const file = join(dir, 'sections')
+    const key = uniqueName('unsaid')
+    const runs = Array.from({length: 12}, () => cli(bouncer.url, ['lock', 'run', '--key', key, '--wait', '5m', '--', 'bash', '-c', MARKED, 'dlq-test-bash', file], {timeoutMs: 300_000}))
+    const queue = uniqueName('q')
+    const pushes = Array.from({length: 6}, (_v, i) => cli(bouncer.url, ['queue', 'push', '--queue', queue, `m${i}`]))
+    const results = await Promise.all([...runs, ...pushes])
+    assert.deepEqual(results.filter((r) => r.code !== 0).map((r) => `${r.code}: ${r.stderr.trim()}`), [])
+    const {overlaps, count} = await sections(file)
+    assert.equal(count, 12)
+    assert.equal(overlaps, 0, 'two critical sections overlapped')
+    const pops = await Promise.all(Array.from({length: 3}, () => cli(bouncer.url, ['queue', 'pop', '--queue', queue, '--count', '2', '--verbose'])))
+    assert.deepEqual(pops.map((r) => r.code), [0, 0, 0], pops.map((r) => r.stderr).join(''))
+    assert.deepEqual(pops.flatMap((r) => r.stdout.split('\n').filter(Boolean)).sort(), ['m0', 'm1', 'm2', 'm3', 'm4', 'm5'])
+  })
+
   it('?pooling= other than none, session or transaction is a usage error (64)', async () => {
     const r = await cli(`${server.url}?pooling=statement`, ['lock', 'status'])
     assert.equal(r.code, 64, r.stderr)

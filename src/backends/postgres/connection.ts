@@ -114,6 +114,9 @@ const LATEST_VERSION = 3
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/
+// A named prepared statement already there (42P05), or missing (26000), where pg knows it did
+// (not) prepare it on this connection: only a server session shared with other clients does that.
+const sharedSessionStates = new Set(['42P05', '26000'])
 const retryableStates = new Set(['57P01', '57P02', '57P03', '53300'])
 const socketCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'ENOENT', 'EACCES'])
 const socketMessages = /Connection terminated|timeout expired|Client has encountered a connection error|not queryable|SSL/i
@@ -248,9 +251,8 @@ async function tlsOf(url: URL, env: NodeJS.ProcessEnv): Promise<false | Connecti
 export class Connection {
   readonly displayUrl: string
   readonly schema: Schema
-  readonly pooling: Pooling
-  /** LISTEN needs a session of its own; behind a transaction pooler there is none. */
-  readonly canListen: boolean
+  /** As given by ?pooling=, or `transaction` once a statement showed that server sessions are shared. */
+  private pooling: Pooling
   private live?: Client
   /** False when the database's default isolation is not READ COMMITTED: then each statement says so. */
   private readCommitted = true
@@ -266,7 +268,11 @@ export class Connection {
     this.displayUrl = settings.displayUrl
     this.schema = settings.schema
     this.pooling = settings.pooling
-    this.canListen = settings.pooling !== 'transaction'
+  }
+
+  /** LISTEN needs a session of its own; behind a transaction pooler there is none. */
+  get canListen(): boolean {
+    return this.pooling !== 'transaction'
   }
 
   /** Connects (exit 69 at once when refused), then brings the schema up to date. */
@@ -359,6 +365,17 @@ export class Connection {
       return result.rows
     } catch (error) {
       if (timedOut) throw unavailable(`no reply from ${this.displayUrl}`, `${name} took longer than ${timeoutMs} ms`, 'is the server overloaded or unreachable? ?connectTimeout= sets the limit')
+      if (typeof statement !== 'string' && this.pooling !== 'transaction' && sharedSessionStates.has((error as {code?: string}).code ?? '')) {
+        // A named statement already prepared, or missing, in a session where pg (which counts
+        // what it prepared in this connection) knows better: the server session is shared, so
+        // a transaction pooler stands in between without ?pooling=transaction. The statement
+        // failed at Parse or Bind, before it ran: sent again unnamed, it runs once. From now on,
+        // dlq works as with ?pooling=transaction (waits that listened so far fall back to polls).
+        this.pooling = 'transaction'
+        this.log?.(`pg: ${name}: ${this.scrub((error as Error).message)}: server sessions are shared (a transaction pooler?): unnamed statements and polling from now on; say ?pooling=transaction`)
+        clearTimeout(timer)
+        return this.send<Row>(statement, values, Math.max(1, timeoutMs - (Date.now() - started)), session)
+      }
       throw this.describe(error, `${name} failed on ${this.displayUrl}`)
     } finally {
       clearTimeout(timer)
