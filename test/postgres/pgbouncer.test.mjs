@@ -53,13 +53,15 @@ describe('postgres behind PgBouncer (default settings)', {concurrency: 1}, () =>
   })
   after(() => server?.stop())
 
-  for (const mode of ['session', 'transaction']) {
-    describe(`pool_mode = ${mode}`, {concurrency: 1}, () => {
+  // Session pooling as given (dlq works as direct), session pooling with ?pooling=session (waiters
+  // and holders let their server connection go), transaction pooling with ?pooling=transaction.
+  for (const [mode, pooling] of [['session', undefined], ['session', 'session'], ['transaction', 'transaction']]) {
+    describe(`pool_mode = ${mode}${pooling ? `, ?pooling=${pooling}` : ''}`, {concurrency: 1}, () => {
       let bouncer
       let url
       before(async () => {
         bouncer = await startPgBouncer(server, {poolMode: mode, poolSize: 10})
-        url = mode === 'transaction' ? `${bouncer.url}?pooling=transaction` : bouncer.url
+        url = pooling ? `${bouncer.url}?pooling=${pooling}` : bouncer.url
       })
       after(() => bouncer?.stop())
 
@@ -118,10 +120,10 @@ describe('postgres behind PgBouncer (default settings)', {concurrency: 1}, () =>
     })
   }
 
-  it('transaction pooling: 50 concurrent lock run on a pool of 10 server connections all finish, none overlapping', async (t) => {
-    const bouncer = await startPgBouncer(server, {poolMode: 'transaction', poolSize: 10})
+  for (const mode of ['transaction', 'session']) it(`${mode} pooling (?pooling=${mode}): 50 concurrent lock run on a pool of 10 server connections all finish, none overlapping`, async (t) => {
+    const bouncer = await startPgBouncer(server, {poolMode: mode, poolSize: 10})
     t.after(() => bouncer.stop())
-    const url = `${bouncer.url}?pooling=transaction`
+    const url = `${bouncer.url}?pooling=${mode}`
     const dir = await tempDir(t)
     const file = join(dir, 'sections')
     const key = uniqueName('fifty')
@@ -135,7 +137,7 @@ describe('postgres behind PgBouncer (default settings)', {concurrency: 1}, () =>
     assert.equal(overlaps, 0, 'two critical sections overlapped')
     const servers = (await bouncer.show('POOLS')).find((pool) => pool.database === server.database)
     assert.ok(servers.sv_active + servers.sv_idle + servers.sv_used <= 10, JSON.stringify(servers))
-    t.diagnostic(`50 lock run through PgBouncer (transaction, pool 10): ${Math.round((Date.now() - started) / 1000)} s, hand-off median ${median(gaps).toFixed(1)} ms, max ${Math.max(...gaps).toFixed(1)} ms`)
+    t.diagnostic(`50 lock run through PgBouncer (${mode}, pool 10): ${Math.round((Date.now() - started) / 1000)} s, hand-off median ${median(gaps).toFixed(1)} ms, max ${Math.max(...gaps).toFixed(1)} ms`)
   })
 
   it('transaction pooling without ?pooling=transaction: dlq notices the shared sessions and works on', async (t) => {

@@ -18,6 +18,7 @@
 //   Behind a transaction pooler (?pooling=transaction) every statement may run on another server
 //   session, so statements are unnamed (a named one is prepared in one server session and missing,
 //   or already there, in the next) and there is no LISTEN (waits poll instead: see poll.ts).
+//   Behind a session pooler with ?pooling=session, dlq disconnects while it waits (idle()).
 // - The schema (`dlq`, or ?schema=) is created on first use by a versioned migration: one
 //   transaction holding pg_advisory_xact_lock on a fixed key while it reads schema_version, so of
 //   two dlq processes starting at once one migrates and the other waits, then finds it done.
@@ -56,9 +57,11 @@ export interface Schema {
 }
 
 /**
- * What stands between dlq and PostgreSQL (?pooling=): nothing (`none`), a pooler that gives each
- * client connection one server session for its life (`session`: PgBouncer's pool_mode=session,
- * where dlq works as direct), or one that may give each transaction another (`transaction`).
+ * What stands between dlq and PostgreSQL (?pooling=): nothing (`none`, also right for a session
+ * pooler, where dlq then holds a server connection for as long as it runs, as direct); a pooler
+ * that gives each client connection one server session for its life (`session`: PgBouncer's
+ * pool_mode=session), where dlq disconnects while it waits or holds between renewals so as not to
+ * pin one; or one that may give each transaction another server session (`transaction`).
  */
 export type Pooling = 'none' | 'session' | 'transaction'
 const poolings: readonly Pooling[] = ['none', 'session', 'transaction']
@@ -270,9 +273,32 @@ export class Connection {
     this.pooling = settings.pooling
   }
 
-  /** LISTEN needs a session of its own; behind a transaction pooler there is none. */
+  /**
+   * LISTEN needs a session that stays: behind a transaction pooler there is none, and behind a
+   * session pooler dlq lets its session go while it waits (idle()).
+   */
   get canListen(): boolean {
-    return this.pooling !== 'transaction'
+    return this.pooling === 'none'
+  }
+
+  /**
+   * Behind a session pooler (?pooling=session) a client connection pins one server connection for
+   * its whole life: a waiter between two polls, or a holder between two renewals, lets it go, and
+   * the next statement connects again (through PgBouncer, no new server login: about a
+   * millisecond). Elsewhere nothing to do: direct, the session is dlq's own; behind a transaction
+   * pooler, an idle client holds no server connection anyway.
+   */
+  async idle(): Promise<void> {
+    if (this.pooling !== 'session') return
+    await this.serial(async () => {
+      const client = this.live
+      if (!client) return
+      this.live = undefined
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([client.end().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 500)))])
+      clearTimeout(timer)
+      client.connection.stream.destroy()
+    })
   }
 
   /** Connects (exit 69 at once when refused), then brings the schema up to date. */
@@ -304,7 +330,7 @@ export class Connection {
    * round trip, and no UNLISTEN sits in front of the statement that follows a hand-off.
    */
   async listen(channel: string, onNotify: () => void): Promise<() => void> {
-    if (!this.canListen) throw new Error('LISTEN behind a transaction pooler: poll instead')
+    if (!this.canListen) throw new Error('LISTEN behind a pooler: poll instead')
     let entry = this.channels.get(channel)
     if (!entry) {
       const ready = this.query(`LISTEN ${quoteIdentifier(channel)}`).then(() => {})

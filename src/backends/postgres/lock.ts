@@ -17,8 +17,10 @@
 //   or by a timer at the earliest expiry; a slow poll is only the fallback. Their presence is a
 //   row with an expiry in lock_waiters, refreshed by each poll, so `lock status` counts them.
 //   Holders listen as well, and so notice a force release at once (watchLoss).
-//   Behind a transaction pooler there is no LISTEN: waiters poll (poll.ts) at a pace set by the
-//   number of waiters acquire() reports, and a holder learns of a force release at its next renewal.
+//   Behind a pooler (?pooling=transaction or session) there is no LISTEN: waiters poll (poll.ts)
+//   at a pace set by the number of waiters acquire() reports, and a holder learns of a force
+//   release at its next renewal. Behind a session pooler they disconnect between polls and
+//   renewals (Connection.idle), so that neither pins a server connection.
 //
 // Why not just pg_advisory_lock(key) for the whole run: a session-level advisory lock records no
 // holder (no host, pid or command for `lock status`), has no TTL, so `lock acquire --token` could
@@ -225,6 +227,7 @@ export class PostgresLocks implements LockDriver {
         const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0])
         if (row.acquired) {
           acquired = true
+          await this.connection.idle() // a holder asks again only at its renewals
           return {key, owner, fencingToken: row.token!, ttlMs, expiresAt: new Date(sent + ttlMs)}
         }
         const now = Date.now()
@@ -232,8 +235,9 @@ export class PostgresLocks implements LockDriver {
         if (request.onWaiting) request.onWaiting((await this.status(key))[0]?.holders ?? [])
         const untilExpiry = row.retry_ms === null ? fallbackPollMs : Number(row.retry_ms) + 1
         if (!this.connection.canListen) {
-          // Behind a transaction pooler: poll (poll.ts), each waiter the less often the more wait.
+          // Behind a pooler: poll (poll.ts), each waiter the less often the more wait.
           const pause = backoff.next(lockPollCapMs(Number(row.waiters ?? 1)))
+          await this.connection.idle()
           await wakeup.sleep(Math.max(1, Math.min(deadline - now, untilExpiry, pause)))
           continue
         }
@@ -255,6 +259,7 @@ export class PostgresLocks implements LockDriver {
     const sent = Date.now()
     const [row] = await this.connection.query<{token: string; ttl_ms: string}>(this.statements.renew, [key, owner, ttlMs ?? null])
     if (!row) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    await this.connection.idle()
     const granted = ttlMs ?? Number(row.ttl_ms)
     return {key, owner, fencingToken: row.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
   }
@@ -275,7 +280,7 @@ export class PostgresLocks implements LockDriver {
    * rather than at its next renewal. When the server cannot be asked, renewals decide.
    */
   watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
-    if (!this.connection.canListen) return () => {} // behind a transaction pooler: renewals decide
+    if (!this.connection.canListen) return () => {} // behind a pooler: renewals decide
     let stopped = false
     let unlisten: (() => void) | undefined
     const check = () => {

@@ -3,7 +3,9 @@
 // client that session serves next, so dlq does not listen there at all. A waiter asks again after
 // a pause that starts short (a release soon after the wait began is seen within milliseconds) and
 // grows by half each time up to a cap, with ±20% jitter so waiters that started together spread
-// out. Between two polls a waiter holds no server session: PgBouncer lends it one per statement.
+// out. Between two polls a waiter holds no server session: a transaction pooler lends it one per
+// transaction, and behind a session pooler (?pooling=session) dlq disconnects while it waits
+// (Connection.idle), since there even an idle client connection pins a server connection.
 
 export class PollBackoff {
   private nextMs: number

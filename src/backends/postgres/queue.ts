@@ -23,7 +23,7 @@
 // - The dead-letter queue of Q is the queue named Q.dead, rows like any other.
 // - Blocked pops and tail --follow LISTEN on the queue's channel; push, retry and release NOTIFY
 //   it at commit. A reservation running out wakes nobody, so a blocked pop also sleeps no longer
-//   than until the next deadline; a slow poll is only the fallback. Behind a transaction pooler
+//   than until the next deadline; a slow poll is only the fallback. Behind a pooler
 //   (no LISTEN) they poll instead (poll.ts).
 // Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
 // every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
@@ -385,7 +385,8 @@ export class PostgresQueues implements QueueDriver {
         const now = Date.now()
         if (now >= deadline) return []
         if (!this.connection.canListen) {
-          // Behind a transaction pooler: poll (poll.ts); reserve finds expired reservations too.
+          // Behind a pooler: poll (poll.ts); reserve finds expired reservations too.
+          await this.connection.idle()
           await wakeup.sleep(Math.max(1, Math.min(deadline - now, backoff.next())))
           continue
         }
@@ -438,7 +439,7 @@ export class PostgresQueues implements QueueDriver {
     const wakeup = new Wakeup(signal)
     const backoff = new PollBackoff(5, queuePollCapMs)
     // LISTEN first, then the last id: a push committed in between is both after `last` and heard.
-    // Behind a transaction pooler there is nothing to listen to: the loop polls.
+    // Behind a pooler there is nothing to listen to: the loop polls.
     const listening = this.connection.canListen ? this.connection.listen(this.channel(queue), wakeup.wake) : Promise.resolve(() => {})
     const start = this.connection.query<{last: string}>(this.statements.lastId, [queue])
     let unlisten: (() => void) | undefined
@@ -455,6 +456,7 @@ export class PostgresQueues implements QueueDriver {
           if (rows.length === followPage) continue
         }
         if (wakeup.changed || signal.aborted) continue
+        if (!this.connection.canListen) await this.connection.idle()
         await wakeup.sleep(this.connection.canListen ? fallbackPollMs : backoff.next())
       }
     } finally {
