@@ -12,6 +12,7 @@ import {chown, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import {removeTempDir, tempDir, waitFor} from './cli.mjs'
+import {startPostgres} from './postgres.mjs'
 import {accepts, daemon, freePort} from './servers.mjs'
 
 const BIN = '/usr/sbin/pgbouncer'
@@ -70,3 +71,19 @@ export async function startPgBouncer(server, {poolMode = 'session', poolSize = 1
     },
   }
 }
+
+/** A conformance entry (test/support/backends.mjs): PostgreSQL behind PgBouncer in `poolMode`, with ?pooling= saying so. */
+export const pgbouncerBackend = (poolMode) => ({
+  name: `pgbouncer-${poolMode}`,
+  async setup() {
+    const server = await startPostgres()
+    const bouncer = await startPgBouncer(server, {poolMode, poolSize: 10})
+    return {
+      url: `${bouncer.url}?pooling=${poolMode}`,
+      async teardown() {
+        await bouncer.stop()
+        await server.stop()
+      },
+    }
+  },
+})
