@@ -140,6 +140,24 @@ describe('postgres behind PgBouncer (default settings)', {concurrency: 1}, () =>
     t.diagnostic(`50 lock run through PgBouncer (${mode}, pool 10): ${Math.round((Date.now() - started) / 1000)} s, hand-off median ${median(gaps).toFixed(1)} ms, max ${Math.max(...gaps).toFixed(1)} ms`)
   })
 
+  it('session pooling with ?pooling=session: holders and waiters pin no server connection (20 holds of 0.5 s on a pool of 5)', async (t) => {
+    // Without the parameter each dlq keeps its server connection from start to exit, so 15 of the
+    // 20 queue in PgBouncer and those still queued after the 5 s connect timeout exit 69 (6 of 20
+    // when tried). With it, a holder disconnects until its next renewal and a waiter between polls.
+    const bouncer = await startPgBouncer(server, {poolMode: 'session', poolSize: 5})
+    t.after(() => bouncer.stop())
+    const dir = await tempDir(t)
+    const file = join(dir, 'sections')
+    const slow = MARKED.replace('sleep 0.02', 'sleep 0.5')
+    const key = uniqueName('pinned')
+    const runs = Array.from({length: 20}, () => cli(`${bouncer.url}?pooling=session`, ['lock', 'run', '--key', key, '--wait', '10m', '--', 'bash', '-c', slow, 'dlq-test-bash', file], {timeoutMs: 600_000}))
+    const results = await Promise.all(runs)
+    assert.deepEqual(results.filter((r) => r.code !== 0).map((r) => `${r.code}: ${r.stderr.trim()}`), [])
+    const {overlaps, count} = await sections(file)
+    assert.equal(count, 20)
+    assert.equal(overlaps, 0, 'two critical sections overlapped')
+  })
+
   it('transaction pooling without ?pooling=transaction: dlq notices the shared sessions and works on', async (t) => {
     // The issue's 20 of 20 failures ("prepared statement dlq_acquire already exists"): now the
     // first such error switches the process to unnamed statements and polling.
