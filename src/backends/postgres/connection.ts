@@ -290,6 +290,7 @@ export class Connection {
    */
   async idle(): Promise<void> {
     if (this.pooling !== 'session') return
+    // In line with the statements: one sent meanwhile connects again after this one let go.
     await this.serial(async () => {
       const client = this.live
       if (!client) return

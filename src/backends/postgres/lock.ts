@@ -31,7 +31,7 @@ import {LockLostError} from '../../errors.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import type {Connection, Schema, Statement} from './connection.js'
-import {lockPollCapMs, PollBackoff} from './poll.js'
+import {lockPollCapMs, lockPollMaxMs, PollBackoff} from './poll.js'
 
 const fallbackPollMs = 2000
 const waiterTtlMs = 5000
@@ -218,7 +218,7 @@ export class PostgresLocks implements LockDriver {
     let unlisten: (() => void) | undefined
     let acquired = false
     const wakeup = new Wakeup(signal)
-    const backoff = new PollBackoff(5, lockPollCapMs(Infinity))
+    const backoff = new PollBackoff(5, lockPollMaxMs)
     try {
       for (;;) {
         signal.throwIfAborted()
@@ -227,7 +227,7 @@ export class PostgresLocks implements LockDriver {
         const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0])
         if (row.acquired) {
           acquired = true
-          await this.connection.idle() // a holder asks again only at its renewals
+          void this.connection.idle() // a holder asks again only at its renewals (not awaited: the hand-off goes on)
           return {key, owner, fencingToken: row.token!, ttlMs, expiresAt: new Date(sent + ttlMs)}
         }
         const now = Date.now()
@@ -259,7 +259,7 @@ export class PostgresLocks implements LockDriver {
     const sent = Date.now()
     const [row] = await this.connection.query<{token: string; ttl_ms: string}>(this.statements.renew, [key, owner, ttlMs ?? null])
     if (!row) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
-    await this.connection.idle()
+    void this.connection.idle()
     const granted = ttlMs ?? Number(row.ttl_ms)
     return {key, owner, fencingToken: row.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
   }

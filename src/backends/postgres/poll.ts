@@ -32,7 +32,8 @@ export class PollBackoff {
  * poll after a release comes some 25 ms later, and the server sees a steady trickle however many
  * wait), each at least every second and at most 20 times a second.
  */
-export const lockPollCapMs = (waiters: number): number => Math.min(1000, Math.max(50, 25 * waiters))
+export const lockPollCapMs = (waiters: number): number => Math.min(lockPollMaxMs, Math.max(50, 25 * waiters))
+export const lockPollMaxMs = 1000
 
 /** A blocked pop or tail --follow: no count of the others, so a fixed cap (10 light polls a second). */
 export const queuePollCapMs = 100
