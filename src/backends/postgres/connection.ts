@@ -78,7 +78,7 @@ const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 // sessions up to migration 2; a pooler refuses that parameter (PgBouncer: "unsupported startup
 // parameter: options") and shares server sessions, so from migration 3 on they are SET clauses of
 // the functions that read the queue and the leases, in force for each call and nowhere else.
-export const PLANNER_SETTINGS = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin']
+const PLANNER_SETTINGS = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin']
 const FUNCTIONS = ['acquire', 'release', 'force_release', 'push', 'bury', 'reserve', 'settle', 'peek', 'after', 'stats_of_queue']
 const plannerSettingsOfFunctions = ({sql: s}: Schema): string[] =>
   FUNCTIONS.map((name) => `ALTER FUNCTION ${s}.${name} ${PLANNER_SETTINGS.map((setting) => `SET ${setting} = off`).join(' ')}`)
