@@ -20,6 +20,7 @@ import {mkdir, rm} from 'node:fs/promises'
 import {join, sep} from 'node:path'
 
 import {listRecursive, run, spawnDlq, tempDir} from './cli.mjs'
+import {pgbouncerBackend} from './pgbouncer.mjs'
 import {postgresBackend} from './postgres.mjs'
 import {zookeeperBackend} from './zookeeper.mjs'
 import {redisBackend} from './servers.mjs'
@@ -50,12 +51,17 @@ export const fileBackend = {
 // postgres.mjs): each starts its own server on a free loopback port per describe block.
 export const allBackends = [fileBackend, redisBackend, zookeeperBackend, postgresBackend]
 
+// PostgreSQL behind PgBouncer, in each pooling mode with its ?pooling=: the same server backend
+// through another door, so only when asked for by name (DLQ_TEST_BACKENDS=pgbouncer-transaction).
+export const optionalBackends = [pgbouncerBackend('transaction'), pgbouncerBackend('session')]
+
 // DLQ_TEST_BACKENDS=file,redis runs the suite against those only (default: all of them).
 const wanted = (process.env.DLQ_TEST_BACKENDS ?? '').split(',').map((n) => n.trim()).filter(Boolean)
+const known = [...allBackends, ...optionalBackends]
 for (const name of wanted) {
-  if (!allBackends.some((b) => b.name === name)) throw new Error(`DLQ_TEST_BACKENDS names ${name}; known: ${allBackends.map((b) => b.name).join(', ')}`)
+  if (!known.some((b) => b.name === name)) throw new Error(`DLQ_TEST_BACKENDS names ${name}; known: ${known.map((b) => b.name).join(', ')}`)
 }
-export const backends = wanted.length === 0 ? allBackends : allBackends.filter((b) => wanted.includes(b.name))
+export const backends = wanted.length === 0 ? allBackends : known.filter((b) => wanted.includes(b.name))
 
 /**
  * A dlq bound to one backend URL: `dlq.run(['lock', 'run', '--key', K, '--', 'true'])` runs

@@ -11,6 +11,14 @@
 //   resume before the lease expires. LISTEN channels are re-issued on the new session and their
 //   waiters woken, since notifications sent meanwhile are lost. LISTEN and NOTIFY share the one
 //   session: unlike Redis pub/sub, a listening PostgreSQL session still runs statements.
+// - No session state is relied on, so that a pooler (PgBouncer) can stand in between: no startup
+//   `options` (PgBouncer refuses the parameter), the planner settings dlq's statements need are
+//   SET clauses of its functions (migration 3) and the isolation level is READ COMMITTED by the
+//   database's default or by an explicit BEGIN per statement where that default is another.
+//   Behind a transaction pooler (?pooling=transaction) every statement may run on another server
+//   session, so statements are unnamed (a named one is prepared in one server session and missing,
+//   or already there, in the next) and there is no LISTEN (waits poll instead: see poll.ts).
+//   Behind a session pooler with ?pooling=session, dlq disconnects while it waits (idle()).
 // - The schema (`dlq`, or ?schema=) is created on first use by a versioned migration: one
 //   transaction holding pg_advisory_xact_lock on a fixed key while it reads schema_version, so of
 //   two dlq processes starting at once one migrates and the other waits, then finds it done.
@@ -20,14 +28,17 @@ import {homedir, userInfo} from 'node:os'
 import {join} from 'node:path'
 import type {ConnectionOptions} from 'node:tls'
 
-import type {Client, ClientConfig, QueryResultRow} from 'pg'
+import type {Client, ClientConfig, QueryConfig, QueryResultRow} from 'pg'
 
 import {DlqError, unavailable, usageError} from '../../errors.js'
 import {checkParameters, connectTimeoutMs, credentials, maskUrl} from '../url.js'
-import {lockSchema} from './lock.js'
-import {queueSchema, queueSchemaV2} from './queue.js'
+import {lockSchema, lockSchemaV3} from './lock.js'
+import {queueSchema, queueSchemaV2, queueSchemaV3} from './queue.js'
 
-/** A statement prepared once per session under its name (pg re-prepares after a reconnect). */
+/**
+ * A statement prepared once per session under its name (pg re-prepares after a reconnect), sent
+ * unnamed behind a transaction pooler.
+ */
 export interface Statement {
   name: string
   text: string
@@ -45,27 +56,50 @@ export interface Schema {
   channel(kind: 'lock' | 'queue', name: string): string
 }
 
+/**
+ * What stands between dlq and PostgreSQL (?pooling=): nothing (`none`, also right for a session
+ * pooler, where dlq then holds a server connection for as long as it runs, as direct); a pooler
+ * that gives each client connection one server session for its life (`session`: PgBouncer's
+ * pool_mode=session), where dlq disconnects while it waits or holds between renewals so as not to
+ * pin one; or one that may give each transaction another server session (`transaction`).
+ */
+export type Pooling = 'none' | 'session' | 'transaction'
+const poolings: readonly Pooling[] = ['none', 'session', 'transaction']
+
 // Beside dlq's own, the libpq URI parameters that make sense here (a Unix socket is ?host=/dir).
-const knownParameters = ['schema', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name']
+const knownParameters = ['schema', 'pooling', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name']
 const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 
-// Keys and queue names are UTF-8 whatever the database's default client encoding. And every dlq
-// statement reads or writes a few rows through an index (the first messages of one queue in id
-// order, a lease by key, rows by (queue, id)), which is always the right plan; but right after a
-// bulk push the statistics still say the queue is tiny, and the planner would sort, hash or
-// bitmap-scan the whole queue for each pop (160 ms instead of 1.5 ms for 1000 of 300,000). These
-// settings, for dlq's own sessions only, leave it the index and nested loops. Last, the lock
-// functions rely on READ COMMITTED (each statement sees what committed before it, the count after
-// the advisory lock included), whatever default a database sets.
-const SESSION_SETTINGS = [
-  'client_encoding=UTF8', 'enable_seqscan=off', 'enable_bitmapscan=off', 'enable_sort=off', 'enable_hashjoin=off', 'enable_mergejoin=off',
-  'default_transaction_isolation=read\\ committed', // the backslash keeps the space inside the value
-].map((setting) => `-c ${setting}`).join(' ')
+// Every dlq statement reads or writes a few rows through an index (the first messages of one
+// queue in id order, a lease by key, rows by (queue, id)), which is always the right plan; but
+// right after a bulk push the statistics still say the queue is tiny, and the planner would sort,
+// hash or bitmap-scan the whole queue for each pop (160 ms instead of 1.5 ms for 1000 of 300,000).
+// These settings leave it the index and nested loops. They were the startup `options` of dlq's
+// sessions up to migration 2; a pooler refuses that parameter (PgBouncer: "unsupported startup
+// parameter: options") and shares server sessions, so from migration 3 on they are SET clauses of
+// the functions that read the queue and the leases, in force for each call and nowhere else.
+const PLANNER_SETTINGS = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin']
+const FUNCTIONS = ['acquire', 'release', 'force_release', 'push', 'bury', 'reserve', 'settle', 'peek', 'after', 'stats_of_queue']
+const plannerSettingsOfFunctions = ({sql: s}: Schema): string[] =>
+  FUNCTIONS.map((name) => `ALTER FUNCTION ${s}.${name} ${PLANNER_SETTINGS.map((setting) => `SET ${setting} = off`).join(' ')}`)
+
+// The lock functions rely on READ COMMITTED (each statement sees what committed before it, the
+// count after the advisory lock included), and SKIP LOCKED reservations would fail with
+// serialization errors under REPEATABLE READ. Where the database's default is another level, each
+// statement is sent inside BEGIN ISOLATION LEVEL READ COMMITTED … COMMIT: two more round trips,
+// but no session state (a SET would stay behind in a pooler's shared session).
+const BEGIN_READ_COMMITTED = 'BEGIN ISOLATION LEVEL READ COMMITTED'
+
+// client_encoding is a startup parameter PgBouncer knows (it tracks it per client): keys and queue
+// names are UTF-8 whatever the database's default client encoding.
+const STARTUP_PARAMETERS = {client_encoding: 'UTF8'}
 
 // 'dlq-migr' as a 64-bit integer: the one key every dlq process takes before it migrates a schema.
 const MIGRATION_LOCK = '7236841547384498034'
 const SCHEMA_EXISTS = 'SELECT 1 FROM pg_namespace WHERE nspname = $1'
 const READ_VERSION = (s: string) => `SELECT coalesce(max(version), 0) AS version FROM ${s}.schema_version`
+const OPENING = (s: string) => `SELECT current_setting('transaction_isolation') AS isolation, (${READ_VERSION(s)}) AS version`
+const ISOLATION = "SELECT current_setting('transaction_isolation') AS isolation"
 const CREATE_VERSION_TABLE = (s: string) => `CREATE TABLE IF NOT EXISTS ${s}.schema_version (
   version integer PRIMARY KEY,
   applied_at timestamptz NOT NULL DEFAULT now(),
@@ -77,15 +111,20 @@ const RECORD_VERSION = (s: string) => `INSERT INTO ${s}.schema_version (version)
 export const migrations = (schema: Schema): {version: number; statements: string[]}[] => [
   {version: 1, statements: [...lockSchema(schema), ...queueSchema(schema)]},
   {version: 2, statements: queueSchemaV2(schema)},
+  {version: 3, statements: [...lockSchemaV3(schema), ...queueSchemaV3(schema), ...plannerSettingsOfFunctions(schema)]},
 ]
-const LATEST_VERSION = 2
+const LATEST_VERSION = 3
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/
+// A named prepared statement already there (42P05), or missing (26000), where pg knows it did
+// (not) prepare it on this connection: only a server session shared with other clients does that.
+const sharedSessionStates = new Set(['42P05', '26000'])
 const retryableStates = new Set(['57P01', '57P02', '57P03', '53300'])
 const socketCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'ENOENT', 'EACCES'])
 const socketMessages = /Connection terminated|timeout expired|Client has encountered a connection error|not queryable|SSL/i
 
+const execute = <Row extends QueryResultRow>(client: Client, query: string | QueryConfig) => (typeof query === 'string' ? client.query<Row>(query) : client.query<Row>(query))
 const quoteIdentifier = (name: string) => `"${name.replace(/"/g, '""')}"`
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
 
@@ -107,6 +146,7 @@ interface Settings {
   secrets: () => string[]
   schema: Schema
   timeoutMs: number
+  pooling: Pooling
 }
 
 /** libpq's password file: host:port:database:user:password, `*` matches anything, `\` escapes. */
@@ -161,11 +201,14 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
   const given = url.password ? found.password : url.searchParams.get('password') ?? found.password
   let password: string | undefined = given ?? (env.PGPASSWORD || undefined)
   const timeoutMs = connectTimeoutMs(url)
+  const pooling = (url.searchParams.get('pooling') ?? 'none') as Pooling
+  if (!poolings.includes(pooling)) throw usageError('bad ?pooling=', `${pooling} in ${displayUrl}`, 'none, session or transaction (PgBouncer\'s pool_mode)')
   return {
     displayUrl,
     secrets: () => (password ? [password] : []),
     schema: schemaOf(schemaName),
     timeoutMs,
+    pooling,
     config: {
       host,
       port,
@@ -181,7 +224,6 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
       },
       ssl: await tlsOf(url, env),
       application_name: url.searchParams.get('application_name') ?? 'dlq',
-      options: SESSION_SETTINGS,
       keepAlive: true,
       connectionTimeoutMillis: timeoutMs,
     },
@@ -212,25 +254,66 @@ async function tlsOf(url: URL, env: NodeJS.ProcessEnv): Promise<false | Connecti
 export class Connection {
   readonly displayUrl: string
   readonly schema: Schema
+  /** As given by ?pooling=, or `transaction` once a statement showed that server sessions are shared. */
+  private pooling: Pooling
   private live?: Client
+  /** False when the database's default isolation is not READ COMMITTED: then each statement says so. */
+  private readCommitted = true
   private tail: Promise<unknown> = Promise.resolve()
   private readonly channels = new Map<string, {handlers: Set<() => void>; ready: Promise<void>}>()
   private closed = false
 
   private constructor(
-    private readonly pg: {Client: typeof Client},
+    private readonly client: typeof Client,
     private readonly settings: Settings,
     private readonly log?: (line: string) => void,
   ) {
     this.displayUrl = settings.displayUrl
     this.schema = settings.schema
+    this.pooling = settings.pooling
+  }
+
+  /**
+   * LISTEN needs a session that stays: behind a transaction pooler there is none, and behind a
+   * session pooler dlq lets its session go while it waits (idle()).
+   */
+  get canListen(): boolean {
+    return this.pooling === 'none'
+  }
+
+  /**
+   * Behind a session pooler (?pooling=session) a client connection pins one server connection for
+   * its whole life: a waiter between two polls, or a holder between two renewals, lets it go, and
+   * the next statement connects again (through PgBouncer, no new server login: about a
+   * millisecond). Elsewhere nothing to do: direct, the session is dlq's own; behind a transaction
+   * pooler, an idle client holds no server connection anyway.
+   */
+  async idle(): Promise<void> {
+    if (this.pooling !== 'session') return
+    // In line with the statements: one sent meanwhile connects again after this one let go.
+    await this.serial(async () => {
+      const client = this.live
+      if (!client) return
+      this.live = undefined
+      let timer: NodeJS.Timeout | undefined
+      await Promise.race([client.end().catch(() => {}), new Promise((resolve) => (timer = setTimeout(resolve, 500)))])
+      clearTimeout(timer)
+      client.connection.stream.destroy()
+    })
   }
 
   /** Connects (exit 69 at once when refused), then brings the schema up to date. */
   static async open(url: URL, log?: (line: string) => void): Promise<Connection> {
     const settings = await settingsOf(url)
     const {default: pg} = await import('pg')
-    const connection = new Connection(pg, settings, log)
+    // pg puts only a few parameters of its own in the startup message: the subclass adds dlq's.
+    class DlqClient extends pg.Client {
+      getStartupConf(): Record<string, string> {
+        const own = (pg.Client.prototype as unknown as {getStartupConf(this: Client): Record<string, string>}).getStartupConf
+        return {...own.call(this), ...STARTUP_PARAMETERS}
+      }
+    }
+    const connection = new Connection(DlqClient, settings, log)
     await connection.serial(() => connection.connect(false))
     await connection.migrate()
     return connection
@@ -248,6 +331,7 @@ export class Connection {
    * round trip, and no UNLISTEN sits in front of the statement that follows a hand-off.
    */
   async listen(channel: string, onNotify: () => void): Promise<() => void> {
+    if (!this.canListen) throw new Error('LISTEN behind a pooler: poll instead')
     let entry = this.channels.get(channel)
     if (!entry) {
       const ready = this.query(`LISTEN ${quoteIdentifier(channel)}`).then(() => {})
@@ -289,6 +373,13 @@ export class Connection {
     if (session && this.live !== session) throw unavailable(`lost the connection to ${this.displayUrl}`, 'the session of a transaction ended', 'try again')
     const client = this.live ?? (await this.connect(true))
     const name = typeof statement === 'string' ? statement.replace(/\s+/g, ' ').slice(0, 60) : statement.name
+    // A named statement is prepared in the server session it first ran in; behind a transaction
+    // pooler the next run may land in another session (where it is missing) or the name in one
+    // where another client prepared it ("prepared statement already exists"). Unnamed, pg parses
+    // it each time: about 0.1 ms a statement, measured (bench/postgres.mjs).
+    const query: string | QueryConfig = typeof statement === 'string'
+      ? (values.length === 0 ? statement : {text: statement, values})
+      : (this.pooling === 'transaction' ? {text: statement.text, values} : {...statement, values})
     const started = Date.now()
     let timedOut = false
     const timer = setTimeout(() => {
@@ -296,16 +387,38 @@ export class Connection {
       this.drop(client)
     }, timeoutMs)
     try {
-      const result = typeof statement === 'string' && values.length === 0
-        ? await client.query<Row>(statement)
-        : await client.query<Row>(typeof statement === 'string' ? {text: statement, values} : {...statement, values})
+      const result = this.readCommitted || session ? await execute<Row>(client, query) : await this.inReadCommitted<Row>(client, query)
       this.log?.(`pg: ${name} (${Date.now() - started} ms, ${result.rowCount ?? result.rows.length} rows)`)
       return result.rows
     } catch (error) {
       if (timedOut) throw unavailable(`no reply from ${this.displayUrl}`, `${name} took longer than ${timeoutMs} ms`, 'is the server overloaded or unreachable? ?connectTimeout= sets the limit')
+      if (typeof statement !== 'string' && this.pooling !== 'transaction' && sharedSessionStates.has((error as {code?: string}).code ?? '')) {
+        // A named statement already prepared, or missing, in a session where pg (which counts
+        // what it prepared in this connection) knows better: the server session is shared, so
+        // a transaction pooler stands in between without ?pooling=transaction. The statement
+        // failed at Parse or Bind, before it ran: sent again unnamed, it runs once. From now on,
+        // dlq works as with ?pooling=transaction (waits that listened so far fall back to polls).
+        this.pooling = 'transaction'
+        this.log?.(`pg: ${name}: ${this.scrub((error as Error).message)}: server sessions are shared (a transaction pooler?): unnamed statements and polling from now on; say ?pooling=transaction`)
+        clearTimeout(timer)
+        return this.send<Row>(statement, values, Math.max(1, timeoutMs - (Date.now() - started)), session)
+      }
       throw this.describe(error, `${name} failed on ${this.displayUrl}`)
     } finally {
       clearTimeout(timer)
+    }
+  }
+
+  /** One statement in a transaction of its own at READ COMMITTED, whatever the database's default. */
+  private async inReadCommitted<Row extends QueryResultRow>(client: Client, query: string | QueryConfig) {
+    await client.query(BEGIN_READ_COMMITTED)
+    try {
+      const result = await execute<Row>(client, query)
+      await client.query('COMMIT')
+      return result
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {})
+      throw error
     }
   }
 
@@ -317,7 +430,7 @@ export class Connection {
     if (this.closed) throw unavailable(`connection to ${this.displayUrl} closed`, 'the backend was closed')
     const deadline = Date.now() + this.settings.timeoutMs
     for (let attempt = 0; ; attempt++) {
-      const client = new this.pg.Client({...this.settings.config, connectionTimeoutMillis: Math.max(100, deadline - Date.now())})
+      const client = new this.client({...this.settings.config, connectionTimeoutMillis: Math.max(100, deadline - Date.now())})
       // An idle session's errors arrive as events; unhandled, they would end the process.
       client.on('error', (error: Error) => {
         this.log?.(`pg: session lost: ${this.scrub(error.message)}`)
@@ -389,11 +502,17 @@ export class Connection {
 
   private async migrate(): Promise<void> {
     const s = this.schema.sql
-    const version = await this.query<{version: number}>(READ_VERSION(s)).then(
-      (rows) => rows[0].version,
-      (error: {code?: string}) => {
-        if (error.code === '42P01' || error.code === '3F000') return 0 // no table, or no schema, yet
-        throw error
+    // The default isolation comes with the schema's version: no round trip of its own.
+    const version = await this.query<{isolation: string; version: number}>(OPENING(s)).then(
+      ([row]) => {
+        this.readCommitted = row.isolation === 'read committed'
+        return row.version
+      },
+      async (error: {code?: string}) => {
+        if (error.code !== '42P01' && error.code !== '3F000') throw error // else no table, or no schema, yet
+        const [row] = await this.query<{isolation: string}>(ISOLATION)
+        this.readCommitted = row.isolation === 'read committed'
+        return 0
       },
     )
     if (version === LATEST_VERSION) return
@@ -404,7 +523,8 @@ export class Connection {
       // One session throughout: a statement sent after a reconnect would run outside the transaction.
       const session = this.live ?? (await this.connect(true))
       const run = (text: string, values: unknown[] = []) => this.send(text, values, Math.max(this.settings.timeoutMs, 30_000), session)
-      await run('BEGIN')
+      // READ COMMITTED: the version is read after the advisory lock is granted, not before.
+      await run(BEGIN_READ_COMMITTED)
       try {
         await run(`SELECT pg_advisory_xact_lock(${MIGRATION_LOCK})`)
         // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:

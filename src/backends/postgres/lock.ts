@@ -17,6 +17,10 @@
 //   or by a timer at the earliest expiry; a slow poll is only the fallback. Their presence is a
 //   row with an expiry in lock_waiters, refreshed by each poll, so `lock status` counts them.
 //   Holders listen as well, and so notice a force release at once (watchLoss).
+//   Behind a pooler (?pooling=transaction or session) there is no LISTEN: waiters poll (poll.ts)
+//   at a pace set by the number of waiters acquire() reports, and a holder learns of a force
+//   release at its next renewal. Behind a session pooler they disconnect between polls and
+//   renewals (Connection.idle), so that neither pins a server connection.
 //
 // Why not just pg_advisory_lock(key) for the whole run: a session-level advisory lock records no
 // holder (no host, pid or command for `lock status`), has no TTL, so `lock acquire --token` could
@@ -27,35 +31,19 @@ import {LockLostError} from '../../errors.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import type {Connection, Schema, Statement} from './connection.js'
+import {lockPollCapMs, lockPollMaxMs, PollBackoff} from './poll.js'
 
 const fallbackPollMs = 2000
 const waiterTtlMs = 5000
 
-/** Version 1 of the lock tables and functions (applied by the migration in connection.ts). */
-export const lockSchema = ({sql: s, lockSpace}: Schema): string[] => [
-  `CREATE SEQUENCE ${s}.fencing_tokens AS bigint`,
-  `CREATE TABLE ${s}.leases (
-    key text NOT NULL,
-    owner text NOT NULL,
-    token bigint NOT NULL,
-    acquired_at timestamptz NOT NULL,
-    expires_at timestamptz NOT NULL,
-    ttl_ms bigint NOT NULL,
-    host text NOT NULL,
-    pid integer NOT NULL,
-    username text NOT NULL,
-    command text NOT NULL,
-    PRIMARY KEY (key, owner)
-  )`,
-  `CREATE TABLE ${s}.lock_waiters (
-    key text NOT NULL,
-    owner text NOT NULL,
-    expires_at timestamptz NOT NULL,
-    PRIMARY KEY (key, owner)
-  )`,
-  // Returns one row: acquired, and the lease; or not, and how long until the first lease expires.
+/**
+ * The acquire function: one row back, acquired and the lease; or not, how long until the first
+ * lease expires and (from migration 3 on) how many wait for the key, which sets how often a
+ * waiter behind a transaction pooler polls (poll.ts).
+ */
+const acquireFunction = ({sql: s, lockSpace}: Schema, withWaiters: boolean): string =>
   `CREATE FUNCTION ${s}.acquire(p_key text, p_owner text, p_ttl_ms bigint, p_limit integer, p_host text, p_pid integer, p_user text, p_command text, p_waiter_ttl_ms bigint)
-  RETURNS TABLE (acquired boolean, token bigint, acquired_at timestamptz, expires_at timestamptz, retry_ms bigint)
+  RETURNS TABLE (acquired boolean, token bigint, acquired_at timestamptz, expires_at timestamptz, retry_ms bigint${withWaiters ? ', waiters bigint' : ''})
   LANGUAGE plpgsql AS $fn$
   #variable_conflict use_column
   DECLARE
@@ -80,7 +68,7 @@ export const lockSchema = ({sql: s, lockSpace}: Schema): string[] => [
     END IF;
     IF mine.token IS NOT NULL THEN
       DELETE FROM ${s}.lock_waiters WHERE key = p_key AND owner = p_owner;
-      RETURN QUERY SELECT true, mine.token, mine.acquired_at, mine.expires_at, NULL::bigint;
+      RETURN QUERY SELECT true, mine.token, mine.acquired_at, mine.expires_at, NULL::bigint${withWaiters ? ', NULL::bigint' : ''};
       RETURN;
     END IF;
     -- Not acquired: nothing here needs to survive a crash (pruning, presence), so no WAL flush.
@@ -90,9 +78,42 @@ export const lockSchema = ({sql: s, lockSpace}: Schema): string[] => [
         ON CONFLICT (key, owner) DO UPDATE SET expires_at = EXCLUDED.expires_at;
     END IF;
     RETURN QUERY SELECT false, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
-      (SELECT ceil(extract(epoch FROM min(l.expires_at) - now_) * 1000)::bigint FROM ${s}.leases l WHERE l.key = p_key);
+      (SELECT ceil(extract(epoch FROM min(l.expires_at) - now_) * 1000)::bigint FROM ${s}.leases l WHERE l.key = p_key)${withWaiters ? `,
+      (SELECT count(*) FROM ${s}.lock_waiters w WHERE w.key = p_key AND w.expires_at > now_)` : ''};
   END
-  $fn$`,
+  $fn$`
+
+/** Version 1 of the lock tables and functions (applied by the migration in connection.ts). */
+export const lockSchema = (schema: Schema): string[] => [
+  ...lockTables(schema),
+  acquireFunction(schema, false),
+  ...releaseFunctions(schema),
+]
+
+const lockTables = ({sql: s}: Schema): string[] => [
+  `CREATE SEQUENCE ${s}.fencing_tokens AS bigint`,
+  `CREATE TABLE ${s}.leases (
+    key text NOT NULL,
+    owner text NOT NULL,
+    token bigint NOT NULL,
+    acquired_at timestamptz NOT NULL,
+    expires_at timestamptz NOT NULL,
+    ttl_ms bigint NOT NULL,
+    host text NOT NULL,
+    pid integer NOT NULL,
+    username text NOT NULL,
+    command text NOT NULL,
+    PRIMARY KEY (key, owner)
+  )`,
+  `CREATE TABLE ${s}.lock_waiters (
+    key text NOT NULL,
+    owner text NOT NULL,
+    expires_at timestamptz NOT NULL,
+    PRIMARY KEY (key, owner)
+  )`,
+]
+
+const releaseFunctions = ({sql: s}: Schema): string[] => [
   // The NOTIFY is delivered at commit, after the row is gone: a woken waiter finds the room.
   // The commit does not wait for its WAL flush: a release lost in a crash only leaves the lease to
   // expire, and the next acquisition's own (flushed) commit makes it durable anyway. That keeps
@@ -123,6 +144,12 @@ export const lockSchema = ({sql: s, lockSpace}: Schema): string[] => [
     RETURN live;
   END
   $fn$`,
+]
+
+/** Version 3: acquire also counts the key's waiters. */
+export const lockSchemaV3 = (schema: Schema): string[] => [
+  `DROP FUNCTION ${schema.sql}.acquire(text, text, bigint, integer, text, integer, text, text, bigint)`,
+  acquireFunction(schema, true),
 ]
 
 const ACQUIRE = (s: string) => `SELECT * FROM ${s}.acquire($1, $2, $3, $4, $5, $6, $7, $8, $9)`
@@ -161,6 +188,7 @@ interface AcquireRow {
   acquired: boolean
   token: string | null
   retry_ms: string | null
+  waiters?: string | null
 }
 
 interface HolderRow {
@@ -190,6 +218,7 @@ export class PostgresLocks implements LockDriver {
     let unlisten: (() => void) | undefined
     let acquired = false
     const wakeup = new Wakeup(signal)
+    const backoff = new PollBackoff(5, lockPollMaxMs)
     try {
       for (;;) {
         signal.throwIfAborted()
@@ -198,17 +227,25 @@ export class PostgresLocks implements LockDriver {
         const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0])
         if (row.acquired) {
           acquired = true
+          void this.connection.idle() // a holder asks again only at its renewals (not awaited: the hand-off goes on)
           return {key, owner, fencingToken: row.token!, ttlMs, expiresAt: new Date(sent + ttlMs)}
         }
         const now = Date.now()
         if (now >= deadline) return undefined
         if (request.onWaiting) request.onWaiting((await this.status(key))[0]?.holders ?? [])
+        const untilExpiry = row.retry_ms === null ? fallbackPollMs : Number(row.retry_ms) + 1
+        if (!this.connection.canListen) {
+          // Behind a pooler: poll (poll.ts), each waiter the less often the more wait.
+          const pause = backoff.next(lockPollCapMs(Number(row.waiters ?? 1)))
+          await this.connection.idle()
+          await wakeup.sleep(Math.max(1, Math.min(deadline - now, untilExpiry, pause)))
+          continue
+        }
         if (!unlisten) {
           unlisten = await this.connection.listen(this.connection.schema.channel('lock', key), wakeup.wake)
           continue // try again now that a release cannot slip by unheard
         }
         if (wakeup.changed) continue
-        const untilExpiry = row.retry_ms === null ? fallbackPollMs : Number(row.retry_ms) + 1
         await wakeup.sleep(Math.max(1, Math.min(deadline - now, untilExpiry, fallbackPollMs)))
       }
     } finally {
@@ -222,6 +259,7 @@ export class PostgresLocks implements LockDriver {
     const sent = Date.now()
     const [row] = await this.connection.query<{token: string; ttl_ms: string}>(this.statements.renew, [key, owner, ttlMs ?? null])
     if (!row) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    void this.connection.idle()
     const granted = ttlMs ?? Number(row.ttl_ms)
     return {key, owner, fencingToken: row.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
   }
@@ -242,6 +280,7 @@ export class PostgresLocks implements LockDriver {
    * rather than at its next renewal. When the server cannot be asked, renewals decide.
    */
   watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
+    if (!this.connection.canListen) return () => {} // behind a pooler: renewals decide
     let stopped = false
     let unlisten: (() => void) | undefined
     const check = () => {

@@ -23,12 +23,14 @@
 // - The dead-letter queue of Q is the queue named Q.dead, rows like any other.
 // - Blocked pops and tail --follow LISTEN on the queue's channel; push, retry and release NOTIFY
 //   it at commit. A reservation running out wakes nobody, so a blocked pop also sleeps no longer
-//   than until the next deadline; a slow poll is only the fallback.
+//   than until the next deadline; a slow poll is only the fallback. Behind a pooler
+//   (no LISTEN) they poll instead (poll.ts).
 // Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
 // every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
 import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import type {Connection, Schema, Statement} from './connection.js'
+import {PollBackoff, queuePollCapMs} from './poll.js'
 
 const maxMessageBytes = 1024 * 1024
 const fallbackPollMs = 5000
@@ -236,6 +238,38 @@ export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
   $fn$`,
 ]
 
+/**
+ * Version 3: the reads of tail and `queue status --queue` that were plain statements become
+ * functions, so that they too run under the planner settings of dlq's functions (connection.ts:
+ * SET clauses, no longer session settings, since a pooler shares sessions).
+ */
+export const queueSchemaV3 = ({sql: s}: Schema): string[] => [
+  `CREATE FUNCTION ${s}.peek(p_queue text, p_count integer)
+  RETURNS TABLE (id bigint, body bytea, enqueued_at timestamptz, attempts integer)
+  LANGUAGE sql AS $fn$
+    SELECT m.id, m.body, m.enqueued_at, m.attempts FROM ${s}.messages m
+    WHERE m.queue = p_queue AND m.visible_at <= clock_timestamp()
+    ORDER BY m.id DESC LIMIT p_count
+  $fn$`,
+  `CREATE FUNCTION ${s}.after(p_queue text, p_last bigint, p_count integer)
+  RETURNS TABLE (id bigint, body bytea, enqueued_at timestamptz, attempts integer)
+  LANGUAGE sql AS $fn$
+    SELECT m.id, m.body, m.enqueued_at, m.attempts FROM ${s}.messages m
+    WHERE m.queue = p_queue AND m.id > p_last AND m.visible_at <= clock_timestamp()
+    ORDER BY m.id LIMIT p_count
+  $fn$`,
+  // One queue and its dead letters, each counted by its own lookup in the primary key: "queue = $1
+  // OR queue = $2" was planned as a walk of the whole index through every other queue (issue 16).
+  `CREATE FUNCTION ${s}.stats_of_queue(p_queue text, p_dead text)
+  RETURNS TABLE (queue text, waiting bigint, in_flight bigint, oldest_ms bigint)
+  LANGUAGE sql AS $fn$
+    SELECT v.queue, c.waiting, c.in_flight, c.oldest_ms
+    FROM (VALUES (p_queue), (p_dead)) AS v(queue)
+    CROSS JOIN LATERAL (SELECT ${COUNTS} FROM ${s}.messages m WHERE m.queue = v.queue) AS c
+    ORDER BY v.queue
+  $fn$`,
+]
+
 const PUSH = (s: string) => `SELECT ${s}.push($1, $2::bytea[], $3) AS ids`
 const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
 const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3, $4, $5, $6, $7, $8)`
@@ -245,25 +279,15 @@ const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_times
   RETURNING id`
 const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
   FROM ${s}.messages WHERE queue = $1 AND reserved_by IS NOT NULL AND visible_at > clock_timestamp()`
-const PEEK = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.messages
-  WHERE queue = $1 AND visible_at <= clock_timestamp()
-  ORDER BY id DESC LIMIT $2`
+const PEEK = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.peek($1, $2)`
 const LAST_ID = (s: string) => `SELECT coalesce(max(id), 0) AS last FROM ${s}.messages WHERE queue = $1`
-const AFTER = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.messages
-  WHERE queue = $1 AND id > $2 AND visible_at <= clock_timestamp()
-  ORDER BY id LIMIT ${followPage}`
+const AFTER = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.after($1, $2, ${followPage})`
 /** The counts of `queue status`, over the rows a statement groups or selects. */
 const COUNTS = `count(*) FILTER (WHERE visible_at <= now()) AS waiting,
     count(*) FILTER (WHERE visible_at > now()) AS in_flight,
     floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms`
 const ALL_STATS = (s: string) => `SELECT queue, ${COUNTS} FROM ${s}.messages GROUP BY queue ORDER BY queue`
-// One queue and its dead letters, each counted by its own lookup in the primary key (queue = $n):
-// "queue = $1 OR queue = $2" was planned as a walk of the whole index in queue order, through
-// every other queue's messages (issue 16).
-const STATS_OF_QUEUE = (s: string) => `SELECT v.queue, c.waiting, c.in_flight, c.oldest_ms
-  FROM (VALUES ($1::text), ($2::text)) AS v(queue)
-  CROSS JOIN LATERAL (SELECT ${COUNTS} FROM ${s}.messages m WHERE m.queue = v.queue) AS c
-  ORDER BY v.queue`
+const STATS_OF_QUEUE = (s: string) => `SELECT queue, waiting, in_flight, oldest_ms FROM ${s}.stats_of_queue($1, $2)`
 
 /** The queue statements of one schema, named for pg's per-session prepared statements. */
 export const queueStatements = (schema: Schema) => {
@@ -348,6 +372,7 @@ export class PostgresQueues implements QueueDriver {
     const dead = `${queue}.dead`
     let unlisten: (() => void) | undefined
     const wakeup = new Wakeup(signal)
+    const backoff = new PollBackoff(5, queuePollCapMs)
     try {
       for (;;) {
         signal.throwIfAborted()
@@ -359,6 +384,12 @@ export class PostgresQueues implements QueueDriver {
         }
         const now = Date.now()
         if (now >= deadline) return []
+        if (!this.connection.canListen) {
+          // Behind a pooler: poll (poll.ts); reserve finds expired reservations too.
+          await this.connection.idle()
+          await wakeup.sleep(Math.max(1, Math.min(deadline - now, backoff.next())))
+          continue
+        }
         if (!unlisten) {
           unlisten = await this.connection.listen(this.channel(queue), wakeup.wake)
           continue // try again now that a push cannot slip by unheard
@@ -406,8 +437,10 @@ export class PostgresQueues implements QueueDriver {
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
     const wakeup = new Wakeup(signal)
+    const backoff = new PollBackoff(5, queuePollCapMs)
     // LISTEN first, then the last id: a push committed in between is both after `last` and heard.
-    const listening = this.connection.listen(this.channel(queue), wakeup.wake)
+    // Behind a pooler there is nothing to listen to: the loop polls.
+    const listening = this.connection.canListen ? this.connection.listen(this.channel(queue), wakeup.wake) : Promise.resolve(() => {})
     const start = this.connection.query<{last: string}>(this.statements.lastId, [queue])
     let unlisten: (() => void) | undefined
     try {
@@ -419,10 +452,12 @@ export class PostgresQueues implements QueueDriver {
         if (rows.length > 0) {
           last = rows[rows.length - 1].id
           await onMessages(rows.map((row) => this.message(row)))
+          backoff.reset()
           if (rows.length === followPage) continue
         }
         if (wakeup.changed || signal.aborted) continue
-        await wakeup.sleep(fallbackPollMs)
+        if (!this.connection.canListen) await this.connection.idle()
+        await wakeup.sleep(this.connection.canListen ? fallbackPollMs : backoff.next())
       }
     } finally {
       wakeup.dispose()
