@@ -272,7 +272,10 @@ export class FailoverWait {
  * a master without replicas), within ?replicaTimeout= (default 1s). Asynchronous replication is
  * not consensus: this narrows the window in which a failover loses an acknowledged write to the
  * replicas that confirmed it dying too, or Sentinel promoting one that had not (see README).
- * The master's replicas are counted once (ROLE), sent alongside the first write: no extra wait.
+ * The master's replicas are counted (ROLE) on each connection, sent alongside its first write: no
+ * extra wait. A reconnection may have reached another master (a failover): the count is not kept
+ * across it, or a promoted replica that has no replica yet would be asked to WAIT for one, and every
+ * write after a failover would pay ?replicaTimeout= (1 s: the waiting lock run of the failover bench).
  */
 export class Replication {
   private counted?: Promise<number>
@@ -282,7 +285,11 @@ export class Replication {
     /** ?replicas=N; undefined: one if the master has any. */
     private readonly wanted: number | undefined,
     private readonly timeoutMs: number,
-  ) {}
+  ) {
+    client.on('ready', () => {
+      this.counted = undefined
+    })
+  }
 
   /**
    * WAIT on the connection that carried the write. On a cluster that is the node owning the key's
