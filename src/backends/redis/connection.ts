@@ -314,7 +314,7 @@ export class Replication {
   }
 
   /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
-  async confirm(what: string, key: string): Promise<void> {
+  async confirm(what: () => string, key: string): Promise<void> {
     this.prepare()
     const wanted = this.wanted ?? Math.min(1, await this.counted!)
     if (wanted <= 0) return
@@ -326,7 +326,7 @@ export class Replication {
       if ((await this.counted!) === 0) return
     }
     if (acknowledged < wanted) {
-      throw unavailable(`${what} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
+      throw unavailable(`${what()} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
     }
   }
 }

@@ -159,12 +159,13 @@ export class RedisLocks implements LockDriver {
     let subscriber: Client | undefined
     let acquired = false
     let attempts = 0
-    const wakeup = new Wakeup(request.signal)
-    const failover = new FailoverWait(this.followMs)
+    // Made when first needed: a free key (most acquisitions) is taken without either.
+    let wakeup: Wakeup | undefined
+    let failover: FailoverWait | undefined
     try {
       for (;;) {
         request.signal.throwIfAborted()
-        wakeup.changed = false
+        if (wakeup) wakeup.changed = false
         let reply: unknown[]
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
         this.replication?.prepare()
@@ -173,14 +174,14 @@ export class RedisLocks implements LockDriver {
           reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0])) as unknown[]
         } catch (error) {
           // Asking again is safe: a holder that already holds is answered "held" (lost reply).
-          await failover.failed(error, request.signal, deadline)
+          await (failover ??= new FailoverWait(this.followMs)).failed(error, request.signal, deadline)
           continue
         }
-        failover.succeeded()
+        failover?.succeeded()
         this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
         if (num(reply[0]) === 1) {
           try {
-            await this.replication?.confirm(`the lock ${JSON.stringify(request.key)}`, keys.holders)
+            await this.replication?.confirm(() => `the lock ${JSON.stringify(request.key)}`, keys.holders)
           } catch (error) {
             // Not handed out: a lease a failover could lose would let two holders run.
             await this.release(request.key, request.owner).catch(() => {})
@@ -193,6 +194,7 @@ export class RedisLocks implements LockDriver {
         if (now >= deadline) return undefined
         if (request.onWaiting) request.onWaiting((await this.status(request.key).catch(() => []))[0]?.holders ?? [])
         if (!subscriber) {
+          wakeup ??= new Wakeup(request.signal)
           subscriber = duplicateOf(this.client)
           subscriber.on('error', () => {})
           subscriber.on('message', wakeup.wake)
@@ -201,15 +203,15 @@ export class RedisLocks implements LockDriver {
           } catch (error) {
             subscriber.disconnect()
             subscriber = undefined
-            await failover.failed(error, request.signal, deadline)
+            await (failover ??= new FailoverWait(this.followMs)).failed(error, request.signal, deadline)
           }
           continue // try again now that a release cannot slip by unheard
         }
-        if (wakeup.changed) continue
-        await wakeup.sleep(Math.max(1, Math.min(deadline - now, num(reply[1]) + 1, fallbackPollMs)))
+        if (wakeup!.changed) continue
+        await wakeup!.sleep(Math.max(1, Math.min(deadline - now, num(reply[1]) + 1, fallbackPollMs)))
       }
     } finally {
-      wakeup.dispose()
+      wakeup?.dispose()
       subscriber?.disconnect()
       if (!acquired && attempts > 0) await this.client.zrem(keys.waiters, request.owner).catch(() => {})
     }
@@ -221,7 +223,7 @@ export class RedisLocks implements LockDriver {
     this.replication?.prepare()
     const reply = (await renewScript.run(this.client, [keys.holders, keys.info], [owner, ttlMs ?? 0])) as unknown[] | null
     if (!reply) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
-    await this.replication?.confirm(`the renewal of ${JSON.stringify(key)}`, keys.holders)
+    await this.replication?.confirm(() => `the renewal of ${JSON.stringify(key)}`, keys.holders)
     const parsed = parseRecord(text(reply[0]))
     const granted = ttlMs ?? parsed.ttlMs
     this.log?.(`redis: renewed ${key} for ${granted}ms`)
