@@ -14,7 +14,7 @@ import {createRequire} from 'node:module'
 import {dirname, join} from 'node:path'
 import {fileURLToPath, pathToFileURL} from 'node:url'
 
-const PAIR_ROUNDS = 5
+const PAIR_ROUNDS = 9
 const PAIRS_PER_ROUND = 1000
 const PAIR_SLICE = 50
 const PUSH_LINES = 1_000_000
@@ -64,7 +64,10 @@ function redisWaiting(port) {
  * driver, redis-semaphore's Mutex and redlock (one server, no retries). Each round runs every
  * candidate in slices of PAIR_SLICE pairs, interleaved and in a rotating order, so that a burst of
  * load from elsewhere on the machine falls on all of them alike; a candidate's figure for a round is
- * its mean pair time over the round, and the report takes the median over the rounds.
+ * its mean pair time over the round, and the report takes the median over the rounds. On a machine
+ * shared with other work the wall time of a round trip is mostly waiting to be scheduled: the CPU
+ * time each side spends per pair (this process, and the server by INFO cpu around each slice) is
+ * measured beside it, and varies far less with the load.
  */
 async function pairsSideBySide(root, url) {
   const require = createRequire(join(root, 'package.json'))
@@ -75,7 +78,7 @@ async function pairsSideBySide(root, url) {
   const backend = await openRedisBackend(new URL(url), {})
   const signal = new AbortController().signal
   const holder = {host: 'bench', pid: process.pid, user: 'bench', command: 'bench'}
-  const [raw, semaphoreClient, redlockClient] = [new Redis(url), new Redis(url), new Redis(url)]
+  const [raw, semaphoreClient, redlockClient, probe] = [new Redis(url), new Redis(url), new Redis(url), new Redis(url)]
   const delIfEqual = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
   const sha = await raw.script('LOAD', delIfEqual)
   const redlock = new Redlock([redlockClient], {retryCount: 0})
@@ -105,23 +108,40 @@ async function pairsSideBySide(root, url) {
   try {
     for (const name of names) for (let i = 0; i < 200; i++) await candidates[name]() // warm-up: JIT, scripts loaded
     const rounds = Object.fromEntries(names.map((name) => [name, []]))
+    const cpu = Object.fromEntries(names.map((name) => [name, {client: [], server: []}]))
     for (let round = 0; round < PAIR_ROUNDS; round++) {
-      const spent = Object.fromEntries(names.map((name) => [name, 0]))
+      const spent = Object.fromEntries(names.map((name) => [name, {wall: 0, client: 0, server: 0}]))
       for (let slice = 0; slice < PAIRS_PER_ROUND / PAIR_SLICE; slice++) {
         for (let j = 0; j < names.length; j++) {
           const name = names[(slice + round + j) % names.length]
+          const serverBefore = await serverCpuMicros(probe)
+          const clientBefore = process.cpuUsage()
           const start = performance.now()
           for (let i = 0; i < PAIR_SLICE; i++) await candidates[name]()
-          spent[name] += performance.now() - start
+          spent[name].wall += performance.now() - start
+          const client = process.cpuUsage(clientBefore)
+          spent[name].client += client.user + client.system
+          spent[name].server += (await serverCpuMicros(probe)) - serverBefore
         }
       }
-      for (const name of names) rounds[name].push(spent[name] / PAIRS_PER_ROUND)
+      for (const name of names) {
+        rounds[name].push(spent[name].wall / PAIRS_PER_ROUND)
+        cpu[name].client.push(spent[name].client / PAIRS_PER_ROUND)
+        cpu[name].server.push(spent[name].server / PAIRS_PER_ROUND)
+      }
     }
-    return {rounds, commands: await commandsPerPair(url, candidates)}
+    return {rounds, cpu, commands: await commandsPerPair(url, candidates)}
   } finally {
     await backend.close()
-    for (const client of [raw, semaphoreClient, redlockClient]) client.disconnect()
+    for (const client of [raw, semaphoreClient, redlockClient, probe]) client.disconnect()
   }
+}
+
+/** The server's CPU time so far (user + system), in microseconds. */
+async function serverCpuMicros(client) {
+  const info = await client.info('cpu')
+  const seconds = (field) => Number(new RegExp(`^${field}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN)
+  return (seconds('used_cpu_user') + seconds('used_cpu_sys')) * 1e6
 }
 
 /**
@@ -230,6 +250,12 @@ export async function benchRedis({root, dlq, handoff, spawnTimed, expectStatus, 
       const ratios = ratioToRaw(name)
       return [label, fmtInt(PAIR_ROUNDS * PAIRS_PER_ROUND), fmt(median(pairs.rounds[name]), 3), fmt(median(pairs.rounds.raw), 3), `${fmt(median(ratios), 2)} (${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})`]
     }
+    const cpuRow = (name, label) => {
+      const {client, server} = pairs.cpu[name]
+      const total = client.map((c, round) => c + server[round])
+      const rawTotal = pairs.cpu.raw.client.map((c, round) => c + pairs.cpu.raw.server[round])
+      return [label, '', `${fmt(median(client), 1)} + ${fmt(median(server), 1)}`, `${fmt(median(pairs.cpu.raw.client), 1)} + ${fmt(median(pairs.cpu.raw.server), 1)}`, fmt(median(total.map((t, round) => t / rawTotal[round])), 2)]
+    }
     const dlqRatio = median(ratioToRaw('dlq'))
     const dlqToSemaphore = median(pairs.rounds.dlq.map((ms, round) => ms / pairs.rounds['redis-semaphore'][round]))
     const m = median(driverHand)
@@ -242,6 +268,9 @@ export async function benchRedis({root, dlq, handoff, spawnTimed, expectStatus, 
           pairRow('dlq', 'acquire+release pair, ms (ref: raw SET NX PX + Lua compare-and-DEL)'),
           pairRow('redis-semaphore', '  redis-semaphore Mutex tryAcquire+release, ms'),
           pairRow('redlock', '  redlock acquire+release (one server, no retry), ms'),
+          cpuRow('dlq', 'CPU µs per pair, this process + the server: dlq'),
+          cpuRow('redis-semaphore', '  redis-semaphore'),
+          cpuRow('redlock', '  redlock'),
           ['hand-off median ms (p99): release() → waiter\'s acquire() resolves', String(driverHand.length), `${fmt(m, 2)} (${fmt(p99, 2)})`, '-', '-'],
           ['hand-off median ms (p99): command end → next command running', String(hand.latencies.length), `${fmt(median(hand.latencies), 2)} (${fmt(quantile(hand.latencies, 0.99), 2)})`, '-', '-'],
           ['queue push msgs/s (ref: redis-cli --pipe XADD)', fmtInt(PUSH_LINES), fmtInt(pushRate), fmtInt(pipeRate), fmt(pushRate / pipeRate, 2)],
