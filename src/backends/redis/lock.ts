@@ -5,8 +5,8 @@
 //   scores with the client's Date.now());
 // - acquire, renew and release are Lua scripts keyed on the owner token: compare-and-set, never a
 //   bare DEL of someone else's lock; expired holders are pruned inside the same script;
-// - the fencing token is INCR'd in the acquiring script, so it increases with every acquisition,
-//   and never falls below the server's clock in microseconds, so a restart that lost the counter
+// - the fencing token is max(last token + 1, the server's clock in microseconds), set in the
+//   acquiring script, so it increases with every acquisition, and a restart that lost the counter
 //   (no persistence configured) cannot hand out a token again;
 // - waiters are woken by a PUBLISH from the releasing script (one round trip after the release),
 //   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
