@@ -546,6 +546,8 @@ const SECTIONS = {
   queue: queueFile,
   status: statusFile,
   redis: async () => (await import('./redis.mjs')).benchRedis({root: ROOT, dlq: DLQ, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}),
+  // Sentinel promoting the replica under a waiting lock run (issue 12).
+  'redis-failover': async () => (await import('./redis-failover.mjs')).benchRedisFailover({dlq: DLQ, benchEnv, fmt, median}),
   zookeeper: async () => (await import('./zookeeper.mjs')).benchZooKeeper({bin: DLQ}),
   postgres: async () => (await import('./postgres.mjs')).benchPostgres({bin: DLQ}),
   // What one pop costs the servers, and its memory against --count (DLQ_BENCH_BASELINE=DIR: another build beside this one).

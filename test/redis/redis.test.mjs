@@ -181,6 +181,31 @@ describe('redis: losing the lock', () => {
     for (let i = 1; i < all.length; i++) assert.ok(all[i] > all[i - 1], `fencing tokens must strictly increase: ${all.join(', ')}`)
   })
 
+  it('a fence counter ahead of the server clock (tokens given in one microsecond, a clock set back) is counted on from, never reused', async () => {
+    const key = uniqueName('ahead')
+    const ahead = 9_000_000_000_000_000n // above the clock in microseconds until the year 2255
+    redisCli(server.port, 'SET', `{dlq:l:${key}}:fence`, String(ahead))
+    const tokens = []
+    for (let i = 0; i < 2; i++) {
+      const r = await cli(server.url, ['lock', 'run', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+      assert.equal(r.code, 0, r.stderr)
+      tokens.push(BigInt(r.stdout.trim()))
+    }
+    assert.deepEqual(tokens, [ahead + 1n, ahead + 2n])
+  })
+
+  it('the waiters set of a key goes away by itself once no waiter is left (a waiter killed mid-wait)', async (t) => {
+    const key = uniqueName('gone-waiter')
+    const waiters = `{dlq:l:${key}}:waiters`
+    assert.equal((await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '60s'])).code, 0)
+    const waiter = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--wait', '60s', '--', 'true'], {t, timeoutMs: 30_000})
+    await waitFor(() => redisCli(server.port, 'ZCARD', waiters).trim() === '1', {what: 'the waiter to wait'})
+    const ttl = Number(redisCli(server.port, 'PTTL', waiters))
+    assert.ok(ttl > 0 && ttl <= 5000, `the waiters set expires with its last waiter (PTTL ${ttl})`)
+    waiter.kill('SIGKILL')
+    await waitFor(() => redisCli(server.port, 'EXISTS', waiters).trim() === '0', {what: 'the waiters set to expire', timeoutMs: 10_000})
+  })
+
   it('a paused server (SIGSTOP past the TTL): the holder stops its command within TTL + grace', async (t) => {
     const dir = await tempDir(t)
     const key = uniqueName('pause')

@@ -272,7 +272,10 @@ export class FailoverWait {
  * a master without replicas), within ?replicaTimeout= (default 1s). Asynchronous replication is
  * not consensus: this narrows the window in which a failover loses an acknowledged write to the
  * replicas that confirmed it dying too, or Sentinel promoting one that had not (see README).
- * The master's replicas are counted once (ROLE), sent alongside the first write: no extra wait.
+ * The master's replicas are counted (ROLE) on each connection, sent alongside its first write: no
+ * extra wait. A reconnection may have reached another master (a failover): the count is not kept
+ * across it, or a promoted replica that has no replica yet would be asked to WAIT for one, and every
+ * write after a failover would pay ?replicaTimeout= (1 s: the waiting lock run of the failover bench).
  */
 export class Replication {
   private counted?: Promise<number>
@@ -282,7 +285,11 @@ export class Replication {
     /** ?replicas=N; undefined: one if the master has any. */
     private readonly wanted: number | undefined,
     private readonly timeoutMs: number,
-  ) {}
+  ) {
+    client.on('ready', () => {
+      this.counted = undefined
+    })
+  }
 
   /**
    * WAIT on the connection that carried the write. On a cluster that is the node owning the key's
@@ -307,7 +314,7 @@ export class Replication {
   }
 
   /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
-  async confirm(what: string, key: string): Promise<void> {
+  async confirm(what: () => string, key: string): Promise<void> {
     this.prepare()
     const wanted = this.wanted ?? Math.min(1, await this.counted!)
     if (wanted <= 0) return
@@ -319,7 +326,7 @@ export class Replication {
       if ((await this.counted!) === 0) return
     }
     if (acknowledged < wanted) {
-      throw unavailable(`${what} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
+      throw unavailable(`${what()} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
     }
   }
 }

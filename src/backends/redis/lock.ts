@@ -5,8 +5,8 @@
 //   scores with the client's Date.now());
 // - acquire, renew and release are Lua scripts keyed on the owner token: compare-and-set, never a
 //   bare DEL of someone else's lock; expired holders are pruned inside the same script;
-// - the fencing token is INCR'd in the acquiring script, so it increases with every acquisition,
-//   and never falls below the server's clock in microseconds, so a restart that lost the counter
+// - the fencing token is max(last token + 1, the server's clock in microseconds), set in the
+//   acquiring script, so it increases with every acquisition, and a restart that lost the counter
 //   (no persistence configured) cannot hand out a token again;
 // - waiters are woken by a PUBLISH from the releasing script (one round trip after the release),
 //   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
@@ -20,38 +20,54 @@ import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
 // 3 fence (counter), 4 waiters (zset owner → presence expiry).
+// ARGV: owner, ttl, limit, holder json, waiter ttl, 1 when an earlier attempt may have queued us.
+// Every redis.call costs the server about as much as a small command: an uncontended acquisition
+// makes five (TIME, ZCARD, GETSET, ZADD, HSET), the pair with its release ten, where the recipe
+// once made fifteen and the pair cost 1.25-1.6x a bare SET NX + compare-and-DEL (bench/redis.mjs).
+// Replies: {1, token, expiry} held; {0, ms until the first holder expires} busy.
 const acquireScript = new Script('acquire', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
-if #expired > 0 then
-  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-  redis.call('HDEL', KEYS[2], unpack(expired))
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 local ttl = tonumber(ARGV[2])
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
-  -- our own earlier attempt, whose reply was lost: it holds already
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  return {1, redis.call('HGET', KEYS[2], ARGV[1]), now + ttl}
+local count = redis.call('ZCARD', KEYS[1])
+if count > 0 then
+  local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
+  if #expired > 0 then
+    redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+    redis.call('HDEL', KEYS[2], unpack(expired))
+    count = count - #expired
+  end
+  if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+    -- our own earlier attempt, whose reply was lost: it holds already
+    redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+    return {1, string.match(redis.call('HGET', KEYS[2], ARGV[1]), '^%d+'), now + ttl}
+  end
 end
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+if count < tonumber(ARGV[3]) then
   -- The counter is only as durable as the server is configured to be: a restart without appendonly,
   -- a crash between fsyncs or an older RDB snapshot takes it back. Kept at or above the server's
-  -- clock in microseconds, it goes on increasing across such a restart too.
-  local token = redis.call('INCR', KEYS[3])
+  -- clock in microseconds, it goes on increasing across such a restart too. The token is
+  -- max(counter + 1, clock): GETSET stores the clock and reads the counter in one call, and only
+  -- a counter already at or past the clock (two acquisitions in one microsecond, a clock set
+  -- back) is written again. (GETSET, not SET GET: Redis 6.0 has no SET GET.)
   local floor = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  if token < floor then
-    token = floor
+  local token = floor
+  local last = tonumber(redis.call('GETSET', KEYS[3], string.format('%.0f', floor)))
+  if last and last >= floor then
+    token = last + 1
     redis.call('SET', KEYS[3], string.format('%.0f', token))
   end
-  local record = string.format('%.0f', token) .. ' ' .. now .. ' ' .. ttl .. ' ' .. ARGV[4]
+  local tokenText = string.format('%.0f', token)
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
-  redis.call('HSET', KEYS[2], ARGV[1], record)
-  redis.call('ZREM', KEYS[4], ARGV[1])
-  return {1, record, now + ttl}
+  redis.call('HSET', KEYS[2], ARGV[1], tokenText .. ' ' .. now .. ' ' .. ttl .. ' ' .. ARGV[4])
+  if ARGV[6] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end
+  return {1, tokenText, now + ttl}
 end
-redis.call('ZADD', KEYS[4], now + tonumber(ARGV[5]), ARGV[1])
+-- Waiters are pruned as they come; the set goes when none has been seen for a waiter's ttl.
+local waiterTtl = tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZADD', KEYS[4], now + waiterTtl, ARGV[1])
+redis.call('PEXPIRE', KEYS[4], waiterTtl)
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return {0, tonumber(first[2]) - now}
 `)
@@ -142,40 +158,43 @@ export class RedisLocks implements LockDriver {
     const record = JSON.stringify(request.holder)
     let subscriber: Client | undefined
     let acquired = false
-    const wakeup = new Wakeup(request.signal)
-    const failover = new FailoverWait(this.followMs)
+    let attempts = 0
+    // Made when first needed: a free key (most acquisitions) is taken without either.
+    let wakeup: Wakeup | undefined
+    let failover: FailoverWait | undefined
     try {
       for (;;) {
         request.signal.throwIfAborted()
-        wakeup.changed = false
+        if (wakeup) wakeup.changed = false
         let reply: unknown[]
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
         this.replication?.prepare()
         try {
-          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs])) as unknown[]
+          // From the second attempt on, an earlier one may have queued us (its reply lost or not).
+          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0])) as unknown[]
         } catch (error) {
           // Asking again is safe: a holder that already holds is answered "held" (lost reply).
-          await failover.failed(error, request.signal, deadline)
+          await (failover ??= new FailoverWait(this.followMs)).failed(error, request.signal, deadline)
           continue
         }
-        failover.succeeded()
+        failover?.succeeded()
         this.log?.(`redis: acquire ${request.key}: ${num(reply[0]) === 1 ? 'held' : 'busy'}`)
         if (num(reply[0]) === 1) {
           try {
-            await this.replication?.confirm(`the lock ${JSON.stringify(request.key)}`, keys.holders)
+            await this.replication?.confirm(() => `the lock ${JSON.stringify(request.key)}`, keys.holders)
           } catch (error) {
             // Not handed out: a lease a failover could lose would let two holders run.
             await this.release(request.key, request.owner).catch(() => {})
             throw error
           }
           acquired = true
-          const parsed = parseRecord(text(reply[1]))
-          return {key: request.key, owner: request.owner, fencingToken: parsed.token, ttlMs: request.ttlMs, expiresAt: new Date(sent + request.ttlMs)}
+          return {key: request.key, owner: request.owner, fencingToken: text(reply[1]), ttlMs: request.ttlMs, expiresAt: new Date(sent + request.ttlMs)}
         }
         const now = Date.now()
         if (now >= deadline) return undefined
         if (request.onWaiting) request.onWaiting((await this.status(request.key).catch(() => []))[0]?.holders ?? [])
         if (!subscriber) {
+          wakeup ??= new Wakeup(request.signal)
           subscriber = duplicateOf(this.client)
           subscriber.on('error', () => {})
           subscriber.on('message', wakeup.wake)
@@ -184,17 +203,17 @@ export class RedisLocks implements LockDriver {
           } catch (error) {
             subscriber.disconnect()
             subscriber = undefined
-            await failover.failed(error, request.signal, deadline)
+            await (failover ??= new FailoverWait(this.followMs)).failed(error, request.signal, deadline)
           }
           continue // try again now that a release cannot slip by unheard
         }
-        if (wakeup.changed) continue
-        await wakeup.sleep(Math.max(1, Math.min(deadline - now, num(reply[1]) + 1, fallbackPollMs)))
+        if (wakeup!.changed) continue
+        await wakeup!.sleep(Math.max(1, Math.min(deadline - now, num(reply[1]) + 1, fallbackPollMs)))
       }
     } finally {
-      wakeup.dispose()
+      wakeup?.dispose()
       subscriber?.disconnect()
-      if (!acquired) await this.client.zrem(keys.waiters, request.owner).catch(() => {})
+      if (!acquired && attempts > 0) await this.client.zrem(keys.waiters, request.owner).catch(() => {})
     }
   }
 
@@ -204,7 +223,7 @@ export class RedisLocks implements LockDriver {
     this.replication?.prepare()
     const reply = (await renewScript.run(this.client, [keys.holders, keys.info], [owner, ttlMs ?? 0])) as unknown[] | null
     if (!reply) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
-    await this.replication?.confirm(`the renewal of ${JSON.stringify(key)}`, keys.holders)
+    await this.replication?.confirm(() => `the renewal of ${JSON.stringify(key)}`, keys.holders)
     const parsed = parseRecord(text(reply[0]))
     const granted = ttlMs ?? parsed.ttlMs
     this.log?.(`redis: renewed ${key} for ${granted}ms`)

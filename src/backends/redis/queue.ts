@@ -187,7 +187,7 @@ export class RedisQueues implements QueueDriver {
     const {stream} = keysOf(queue)
     this.replication?.prepare()
     const ids = ((await pushScript.runInOrder(this.client, [stream], bodies)) as Buffer[]).map(text)
-    await this.replication?.confirm(`the push of ${bodies.length} message${bodies.length === 1 ? '' : 's'} to ${JSON.stringify(queue)}`, stream)
+    await this.replication?.confirm(() => `the push of ${bodies.length} message${bodies.length === 1 ? '' : 's'} to ${JSON.stringify(queue)}`, stream)
     this.log?.(`redis: XADD ${bodies.length} to ${stream}`)
     return ids
   }
