@@ -6,7 +6,7 @@
 //   answering without closing the socket (SIGSTOP, partition) holds the client forever, and
 //   expiry is only reported once a server is reached again (#20). So the session keeps its own
 //   clock: `lastHeard` is when the latest answered request was sent, and a probe goes out after
-//   1/5 of the session timeout without one. A request unanswered for 1/4 of it, or a handshake
+//   1/10 of the session timeout without one. A request unanswered for 1/4 of it, or a handshake
 //   that long, closes the socket so that the client fails over to another server of the ensemble
 //   (the Java client's read timeout, sooner: a holder's lease must be renewed elsewhere before it
 //   runs out); silent for 2/3 of it, even with one server; silent for 3/4 of it → anyone watching
@@ -158,6 +158,7 @@ export class Session {
   /** Connected to a server (false while suspended: between a disconnect and the next handshake). */
   private connected = false
   private connectedAt = 0
+  private disconnectedAt = 0
   /** When the current disconnect began, or the latest socket was closed to move on. */
   private suspendedAt = 0
   private readonly pending = new Map<symbol, number>()
@@ -219,12 +220,13 @@ export class Session {
       this.lastHeard = Math.max(this.lastHeard, Date.now())
       this.connected = true
       this.connectedAt = Date.now()
-      this.log?.(`zk: reconnected after ${Date.now() - this.suspendedAt}ms (session kept)`)
+      this.log?.(`zk: reconnected after ${Date.now() - this.disconnectedAt}ms disconnected (session kept)`)
       this.changed()
       for (const listener of [...this.reconnectListeners]) listener()
     })
     client.on('disconnected', () => {
       if (this.closed) return
+      if (this.connected) this.disconnectedAt = Date.now()
       this.connected = false
       this.suspendedAt = Date.now()
       this.log?.('zk: disconnected: session suspended until a server takes it back')
@@ -482,7 +484,7 @@ export class Session {
     const now = Date.now()
     const silent = now - this.lastHeard
     const timeout = live.timeoutMs
-    if (this.connected && now - this.lastProbe >= timeout / 5 && now - this.lastHeard >= timeout / 5) {
+    if (this.connected && now - this.lastProbe >= timeout / 10 && now - this.lastHeard >= timeout / 10) {
       this.lastProbe = now
       this.exists(this.target.root).catch(() => {})
     }
