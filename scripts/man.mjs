@@ -122,7 +122,7 @@ const backends = [
   ['rediss://[USER:PASS@]HOST[:PORT][/DB]', 'Redis 6 or later over TLS.'],
   ['redis+cluster://[USER:PASS@]H1:PORT,H2:PORT', 'A Redis Cluster, found from these seed nodes. Each lock and queue lives in one slot (hash tags); lock status and queue status cover every master; MOVED, ASK, CLUSTERDOWN and TRYAGAIN are followed or retried, and exit 69 past 16 redirections. Takes the parameters of redis+sentinel:.'],
   ['redis+sentinel://[USER:PASS@]H1[:PORT],H2[:PORT]/MASTER[/DB]', 'The Redis master that the Sentinels (port 26379 by default) know as MASTER; dlq follows it to the replica they promote in a failover. USER and PASS are the data nodes\' (the Sentinels are asked without). A waiting lock run or queue pop waits through a failover for up to ?failoverTimeout= (default 30s), then exits 69. Replication is asynchronous: what the master acknowledged but had not passed to its replica is lost in a failover; fencing tokens still only increase. rediss+sentinel:// speaks TLS to both.'],
-  ['zk://HOST1:2181,HOST2:2181[/CHROOT]', 'A ZooKeeper 3.5 or later ensemble.'],
+  ['zk://HOST1:2181,HOST2:2181[/CHROOT]', 'A ZooKeeper 3.5 or later ensemble. A holder keeps its lock while its session lives: a renewal rides through a reconnect to another server. Plaintext only: node-zookeeper-client has no TLS, so ?tls= is exit 64; reach a secureClientPort through a local TLS tunnel (stunnel), as the README shows.'],
   ['postgres://USER[:PASS]@HOST[:PORT]/DB', 'PostgreSQL 12 or later; the schema is created on first use.'],
 ]
 
@@ -400,7 +400,7 @@ function overviewPage() {
     paragraphs(`The backend is chosen by URL: --backend (-b), else the environment variable DLQ_BACKEND, else a directory in $XDG_STATE_HOME/${bin}. Every backend has the same semantics.`),
     ...tpList(backends),
     '.PP',
-    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).\n\n?connectTimeout=DURATION (default 5s) is a hard bound on opening the backend on every scheme (for file:, the directory\'s first look): past it, exit 69. A URL parameter the scheme does not know is exit 64. file: knows connectTimeout; redis: connectTimeout, passwordFile, replicas and replicaTimeout (rediss: also ca and insecure); redis+sentinel: and redis+cluster: those and failoverTimeout; zk: connectTimeout and passwordFile; postgres: those, schema, and libpq\'s user, password, host, port, sslmode, sslrootcert and application_name.'),
+    paragraphs('Passwords may also come from DLQ_PASSWORD or from a file named by the URL parameter ?passwordFile=, so that they stay out of ps(1). An unknown scheme, a malformed URL or an unreachable server is a one-line error (exit 64 or 69).\n\n?connectTimeout=DURATION (default 5s) is a hard bound on opening the backend on every scheme (for file:, the directory\'s first look): past it, exit 69. A URL parameter the scheme does not know is exit 64. file: knows connectTimeout; redis: connectTimeout, passwordFile, replicas and replicaTimeout (rediss: also ca and insecure); redis+sentinel: and redis+cluster: those and failoverTimeout; zk: connectTimeout, passwordFile and sessionTimeout (the ZooKeeper session timeout: by default the --ttl of lock run, at most 10s; ?tls= is exit 64, see zk: above); postgres: those, schema, and libpq\'s user, password, host, port, sslmode, sslrootcert and application_name.'),
   )
   lines.push(
     '.SH CONVENTIONS',
