@@ -6,8 +6,8 @@
 //   answering without closing the socket (SIGSTOP, partition) holds the client forever, and
 //   expiry is only reported once a server is reached again (#20). So the session keeps its own
 //   clock: `lastHeard` is when the latest answered request was sent, and a probe goes out after
-//   1/10 of the session timeout without one. A request unanswered for 1/4 of it, or a handshake
-//   that long, closes the socket so that the client fails over to another server of the ensemble
+//   1/10 of the session timeout without one. A holder's request unanswered for 1/4 of it, or a
+//   handshake that long, closes the socket so that the client fails over to another server of the ensemble
 //   (the Java client's read timeout, sooner: a holder's lease must be renewed elsewhere before it
 //   runs out); silent for 2/3 of it, even with one server; silent for 3/4 of it → anyone watching
 //   for loss is told, before the ensemble can expire the session and let another holder in;
@@ -495,12 +495,14 @@ export class Session {
       this.lost(`no answer from ZooKeeper for ${formatDuration(silent)} (session timeout ${formatDuration(timeout)}): the session may have expired`)
       return
     }
-    // The read timeout: a request unanswered (counted from the handshake for one sent before
-    // it), or a handshake unfinished, for a quarter of the timeout. Only with another server to
-    // go to: with one, this would only cut slow replies.
+    // The read timeout: a handshake unfinished, or for a holder (a lease to renew in time) a
+    // request unanswered (counted from the handshake for one sent before it), for a quarter of
+    // the timeout. Only with another server to go to: with one, this would only cut slow
+    // replies. Not for others: cutting a request fails it (a push cannot be sent twice), and
+    // for them a slow answer within ?connectTimeout= is as good as a quick one.
     const readTimeout = timeout / 4
     const waited = now - Math.max(Math.min(now, ...this.pending.values()), this.connectedAt)
-    const stuck = this.connected ? waited > readTimeout : now - this.suspendedAt > readTimeout
+    const stuck = this.connected ? this.lossListeners.size > 0 && waited > readTimeout : now - this.suspendedAt > readTimeout
     if (stuck && this.target.servers.includes(',') && now - this.failedOverAt > readTimeout) {
       this.failedOverAt = now
       this.suspendedAt = now

@@ -497,13 +497,17 @@ export class ZooKeeperLocks implements LockDriver {
       if (stopped) return
       this.session.exists(own.path, watch).then(
         (stat) => stat === null && lose('the lock node was deleted (force release?)'),
-        () => {}, // connection trouble: the session watch decides
+        () => {}, // connection trouble: the session watch decides, and the reconnect arms again
       )
     }
+    // A watch is only set by an answered request: one lost in a disconnect is set again once a
+    // server has the session back (the library re-registers the watches it did set, and keeps one per function).
+    const stopReconnect = this.session.onChange(arm)
     arm()
     return () => {
       stopped = true
       stopSession()
+      stopReconnect()
     }
   }
 
