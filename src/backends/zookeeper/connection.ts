@@ -7,10 +7,11 @@
 //   expiry is only reported once a server is reached again (#20). So the session keeps its own
 //   clock: `lastHeard` is when the latest answered request was sent, and a probe goes out after
 //   1/10 of the session timeout without one. A holder's request unanswered for 1/4 of it, or a
-//   handshake that long, closes the socket so that the client fails over to another server of the ensemble
-//   (the Java client's read timeout, sooner: a holder's lease must be renewed elsewhere before it
-//   runs out); silent for 2/3 of it, even with one server; silent for 3/4 of it → anyone watching
-//   for loss is told, before the ensemble can expire the session and let another holder in;
+//   handshake that long, closes the socket so that the client fails over to another server of
+//   the ensemble (the Java client's read timeout, sooner: a holder's lease must be renewed
+//   elsewhere before it runs out); so does silence for 2/3 of it, for anyone; silent for 3/4 of
+//   it → anyone watching for loss is told, before the ensemble can expire the session and let
+//   another holder in;
 // - Curator's SUSPENDED → RECONNECTED: between a disconnect and the next handshake the session is
 //   suspended, not lost (a reconnect to any server of the ensemble keeps it, its ephemeral nodes
 //   and its watches); whenConnected() lets a renewal or a wait carry on once it is back, and
@@ -501,7 +502,9 @@ export class Session {
     // replies. Not for others: cutting a request fails it (a push cannot be sent twice), and
     // for them a slow answer within ?connectTimeout= is as good as a quick one.
     const readTimeout = timeout / 4
-    const waited = now - Math.max(Math.min(now, ...this.pending.values()), this.connectedAt)
+    let oldest = now
+    for (const sent of this.pending.values()) oldest = Math.min(oldest, sent)
+    const waited = now - Math.max(oldest, this.connectedAt)
     const stuck = this.connected ? this.lossListeners.size > 0 && waited > readTimeout : now - this.suspendedAt > readTimeout
     if (stuck && this.target.servers.includes(',') && now - this.failedOverAt > readTimeout) {
       this.failedOverAt = now
@@ -518,6 +521,7 @@ export class Session {
   async close(): Promise<void> {
     this.closed = true
     clearInterval(this.watchdog)
+    for (const listener of [...this.reconnectListeners]) listener()
     const live = this.live ?? (await this.opening?.catch(() => undefined))
     this.live = undefined
     if (!live) return
