@@ -29,7 +29,7 @@ export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessE
 const fileParameters = ['connectTimeout']
 const redisParameters = ['connectTimeout', 'passwordFile', 'replicas', 'replicaTimeout']
 const followingParameters = [...redisParameters, 'failoverTimeout']
-const zooKeeperParameters = ['connectTimeout', 'passwordFile']
+const zooKeeperParameters = ['connectTimeout', 'passwordFile', 'sessionTimeout']
 
 export async function openBackend(url: string, options: BackendOptions & {isDefault?: boolean} = {}): Promise<Backend> {
   // A bare path is a directory: `-b /var/lock/dlq` means what it says.
@@ -90,6 +90,13 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
     }
     case 'zk:': {
       // The session opens on the first request, within the same bound (zookeeper/connection.ts).
+      // node-zookeeper-client speaks plaintext only (its TLS pull request, alexguan/node-zookeeper-client#97,
+      // was never merged): asking for TLS must not quietly give a plaintext connection.
+      for (const name of ['tls', 'ssl', 'secure']) {
+        if (parsed.searchParams.has(name)) {
+          throw usageError('bad backend URL', `?${name}= in ${display}: dlq cannot speak TLS to ZooKeeper (node-zookeeper-client has no TLS)`, "run a local TLS tunnel to the ensemble's secureClientPort (stunnel, a sidecar) and give its plaintext end in zk://: see the README, \"ZooKeeper over TLS\"")
+        }
+      }
       checkParameters(parsed, zooKeeperParameters, display)
       const {openZooKeeperBackend} = await import('./zookeeper/index.js')
       return openZooKeeperBackend(parsed, options)

@@ -3,6 +3,7 @@
 // directory that stop() removes. A small tickTime lets sessions be as short as 200 ms, so that
 // session loss can be tested within a few seconds.
 import {createRequire} from 'node:module'
+import {readdirSync, readFileSync, readlinkSync} from 'node:fs'
 import {mkdir, mkdtemp, rm, writeFile} from 'node:fs/promises'
 import {connect} from 'node:net'
 import {tmpdir} from 'node:os'
@@ -31,6 +32,37 @@ export function fourLetters(port, word, timeoutMs = 1000) {
   })
 }
 
+/**
+ * The local ports of the TCP connections process `pid` has open to any of `serverPorts` (Linux
+ * /proc: its socket inodes, looked up in /proc/PID/net/tcp): a dlq's client side of its sessions.
+ */
+export function clientPortsOf(pid, serverPorts) {
+  const inodes = new Set()
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1]
+      if (inode) inodes.add(inode)
+    } catch {}
+  }
+  const port = (address) => parseInt(address.split(':')[1], 16)
+  return readFileSync(`/proc/${pid}/net/tcp`, 'utf8').split('\n').slice(1).map((line) => line.trim().split(/\s+/))
+    .filter((fields) => fields.length > 9 && inodes.has(fields[9]) && serverPorts.includes(port(fields[2])))
+    .map((fields) => port(fields[1]))
+}
+
+/**
+ * Which server (index into `ports`) has process `pid`'s session: the one whose `cons` four-letter
+ * word lists a connection from one of its client ports ("/127.0.0.1:PORT[1](queued=…,sid=…)").
+ * undefined while it has none established (connecting, or between servers).
+ */
+export async function serverOfClient(pid, ports) {
+  const mine = clientPortsOf(pid, ports)
+  if (mine.length === 0) return undefined
+  const replies = await Promise.all(ports.map((port) => fourLetters(port, 'cons')))
+  const index = replies.findIndex((reply) => mine.some((local) => new RegExp(`:${local}\\[\\d+\\]\\(`).test(reply)))
+  return index === -1 ? undefined : index
+}
+
 /** Serving requests: standalone, or part of a quorum (leader or follower). */
 const serving = async (port) => /^Mode: (standalone|leader|follower)$/m.test(await fourLetters(port, 'srvr'))
 
@@ -56,7 +88,7 @@ export async function startZooKeeper({servers = 1, tickTime = 100, forceSync = f
       `clientPort=${node.clientPort}`,
       'clientPortAddress=127.0.0.1',
       'admin.enableServer=false',
-      '4lw.commands.whitelist=ruok,srvr,stat',
+      '4lw.commands.whitelist=ruok,srvr,stat,cons',
       `minSessionTimeout=${2 * tickTime}`,
       'maxSessionTimeout=60000',
       `forceSync=${forceSync ? 'yes' : 'no'}`,

@@ -73,7 +73,8 @@ describe('zookeeper: a three-server ensemble', () => {
     assert.equal(popped.stdout, 'a\nb\nc\n')
     const popper = spawnCli(url, ['queue', 'pop', '--queue', queue, '--wait', '10s'])
     await stillFalse(() => popper.exited, {forMs: 300, what: 'pop --wait returning from an empty queue'})
-    assert.equal((await cli(url, ['queue', 'push', '--queue', queue, 'after the crash'])).code, 0)
+    const pushed = await cli(url, ['queue', 'push', '--queue', queue, 'after the crash'])
+    assert.equal(pushed.code, 0, pushed.stderr)
     const woken = await popper.result
     assert.equal(woken.code, 0, woken.stderr)
     assert.equal(woken.stdout, 'after the crash\n')

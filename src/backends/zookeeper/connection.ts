@@ -5,16 +5,26 @@
 // - the library has no read timeout (alexguan/node-zookeeper-client#13): a server that stops
 //   answering without closing the socket (SIGSTOP, partition) holds the client forever, and
 //   expiry is only reported once a server is reached again (#20). So the session keeps its own
-//   clock: `lastHeard` is when the latest answered request was sent. Silent for 2/3 of the session
-//   timeout → the socket is closed so the client fails over to another server (as the Java client
-//   does); silent for 3/4 of it → anyone watching for loss is told, before the ensemble can expire
-//   the session and let another holder in;
+//   clock: `lastHeard` is when the latest answered request was sent, and a probe goes out after
+//   1/10 of the session timeout without one. A holder's request unanswered for 1/4 of it, or a
+//   handshake that long, closes the socket so that the client fails over to another server of
+//   the ensemble (the Java client's read timeout, sooner: a holder's lease must be renewed
+//   elsewhere before it runs out); so does silence for 2/3 of it, for anyone; silent for 3/4 of
+//   it → anyone watching for loss is told, before the ensemble can expire the session and let
+//   another holder in;
+// - Curator's SUSPENDED → RECONNECTED: between a disconnect and the next handshake the session is
+//   suspended, not lost (a reconnect to any server of the ensemble keeps it, its ephemeral nodes
+//   and its watches); whenConnected() lets a renewal or a wait carry on once it is back, and
+//   retryable() lets a request be tried again for as long as the session may live;
+// - the session timeout is --ttl's, at most 10 s (?sessionTimeout= sets it): it bounds how long
+//   a dead process's nodes (a waiter's especially, which no lease ends) block a key, also after
+//   the ensemble lost and regained its quorum, when every session starts its timeout afresh;
 // - deadlines (lock expiry, message visibility) are read on the server's clock: a znode's mtime is
 //   the leader's time of the write, and each process learns its offset from writes of its own, as
 //   bounds (clock.ts): others' deadlines are judged on the earliest, its own set on the latest.
 import {formatDuration} from '../../duration.js'
 import {DlqError, ExitCode, unavailable, usageError} from '../../errors.js'
-import {connectTimeoutMs, credentials, maskUrl} from '../url.js'
+import {connectTimeoutMs, credentials, durationParam, maskUrl} from '../url.js'
 import {ServerClock, type ServerTime} from './clock.js'
 import type {ACL, Client, CreateModeValue, Exception, Stat, TransactionResult, Watcher} from 'node-zookeeper-client'
 
@@ -73,10 +83,13 @@ export interface Target {
   display: string
   auth?: {user: string; password: string}
   connectTimeoutMs: number
+  /** ?sessionTimeout=: the session timeout asked of the ensemble, whatever --ttl is. */
+  sessionTimeoutMs?: number
 }
 
 const defaultRoot = '/dlq'
-const defaultSessionTimeoutMs = 30_000
+/** At most this, unless ?sessionTimeout= says otherwise (kazoo's default; ZooKeeper's own minimum is 2 ticks). */
+const defaultSessionTimeoutMs = 10_000
 
 /** zk://host:port[,host:port…][/chroot]: also the host list percent-encoded, which WHATWG URL can parse. */
 export async function parseTarget(url: URL): Promise<Target> {
@@ -106,8 +119,11 @@ export async function parseTarget(url: URL): Promise<Target> {
     display,
     auth: user ? {user, password: password ?? ''} : undefined,
     connectTimeoutMs: connectTimeoutMs(url),
+    sessionTimeoutMs: url.searchParams.has('sessionTimeout') ? clampTimeout(durationParam(url, 'sessionTimeout', defaultSessionTimeoutMs, '10s', display)) : undefined,
   }
 }
+
+const clampTimeout = (ms: number) => Math.max(200, Math.min(ms, 600_000))
 
 let library: Library | undefined
 async function load(): Promise<Library> {
@@ -129,7 +145,7 @@ export class Session {
   acl: ACL[] = []
   private live?: Live
   private opening?: Promise<Live>
-  private wantedTimeoutMs = defaultSessionTimeoutMs
+  private wantedTimeoutMs: number
   private readonly clock = new ServerClock()
   private clockMeasuredAt = 0
   private lastHeard = 0
@@ -140,15 +156,28 @@ export class Session {
   private watchdog?: NodeJS.Timeout
   private lastProbe = 0
   private failedOverAt = 0
+  /** Connected to a server (false while suspended: between a disconnect and the next handshake). */
+  private connected = false
+  private connectedAt = 0
+  private disconnectedAt = 0
+  /** When the current disconnect began, or the latest socket was closed to move on. */
+  private suspendedAt = 0
+  private readonly pending = new Map<symbol, number>()
+  private readonly reconnectListeners = new Set<() => void>()
 
   constructor(
     readonly target: Target,
     private readonly log?: (line: string) => void,
-  ) {}
+  ) {
+    this.wantedTimeoutMs = target.sessionTimeoutMs ?? defaultSessionTimeoutMs
+  }
 
-  /** Sizes the session before it is opened (later calls change nothing): the lease's TTL for `lock run`. */
+  /**
+   * Sizes the session before it is opened (later calls change nothing): the lease's TTL for
+   * `lock run`, at most 10 s: a waiter's node lasts as long as its session, whatever its TTL.
+   */
   preferTimeout(ms: number): void {
-    if (!this.live && !this.opening) this.wantedTimeoutMs = Math.max(200, Math.min(ms, 600_000))
+    if (!this.live && !this.opening && this.target.sessionTimeoutMs === undefined) this.wantedTimeoutMs = clampTimeout(Math.min(ms, defaultSessionTimeoutMs))
   }
 
   get timeoutMs(): number {
@@ -181,17 +210,27 @@ export class Session {
     })
     const live: Live = {client, timeoutMs: client.getSessionTimeout()}
     this.lastHeard = Date.now()
+    this.connected = true
+    this.connectedAt = this.lastHeard
     clearInterval(this.watchdog)
     this.watchdog = setInterval(() => this.checkLiveness(), Math.max(20, Math.floor(live.timeoutMs / 20)))
     this.watchdog.unref()
     this.log?.(`zk: session to ${this.target.display} in ${Date.now() - started}ms, timeout ${live.timeoutMs}ms`)
     client.on('connected', () => {
+      // A server took the session back (it checked it with the leader): it lives, renewed from now.
       this.lastHeard = Math.max(this.lastHeard, Date.now())
-      this.log?.('zk: reconnected')
+      this.connected = true
+      this.connectedAt = Date.now()
+      this.log?.(`zk: reconnected after ${Date.now() - this.disconnectedAt}ms disconnected (session kept)`)
       this.changed()
+      for (const listener of [...this.reconnectListeners]) listener()
     })
     client.on('disconnected', () => {
-      if (!this.closed) this.log?.('zk: disconnected')
+      if (this.closed) return
+      if (this.connected) this.disconnectedAt = Date.now()
+      this.connected = false
+      this.suspendedAt = Date.now()
+      this.log?.('zk: disconnected: session suspended until a server takes it back')
     })
     client.on('expired', () => {
       // The client is closed for good; the next request opens a new session.
@@ -199,6 +238,7 @@ export class Session {
       if (this.live === live) this.live = undefined
       this.lost('the ZooKeeper session expired: its ephemeral nodes are gone')
       this.changed()
+      for (const listener of [...this.reconnectListeners]) listener()
     })
     return live
   }
@@ -240,11 +280,14 @@ export class Session {
   private async request<T>(what: string, path: string, send: (client: Client, reply: (error: Exception | null, value?: T) => void) => void): Promise<T> {
     const {client} = await this.ready()
     const sent = Date.now()
+    const id = Symbol(what)
+    this.pending.set(id, sent)
     return new Promise<T>((resolve, reject) => {
       let settled = false
       const timeout = this.target.connectTimeoutMs
       const timer = setTimeout(() => {
         settled = true
+        this.pending.delete(id)
         this.log?.(`zk: ${what} ${path}: no answer within ${formatDuration(timeout)}`)
         reject(new ConnectionError(Code.OPERATION_TIMEOUT, `ZooKeeper ${what} ${path} failed`, `no answer within ${formatDuration(timeout)} from ${this.target.display}`, 'is the ensemble reachable?'))
       }, timeout)
@@ -252,6 +295,7 @@ export class Session {
         if (settled) return
         settled = true
         clearTimeout(timer)
+        this.pending.delete(id)
         const code = error ? codeOf(error) : 0
         if (!error || (code !== undefined && code !== Code.CONNECTION_LOSS && code !== Code.SESSION_EXPIRED)) this.heard(sent)
         this.log?.(`zk: ${what} ${path}: ${error ? (error.name ?? code) : 'ok'} ${Date.now() - sent}ms`)
@@ -399,9 +443,36 @@ export class Session {
     }
   }
 
-  /** A request failed because the connection dropped: worth another try (the client reconnects), for a while. */
+  /**
+   * A request failed because the connection dropped or its server went silent: worth another try
+   * (the client reconnects, to another server if need be) for ?connectTimeout=, and beyond it for
+   * as long as the session may live: its nodes (a waiter's place in line) live as long.
+   */
   retryable(error: unknown, troubleSince: number): boolean {
-    return isCode(error, Code.CONNECTION_LOSS) && !this.closed && Date.now() - troubleSince < this.target.connectTimeoutMs
+    return isConnectionLoss(error) && !this.closed && (Date.now() - troubleSince < this.target.connectTimeoutMs || this.mayLive())
+  }
+
+  /** The session may still live: open, and heard from within 3/4 of its timeout (see checkLiveness). */
+  mayLive(): boolean {
+    return this.live !== undefined && !this.closed && Date.now() - this.lastHeard <= this.live.timeoutMs * 0.75
+  }
+
+  /**
+   * Resolves true once connected (at once if it is), false at `until` (local ms), on expiry or
+   * close: how a request that failed with a connection loss waits for RECONNECTED.
+   */
+  async whenConnected(until: number): Promise<boolean> {
+    if (this.connected && this.live) return true
+    if (this.closed || !this.live || Date.now() >= until) return false
+    return new Promise<boolean>((resolve) => {
+      const done = () => {
+        clearTimeout(timer)
+        this.reconnectListeners.delete(done)
+        resolve(this.connected && this.live !== undefined)
+      }
+      const timer = setTimeout(done, until - Date.now())
+      this.reconnectListeners.add(done)
+    })
   }
 
   private lost(why: string): void {
@@ -414,7 +485,7 @@ export class Session {
     const now = Date.now()
     const silent = now - this.lastHeard
     const timeout = live.timeoutMs
-    if (now - this.lastProbe >= timeout / 4 && now - this.lastHeard >= timeout / 4) {
+    if (this.connected && now - this.lastProbe >= timeout / 10 && now - this.lastHeard >= timeout / 10) {
       this.lastProbe = now
       this.exists(this.target.root).catch(() => {})
     }
@@ -423,6 +494,23 @@ export class Session {
     // (this check runs every 1/20 of it, so the loss is reported by 4/5 of the timeout).
     if (silent > timeout * 0.75 && this.lossListeners.size > 0) {
       this.lost(`no answer from ZooKeeper for ${formatDuration(silent)} (session timeout ${formatDuration(timeout)}): the session may have expired`)
+      return
+    }
+    // The read timeout: a handshake unfinished, or for a holder (a lease to renew in time) a
+    // request unanswered (counted from the handshake for one sent before it), for a quarter of
+    // the timeout. Only with another server to go to: with one, this would only cut slow
+    // replies. Not for others: cutting a request fails it (a push cannot be sent twice), and
+    // for them a slow answer within ?connectTimeout= is as good as a quick one.
+    const readTimeout = timeout / 4
+    let oldest = now
+    for (const sent of this.pending.values()) oldest = Math.min(oldest, sent)
+    const waited = now - Math.max(oldest, this.connectedAt)
+    const stuck = this.connected ? this.lossListeners.size > 0 && waited > readTimeout : now - this.suspendedAt > readTimeout
+    if (stuck && this.target.servers.includes(',') && now - this.failedOverAt > readTimeout) {
+      this.failedOverAt = now
+      this.suspendedAt = now
+      this.log?.(this.connected ? `zk: no answer for ${waited}ms: closing the connection to fail over` : `zk: no handshake within ${formatDuration(readTimeout)}: trying the next server`)
+      live.client.connectionManager?.socket?.destroy()
     } else if (silent > (timeout * 2) / 3 && now - this.failedOverAt > timeout / 3) {
       this.failedOverAt = now
       this.log?.(`zk: no answer for ${silent}ms: closing the connection to fail over`)
@@ -433,6 +521,7 @@ export class Session {
   async close(): Promise<void> {
     this.closed = true
     clearInterval(this.watchdog)
+    for (const listener of [...this.reconnectListeners]) listener()
     const live = this.live ?? (await this.opening?.catch(() => undefined))
     this.live = undefined
     if (!live) return

@@ -307,18 +307,12 @@ export class ZooKeeperLocks implements LockDriver {
 
   async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
     const own = this.mine.get(owner)
-    if (own?.key === key) {
-      await own.confirming
-      if (own.lost) throw new LockLostError(key, own.lost)
-      if (Date.now() >= own.expiresAt - renewMarginMs(own.record.ttlMs)) {
-        throw new LockLostError(key, `the lease expired at ${new Date(own.expiresAt).toISOString()} before it was renewed`)
-      }
-    }
+    if (own?.key === key) return this.renewOwn(own, ttlMs ?? own.record.ttlMs)
     for (;;) {
       const node = await this.find(key, owner)
       if (!node) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
       if (!node.record.acquired) throw new LockLostError(key, `owner ${owner} is waiting for the lock, not holding it`)
-      if (own?.key !== key && this.expired(node, (await this.session.serverNow()).earliest)) {
+      if (this.expired(node, (await this.session.serverNow()).earliest)) {
         await this.collect(node)
         throw new LockLostError(key, `the lease expired at ${new Date(expiry(node)).toISOString()} before it was renewed`)
       }
@@ -328,12 +322,47 @@ export class ZooKeeperLocks implements LockDriver {
       try {
         const stat = await this.session.setData(node.path, encode(record), node.stat.version)
         this.session.observeWrite(stat, sent)
-        if (own?.key === key) Object.assign(own, {record, expiresAt: sent + granted})
         return {key, owner, fencingToken: this.token(node), ttlMs: granted, expiresAt: new Date(sent + granted)}
       } catch (error) {
         if (isCode(error, Code.BAD_VERSION)) continue // written meanwhile (another renewal): read again
         if (isCode(error, Code.NO_NODE)) throw new LockLostError(key, 'the lock node was deleted (force release, or it expired)')
         throw error
+      }
+    }
+  }
+
+  /**
+   * Step 5 for a holding of this process (`lock run`), Curator's SUSPENDED → RECONNECTED: a
+   * renewal whose connection dropped, or whose server went silent, waits for the session to be
+   * taken back by a server (any of the ensemble) and is sent again, for as long as the lease may
+   * still be renewed. The lease ends at the send time of the latest renewal that succeeded plus
+   * its TTL: no later than the node's mtime + leaseMs, which waiters judge it by. The record written
+   * is ours (acquired): a confirming write lost in a reconnect is made good by the next renewal.
+   */
+  private async renewOwn(own: Mine, granted: number): Promise<Lease> {
+    const {key} = own
+    const owner = own.record.owner
+    await own.confirming
+    for (;;) {
+      if (own.lost) throw new LockLostError(key, own.lost)
+      const renewableUntil = own.expiresAt - renewMarginMs(own.record.ttlMs)
+      if (Date.now() >= renewableUntil) throw new LockLostError(key, `the lease expired at ${new Date(own.expiresAt).toISOString()} before it was renewed`)
+      const sent = Date.now()
+      try {
+        const node = (await this.read(this.paths.key(key), [basename(own.path)]))[0]
+        if (!node) throw new LockLostError(key, 'the lock node was deleted (force release, or its session expired)')
+        const record: HolderRecord = {...own.record, leaseMs: granted}
+        const stat = await this.session.setData(own.path, encode(record), node.stat.version)
+        this.session.observeWrite(stat, sent)
+        Object.assign(own, {record, expiresAt: sent + granted})
+        return {key, owner, fencingToken: own.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
+      } catch (error) {
+        if (isCode(error, Code.BAD_VERSION)) continue // written meanwhile (a renewal whose reply was lost): read again
+        if (isCode(error, Code.NO_NODE)) throw new LockLostError(key, 'the lock node was deleted (force release, or its session expired)')
+        if (!isConnectionLoss(error) || !this.session.mayLive()) throw error
+        // Suspended: go on once a server has the session again (the request may have been applied; a renewal twice is one).
+        if (!(await this.session.whenConnected(renewableUntil))) throw error
+        await new Promise((resolve) => setTimeout(resolve, 10))
       }
     }
   }
@@ -468,13 +497,17 @@ export class ZooKeeperLocks implements LockDriver {
       if (stopped) return
       this.session.exists(own.path, watch).then(
         (stat) => stat === null && lose('the lock node was deleted (force release?)'),
-        () => {}, // connection trouble: the session watch decides
+        () => {}, // connection trouble: the session watch decides, and the reconnect arms again
       )
     }
+    // A watch is only set by an answered request: one lost in a disconnect is set again once a
+    // server has the session back (the library re-registers the watches it did set, and keeps one per function).
+    const stopReconnect = this.session.onChange(arm)
     arm()
     return () => {
       stopped = true
       stopSession()
+      stopReconnect()
     }
   }
 
