@@ -22,6 +22,7 @@ import {Injector, KINDS} from './torture/faults.mjs'
 import {contention} from './torture/contention.mjs'
 import {checkLocks, FencedStore, Lockers} from './torture/locks.mjs'
 import {endAll, markedProcesses} from './torture/procs.mjs'
+import {behindProxy} from './torture/proxy.mjs'
 import {checkQueues, QueueTorture} from './torture/queues.mjs'
 import {BACKENDS, borrowBackend, startBackend} from './torture/servers.mjs'
 
@@ -81,6 +82,7 @@ async function cleanup() {
   if (current?.queues) Object.assign(current.queues, {stopping: true, producing: false})
   try {
     current?.backend?.resume?.()
+    current?.backend?.network?.pass()
   } catch {}
   await endAll(2000)
   await current?.backend?.stop().catch(() => {})
@@ -100,7 +102,8 @@ for (const event of ['uncaughtException', 'unhandledRejection']) process.on(even
 const say = (line) => interrupted || process.stderr.write(`torture: ${line}\n`)
 
 async function torture(target) {
-  const backend = BACKENDS.includes(target) ? await startBackend(target) : borrowBackend(target)
+  // Every dlq of the run talks to a networked server through the proxy (the network faults).
+  const backend = BACKENDS.includes(target) ? await behindProxy(await startBackend(target)) : borrowBackend(target)
   current = {backend}
   const dir = mkdtempSync(join(tmpdir(), 'dlq-torture-'))
   workDirs.push(dir)

@@ -16,6 +16,10 @@ export const KINDS = [
   {name: 'SIGSTOP worker > visibility', group: 'queue'},
   {name: 'SIGSTOP server > TTL', group: 'server'},
   {name: 'restart server', group: 'server'},
+  // Through the TCP proxy in front of the server (proxy.mjs): only for a server the torture started.
+  {name: 'partition (stall) > TTL', group: 'network'},
+  {name: 'cut connections', group: 'network'},
+  {name: 'slow server (50-300 ms a chunk)', group: 'network'},
 ]
 
 const shuffle = (items) => {
@@ -36,7 +40,7 @@ export class Injector {
 
   constructor({server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log}) {
     Object.assign(this, {server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log})
-    this.kinds = KINDS.filter((k) => k.group !== 'server' || server.pause)
+    this.kinds = KINDS.filter((k) => (k.group !== 'server' || server.pause) && (k.group !== 'network' || server.network))
   }
 
   /** Injects faults until `untilMs` (epoch ms); the fault in progress then completes. */
@@ -156,6 +160,48 @@ export class Injector {
         await this.server.restart()
         this.note({kind, at, until: Date.now(), server: true, detail: `serving again after ${Date.now() - at} ms`})
         await this.recovered(Date.now(), undefined, 30_000)
+        return true
+      }
+      // The network faults count as server faults for the checks (`server: true`): the server is
+      // away for everyone at once, each worker may lose the message in hand.
+      case 'partition (stall) > TTL': {
+        const holder = await this.longHolder()
+        if (!holder) return false
+        this.server.network.stall()
+        const event = this.note({kind, at: Date.now(), server: true, measure: 'partition-stop', owner: holder.owner, detail: `holder token ${holder.tokenText}`})
+        await waitUntil(() => this.aborted, {timeoutMs: randomBetween(ttl + 500, ttl + 2000)})
+        this.server.network.pass()
+        event.until = Date.now()
+        await waitUntil(() => holder.end !== undefined, {timeoutMs: ttl + this.killGraceMs + 10_000})
+        await this.recovered(event.until, undefined, 30_000)
+        return true
+      }
+      case 'cut connections': {
+        // Every connection reset, and new ones refused for less than the TTL: a holder that
+        // reconnects in time keeps its lease.
+        const holder = await waitUntil(() => this.holder(), {timeoutMs: 10_000})
+        if (!holder) return false
+        const refuseMs = Math.round(randomBetween(200, 1500))
+        this.server.network.drop(true)
+        this.server.network.cut()
+        const event = this.note({kind, at: Date.now(), server: true, owner: holder.owner, detail: `holder token ${holder.tokenText}, new connections refused for ${refuseMs} ms`})
+        await waitUntil(() => this.aborted, {timeoutMs: refuseMs})
+        this.server.network.pass()
+        event.until = Date.now()
+        await waitUntil(() => holder.end !== undefined, {timeoutMs: ttl + this.killGraceMs + 10_000})
+        await this.recovered(event.until, undefined, 30_000)
+        return true
+      }
+      case 'slow server (50-300 ms a chunk)': {
+        const holder = await waitUntil(() => this.holder(), {timeoutMs: 10_000})
+        if (!holder) return false
+        const delayMs = Math.round(randomBetween(50, 300))
+        this.server.network.slow(delayMs)
+        const event = this.note({kind, at: Date.now(), server: true, owner: holder.owner, detail: `${delayMs} ms a chunk each way`})
+        await waitUntil(() => this.aborted, {timeoutMs: randomBetween(ttl + 500, ttl + 2500)})
+        this.server.network.pass()
+        event.until = Date.now()
+        await this.recovered(event.until, undefined, 30_000)
         return true
       }
       default:
