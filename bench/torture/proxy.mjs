@@ -52,13 +52,15 @@ export async function startProxy({host = '127.0.0.1', port}) {
     return {pump, clear: () => (clearTimeout(timer), (queue.length = 0))}
   }
 
-  const server = createServer({allowHalfOpen: true}, (client) => {
+  // noDelay: Nagle's algorithm would hold small writes back (up to a delayed ACK, 40 ms) that a
+  // direct connection sends at once.
+  const server = createServer({allowHalfOpen: true, noDelay: true}, (client) => {
     if (state.refusing) {
       client.on('error', () => {})
       client.resetAndDestroy()
       return
     }
-    const upstream = connect({host, port, allowHalfOpen: true})
+    const upstream = connect({host, port, allowHalfOpen: true, noDelay: true})
     const connection = {client, upstream}
     connection.up = direction(client, upstream)
     connection.down = direction(upstream, client)
