@@ -180,10 +180,15 @@ export class Injector {
       // The network faults count as server faults for the checks (`server: true`): the server is
       // away for everyone at once, each worker may lose the message in hand.
       case 'partition (stall) > TTL': {
+        // The holder's dlq (and a worker with a message in hand, if one is at it) is cut off from
+        // the server while the others still reach it: they take the key once its lease is over,
+        // so the holder must have stopped its command by then.
         const holder = await this.longHolder()
-        if (!holder) return false
-        this.server.network.stall()
-        const event = this.note({kind, at: Date.now(), server: true, measure: 'partition-stop', owner: holder.owner, detail: `holder token ${holder.tokenText}`})
+        const run = holder && this.lockers.runOf(holder)
+        if (!run) return false
+        const busy = pick(this.queues.busyWorkers())
+        this.server.network.stall(busy ? [run.pid, busy.run.pid] : [run.pid])
+        const event = this.note({kind, at: Date.now(), server: true, measure: 'partition-stop', owner: holder.owner, pid: busy?.run.pid, detail: `holder token ${holder.tokenText}${busy ? ` and worker ${busy.run.pid}` : ''}`})
         await waitUntil(() => this.aborted, {timeoutMs: randomBetween(ttl + 500, ttl + 2000)})
         this.server.network.pass()
         event.until = Date.now()

@@ -3,10 +3,12 @@
 // so that the network between them can fail while both ends stay up.
 //
 //   pass       forward both ways as they come
-//   stall()    a partition: nothing is forwarded either way (data, FIN, RST are all held) and the
-//              sockets stay open, so each side sees a peer that has gone silent, as when a link or
-//              a firewall drops packets; new connections are accepted and held too. pass() then
-//              delivers what was held, in order, as TCP would once the link is back
+//   stall(pids?)  a partition: nothing is forwarded either way (data, FIN, RST are all held) and
+//              the sockets stay open, so each side sees a peer that has gone silent, as when a link
+//              or a firewall drops packets; new connections are accepted and held too. With pids,
+//              only the connections of those processes (found by their client ports in /proc) are
+//              cut off, the others go on: one dlq partitioned from a server the rest still reach.
+//              pass() then delivers what was held, in order, as TCP would once the link is back
 //   cut()      destroys every current connection with a RST on both sides (a NAT or firewall that
 //              forgot its state, a load balancer restarted)
 //   drop(on)   while on, a new connection is accepted and reset at once (refused), so clients
@@ -16,21 +18,51 @@
 //
 // One queue per direction holds what is not delivered yet; a direction's end (FIN) and its
 // close (RST or error) are queued behind its data, so a stalled or slow link cannot reorder them.
+import {readdirSync, readFileSync, readlinkSync} from 'node:fs'
 import {connect, createServer} from 'node:net'
 
-/** Starts a proxy in front of host:port. Returns {port, stall(), pass(), cut(), drop(on), slow(ms), connections(), close()}. */
+/** The local TCP ports of the sockets the processes `pids` hold: /proc/PID/fd → inode → /proc/net/tcp. */
+function portsOf(pids) {
+  const inodes = new Set()
+  for (const pid of pids) {
+    let fds = []
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`)
+    } catch {}
+    for (const fd of fds) {
+      try {
+        const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1]
+        if (inode) inodes.add(inode)
+      } catch {}
+    }
+  }
+  const ports = new Set()
+  for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let lines = []
+    try {
+      lines = readFileSync(table, 'utf8').split('\n').slice(1)
+    } catch {}
+    for (const line of lines) {
+      const fields = line.trim().split(/\s+/) // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+      if (fields.length > 9 && inodes.has(fields[9])) ports.add(Number.parseInt(fields[1].split(':')[1], 16))
+    }
+  }
+  return ports
+}
+
+/** Starts a proxy in front of host:port. Returns {port, stall(pids?), pass(), cut(), drop(on), slow(ms), connections(), close()}. */
 export async function startProxy({host = '127.0.0.1', port}) {
   const connections = new Set()
-  const state = {stalled: false, refusing: false, delayMs: 0}
+  const state = {stalled: false, isolated: undefined, refusing: false, delayMs: 0}
 
   /** One direction of one connection: bytes from `from` are delivered to `to` through a queue. */
-  function direction(from, to) {
+  function direction(connection, from, to) {
     const queue = [] // {at, chunk} | {at, end: true} | {at, close: true}
     let timer
     const pump = () => {
       clearTimeout(timer)
       timer = undefined
-      if (state.stalled) return
+      if (state.stalled || connection.stalled) return
       const now = Date.now()
       while (queue.length > 0 && queue[0].at <= now) {
         const item = queue.shift()
@@ -61,9 +93,9 @@ export async function startProxy({host = '127.0.0.1', port}) {
       return
     }
     const upstream = connect({host, port, allowHalfOpen: true, noDelay: true})
-    const connection = {client, upstream}
-    connection.up = direction(client, upstream)
-    connection.down = direction(upstream, client)
+    const connection = {client, upstream, stalled: state.isolated !== undefined && portsOf(state.isolated).has(client.remotePort)}
+    connection.up = direction(connection, client, upstream)
+    connection.down = direction(connection, upstream, client)
     connections.add(connection)
     let closed = 0
     const gone = () => ++closed === 2 && connections.delete(connection)
@@ -84,11 +116,17 @@ export async function startProxy({host = '127.0.0.1', port}) {
   }
   return {
     port: server.address().port,
-    stall() {
-      state.stalled = true
+    stall(pids) {
+      if (pids === undefined) state.stalled = true
+      else {
+        state.isolated = pids
+        const ports = portsOf(pids)
+        for (const c of connections) if (ports.has(c.client.remotePort)) c.stalled = true
+      }
     },
     pass() {
-      Object.assign(state, {stalled: false, refusing: false, delayMs: 0})
+      Object.assign(state, {stalled: false, isolated: undefined, refusing: false, delayMs: 0})
+      for (const c of connections) c.stalled = false
       pumpAll()
     },
     cut() {
