@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // dlq under faults: locks and queues on one backend while processes and the server are killed,
-// stopped and restarted at random, then checked against the targets of issue 6 (README,
-// "Reliability"). Linux only (/proc).
+// stopped and restarted at random, and the network between them (a proxy) partitioned, cut and
+// slowed, then checked against the targets of issue 6 (README, "Reliability"). Linux only (/proc).
+// TORTURE_FAULTS=REGEX keeps only the fault kinds whose name matches.
 //
 //   npm run torture                                   # every backend in turn, 60 s each
 //   npm run torture -- --backend redis --seconds 300  # one backend, started by the torture
