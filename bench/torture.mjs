@@ -36,6 +36,8 @@ const SETTINGS = {
   visibility: '2s',
   visibilityMs: 2000,
   maxAttempts: 5,
+  // Poison backs off (0.2, 0.4, 0.8, 1.6 s) under the faults, and is still dead well within the drain.
+  retryDelay: '200ms',
   drainLimitMs: 60_000,
 }
 
@@ -112,7 +114,7 @@ async function torture(target) {
   const lockers = new Lockers({url: backend.url, key: `torture-${suffix}`, storePath: store.path, count: SETTINGS.lockers, ttl: SETTINGS.ttl, killGrace: SETTINGS.killGrace})
   const queues = new QueueTorture({
     url: backend.url, queue: `torture-${suffix}`, handledLog: join(dir, 'handled.log'),
-    producers: SETTINGS.producers, workers: SETTINGS.workers, visibility: SETTINGS.visibility, maxAttempts: SETTINGS.maxAttempts,
+    producers: SETTINGS.producers, workers: SETTINGS.workers, visibility: SETTINGS.visibility, maxAttempts: SETTINGS.maxAttempts, retryDelay: SETTINGS.retryDelay,
   })
   process.env.TORTURE_STORE = store.path
   process.env.TORTURE_HANDLED = queues.handledLog
@@ -175,7 +177,7 @@ function report(result) {
   const {backend, injector, locks, queue, extra} = result
   const lines = []
   lines.push(`== ${backend.name}: ${backend.description}`)
-  lines.push(`   ${(result.faultMs / 1000).toFixed(0)} s of faults, ${(result.runMs / 1000).toFixed(0)} s in all; ${SETTINGS.lockers} lockers (--ttl ${SETTINGS.ttl} --kill-grace ${SETTINGS.killGrace}), ${SETTINGS.producers} producers, ${SETTINGS.workers} workers (--visibility ${SETTINGS.visibility} --max-attempts ${SETTINGS.maxAttempts})`)
+  lines.push(`   ${(result.faultMs / 1000).toFixed(0)} s of faults, ${(result.runMs / 1000).toFixed(0)} s in all; ${SETTINGS.lockers} lockers (--ttl ${SETTINGS.ttl} --kill-grace ${SETTINGS.killGrace}), ${SETTINGS.producers} producers, ${SETTINGS.workers} workers (--visibility ${SETTINGS.visibility} --max-attempts ${SETTINGS.maxAttempts} --retry-delay ${SETTINGS.retryDelay})`)
   const f = locks.facts
   lines.push(`   locks: ${f.acquisitions} acquisitions (critical sections, CS) by ${f.runs} dlq runs (${f.lostRuns} reported the lock lost, exit 70); ${f.writes} fenced writes, ${f.rejected} rejected as stale`)
   const q = queue.facts

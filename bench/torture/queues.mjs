@@ -25,8 +25,8 @@ export class QueueTorture {
   workerRuns = []
   stopping = false
 
-  constructor({url, queue, handledLog, producers, workers, visibility, maxAttempts}) {
-    Object.assign(this, {url, queue, handledLog, producers, workers, visibility, maxAttempts})
+  constructor({url, queue, handledLog, producers, workers, visibility, maxAttempts, retryDelay}) {
+    Object.assign(this, {url, queue, handledLog, producers, workers, visibility, maxAttempts, retryDelay})
   }
 
   start() {
@@ -62,7 +62,7 @@ export class QueueTorture {
 
   async work(n) {
     while (!this.stopping) {
-      const args = ['queue', 'pop', '-b', this.url, '--queue', this.queue, '--exec', '--wait', '2s', '--visibility', this.visibility, '--max-attempts', String(this.maxAttempts), '--', '/bin/sh', HANDLER]
+      const args = ['queue', 'pop', '-b', this.url, '--queue', this.queue, '--exec', '--wait', '2s', '--visibility', this.visibility, '--max-attempts', String(this.maxAttempts), '--retry-delay', this.retryDelay, '--', '/bin/sh', HANDLER]
       const proc = start(NODE, [DLQ, ...args], {env: undefined})
       const run = {worker: n, proc, pid: proc.pid, spawnAt: proc.spawnAt}
       this.workerRuns.push(run)

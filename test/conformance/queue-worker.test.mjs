@@ -85,18 +85,18 @@ for (const backend of backends) {
       assert.equal(r.code, 0, r.stderr)
     })
 
-    it('--exec: a failing command returns the message for retry; after --max-attempts 2 it is in Q.dead', async (t) => {
+    it('--exec --retry-delay 0: a failing command returns the message at once; after --max-attempts 2 it is in Q.dead', async (t) => {
       const dir = await tempDir(t)
       const queue = uniqueName('dead')
       await pushArgs(ctx.dlq, queue, ['poison'])
       const failing = ['sh', '-c', 'cat > /dev/null; echo "$DLQ_MESSAGE_ID $DLQ_MESSAGE_ATTEMPT" >> "$1/attempts"; exit 3', SH0, dir]
 
-      const first = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--exec', '--', ...failing])
+      const first = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--retry-delay', '0', '--exec', '--', ...failing])
       assert.notEqual(first.code, 75, first.stderr)
       let stats = await queueStats(ctx.dlq, queue)
       assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [1, 0, 0], 'returned for retry after attempt 1')
 
-      const second = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--exec', '--', ...failing])
+      const second = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--retry-delay', '0', '--exec', '--', ...failing])
       assert.notEqual(second.code, 75, second.stderr)
       stats = await queueStats(ctx.dlq, queue)
       assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [0, 0, 1], 'dead after attempt 2')
@@ -111,6 +111,51 @@ for (const backend of backends) {
       const dead = await drainJson(ctx.dlq, `${queue}.dead`)
       assert.deepEqual(dead.map((m) => m.body), ['poison'])
       assert.equal((await queueStats(ctx.dlq, queue)).dead, 0)
+    })
+
+    it('--retry-delay: a failed message comes back only after its delay, doubled per attempt; the worker handles others meanwhile; dead after --max-attempts', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('backoff')
+      await pushArgs(ctx.dlq, queue, ['poison', 'fine'])
+      // Each run records its start, and a failing one its failure just before it exits: the failure
+      // happens before dlq settles the message, so start − failure is at most the real delay.
+      const handler = ['sh', '-c', `body=$(cat); echo "start $body $DLQ_MESSAGE_ATTEMPT $(date +%s%3N)" >> "$1/log"
+        [ "$body" = fine ] && exit 0
+        echo "fail $body $DLQ_MESSAGE_ATTEMPT $(date +%s%3N)" >> "$1/log"; exit 3`, SH0, dir]
+      const delayMs = 2000
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '4', '--wait', '1h', '--max-attempts', '3', '--retry-delay', '2s', '--exec', '--', ...handler], {timeoutMs: 90_000})
+      assert.equal(r.code, 0, r.stderr)
+      const log = (await readText(join(dir, 'log'))).trim().split('\n').map((l) => l.split(' '))
+      assert.deepEqual(log.map(([what, body, attempt]) => `${what} ${body} ${attempt}`),
+        ['start poison 1', 'fail poison 1', 'start fine 1', 'start poison 2', 'fail poison 2', 'start poison 3', 'fail poison 3'],
+        'the second message is handled while the first waits out its delay; three deliveries of the first')
+      const at = (what, attempt) => Number(log.find((l) => l[0] === what && l[1] === 'poison' && l[2] === String(attempt))[3])
+      const gaps = [at('start', 2) - at('fail', 1), at('start', 3) - at('fail', 2)]
+      assert.ok(gaps[0] >= delayMs, `the second attempt started ${gaps[0]}ms after the first failed, with --retry-delay 2s`)
+      assert.ok(gaps[1] >= 2 * delayMs, `the third attempt started ${gaps[1]}ms after the second failed: the delay doubles`)
+      assert.match(r.stderr, /attempt 1 of 3\): sh exited 3; retried in 2(\.\d)?s\n/)
+      assert.match(r.stderr, /attempt 3 of 3\): sh exited 3; moved to .*\.dead\n/)
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 0, 1], 'dead after its third delivery')
+      assert.deepEqual((await drainJson(ctx.dlq, `${queue}.dead`)).map((m) => m.body), ['poison'])
+    })
+
+    it('--retry-delay: a message waiting out its delay counts as in flight and no pop or worker takes it meanwhile', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('later')
+      await pushArgs(ctx.dlq, queue, ['again'])
+      const failed = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--json', '--retry-delay', '1h', '--exec', '--', 'sh', '-c', 'cat > /dev/null; exit 3'])
+      assert.equal(failed.code, 0, failed.stderr)
+      const {warning} = JSON.parse(failed.stderrLines[0])
+      assert.deepEqual([warning.attempt, warning.exitCode], [1, 3])
+      assert.ok(warning.retryDelayMs >= 3_600_000 && warning.retryDelayMs <= 4_500_000, `retryDelayMs ${warning.retryDelayMs}`)
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 1, 0])
+      const none = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '0'])
+      assert.equal(none.code, 75, none.stderr)
+      const worker = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--exec', '--', 'sh', '-c', 'touch "$1/ran"', SH0, dir])
+      assert.equal(worker.code, 75, worker.stderr)
+      assert.equal(existsSync(join(dir, 'ran')), false, 'no handler ran')
+      const tail = await ctx.dlq.run(['queue', 'tail', '--queue', queue])
+      assert.equal(tail.stdout, '', 'not among the waiting messages')
     })
 
     it('--exec whose handler cannot start (not found: 127, not executable: 126) exits at once with one line; every message stays, no attempt counted', async (t) => {

@@ -12,6 +12,7 @@ import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
 import {countAndRate, progressLine, WaitingLine} from '../../waiting.js'
 import {deadlineMarginMs, termLead, Watchdog} from '../../watchdog.js'
+import {retryDelay} from '../../worker/backoff.js'
 
 /**
  * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
@@ -28,7 +29,7 @@ export default class QueuePop extends DlqCommand {
 
 A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
 
-Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted. Should the worker die or be stopped, its watchdog stops the handler and everything it started (SIGTERM at once, SIGKILL before the message can be redelivered).`
+Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. A failed message is delivered again only after --retry-delay (default 1s), doubled per failed attempt up to 5m (or up to --retry-delay, if longer), plus up to 25% at random so that messages that failed together do not all come back at once; it is never retried sooner. Meanwhile it stays reserved (queue status counts it in flight) and the worker goes on with other messages; --retry-delay 0 returns it at once. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted. Should the worker die or be stopped, its watchdog stops the handler and everything it started (SIGTERM at once, SIGKILL before the message can be redelivered).`
   static examples = [
     '<%= config.bin %> queue pop --queue jobs',
     '<%= config.bin %> queue pop --queue jobs --count 100 --wait 30s > batch.txt',
@@ -44,6 +45,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     visibility: Flags.string({summary: 'How long a reserved message stays invisible to others before it is redelivered.', default: '30s', helpValue: 'DURATION'}),
     'max-attempts': Flags.integer({summary: 'Deliveries before a message moves to QUEUE.dead.', default: 5, helpValue: 'N'}),
     exec: Flags.boolean({summary: 'Worker mode: run the command after -- once per message, body on stdin.'}),
+    'retry-delay': Flags.string({summary: 'With --exec: how long a failed message waits before its next delivery; doubles per attempt up to 5m, plus up to 25% at random; 0 retries at once.', default: '1s', helpValue: 'DURATION'}),
     null: nullFlag,
   }
 
@@ -57,13 +59,15 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     if (!Number.isFinite(visibilityMs) || visibilityMs < 100) throw usageError('bad --visibility', flags.visibility, 'a finite duration of at least 100ms')
     if (flags.count !== undefined && flags.count < 1) throw usageError('bad --count', String(flags.count), 'take 1 message or more')
     if (flags['max-attempts'] < 1) throw usageError('bad --max-attempts', String(flags['max-attempts']), '1 or more')
+    const retryDelayMs = parseDuration(flags['retry-delay'], 'retry-delay')
+    if (!Number.isFinite(retryDelayMs)) throw usageError('bad --retry-delay', flags['retry-delay'], 'a finite duration; 0 retries at once')
     if (flags.exec && command.length === 0) throw usageError('no command for --exec', 'worker mode needs a command after --', 'dlq queue pop --queue Q --exec -- COMMAND')
     if (!flags.exec && command.length > 0) throw usageError('unexpected arguments', command.join(' '), 'to run a command per message, use --exec -- COMMAND')
 
     const backend = await this.backend(flags.backend, flags.verbose)
     const signals = new SignalRouter()
     const options = {visibilityMs, waitMs, maxAttempts: flags['max-attempts'], signal: signals.signal}
-    if (flags.exec) return this.work(backend, queue, command, signals, {...options, count: flags.count})
+    if (flags.exec) return this.work(backend, queue, command, signals, {...options, count: flags.count, retryDelayMs})
 
     const result = await this.take(backend, queue, flags.count ?? 1, signals, options, (message) => render(message, this.jsonEnabled(), flags.null))
     if (result.stopped) this.warnStopped(result.delivered, result.stopped)
@@ -167,7 +171,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
   }
 
   /** Worker mode: one message at a time through COMMAND, acked on exit 0. */
-  private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}): Promise<void> {
+  private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; retryDelayMs: number; signal: AbortSignal}): Promise<void> {
     const {execa} = await import('execa')
     let processed = 0
     while ((options.count === undefined || processed < options.count) && !signals.first) {
@@ -190,9 +194,10 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       const watchdog = new Watchdog({mark: `DLQ_HANDLER_ID=${handlerId}`, graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)})
       watchdog.lease(untilRedelivery(reservedAt))
       // Keep the message reserved while the command works on it, however long that takes.
+      let extending: Promise<unknown> = Promise.resolve()
       const extender = setInterval(() => {
         const at = Date.now()
-        void backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
+        extending = backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
       }, Math.max(50, options.visibilityMs / 3))
       const child = execa(command[0], command.slice(1), {
         input: message.body,
@@ -208,6 +213,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       watchdog.end()
       signals.waitAgain()
       clearInterval(extender)
+      await extending // settled after the last extension, which could otherwise undo a retry's delay
       if (child.pid === undefined) {
         // The handler never started (not found, not executable): that is no delivery. Counted as
         // one, every message would burn its attempts at once and the queue would end up in .dead.
@@ -216,12 +222,14 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
         throw cannotRun(command[0], result.code, firstLine(result.originalMessage ?? result.shortMessage ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
       }
       const ok = result.exitCode === 0
-      await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts)
+      const last = message.attempts >= options.maxAttempts
+      const delayMs = ok || last ? 0 : retryDelay(options.retryDelayMs, message.attempts)
+      await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts, {retryDelayMs: delayMs})
       if (!ok) {
         const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
-        const next = message.attempts >= options.maxAttempts ? `moved to ${queue}.dead` : 'returned for retry'
+        const next = last ? `moved to ${queue}.dead` : delayMs > 0 ? `retried in ${formatDuration(delayMs)}` : 'returned for retry'
         const what = `message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}`
-        process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.exitCode ?? null, signal: result.signal ?? null}})}\n` : `dlq: ${what}\n`)
+        process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.exitCode ?? null, signal: result.signal ?? null, retryDelayMs: last ? null : delayMs}})}\n` : `dlq: ${what}\n`)
       }
       processed++
     }
