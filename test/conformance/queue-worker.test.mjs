@@ -2,12 +2,12 @@
 // `queue status` (SPEC §3), against every backend in test/support/backends.mjs.
 import assert from 'node:assert/strict'
 import {existsSync} from 'node:fs'
-import {readFile, writeFile} from 'node:fs/promises'
+import {readdir, readFile, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
 import {backends, useBackend} from '../support/backends.mjs'
-import {killPid, oneErrorLine, shUntil, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
+import {killPid, oneErrorLine, shUntil, stillFalse, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
 import {drainJson, pushArgs, queueStats} from '../support/queues.mjs'
 
 // `sh -c SCRIPT NAME ARGS…` with a NAME ($0) that appears nowhere else on the command line.
@@ -156,6 +156,67 @@ for (const backend of backends) {
       assert.equal(existsSync(join(dir, 'ran')), false, 'no handler ran')
       const tail = await ctx.dlq.run(['queue', 'tail', '--queue', queue])
       assert.equal(tail.stdout, '', 'not among the waiting messages')
+    })
+
+    // A handler of the --concurrency tests: marks itself running, records its start and how many
+    // were running then (itself included), waits for $1/go, unmarks itself, records its end. A
+    // fifth handler beside four that wait for go would count five.
+    const concurrent = (dir) => ['sh', '-c', `body=$(cat)
+      trap 'echo "term $body" >> "$1/log"; rm -f "$1/running.$body"; exit 3' TERM
+      touch "$1/running.$body"; echo "start $body $(ls "$1" | grep -c '^running\.')" >> "$1/log"
+      ${shUntil('[ -e "$1/go" ]', 60)}
+      rm -f "$1/running.$body"; echo "done $body" >> "$1/log"`, SH0, dir]
+    const running = async (dir) => (await readdir(dir)).filter((n) => n.startsWith('running.')).length
+    const logOf = async (dir) => (await readText(join(dir, 'log'))).trim().split('\n').filter(Boolean).map((l) => l.split(' '))
+
+    it('--concurrency 4 runs four handlers at once and never more, each message once', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team')
+      const bodies = Array.from({length: 10}, (_v, i) => `m${i + 1}`)
+      await pushArgs(ctx.dlq, queue, bodies)
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--concurrency', '4', '--exec', '--', ...concurrent(dir)], {t, timeoutMs: 90_000})
+      await waitFor(async () => (await running(dir)) === 4, {timeoutMs: 30_000, what: 'four handlers running at once'})
+      await stillFalse(async () => (await running(dir)) > 4 || (await logOf(dir)).filter(([what]) => what === 'start').length > 4,
+        {forMs: 1000, what: 'a fifth handler starting while four run'})
+      await writeFile(join(dir, 'go'), '')
+      const r = await worker.result
+      assert.equal(r.code, 0, r.stderr)
+      const log = await logOf(dir)
+      const starts = log.filter(([what]) => what === 'start')
+      assert.deepEqual(starts.map(([, body]) => body).sort(), [...bodies].sort(), 'every message handled once')
+      assert.deepEqual(log.filter(([what]) => what === 'done').map(([, body]) => body).sort(), [...bodies].sort())
+      assert.ok(starts.every(([, , count]) => Number(count) <= 4), `at most four at once: ${starts.map((s) => s.join(' ')).join(', ')}`)
+      assert.equal(starts.slice(0, 4).map(([, , count]) => Number(count)).includes(4), true, 'the fourth saw the other three')
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 0, 0])
+    })
+
+    it('--concurrency with --count N handles N messages in all; on an empty queue it exits 75', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team-count')
+      await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd', 'e', 'f', 'g'])
+      await writeFile(join(dir, 'go'), '')
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--concurrency', '3', '--count', '5', '--exec', '--', ...concurrent(dir)], {timeoutMs: 60_000})
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal((await logOf(dir)).filter(([what]) => what === 'done').length, 5)
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [2, 0, 0])
+      const empty = await ctx.dlq.run(['queue', 'pop', '--queue', uniqueName('team-empty'), '--concurrency', '4', '--exec', '--', 'true'])
+      assert.equal(empty.code, 75, empty.stderr)
+    })
+
+    it('--concurrency: SIGTERM goes to every running handler, no new one starts, the worker exits 143 once they have', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team-term')
+      await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd', 'e'])
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--concurrency', '3', '--retry-delay', '0', '--exec', '--', ...concurrent(dir)], {t, timeoutMs: 90_000})
+      // Their start lines written: each has its trap set.
+      await waitFor(async () => (await logOf(dir)).filter(([what]) => what === 'start').length === 3, {timeoutMs: 30_000, what: 'three handlers running at once'})
+      worker.kill('SIGTERM')
+      const r = await worker.result
+      assert.equal(r.code, 143, r.stderr)
+      const log = await logOf(dir)
+      assert.equal(log.filter(([what]) => what === 'start').length, 3, 'no handler started after the signal')
+      assert.equal(log.filter(([what]) => what === 'term').length, 3, 'each running handler got SIGTERM')
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [5, 0, 0], 'the three failed ones returned, two never taken')
     })
 
     it('--exec whose handler cannot start (not found: 127, not executable: 126) exits at once with one line; every message stays, no attempt counted', async (t) => {
