@@ -202,6 +202,8 @@ export class FileQueues implements QueueDriver {
     return (this.reserverId ??= crypto().randomBytes(6).toString('hex')) // drawn on first use: lock runs never need it
   }
   private tmpSwept = 0
+  /** Splits of this process under way (S1 to S3). */
+  private splitting = 0
 
   constructor(
     private readonly base: string,
@@ -334,6 +336,8 @@ export class FileQueues implements QueueDriver {
   }
 
   private async splitInProgress(dirs: QueueDirs): Promise<boolean> {
+    // Ours are known here, and a reserve of ours that runs beside this one (pop --concurrency) may be splitting.
+    if (this.splitting > 0) return true
     const now = Date.now()
     return (await readdir(dirs.cur)).some((name) => {
       const split = parseSplit(name)
@@ -363,6 +367,16 @@ export class FileQueues implements QueueDriver {
       return rename(from, claimed).then(() => claimed, (error) => unlessMissing(error))
     }
     const split = join(dirs.cur, splitFile({...entry, deadline: claim.deadline, reserver: claim.reserver, take: claim.count}))
+    this.splitting++
+    try {
+      return await this.splitClaim(dirs, entry, claim, from, split, claimed)
+    } finally {
+      this.splitting--
+    }
+  }
+
+  /** S1–S3 of claim(). */
+  private async splitClaim(dirs: QueueDirs, entry: Waiting, claim: Omit<Claim, 'name'>, from: string, split: string, claimed: string): Promise<string | undefined> {
     try {
       await rename(from, split)
     } catch (error) {
