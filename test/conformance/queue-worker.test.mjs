@@ -219,6 +219,17 @@ for (const backend of backends) {
       assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [5, 0, 0], 'the three failed ones returned, two never taken')
     })
 
+    it('--concurrency whose handler cannot start exits 127 with one line; every message stays, no attempt counted', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team-unstartable')
+      await pushArgs(ctx.dlq, queue, ['m1', 'm2', 'm3', 'm4', 'm5'])
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '1h', '--concurrency', '3', '--exec', '--', './hadle.sh'], {cwd: dir})
+      assert.equal(r.code, 127, r.stderr)
+      assert.match(oneErrorLine(r, assert), /^dlq: cannot run "\.\/hadle\.sh": command not found \(message \S+ stays in /)
+      const messages = await drainJson(ctx.dlq, queue)
+      assert.deepEqual(messages.map((m) => [m.body, m.attempts]).sort(), ['m1', 'm2', 'm3', 'm4', 'm5'].map((b) => [b, 1]), 'each still on its first delivery')
+    })
+
     it('--exec whose handler cannot start (not found: 127, not executable: 126) exits at once with one line; every message stays, no attempt counted', async (t) => {
       const dir = await tempDir(t)
       await writeFile(join(dir, 'not-executable.sh'), '#!/bin/sh\nexit 0\n', {mode: 0o644})
