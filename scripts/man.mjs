@@ -96,7 +96,7 @@ const jsonOutput = {
   ],
   'queue:push': [['On stdout, one object once every message is accepted: ids in the order pushed.', '{"queue": QUEUE, "count": N, "ids": [ID, ...]}']],
   'queue:pop': [
-    ['On stdout, one object per line and message. body is the message as text when it is valid UTF-8, else bodyBase64 holds its bytes in base64; attempts is which delivery this is (1 the first time). With --exec, stdout is the handlers\'; --json changes dlq\'s own lines on stderr: a handler that failed is a warning object, {"warning": {"what": TEXT, "id": ID, "attempt": N, "exitCode": N|null, "signal": NAME|null}}. No message within --wait (exit 75) is the error object below.', messageShape],
+    ['On stdout, one object per line and message. body is the message as text when it is valid UTF-8, else bodyBase64 holds its bytes in base64; attempts is which delivery this is (1 the first time). With --exec, stdout is the handlers\'; --json changes dlq\'s own lines on stderr: a handler that failed is a warning object, {"warning": {"what": TEXT, "id": ID, "attempt": N, "exitCode": N|null, "signal": NAME|null, "retryDelayMs": N|null}}, where retryDelayMs is how long the message waits before its next delivery (null: it went to the dead letters). No message within --wait (exit 75) is the error object below.', messageShape],
     binaryMessage,
   ],
   'queue:tail': [['On stdout, one object per line and message, as queue pop prints them (body or bodyBase64); attempts counts the deliveries so far (0 for a message never popped).', messageShape], binaryMessage],
