@@ -168,24 +168,34 @@ export async function startSentinels({name = 'mymaster'} = {}) {
 }
 
 /**
- * A Redis Cluster of `masters` nodes (no replicas), each on a free port with a free cluster bus
- * port, slots spread by `redis-cli --cluster create`. Returns {nodes, url, stop}; each node as
- * startRedis gives it plus its cluster id.
+ * A Redis Cluster of `masters` nodes, each with `replicas` replicas (default none), each node on a
+ * free port with a free cluster bus port, slots spread by `redis-cli --cluster create`. A master
+ * is judged failed after `nodeTimeoutMs` (cluster-node-timeout), and its replica then promoted.
+ * Returns {nodes, url, stop}; each node as startRedis gives it plus its cluster id, and a
+ * replica's `masterId`. Ready once every node sees the cluster ok and every replica is in sync.
  */
-export async function startCluster({masters = 3} = {}) {
+export async function startCluster({masters = 3, replicas = 0, nodeTimeoutMs = 3000} = {}) {
   const nodes = []
   try {
-    for (let i = 0; i < masters; i++) {
+    for (let i = 0; i < masters * (1 + replicas); i++) {
       const busPort = await freePort()
-      nodes.push(await startRedis({config: ['cluster-enabled yes', 'cluster-config-file nodes.conf', 'cluster-node-timeout 3000', `cluster-port ${busPort}`]}))
+      nodes.push(await startRedis({config: ['cluster-enabled yes', 'cluster-config-file nodes.conf', `cluster-node-timeout ${nodeTimeoutMs}`, `cluster-port ${busPort}`]}))
     }
     const {execFile} = await import('node:child_process')
     await new Promise((resolve, reject) => {
-      execFile('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-yes'], {timeout: 30_000}, (error, stdout, stderr) => (error ? reject(new Error(`redis-cli --cluster create: ${stdout}${stderr}`)) : resolve()))
+      execFile('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', String(replicas), '--cluster-yes'], {timeout: 30_000}, (error, stdout, stderr) => (error ? reject(new Error(`redis-cli --cluster create: ${stdout}${stderr}`)) : resolve()))
     })
     for (const node of nodes) {
       await waitFor(async () => /cluster_state:ok/.test(await redisCliReply(node.port, 'CLUSTER', 'INFO')), {timeoutMs: 20_000, what: `node ${node.port} to see the cluster ok`})
       node.id = (await redisCliReply(node.port, 'CLUSTER', 'MYID')).trim()
+    }
+    for (const node of nodes) {
+      const mine = (await redisCliReply(node.port, 'CLUSTER', 'NODES')).split('\n').find((l) => l.includes('myself'))
+      const [, , flags, masterId] = mine.split(' ')
+      if (flags.includes('slave')) {
+        node.masterId = masterId
+        await waitFor(async () => /master_link_status:up/.test(await redisCliReply(node.port, 'INFO', 'replication')), {timeoutMs: 20_000, what: `replica ${node.port} to sync`})
+      }
     }
     return {
       nodes,

@@ -116,11 +116,18 @@ async function topologyOf(url: URL, user: string | undefined, password: string |
           // second command while that connection opens would fail. Each command stays bounded by
           // the nodes' commandTimeout.
           enableOfflineQueue: true,
-          enableReadyCheck: true,
-          // MOVED and ASK are followed (a slot moving, a failover), CLUSTERDOWN and TRYAGAIN retried:
-          // each answered an error, so nothing ran twice. Past the redirections, exit 69.
+          // No CLUSTER INFO ready check: one that finds cluster_state:fail (a master just died)
+          // reconnects, and ioredis then never settles the first connect() (it waited out
+          // ?connectTimeout= even once a replica had taken over). A command on a slot without a
+          // master is answered CLUSTERDOWN instead, retried below, then exit 69 naming it.
+          enableReadyCheck: false,
+          // MOVED and ASK are followed (a slot moving, a failover), TRYAGAIN retried: each answered
+          // an error, so nothing ran twice. Past the redirections, exit 69. CLUSTERDOWN is not
+          // retried here: ioredis sends the retry to a random node, maybe the dead master that the
+          // slot map still lists, and the user was told "connection lost" instead of the cause.
+          // It is exit 69 naming CLUSTERDOWN; the wait loops ask again (FailoverWait).
           maxRedirections: 16,
-          retryDelayOnClusterDown: 100,
+          retryDelayOnClusterDown: 0,
           retryDelayOnTryAgain: 100,
           // 0: a command whose connection closed before its reply may have run; it is not sent again.
           retryDelayOnFailover: 0,
@@ -183,8 +190,11 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   client.on('sentinelError', onError)
   try {
     await client.connect()
-    // connect() can resolve before the AUTH reply: one round trip proves the session usable.
-    await client.ping()
+    // connect() can resolve before the AUTH reply: one round trip proves the session usable. A
+    // cluster sends PING to a random node, which may be a master that just died and is still in
+    // the slot map: any master answering will do (each refused one leaves the map).
+    if (cluster) await Promise.any(mastersOf(client).map((node) => node.ping())).catch((error: AggregateError) => { throw error.errors?.[0] ?? error })
+    else await client.ping()
     // ioredis reports a refused SELECT only as an event and goes on in database 0: ask again, so
     // that a database the server does not have is an error, not someone else's locks and queues.
     if (db !== 0) await client.select(db)
@@ -260,7 +270,7 @@ export class FailoverWait {
     this.last = dlqError.why
     if (now >= deadline) throw error
     if (now - this.since >= this.followMs) {
-      throw unavailable('the Redis master went away while waiting', `no master answered for ${formatDuration(now - this.since)} (last: ${this.last})`, 'is Sentinel promoting a replica? ?failoverTimeout= sets how long dlq follows a failover')
+      throw unavailable('the Redis master went away while waiting', `no master answered for ${formatDuration(now - this.since)} (last: ${this.last})`, 'is a replica being promoted (by Sentinel, or by the cluster)? ?failoverTimeout= sets how long dlq follows a failover')
     }
     await new Promise((resolve) => setTimeout(resolve, Math.min(200, deadline - now)))
   }
@@ -272,7 +282,8 @@ export class FailoverWait {
  * a master without replicas), within ?replicaTimeout= (default 1s). Asynchronous replication is
  * not consensus: this narrows the window in which a failover loses an acknowledged write to the
  * replicas that confirmed it dying too, or Sentinel promoting one that had not (see README).
- * The master's replicas are counted once (ROLE), sent alongside the first write: no extra wait.
+ * The master's replicas are counted once (ROLE), sent alongside the first write: no extra wait
+ * (on a cluster, by the master of the written key's slot, one round trip before its WAIT).
  */
 export class Replication {
   private counted?: Promise<number>
@@ -296,33 +307,53 @@ export class Replication {
     return Number(reply)
   }
 
-  /** Starts counting the master's replicas, if ?replicas= did not say: call before the write. */
+  /**
+   * Starts counting the master's replicas, if ?replicas= did not say: call before the write. On a
+   * cluster the count belongs to the master of each key's slot: confirm() asks it (replicasFor).
+   */
   prepare(): void {
-    if (this.wanted === undefined && !this.counted) {
-      this.counted = this.client.role().then((role) => (role[0] === 'master' && Array.isArray(role[2]) ? (role[2] as unknown[]).length : 0), () => {
+    if (this.wanted === undefined && !this.counted && !this.client.isCluster) {
+      this.counted = this.client.role().then(replicasIn, () => {
         this.counted = undefined
         return 0
       })
     }
   }
 
+  /**
+   * How many replicas the master holding `key` has. On a cluster, ROLE goes with a keyed no-op to
+   * that master, as WAIT does: a random node's count was wrong for a master with none (one just
+   * promoted, whose old master is dead), and every write there was refused as unconfirmed.
+   */
+  private async replicasFor(key: string): Promise<number> {
+    if (!this.client.isCluster) {
+      this.prepare()
+      return this.counted!
+    }
+    const replies = await this.client.pipeline().exists(key).role().exec()
+    const [error, role] = replies?.[1] ?? [new Error('no reply to ROLE')]
+    if (error) throw error
+    return replicasIn(role as unknown[])
+  }
+
   /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
   async confirm(what: string, key: string): Promise<void> {
-    this.prepare()
-    const wanted = this.wanted ?? Math.min(1, await this.counted!)
+    const wanted = this.wanted ?? Math.min(1, await this.replicasFor(key))
     if (wanted <= 0) return
     const acknowledged = await this.wait(wanted, key)
     if (acknowledged < wanted && this.wanted === undefined) {
       // By default dlq waits for a replica the master has: one that went away is not waited for.
       this.counted = undefined
-      this.prepare()
-      if ((await this.counted!) === 0) return
+      if ((await this.replicasFor(key)) === 0) return
     }
     if (acknowledged < wanted) {
       throw unavailable(`${what} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
     }
   }
 }
+
+/** The number of replicas in a ROLE reply (0 unless it is a master's). */
+const replicasIn = (role: unknown[]): number => (role[0] === 'master' && Array.isArray(role[2]) ? role[2].length : 0)
 
 /** ?replicas=N and ?replicaTimeout=DURATION (default 1s, within ?connectTimeout=). */
 export function replicationOf(url: URL): {wanted: number | undefined; timeoutMs: number} {
