@@ -48,8 +48,21 @@ export const failoverTimeoutMs = (url: URL): number => durationParam(url, 'failo
 
 /**
  * redis+sentinel://[user:pass@]h1:26379,h2:26379/MASTER[/DB]: the host list arrives %-encoded
- * (backends/index.ts), the credentials are the data nodes' (Sentinel itself is asked without).
+ * (backends/index.ts), the credentials are the data nodes'. The Sentinels' own (their
+ * requirepass, or an ACL user of theirs) are ?sentinelUser= and ?sentinelPasswordFile= (or
+ * ?sentinelPassword=, masked like any password); without them Sentinel is asked without AUTH.
  */
+async function sentinelCredentials(url: URL): Promise<Pick<RedisOptions, 'sentinelUsername' | 'sentinelPassword'>> {
+  const file = url.searchParams.get('sentinelPasswordFile')
+  let password = url.searchParams.get('sentinelPassword') ?? undefined
+  if (file) {
+    password = await readFile(file, 'utf8').then((text) => text.replace(/\r?\n$/, ''), (error: NodeJS.ErrnoException) => {
+      throw usageError('cannot read ?sentinelPasswordFile=', `${file}: ${error.code ?? 'error'}`, 'name a readable file holding the Sentinels\' password')
+    })
+  }
+  return {sentinelUsername: url.searchParams.get('sentinelUser') ?? undefined, sentinelPassword: password}
+}
+
 function sentinelTopology(url: URL, db: number): Pick<RedisOptions, 'sentinels' | 'name' | 'db'> {
   const [name, dbText, ...rest] = decodeURIComponent(url.pathname).split('/').slice(1)
   const bad = (why: string) => usageError('bad backend URL', `${why} in ${maskUrl(url.href)}`, `${url.protocol}//h1:26379,h2:26379/MASTER[/DB]`)
@@ -147,6 +160,7 @@ async function topologyOf(url: URL, user: string | undefined, password: string |
     options: {
       ...common,
       ...sentinelTopology(url, db),
+      ...(await sentinelCredentials(url)),
       role: 'master',
       enableTLSForSentinelMode: tls !== undefined,
       sentinelTLS: tls,
@@ -182,14 +196,20 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   const client: Client = cluster ? new Cluster(cluster.nodes, cluster.options) : new Redis(options)
   // The connect promise often says only "Connection is closed"; the cause arrives as an event.
   let cause: Error | undefined
+  // ioredis asks the Sentinels again and again, even when each refused dlq's credentials: that
+  // refusal ends the connect at once rather than at ?connectTimeout= as "no answer".
+  let refuse: (error: Error) => void = () => {}
+  const refused = new Promise<never>((_resolve, reject) => (refuse = reject))
+  refused.catch(() => {})
   const onError = (error: Error) => {
     cause = error
     log?.(`redis: ${error.message}`)
+    if (/^All sentinels are unreachable.*Last error: .*(WRONGPASS|NOAUTH|invalid password)/i.test(error.message)) refuse(error)
   }
   client.on('error', onError)
   client.on('sentinelError', onError)
   try {
-    await client.connect()
+    await Promise.race([client.connect(), refused])
     // connect() can resolve before the AUTH reply: one round trip proves the session usable. A
     // cluster sends PING to a random node, which may be a master that just died and is still in
     // the slot map: any master answering will do (each refused one leaves the map).
@@ -203,6 +223,10 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     const message = (cause ?? (error as Error)).message
     if (/DB index/i.test(message)) {
       throw unavailable(`cannot use database ${db} of ${shownUrl(url)}`, message, 'the server has fewer: see its "databases" setting')
+    }
+    if (/^All sentinels are unreachable/.test(message) && /WRONGPASS|NOAUTH|invalid password/i.test(message)) {
+      const why = message.replace(/^.*Last error: /, '').replace(options.sentinelPassword ?? '\0', '***')
+      throw unavailable(`authentication refused by the Sentinels of ${shownUrl(url)}`, why, options.sentinelPassword ? 'check ?sentinelUser= and ?sentinelPasswordFile= (the Sentinels\' own credentials, not the data nodes\')' : 'they ask for a password: give it with ?sentinelPasswordFile= or ?sentinelPassword=')
     }
     if (/WRONGPASS|NOAUTH|NOPERM|invalid password|AUTH/i.test(message)) {
       throw unavailable(`authentication refused by ${shownUrl(url)}`, message.replace(password ?? '\0', '***'), 'check the user and DLQ_PASSWORD or ?passwordFile=')
