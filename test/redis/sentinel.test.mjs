@@ -1,6 +1,8 @@
 // Redis behind Sentinel (redis+sentinel://): a master, a replica and three Sentinels that the tests
 // start on free loopback ports; the master is killed (SIGKILL) mid-hold and mid-wait, and dlq must
-// follow the replica that Sentinel promotes. Each failover test gets a group of its own.
+// follow the replica that Sentinel promotes. Each failover test gets a group of its own. Then
+// groups whose Sentinels and data nodes require passwords, and whose servers speak only TLS
+// (rediss+sentinel://).
 import assert from 'node:assert/strict'
 import {execFileSync} from 'node:child_process'
 import {existsSync} from 'node:fs'
@@ -264,5 +266,47 @@ describe('redis+sentinel: Sentinels and data nodes with passwords', () => {
     const popped = await cli(url, ['queue', 'pop', '--queue', queue, '--count', '2'])
     assert.equal(popped.code, 0, popped.stderr)
     assert.equal(popped.stdout, 'before\nafter\n')
+  })
+})
+
+describe('rediss+sentinel: Sentinels and data nodes that speak only TLS', () => {
+  let group
+  let ca
+  before(async () => {
+    const certificates = await makeCertificates(await tempDir())
+    ca = certificates.ca
+    group = await startSentinels({tls: certificates})
+  })
+  after(() => group?.stop())
+
+  it('with the CA given by ?ca=, a lock and a queue work, and go on working on the replica promoted after a failover', async (t) => {
+    const url = `${group.url()}?ca=${ca}`
+    assert.match(url, /^rediss\+sentinel:\/\//)
+    const key = uniqueName('tls')
+    const first = await cli(url, ['lock', 'run', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(first.code, 0, first.stderr)
+    const queue = uniqueName('tls')
+    assert.equal((await cli(url, ['queue', 'push', '--queue', queue, 'before'])).code, 0)
+    assert.equal((await cli(url, ['queue', 'pop', '--queue', queue])).stdout, 'before\n')
+    // A pop waiting through the failover, on TLS connections to the Sentinels and to each master.
+    const waiting = spawnDlq(['queue', 'pop', '-b', url, '--queue', queue, '--wait', '60s'], {t, timeoutMs: 60_000})
+    await waitFor(() => /blocked_clients:1/.test(group.cli(group.master.port, 'INFO', 'clients')), {what: 'the pop to block on the master'})
+    kill(group.master)
+    await group.promoted(group.replica.port)
+    const pushed = await cli(url, ['queue', 'push', '--queue', queue, 'after'])
+    assert.equal(pushed.code, 0, pushed.stderr)
+    const r = await waiting.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stdout, 'after\n')
+    const second = await cli(url, ['lock', 'run', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(second.code, 0, second.stderr)
+    assert.ok(BigInt(second.stdout.trim()) > BigInt(first.stdout.trim()))
+  })
+
+  it('without ?ca=, the Sentinels\' certificate is refused: exit 69 at once, one line naming the certificate and ?ca=', async () => {
+    const r = await cli(group.url(), ['lock', 'status'])
+    assert.equal(r.code, 69, r.stderr)
+    assert.match(oneErrorLine(r, assert), /Sentinels of rediss\+sentinel:.*certificate.*\?ca=/)
+    assert.ok(r.ms < 4000, `refused after ${r.ms} ms: it waited for ?connectTimeout= instead`)
   })
 })

@@ -6,6 +6,7 @@
 import {createHash} from 'node:crypto'
 import {readFile} from 'node:fs/promises'
 import {createConnection, isIP} from 'node:net'
+import {connect as tlsConnect, type ConnectionOptions} from 'node:tls'
 
 import type {Cluster, ClusterOptions, Redis, RedisOptions} from 'ioredis'
 
@@ -201,10 +202,20 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   let refuse: (error: Error) => void = () => {}
   const refused = new Promise<never>((_resolve, reject) => (refuse = reject))
   refused.catch(() => {})
+  // Over TLS ioredis reports a Sentinel whose certificate is refused only as "Connection is
+  // closed": one handshake of dlq's own with the first Sentinel finds out why.
+  let probed = false
   const onError = (error: Error) => {
     cause = error
     log?.(`redis: ${error.message}`)
     if (/^All sentinels are unreachable.*Last error: .*(WRONGPASS|NOAUTH|invalid password)/i.test(error.message)) refuse(error)
+    const first = options.sentinels?.[0]
+    if (/^All sentinels are unreachable/.test(error.message) && options.sentinelTLS && first?.host && !probed) {
+      probed = true
+      void tlsRefusal(first.host, first.port ?? 26379, options.sentinelTLS, connectTimeoutMs(url)).then((why) => {
+        if (why) refuse((cause = new Error(`All sentinels are unreachable. Last error: ${why}`)))
+      })
+    }
   }
   client.on('error', onError)
   client.on('sentinelError', onError)
@@ -228,6 +239,9 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
       const why = message.replace(/^.*Last error: /, '').replace(options.sentinelPassword ?? '\0', '***')
       throw unavailable(`authentication refused by the Sentinels of ${shownUrl(url)}`, why, options.sentinelPassword ? 'check ?sentinelUser= and ?sentinelPasswordFile= (the Sentinels\' own credentials, not the data nodes\')' : 'they ask for a password: give it with ?sentinelPasswordFile= or ?sentinelPassword=')
     }
+    if (/^All sentinels are unreachable/.test(message) && tlsProblem.test(message)) {
+      throw unavailable(`cannot connect to the Sentinels of ${shownUrl(url)}`, message.replace(/^.*Last error: /, ''), 'give the CA that signed their certificates with ?ca=/path/ca.pem')
+    }
     if (/WRONGPASS|NOAUTH|NOPERM|invalid password|AUTH/i.test(message)) {
       throw unavailable(`authentication refused by ${shownUrl(url)}`, message.replace(password ?? '\0', '***'), 'check the user and DLQ_PASSWORD or ?passwordFile=')
     }
@@ -242,6 +256,23 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   }
   log?.(`redis: connected to ${shownUrl(url)}`)
   return {client, followMs, replication: new Replication(client, wanted, timeoutMs)}
+}
+
+const tlsProblem = /certificate|SSL|TLS|handshake/i
+
+/** Why a TLS handshake with host:port fails, if it fails for TLS's reasons (not a refused connection). */
+function tlsRefusal(host: string, port: number, options: ConnectionOptions, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({...options, host, port})
+    const done = (why?: string) => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(why !== undefined && tlsProblem.test(why) ? why : undefined)
+    }
+    const timer = setTimeout(() => done(), timeoutMs)
+    socket.once('secureConnect', () => done())
+    socket.once('error', (error) => done(error.message))
+  })
 }
 
 /** What a server says unasked within a moment of a connection (a refusal), if anything. */
