@@ -289,7 +289,7 @@ describe('rediss+sentinel: Sentinels and data nodes that speak only TLS', () => 
     assert.equal((await cli(url, ['queue', 'push', '--queue', queue, 'before'])).code, 0)
     assert.equal((await cli(url, ['queue', 'pop', '--queue', queue])).stdout, 'before\n')
     // A pop waiting through the failover, on TLS connections to the Sentinels and to each master.
-    const waiting = spawnDlq(['queue', 'pop', '-b', url, '--queue', queue, '--wait', '60s'], {t, timeoutMs: 60_000})
+    const waiting = spawnDlq(['queue', 'pop', '--verbose', '-b', url, '--queue', queue, '--wait', '60s'], {t, timeoutMs: 60_000})
     await waitFor(() => /blocked_clients:1/.test(group.cli(group.master.port, 'INFO', 'clients')), {what: 'the pop to block on the master'})
     kill(group.master)
     await group.promoted(group.replica.port)

@@ -23,7 +23,27 @@ export function duplicateOf(client: Client): Client {
     const cluster = client as Cluster
     return cluster.duplicate(undefined, {enableOfflineQueue: true, redisOptions: {...cluster.options.redisOptions, commandTimeout: undefined}})
   }
-  return (client as Redis).duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+  return revived((client as Redis).duplicate({enableOfflineQueue: true, commandTimeout: undefined}))
+}
+
+/**
+ * Behind Sentinel: ioredis's failover detector (+switch-master), disconnecting while a
+ * reconnection is still connecting, ends the client for good (status "end", no reconnection
+ * left); a pop waiting through a failover then asked a dead client until ?failoverTimeout= (seen
+ * over TLS, 1 run in 5). A client that ended without dlq closing it is connected again.
+ */
+function revived(client: Redis): Redis {
+  if (!client.options.sentinels) return client
+  let closing = false
+  const disconnect = client.disconnect.bind(client)
+  client.disconnect = (reconnect = false) => {
+    closing ||= !reconnect
+    disconnect(reconnect)
+  }
+  client.on('end', () => {
+    if (!closing) client.connect().catch(() => {})
+  })
+  return client
 }
 
 /** Every master that holds dlq's keys: the one server, or each master of a cluster. */
@@ -194,7 +214,7 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   const {options, cluster, followMs} = await topologyOf(url, user, password)
   const {wanted, timeoutMs} = replicationOf(url)
   const db = options.db ?? 0
-  const client: Client = cluster ? new Cluster(cluster.nodes, cluster.options) : new Redis(options)
+  const client: Client = cluster ? new Cluster(cluster.nodes, cluster.options) : revived(new Redis(options))
   // The connect promise often says only "Connection is closed"; the cause arrives as an event.
   let cause: Error | undefined
   // ioredis asks the Sentinels again and again, even when each refused dlq's credentials: that
@@ -219,8 +239,23 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   }
   client.on('error', onError)
   client.on('sentinelError', onError)
+  // Behind Sentinel a command may start mid-failover, the master named still the dead one: ioredis
+  // fails connect() at the first refusal but goes on asking the Sentinels. dlq waits for it until
+  // a moment before ?connectTimeout= (then it names the last cause), as it follows a failover
+  // once connected; refused credentials end it at once.
+  const giveUp = isSentinel(url) ? setTimeout(() => refuse(cause ?? new Error('no master answered')), Math.max(0, connectTimeoutMs(url) - 250)) : undefined
   try {
-    await Promise.race([client.connect(), refused])
+    const connecting = client.connect()
+    await Promise.race([
+      refused,
+      isSentinel(url)
+        ? new Promise<void>((resolve, reject) => {
+          client.once('ready', resolve)
+          connecting.catch((error: Error) => /WRONGPASS|NOAUTH|NOPERM|invalid password/i.test((cause ?? error).message) && reject(error))
+        })
+        : connecting,
+    ])
+    clearTimeout(giveUp)
     // connect() can resolve before the AUTH reply: one round trip proves the session usable. A
     // cluster sends PING to a random node, which may be a master that just died and is still in
     // the slot map: any master answering will do (each refused one leaves the map).
@@ -230,6 +265,7 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
     // that a database the server does not have is an error, not someone else's locks and queues.
     if (db !== 0) await client.select(db)
   } catch (error) {
+    clearTimeout(giveUp)
     client.disconnect()
     const message = (cause ?? (error as Error)).message
     if (/DB index/i.test(message)) {
