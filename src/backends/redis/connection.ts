@@ -267,7 +267,8 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   } catch (error) {
     clearTimeout(giveUp)
     client.disconnect()
-    const message = (cause ?? (error as Error)).message
+    // ioredis's "Retrying from scratch after 400ms" is not true any more once dlq gives up.
+    const message = (cause ?? (error as Error)).message.replace(/ Retrying from scratch after \d+ms\./, '')
     if (/DB index/i.test(message)) {
       throw unavailable(`cannot use database ${db} of ${shownUrl(url)}`, message, 'the server has fewer: see its "databases" setting')
     }
