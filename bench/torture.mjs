@@ -45,7 +45,7 @@ const SETTINGS = {
 
 function usage(message) {
   if (message) process.stderr.write(`torture: ${message}\n`)
-  process.stderr.write(`usage: node bench/torture.mjs [--backend file|redis|zookeeper|postgres|URL]... [--seconds N | --contention N] [--verbose] [--dump DIR]\n`)
+  process.stderr.write(`usage: node bench/torture.mjs [--backend file|redis|zookeeper|postgres|sentinel|URL]... [--seconds N | --contention N] [--verbose] [--dump DIR]\n`)
   process.stderr.write(`  --contention N  instead of faults: N lock runs of short critical sections on one key beside CPU hogs (default backend: file)\n`)
   process.stderr.write(`  --verbose  log each fault as it is injected\n  --dump DIR write what was recorded (faults, critical sections, deliveries, dlq runs) to DIR/<backend>.json\n`)
   process.exit(2)
@@ -186,7 +186,7 @@ function report(result) {
   lines.push(`   queue: ${q.pushed} ids pushed (${q.poison} poison) by ${q.pushes.ok} pushes (${q.pushes.failed} failed); ${q.handled} handled OK in ${q.deliveries} deliveries by ${q.workerRuns} worker runs`)
   const faultRows = [['fault', 'injected']]
   for (const kind of KINDS) {
-    if (!injector.kinds.includes(kind)) faultRows.push([kind.name, backend.borrowed ? 'skipped: server not ours' : 'n/a: no server'])
+    if (!injector.kinds.includes(kind)) faultRows.push([kind.name, backend.borrowed ? 'skipped: server not ours' : backend.url.startsWith('file:') ? 'n/a: no server' : 'n/a: not this backend'])
     else faultRows.push([kind.name, `${injector.counts.get(kind.name)}${injector.missed.get(kind.name) ? ` (${injector.missed.get(kind.name)} found no victim)` : ''}`])
   }
   lines.push(table(faultRows))

@@ -16,7 +16,12 @@ export const KINDS = [
   {name: 'SIGSTOP worker > visibility', group: 'queue'},
   {name: 'SIGSTOP server > TTL', group: 'server'},
   {name: 'restart server', group: 'server'},
+  // Twice a round: a round of the others takes about 30 s, and a 30 s run should see two kills.
+  {name: 'kill -9 master (Sentinel)', group: 'server', perRound: 2},
 ]
+
+/** Whether `server` can take fault `kind`: server faults only for servers the torture started. */
+export const offers = (server, kind) => (kind.name === 'kill -9 master (Sentinel)' ? Boolean(server.killMaster) : kind.group !== 'server' || Boolean(server.pause))
 
 const shuffle = (items) => {
   const out = [...items]
@@ -36,14 +41,14 @@ export class Injector {
 
   constructor({server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log}) {
     Object.assign(this, {server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log})
-    this.kinds = KINDS.filter((k) => k.group !== 'server' || server.pause)
+    this.kinds = KINDS.filter((k) => offers(server, k))
   }
 
   /** Injects faults until `untilMs` (epoch ms); the fault in progress then completes. */
   async run(untilMs) {
     let round = []
     while (Date.now() < untilMs && !this.aborted) {
-      if (round.length === 0) round = shuffle(this.kinds)
+      if (round.length === 0) round = shuffle(this.kinds.flatMap((k) => Array(k.perRound ?? 1).fill(k)))
       const kind = round.shift()
       const injected = await this.inject(kind.name)
       if (injected) this.counts.set(kind.name, this.counts.get(kind.name) + 1)
@@ -155,6 +160,14 @@ export class Injector {
         const at = Date.now()
         await this.server.restart()
         this.note({kind, at, until: Date.now(), server: true, detail: `serving again after ${Date.now() - at} ms`})
+        await this.recovered(Date.now(), undefined, 30_000)
+        return true
+      }
+      case 'kill -9 master (Sentinel)': {
+        // Resolves once a replica is promoted and the killed server is back as its replica, in sync.
+        const at = Date.now()
+        const {killed, promoted, promotedMs, readyMs} = await this.server.killMaster()
+        this.note({kind, at, until: Date.now(), server: true, detail: `master :${killed} killed, :${promoted} promoted after ${promotedMs} ms, :${killed} back as its replica after ${readyMs} ms`})
         await this.recovered(Date.now(), undefined, 30_000)
         return true
       }
