@@ -35,15 +35,19 @@ const SETTINGS = {
   killGraceMs: 1000,
   producers: 3,
   workers: 3,
+  // Handlers per worker (pop --exec --concurrency): a worker fault catches up to this many messages in hand.
+  concurrency: 2,
   visibility: '2s',
   visibilityMs: 2000,
   maxAttempts: 5,
+  // Poison backs off (0.2, 0.4, 0.8, 1.6 s) under the faults, and is still dead well within the drain.
+  retryDelay: '200ms',
   drainLimitMs: 60_000,
 }
 
 function usage(message) {
   if (message) process.stderr.write(`torture: ${message}\n`)
-  process.stderr.write(`usage: node bench/torture.mjs [--backend file|redis|zookeeper|postgres|URL]... [--seconds N | --contention N] [--verbose] [--dump DIR]\n`)
+  process.stderr.write(`usage: node bench/torture.mjs [--backend file|redis|zookeeper|postgres|sentinel|URL]... [--seconds N | --contention N] [--verbose] [--dump DIR]\n`)
   process.stderr.write(`  --contention N  instead of faults: N lock runs of short critical sections on one key beside CPU hogs (default backend: file)\n`)
   process.stderr.write(`  --verbose  log each fault as it is injected\n  --dump DIR write what was recorded (faults, critical sections, deliveries, dlq runs) to DIR/<backend>.json\n`)
   process.exit(2)
@@ -116,7 +120,7 @@ async function torture(target) {
   const lockers = new Lockers({url: backend.url, key: `torture-${suffix}`, storePath: store.path, count: SETTINGS.lockers, ttl: SETTINGS.ttl, killGrace: SETTINGS.killGrace})
   const queues = new QueueTorture({
     url: backend.url, queue: `torture-${suffix}`, handledLog: join(dir, 'handled.log'),
-    producers: SETTINGS.producers, workers: SETTINGS.workers, visibility: SETTINGS.visibility, maxAttempts: SETTINGS.maxAttempts,
+    producers: SETTINGS.producers, workers: SETTINGS.workers, visibility: SETTINGS.visibility, maxAttempts: SETTINGS.maxAttempts, retryDelay: SETTINGS.retryDelay, concurrency: SETTINGS.concurrency,
   })
   process.env.TORTURE_STORE = store.path
   process.env.TORTURE_HANDLED = queues.handledLog
@@ -140,7 +144,7 @@ async function torture(target) {
   await endAll(2000)
 
   const locks = checkLocks({store, lockers, events: injector.events, ttlMs: SETTINGS.ttlMs, killGraceMs: SETTINGS.killGraceMs})
-  const queue = checkQueues({q: queues, events: injector.events, drain, drainLimitMs: SETTINGS.drainLimitMs, workers: SETTINGS.workers})
+  const queue = checkQueues({q: queues, events: injector.events, drain, drainLimitMs: SETTINGS.drainLimitMs, workers: SETTINGS.workers, concurrency: SETTINGS.concurrency})
   const extra = [
     {name: 'lockers stopped by SIGTERM in time', figure: lockersStopped ? 'yes' : 'no', limit: 'yes', ok: Boolean(lockersStopped), must: true},
     {name: 'processes left running at the end', figure: leftovers.length, limit: 0, ok: leftovers.length === 0, must: true},
@@ -179,7 +183,7 @@ function report(result) {
   const {backend, injector, locks, queue, extra} = result
   const lines = []
   lines.push(`== ${backend.name}: ${backend.description}`)
-  lines.push(`   ${(result.faultMs / 1000).toFixed(0)} s of faults, ${(result.runMs / 1000).toFixed(0)} s in all; ${SETTINGS.lockers} lockers (--ttl ${SETTINGS.ttl} --kill-grace ${SETTINGS.killGrace}), ${SETTINGS.producers} producers, ${SETTINGS.workers} workers (--visibility ${SETTINGS.visibility} --max-attempts ${SETTINGS.maxAttempts})`)
+  lines.push(`   ${(result.faultMs / 1000).toFixed(0)} s of faults, ${(result.runMs / 1000).toFixed(0)} s in all; ${SETTINGS.lockers} lockers (--ttl ${SETTINGS.ttl} --kill-grace ${SETTINGS.killGrace}), ${SETTINGS.producers} producers, ${SETTINGS.workers} workers (--visibility ${SETTINGS.visibility} --max-attempts ${SETTINGS.maxAttempts} --retry-delay ${SETTINGS.retryDelay} --concurrency ${SETTINGS.concurrency})`)
   const f = locks.facts
   lines.push(`   locks: ${f.acquisitions} acquisitions (critical sections, CS) by ${f.runs} dlq runs (${f.lostRuns} reported the lock lost, exit 70); ${f.writes} fenced writes, ${f.rejected} rejected as stale`)
   const q = queue.facts
@@ -187,7 +191,7 @@ function report(result) {
   const faultRows = [['fault', 'injected']]
   for (const kind of KINDS) {
     if (process.env.TORTURE_FAULTS && !new RegExp(process.env.TORTURE_FAULTS).test(kind.name)) faultRows.push([kind.name, 'not in TORTURE_FAULTS'])
-    else if (!injector.kinds.includes(kind)) faultRows.push([kind.name, backend.borrowed ? 'skipped: server not ours' : 'n/a: no server'])
+    else if (!injector.kinds.includes(kind)) faultRows.push([kind.name, backend.borrowed ? 'skipped: server not ours' : backend.url.startsWith('file:') ? 'n/a: no server' : 'n/a: not this backend'])
     else faultRows.push([kind.name, `${injector.counts.get(kind.name)}${injector.missed.get(kind.name) ? ` (${injector.missed.get(kind.name)} found no victim)` : ''}`])
   }
   lines.push(table(faultRows))
@@ -197,7 +201,7 @@ function report(result) {
     for (const c of checks) checkRows.push([`${section}: ${c.name}${c.note ? ` (${c.note})` : ''}`, c.figure, c.limit, c.must ? (c.ok ? 'PASS' : 'FAIL') : 'info'])
   }
   lines.push(table(checkRows))
-  lines.push(`   duplicates limit: one per worker fault, ${SETTINGS.workers} per server fault (one message in hand per worker)`)
+  lines.push(`   duplicates limit: ${SETTINGS.concurrency} per worker fault, 1 per handler fault, ${SETTINGS.workers * SETTINGS.concurrency} per server fault (${SETTINGS.concurrency} messages in hand per worker)`)
   for (const s of [...locks.samples, ...queue.samples]) lines.push(`   ! ${s}`)
   return lines.join('\n')
 }

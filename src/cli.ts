@@ -7,7 +7,9 @@ import LockRenew from './commands/lock/renew.js'
 import LockRun from './commands/lock/run.js'
 import LockStatus from './commands/lock/status.js'
 import QueuePop from './commands/queue/pop.js'
+import QueuePurge from './commands/queue/purge.js'
 import QueuePush from './commands/queue/push.js'
+import QueueRedrive from './commands/queue/redrive.js'
 import QueueStatus from './commands/queue/status.js'
 import QueueTail from './commands/queue/tail.js'
 
@@ -21,7 +23,9 @@ export const COMMANDS = {
   'lock:run': LockRun,
   'lock:status': LockStatus,
   'queue:pop': QueuePop,
+  'queue:purge': QueuePurge,
   'queue:push': QueuePush,
+  'queue:redrive': QueueRedrive,
   'queue:status': QueueStatus,
   'queue:tail': QueueTail,
 }

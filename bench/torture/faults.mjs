@@ -20,7 +20,16 @@ export const KINDS = [
   {name: 'partition (stall) > TTL', group: 'network'},
   {name: 'cut connections', group: 'network'},
   {name: 'slow server (50-300 ms a chunk)', group: 'network'},
+  // Twice a round: a round of the others takes about 30 s, and a 30 s run should see two kills.
+  {name: 'kill -9 master (Sentinel)', group: 'server', perRound: 2},
 ]
+
+/** Whether `server` can take fault `kind`: server faults only for servers the torture started. */
+export const offers = (server, kind) => {
+  if (kind.name === 'kill -9 master (Sentinel)') return Boolean(server.killMaster)
+  if (kind.group === 'network') return Boolean(server.network) // only behind the torture's proxy
+  return kind.group !== 'server' || Boolean(server.pause)
+}
 
 const shuffle = (items) => {
   const out = [...items]
@@ -52,7 +61,7 @@ export class Injector {
 
   constructor({server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log}) {
     Object.assign(this, {server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log})
-    this.kinds = KINDS.filter((k) => (k.group !== 'server' || server.pause) && (k.group !== 'network' || server.network))
+    this.kinds = KINDS.filter((k) => offers(server, k))
     // TORTURE_FAULTS=REGEX keeps only the kinds whose name matches (to hammer one fault).
     const only = process.env.TORTURE_FAULTS && new RegExp(process.env.TORTURE_FAULTS)
     if (only) this.kinds = this.kinds.filter((k) => only.test(k.name))
@@ -62,7 +71,7 @@ export class Injector {
   async run(untilMs) {
     let round = []
     while (Date.now() < untilMs && !this.aborted) {
-      if (round.length === 0) round = dealRound(this.kinds)
+      if (round.length === 0) round = dealRound(this.kinds.flatMap((k) => Array(k.perRound ?? 1).fill(k)))
       const kind = round.shift()
       const injected = await this.inject(kind.name)
       if (injected) this.counts.set(kind.name, this.counts.get(kind.name) + 1)
@@ -222,6 +231,14 @@ export class Injector {
         this.server.network.pass()
         event.until = Date.now()
         await this.recovered(event.until, undefined, 30_000)
+        return true
+      }
+      case 'kill -9 master (Sentinel)': {
+        // Resolves once a replica is promoted and the killed server is back as its replica, in sync.
+        const at = Date.now()
+        const {killed, promoted, promotedMs, readyMs} = await this.server.killMaster()
+        this.note({kind, at, until: Date.now(), server: true, detail: `master :${killed} killed, :${promoted} promoted after ${promotedMs} ms, :${killed} back as its replica after ${readyMs} ms`})
+        await this.recovered(Date.now(), undefined, 30_000)
         return true
       }
       default:

@@ -25,8 +25,8 @@ export class QueueTorture {
   workerRuns = []
   stopping = false
 
-  constructor({url, queue, handledLog, producers, workers, visibility, maxAttempts}) {
-    Object.assign(this, {url, queue, handledLog, producers, workers, visibility, maxAttempts})
+  constructor({url, queue, handledLog, producers, workers, visibility, maxAttempts, retryDelay, concurrency}) {
+    Object.assign(this, {url, queue, handledLog, producers, workers, visibility, maxAttempts, retryDelay, concurrency})
   }
 
   start() {
@@ -62,7 +62,7 @@ export class QueueTorture {
 
   async work(n) {
     while (!this.stopping) {
-      const args = ['queue', 'pop', '-b', this.url, '--queue', this.queue, '--exec', '--wait', '2s', '--visibility', this.visibility, '--max-attempts', String(this.maxAttempts), '--', '/bin/sh', HANDLER]
+      const args = ['queue', 'pop', '-b', this.url, '--queue', this.queue, '--exec', '--wait', '2s', '--visibility', this.visibility, '--max-attempts', String(this.maxAttempts), '--retry-delay', this.retryDelay, '--concurrency', String(this.concurrency), '--', '/bin/sh', HANDLER]
       const proc = start(NODE, [DLQ, ...args], {env: undefined})
       const run = {worker: n, proc, pid: proc.pid, spawnAt: proc.spawnAt}
       this.workerRuns.push(run)
@@ -164,10 +164,11 @@ export class QueueTorture {
  * The queue checks. `events` are the injector's faults ({kind, at, pid?, server?}): a duplicate
  * (an id handled OK and delivered again) is explained by a fault that hit one of the two
  * deliveries — the first one's worker or handler killed or stopped after it began, the second
- * one's worker stopped while it held the message, or a server fault between the two. A process fault explains at most one duplicate, a server fault at most one
- * per worker (each had at most one message in flight).
+ * one's worker stopped while it held the message, or a server fault between the two. A fault of a
+ * worker explains at most `concurrency` duplicates (its messages in hand), one of a handler at most
+ * one, a server fault at most `concurrency` per worker.
  */
-export function checkQueues({q, events, drain, drainLimitMs, workers}) {
+export function checkQueues({q, events, drain, drainLimitMs, workers, concurrency = 1}) {
   const checks = []
   const samples = []
   const deliveries = new Map()
@@ -206,7 +207,8 @@ export function checkQueues({q, events, drain, drainLimitMs, workers}) {
   if (doubleDead) checks.push({name: 'ids dead-lettered twice', figure: doubleDead, limit: 0, ok: false, must: true})
 
   // Duplicates, each explained by a fault.
-  const processHits = new Set()
+  const processHits = new Map()
+  const explains = (e) => (/worker/.test(e.kind) ? concurrency : 1)
   const serverHits = new Map()
   let duplicates = 0
   let unexplained = 0
@@ -222,14 +224,14 @@ export function checkQueues({q, events, drain, drainLimitMs, workers}) {
       // visibility and started its handler late, once resumed.
       const hitFirst = (e) => (e.pid === d.ppid || e.pid === d.pid) && e.at >= d.at - 50 && e.at <= next.at
       const hitNext = (e) => e.pid === next.ppid && e.at <= next.at && (e.until ?? e.at) >= next.at - 1000
-      const hit = events.find((e) => !processHits.has(e) && (hitFirst(e) || hitNext(e)))
+      const hit = events.find((e) => (processHits.get(e) ?? 0) < explains(e) && (hitFirst(e) || hitNext(e)))
       if (hit) {
-        processHits.add(hit)
+        processHits.set(hit, (processHits.get(hit) ?? 0) + 1)
         continue
       }
       // A server fault that ended just before the first delivery's handler started may still have
       // held its reservation: a claim sent before a pause is applied after it, already expired.
-      const server = events.find((e) => e.server && (serverHits.get(e) ?? 0) < workers && e.at <= next.at && (e.until ?? e.at) >= d.at - 1000)
+      const server = events.find((e) => e.server && (serverHits.get(e) ?? 0) < workers * concurrency && e.at <= next.at && (e.until ?? e.at) >= d.at - 1000)
       if (server) {
         serverHits.set(server, (serverHits.get(server) ?? 0) + 1)
         continue
@@ -247,9 +249,9 @@ export function checkQueues({q, events, drain, drainLimitMs, workers}) {
       }
     }
   }
-  // Every worker fault is aimed at a worker with a message in hand; a server fault can catch one
-  // message in hand per worker.
-  const budget = events.filter((e) => e.group === 'queue').length + workers * events.filter((e) => e.server).length
+  // Every worker fault is aimed at a worker with a message in hand (up to `concurrency` of them); a
+  // server fault can catch every message in hand.
+  const budget = events.filter((e) => e.group === 'queue').reduce((sum, e) => sum + explains(e), 0) + workers * concurrency * events.filter((e) => e.server).length
   checks.push({
     name: 'duplicates (handled OK, delivered again)',
     figure: duplicates,

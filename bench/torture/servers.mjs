@@ -6,17 +6,22 @@
 //              always, so what Redis acknowledged survives); ZooKeeper: SIGKILL and start (its
 //              transaction log is written before it answers); PostgreSQL: immediate shutdown
 //              (SIGQUIT, crash recovery on start). Each resolves once the server serves again.
+//   killMaster()  Sentinel only (a master, a replica, three Sentinels): SIGKILL of the master
+//              the Sentinels name, wait for them to promote the replica, start the killed server
+//              again as the new master's replica, and resolve once it is in sync and every
+//              Sentinel counts it as a replica that could be promoted: ready for the next kill.
 // A server given by URL is not ours: it gets no faults, and only a loopback URL is accepted.
-import {mkdtemp, rm} from 'node:fs/promises'
+import {execFileSync} from 'node:child_process'
+import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
 import {startPostgres} from '../../test/support/postgres.mjs'
-import {startRedis} from '../../test/support/servers.mjs'
+import {startRedis, startSentinels} from '../../test/support/servers.mjs'
 import {startZooKeeper} from '../../test/support/zookeeper.mjs'
-import {processTree, signalPid} from './procs.mjs'
+import {processTree, signalPid, waitUntil} from './procs.mjs'
 
-export const BACKENDS = ['file', 'redis', 'zookeeper', 'postgres']
+export const BACKENDS = ['file', 'redis', 'zookeeper', 'postgres', 'sentinel']
 
 /** What a server-less or borrowed backend offers: no faults. */
 const noFaults = {pause: undefined, resume: undefined, restart: undefined}
@@ -79,6 +84,7 @@ export async function startBackend(name) {
       stop: () => server.stop(),
     }
   }
+  if (name === 'sentinel') return startSentinelBackend()
   throw new Error(`unknown backend ${name}; known: ${BACKENDS.join(', ')}`)
 }
 
@@ -101,4 +107,59 @@ export function borrowBackend(url) {
   }
   const where = name === 'file' ? `file://${decodeURIComponent(parsed.pathname)}` : `${parsed.protocol}//${parsed.host}` // never the password
   return {name, url, description: `${where}, given by URL: server faults skipped (not ours to pause)`, borrowed: true, ...noFaults, stop: async () => {}}
+}
+
+/** A master and a replica behind three Sentinels (test/support/servers.mjs), with killMaster(). */
+async function startSentinelBackend() {
+  const group = await startSentinels()
+  const nodes = [group.master, group.replica]
+  const cli = (port, ...args) => {
+    try {
+      return execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], {encoding: 'utf8', timeout: 5000})
+    } catch {
+      return ''
+    }
+  }
+  const named = (sentinel) => Number(cli(sentinel, 'SENTINEL', 'GET-MASTER-ADDR-BY-NAME', group.name).split('\n')[1])
+  const agreed = () => {
+    const ports = new Set(group.sentinelPorts.map(named))
+    return ports.size === 1 ? nodes.find((n) => ports.has(n.port)) : undefined
+  }
+  /** Every Sentinel lists `node` as a replica it could promote (no s_down, o_down or disconnected flag). */
+  const promotable = (node) => group.sentinelPorts.every((sentinel) => {
+    const lines = cli(sentinel, 'SENTINEL', 'REPLICAS', group.name).split('\n')
+    for (let i = 0; i < lines.length; i++) {
+      if (lines[i] !== 'port' || lines[i + 1] !== String(node.port)) continue
+      const flags = lines[lines.indexOf('flags', i) + 1] ?? ''
+      return flags === 'slave'
+    }
+    return false
+  })
+  return {
+    name: 'sentinel',
+    url: group.url(),
+    description: `a master and a replica (redis-server on 127.0.0.1:${group.master.port} and :${group.replica.port}) behind three Sentinels (down-after 1 s), no persistence; dlq WAITs for the replica`,
+    ...noFaults,
+    async killMaster() {
+      const master = agreed()
+      const replica = nodes.find((n) => n !== master)
+      if (!master || !promotable(replica)) throw new Error('sentinel torture: no master the Sentinels agree on, or no replica they could promote')
+      signalPid(master.pid(), 'SIGKILL')
+      const killedAt = Date.now()
+      if (!(await waitUntil(() => agreed() === replica && /^master/.test(cli(replica.port, 'ROLE')), {timeoutMs: 30_000, intervalMs: 100}))) {
+        throw new Error(`sentinel torture: port ${replica.port} was not promoted within 30 s of the kill of ${master.port}`)
+      }
+      const promotedAt = Date.now()
+      // Back as the new master's replica (a restart as a master would serve its old data until
+      // the Sentinels demote it).
+      const conf = `${master.dir}/redis.conf`
+      const lines = (await readFile(conf, 'utf8')).split('\n').filter((l) => !/^(replicaof|slaveof)\b/i.test(l.trim()))
+      await writeFile(conf, [...lines.filter(Boolean), `replicaof 127.0.0.1 ${replica.port}`].join('\n') + '\n')
+      await master.restart()
+      const synced = await waitUntil(() => /master_link_status:up/.test(cli(master.port, 'INFO', 'replication')) && promotable(master), {timeoutMs: 30_000, intervalMs: 100})
+      if (!synced) throw new Error(`sentinel torture: the killed master ${master.port}, restarted as a replica, was not in sync and promotable within 30 s`)
+      return {killed: master.port, promoted: replica.port, promotedMs: promotedAt - killedAt, readyMs: Date.now() - killedAt}
+    },
+    stop: () => group.stop(),
+  }
 }

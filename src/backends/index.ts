@@ -29,6 +29,8 @@ export function resolveBackendUrl(flag: string | undefined, env: NodeJS.ProcessE
 const fileParameters = ['connectTimeout']
 const redisParameters = ['connectTimeout', 'passwordFile', 'replicas', 'replicaTimeout']
 const followingParameters = [...redisParameters, 'failoverTimeout']
+// The Sentinels' own credentials, beside the data nodes' (redis/connection.ts).
+const sentinelParameters = ['sentinelUser', 'sentinelPassword', 'sentinelPasswordFile']
 const zooKeeperParameters = ['connectTimeout', 'passwordFile', 'sessionTimeout']
 
 export async function openBackend(url: string, options: BackendOptions & {isDefault?: boolean} = {}): Promise<Backend> {
@@ -84,7 +86,8 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
     case 'redis+sentinel:':
     case 'rediss+sentinel:':
     case 'redis+cluster:': {
-      checkParameters(parsed, parsed.protocol === 'rediss+sentinel:' ? [...followingParameters, 'ca', 'insecure'] : followingParameters, display)
+      const sentinel = parsed.protocol === 'redis+sentinel:' ? sentinelParameters : parsed.protocol === 'rediss+sentinel:' ? [...sentinelParameters, 'ca', 'insecure'] : []
+      checkParameters(parsed, [...followingParameters, ...sentinel], display)
       connectTimeoutMs(parsed)
       return withinConnectTimeout(parsed, display, import('./redis/index.js').then(({openRedisBackend}) => openRedisBackend(parsed, options)))
     }

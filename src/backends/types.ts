@@ -109,6 +109,16 @@ export interface ReserveRequest {
  */
 export type Outcome = 'ack' | 'retry' | 'release'
 
+export interface SettleOptions {
+  /**
+   * For `retry`: how long the message stays invisible before it can be delivered again (0, the
+   * default: at once). It stays reserved until then, its delivery counted, the way an expired
+   * reservation comes back; nobody else can take it, and no settle or extend of the old delivery
+   * changes it any more. A message on its last attempt goes to the dead letters at once.
+   */
+  retryDelayMs?: number
+}
+
 export interface QueueStats {
   queue: string
   waiting: number
@@ -131,7 +141,7 @@ export interface QueueDriver {
   /** Reserves up to `count` messages, waiting up to `waitMs` for the first. [] when none came. */
   reserve(queue: string, request: ReserveRequest): Promise<Message[]>
   /** Settles reserved messages. */
-  settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void>
+  settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number, options?: SettleOptions): Promise<void>
   /** Pushes the reservation's deadline to now+visibility; false when it was lost already. */
   extend(queue: string, message: Message, visibilityMs: number): Promise<boolean>
   /** The last `count` waiting messages, oldest first, without consuming them. */

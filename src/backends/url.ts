@@ -17,7 +17,7 @@ export function maskUrl(url: string): string {
       const colon = userinfo.indexOf(':')
       return `${scheme}${colon === -1 ? userinfo : `${userinfo.slice(0, colon)}:***`}@`
     })
-    .replace(/([?&]password=)[^&#]*/gi, '$1***')
+    .replace(/([?&](?:sentinel)?password=)[^&#]*/gi, '$1***')
 }
 
 export interface Credentials {

@@ -154,11 +154,11 @@ for (const backend of backends) {
       const acked = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--', 'sh', '-c', 'head -c 10 >/dev/null'])
       assert.equal(acked.code, 0, acked.stderr)
       assert.equal(acked.stderr, '')
-      const failed = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--', 'sh', '-c', 'exit 3'])
+      const failed = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--retry-delay', '0', '--exec', '--', 'sh', '-c', 'exit 3'])
       assert.equal(failed.code, 0, failed.stderr)
       assert.match(oneErrorLine(failed, assert), /exited 3; returned for retry/)
       // With --json, that line is a warning object.
-      const failedJson = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--json', '--exec', '--', 'sh', '-c', 'exit 4'])
+      const failedJson = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--json', '--retry-delay', '0', '--exec', '--', 'sh', '-c', 'exit 4'])
       assert.equal(failedJson.code, 0, failedJson.stderr)
       assert.equal(failedJson.stderrLines.length, 1, failedJson.stderr)
       const {warning} = JSON.parse(failedJson.stderrLines[0])

@@ -79,7 +79,7 @@ for (const backend of backends) {
       assert.deepEqual(assertDocumented(busy.stderr, 'dlq-lock-run'), [ERROR('dlq-lock-run')])
     })
 
-    it('queue push, tail, pop (text and binary bodies), status, and a pop of an empty queue (exit 75)', async () => {
+    it('queue push, tail, pop (text and binary bodies), status, redrive, purge, and a pop of an empty queue (exit 75)', async () => {
       const queue = uniqueName('shape-q')
       const pushed = await ctx.dlq.run(['queue', 'push', '--queue', queue, '--json'], {input: Buffer.from('text\n\xff\xfe binary\n', 'latin1')})
       assert.equal(pushed.code, 0, pushed.stderr)
@@ -103,6 +103,10 @@ for (const backend of backends) {
       const empty = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--json'])
       assert.equal(empty.code, 75, empty.stderr)
       assert.deepEqual(assertDocumented(empty.stderr, 'dlq-queue-pop'), [ERROR('dlq-queue-pop')])
+      const redriven = await ctx.dlq.run(['queue', 'redrive', '--queue', queue, '--json'])
+      assert.deepEqual(assertDocumented(redriven.stdout, 'dlq-queue-redrive'), [0])
+      const purged = await ctx.dlq.run(['queue', 'purge', '--queue', queue, '--json'])
+      assert.deepEqual(assertDocumented(purged.stdout, 'dlq-queue-purge'), [0])
       const drained = await ctx.dlq.run(['queue', 'status', '--queue', queue, '--json'])
       assert.deepEqual(assertDocumented(drained.stdout, 'dlq-queue-status'), [0])
       assert.equal(JSON.parse(drained.stdout).queues[0]?.oldestAgeMs ?? null, null)

@@ -2,12 +2,12 @@
 // `queue status` (SPEC §3), against every backend in test/support/backends.mjs.
 import assert from 'node:assert/strict'
 import {existsSync} from 'node:fs'
-import {readFile, writeFile} from 'node:fs/promises'
+import {readdir, readFile, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
 import {backends, useBackend} from '../support/backends.mjs'
-import {killPid, oneErrorLine, shUntil, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
+import {killPid, oneErrorLine, shUntil, stillFalse, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
 import {drainJson, pushArgs, queueStats} from '../support/queues.mjs'
 
 // `sh -c SCRIPT NAME ARGS…` with a NAME ($0) that appears nowhere else on the command line.
@@ -85,18 +85,18 @@ for (const backend of backends) {
       assert.equal(r.code, 0, r.stderr)
     })
 
-    it('--exec: a failing command returns the message for retry; after --max-attempts 2 it is in Q.dead', async (t) => {
+    it('--exec --retry-delay 0: a failing command returns the message at once; after --max-attempts 2 it is in Q.dead', async (t) => {
       const dir = await tempDir(t)
       const queue = uniqueName('dead')
       await pushArgs(ctx.dlq, queue, ['poison'])
       const failing = ['sh', '-c', 'cat > /dev/null; echo "$DLQ_MESSAGE_ID $DLQ_MESSAGE_ATTEMPT" >> "$1/attempts"; exit 3', SH0, dir]
 
-      const first = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--exec', '--', ...failing])
+      const first = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--retry-delay', '0', '--exec', '--', ...failing])
       assert.notEqual(first.code, 75, first.stderr)
       let stats = await queueStats(ctx.dlq, queue)
       assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [1, 0, 0], 'returned for retry after attempt 1')
 
-      const second = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--exec', '--', ...failing])
+      const second = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '1', '--max-attempts', '2', '--retry-delay', '0', '--exec', '--', ...failing])
       assert.notEqual(second.code, 75, second.stderr)
       stats = await queueStats(ctx.dlq, queue)
       assert.deepEqual([stats.waiting, stats.inFlight, stats.dead], [0, 0, 1], 'dead after attempt 2')
@@ -111,6 +111,123 @@ for (const backend of backends) {
       const dead = await drainJson(ctx.dlq, `${queue}.dead`)
       assert.deepEqual(dead.map((m) => m.body), ['poison'])
       assert.equal((await queueStats(ctx.dlq, queue)).dead, 0)
+    })
+
+    it('--retry-delay: a failed message comes back only after its delay, doubled per attempt; the worker handles others meanwhile; dead after --max-attempts', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('backoff')
+      await pushArgs(ctx.dlq, queue, ['poison', 'fine'])
+      // Each run records its start, and a failing one its failure just before it exits: the failure
+      // happens before dlq settles the message, so start − failure is at most the real delay.
+      const handler = ['sh', '-c', `body=$(cat); echo "start $body $DLQ_MESSAGE_ATTEMPT $(date +%s%3N)" >> "$1/log"
+        [ "$body" = fine ] && exit 0
+        echo "fail $body $DLQ_MESSAGE_ATTEMPT $(date +%s%3N)" >> "$1/log"; exit 3`, SH0, dir]
+      const delayMs = 2000
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--count', '4', '--wait', '1h', '--max-attempts', '3', '--retry-delay', '2s', '--exec', '--', ...handler], {timeoutMs: 90_000})
+      assert.equal(r.code, 0, r.stderr)
+      const log = (await readText(join(dir, 'log'))).trim().split('\n').map((l) => l.split(' '))
+      assert.deepEqual(log.map(([what, body, attempt]) => `${what} ${body} ${attempt}`),
+        ['start poison 1', 'fail poison 1', 'start fine 1', 'start poison 2', 'fail poison 2', 'start poison 3', 'fail poison 3'],
+        'the second message is handled while the first waits out its delay; three deliveries of the first')
+      const at = (what, attempt) => Number(log.find((l) => l[0] === what && l[1] === 'poison' && l[2] === String(attempt))[3])
+      const gaps = [at('start', 2) - at('fail', 1), at('start', 3) - at('fail', 2)]
+      assert.ok(gaps[0] >= delayMs, `the second attempt started ${gaps[0]}ms after the first failed, with --retry-delay 2s`)
+      assert.ok(gaps[1] >= 2 * delayMs, `the third attempt started ${gaps[1]}ms after the second failed: the delay doubles`)
+      assert.match(r.stderr, /attempt 1 of 3\): sh exited 3; retried in 2(\.\d)?s\n/)
+      assert.match(r.stderr, /attempt 3 of 3\): sh exited 3; moved to .*\.dead\n/)
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 0, 1], 'dead after its third delivery')
+      assert.deepEqual((await drainJson(ctx.dlq, `${queue}.dead`)).map((m) => m.body), ['poison'])
+    })
+
+    it('--retry-delay: a message waiting out its delay counts as in flight and no pop or worker takes it meanwhile', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('later')
+      await pushArgs(ctx.dlq, queue, ['again'])
+      const failed = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--json', '--retry-delay', '1h', '--exec', '--', 'sh', '-c', 'cat > /dev/null; exit 3'])
+      assert.equal(failed.code, 0, failed.stderr)
+      const {warning} = JSON.parse(failed.stderrLines[0])
+      assert.deepEqual([warning.attempt, warning.exitCode], [1, 3])
+      assert.ok(warning.retryDelayMs >= 3_600_000 && warning.retryDelayMs <= 4_500_000, `retryDelayMs ${warning.retryDelayMs}`)
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 1, 0])
+      const none = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '0'])
+      assert.equal(none.code, 75, none.stderr)
+      const worker = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--exec', '--', 'sh', '-c', 'touch "$1/ran"', SH0, dir])
+      assert.equal(worker.code, 75, worker.stderr)
+      assert.equal(existsSync(join(dir, 'ran')), false, 'no handler ran')
+      const tail = await ctx.dlq.run(['queue', 'tail', '--queue', queue])
+      assert.equal(tail.stdout, '', 'not among the waiting messages')
+    })
+
+    // A handler of the --concurrency tests: marks itself running, records its start and how many
+    // were running then (itself included), waits for $1/go, unmarks itself, records its end. A
+    // fifth handler beside four that wait for go would count five.
+    const concurrent = (dir) => ['sh', '-c', `body=$(cat)
+      trap 'echo "term $body" >> "$1/log"; rm -f "$1/running.$body"; exit 3' TERM
+      touch "$1/running.$body"; echo "start $body $(ls "$1" | grep -c '^running\.')" >> "$1/log"
+      ${shUntil('[ -e "$1/go" ]', 60)}
+      rm -f "$1/running.$body"; echo "done $body" >> "$1/log"`, SH0, dir]
+    const running = async (dir) => (await readdir(dir)).filter((n) => n.startsWith('running.')).length
+    const logOf = async (dir) => (await readText(join(dir, 'log'))).trim().split('\n').filter(Boolean).map((l) => l.split(' '))
+
+    it('--concurrency 4 runs four handlers at once and never more, each message once', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team')
+      const bodies = Array.from({length: 10}, (_v, i) => `m${i + 1}`)
+      await pushArgs(ctx.dlq, queue, bodies)
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--concurrency', '4', '--exec', '--', ...concurrent(dir)], {t, timeoutMs: 90_000})
+      await waitFor(async () => (await running(dir)) === 4, {timeoutMs: 30_000, what: 'four handlers running at once'})
+      await stillFalse(async () => (await running(dir)) > 4 || (await logOf(dir)).filter(([what]) => what === 'start').length > 4,
+        {forMs: 1000, what: 'a fifth handler starting while four run'})
+      await writeFile(join(dir, 'go'), '')
+      const r = await worker.result
+      assert.equal(r.code, 0, r.stderr)
+      const log = await logOf(dir)
+      const starts = log.filter(([what]) => what === 'start')
+      assert.deepEqual(starts.map(([, body]) => body).sort(), [...bodies].sort(), 'every message handled once')
+      assert.deepEqual(log.filter(([what]) => what === 'done').map(([, body]) => body).sort(), [...bodies].sort())
+      assert.ok(starts.every(([, , count]) => Number(count) <= 4), `at most four at once: ${starts.map((s) => s.join(' ')).join(', ')}`)
+      assert.equal(starts.slice(0, 4).map(([, , count]) => Number(count)).includes(4), true, 'the fourth saw the other three')
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [0, 0, 0])
+    })
+
+    it('--concurrency with --count N handles N messages in all; on an empty queue it exits 75', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team-count')
+      await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd', 'e', 'f', 'g'])
+      await writeFile(join(dir, 'go'), '')
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--concurrency', '3', '--count', '5', '--exec', '--', ...concurrent(dir)], {timeoutMs: 60_000})
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal((await logOf(dir)).filter(([what]) => what === 'done').length, 5)
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [2, 0, 0])
+      const empty = await ctx.dlq.run(['queue', 'pop', '--queue', uniqueName('team-empty'), '--concurrency', '4', '--exec', '--', 'true'])
+      assert.equal(empty.code, 75, empty.stderr)
+    })
+
+    it('--concurrency: SIGTERM goes to every running handler, no new one starts, the worker exits 143 once they have', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team-term')
+      await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd', 'e'])
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--concurrency', '3', '--retry-delay', '0', '--exec', '--', ...concurrent(dir)], {t, timeoutMs: 90_000})
+      // Their start lines written: each has its trap set.
+      await waitFor(async () => (await logOf(dir)).filter(([what]) => what === 'start').length === 3, {timeoutMs: 30_000, what: 'three handlers running at once'})
+      worker.kill('SIGTERM')
+      const r = await worker.result
+      assert.equal(r.code, 143, r.stderr)
+      const log = await logOf(dir)
+      assert.equal(log.filter(([what]) => what === 'start').length, 3, 'no handler started after the signal')
+      assert.equal(log.filter(([what]) => what === 'term').length, 3, 'each running handler got SIGTERM')
+      assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight, s.dead]), [5, 0, 0], 'the three failed ones returned, two never taken')
+    })
+
+    it('--concurrency whose handler cannot start exits 127 with one line; every message stays, no attempt counted', async (t) => {
+      const dir = await tempDir(t)
+      const queue = uniqueName('team-unstartable')
+      await pushArgs(ctx.dlq, queue, ['m1', 'm2', 'm3', 'm4', 'm5'])
+      const r = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '1h', '--concurrency', '3', '--exec', '--', './hadle.sh'], {cwd: dir})
+      assert.equal(r.code, 127, r.stderr)
+      assert.match(oneErrorLine(r, assert), /^dlq: cannot run "\.\/hadle\.sh": command not found \(message \S+ stays in /)
+      const messages = await drainJson(ctx.dlq, queue)
+      assert.deepEqual(messages.map((m) => [m.body, m.attempts]).sort(), ['m1', 'm2', 'm3', 'm4', 'm5'].map((b) => [b, 1]), 'each still on its first delivery')
     })
 
     it('--exec whose handler cannot start (not found: 127, not executable: 126) exits at once with one line; every message stays, no attempt counted', async (t) => {

@@ -50,6 +50,7 @@ const STEPS = {
   read: new RegExp(`^openat\\([^,]+, "${Q}/cur/BATCH[.\\d]+\\.DEADLINE\\.RESERVER", O_RDONLY\\|O_NONBLOCK\\|O_NOFOLLOW\\|O_CLOEXEC\\)$`),
   A1: new RegExp(`^unlink\\("${Q}/cur/BATCH[.\\d]+\\.DEADLINE\\.RESERVER"\\)$`),
   R1: new RegExp(`^rename\\("${Q}/cur/BATCH[.\\d]+\\.DEADLINE\\.RESERVER", "${Q}/new/BATCH[.\\d]+"\\)$`),
+  D1: new RegExp(`^rename\\("${Q}/cur/BATCH[.\\d]+\\.DEADLINE\\.RESERVER", "${Q}/cur/BATCH[.\\d]+\\.DEADLINE\\.later"\\)$`),
   dead: new RegExp(`^rename\\("${Q}/cur/BATCH[.\\d]+\\.DEADLINE\\.RESERVER", "${Q}\\.dead/new/BATCH[.\\d]+\\.0"\\)$`),
   undo: new RegExp(`^rename\\("${Q}/cur/(BATCH[.\\d]+)\\.DEADLINE\\.RESERVER\\.split\\d{8}", "${Q}/new/\\1"\\)$`),
 }
@@ -94,7 +95,7 @@ function underStrace(b, args, {straceArgs, input, timeoutMs = 30_000}) {
 const callLine = /^(\w+)\((.*)$/
 /** A call with what varies between runs (batch names, deadlines, reservers, descriptors) taken out. */
 const shape = (line, base) => line.replaceAll(base, 'BASE').replace(/\d{13}[0-9a-z]{6}-[0-9a-f]{10}/g, 'BATCH')
-  .replace(/\.\d{13}\.[0-9a-f]{12}/g, '.DEADLINE.RESERVER').replace(/\b\d+</g, 'FD<').replace(/\)\s+=.*$/, ')')
+  .replace(/\.\d{13}\.[0-9a-f]{12}/g, '.DEADLINE.RESERVER').replace(/\.\d{13}\.later\b/g, '.DEADLINE.later').replace(/\b\d+</g, 'FD<').replace(/\)\s+=.*$/, ')')
 
 /**
  * A thread's calls with each /proc/self/fd/N/ path (a directory dlq pinned: src/backends/file/paths.ts)
@@ -324,6 +325,15 @@ const deadScenario = {
   visibilityMs: 10_000,
 }
 
+const laterScenario = {
+  name: 'pop --exec --retry-delay 1s whose handler fails (retried later)',
+  setup: pushThousand,
+  args: (b) => ['queue', 'pop', '--queue', QUEUE, '--count', '1', '--max-attempts', '2', '--retry-delay', '1s', '--visibility', '10s', '--exec', '--', ...RECORD, join(b.sandbox, 'handled'), '3'],
+  exitCode: 0,
+  count: 1,
+  visibilityMs: 10_000,
+}
+
 /** A pop --count 10 killed at its split's `name` call, and the wait until that split's deadline passed. */
 const killedSplit = (name, when) => async (b) => {
   await pushThousand(b)
@@ -461,6 +471,15 @@ describe('file queue: push, pop and pop --exec killed at each system call', {ski
   cover(deadScenario, 'rename', 3)
   it('pop --exec killed moving a failed message to the dead letters (rename #3): it comes back once, nothing lost', async (t) => {
     const {b, before, endedAt} = await kill(t, deadScenario, await step(deadScenario, 'rename', 3, 'dead'))
+    const handled = lines(await readFile(join(b.sandbox, 'handled'), 'utf8'))
+    assert.deepEqual(handled, ['1'], 'the handler ran once, on message 1')
+    const {duplicates: n} = await accountForPop(b, {pushed: seq(1, 1000), before, endedAt, handled, count: 1, visibilityMs: 10_000})
+    t.diagnostic(`duplicates: ${n}`)
+  })
+
+  cover(laterScenario, 'rename', 3)
+  it('pop --exec killed renaming a failed message to its later deadline (D1: rename #3): it comes back once its claim expires, nothing lost', async (t) => {
+    const {b, before, endedAt} = await kill(t, laterScenario, await step(laterScenario, 'rename', 3, 'D1'))
     const handled = lines(await readFile(join(b.sandbox, 'handled'), 'utf8'))
     assert.deepEqual(handled, ['1'], 'the handler ran once, on message 1')
     const {duplicates: n} = await accountForPop(b, {pushed: seq(1, 1000), before, endedAt, handled, count: 1, visibilityMs: 10_000})

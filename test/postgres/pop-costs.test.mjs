@@ -114,11 +114,13 @@ describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
     // A handler slower than --visibility / 3: its reservation is extended while it runs.
     const ok = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3', '--visibility', '300ms', '--exec', '--', 'sleep', '0.25'], {timeoutMs: 60_000})
     assert.equal(ok.code, 0, ok.stderr)
-    const failed = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3', '--max-attempts', '2', '--exec', '--', 'false'], {timeoutMs: 60_000})
+    const failed = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '3', '--max-attempts', '2', '--retry-delay', '0', '--exec', '--', 'false'], {timeoutMs: 60_000})
     assert.equal(failed.code, 0, failed.stderr)
+    const later = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '1', '--retry-delay', '1h', '--exec', '--', 'false'], {timeoutMs: 60_000})
+    assert.equal(later.code, 0, later.stderr)
     const plans = checkPlans(mark, 'worker', 10)
     assert.equal((await stats(url, 'q')).dead, 1) // the first one failed twice
-    for (const [what, pattern] of [['ack', /DELETE FROM/], ['extend', /^UPDATE .* SET visible_at = clock_timestamp\(\)/s], ['retry', /SET visible_at = '-infinity'/], ['burial', /DELETE FROM .* WHERE ctid = ANY \(p_rows\)/s]]) {
+    for (const [what, pattern] of [['ack', /DELETE FROM/], ['extend', /^UPDATE .* SET visible_at = clock_timestamp\(\)/s], ['retry', /SET visible_at = '-infinity'/], ['retry later', /SET visible_at = clock_timestamp\(\) .*' later'/s], ['burial', /DELETE FROM .* WHERE ctid = ANY \(p_rows\)/s]]) {
       assert.ok(plans.some((e) => pattern.test(e.query.trim())), `no ${what} among the plans logged`)
     }
   })

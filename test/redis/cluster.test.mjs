@@ -1,6 +1,8 @@
 // Redis Cluster (redis+cluster://): three masters that the tests start and join on free loopback
 // ports; locks and queues on every node, status across all of them, and a slot migrated while a
-// lock on it is held.
+// lock on it is held. Then three masters with a replica each: a master killed (SIGKILL) under a
+// waiting lock run and queued messages, its replica promoted; a master and its replica killed
+// (CLUSTERDOWN).
 import assert from 'node:assert/strict'
 import {execFileSync} from 'node:child_process'
 import {existsSync} from 'node:fs'
@@ -131,6 +133,88 @@ describe('redis+cluster', () => {
       const r = await cli(url, ['lock', 'status'])
       assert.equal(r.code, 64, `${url}: ${r.stderr}`)
       oneErrorLine(r, assert)
+    }
+  })
+})
+
+/** The master serving `key`'s slot, among the nodes still running, and its replica. */
+function masterOf(cluster, key) {
+  const slot = Number(redisCli(cluster.nodes.find((n) => !n.killed).port, 'CLUSTER', 'KEYSLOT', key))
+  const master = cluster.nodes.find((node) => !node.killed && redisCli(node.port, 'CLUSTER', 'NODES').split('\n').find((l) => l.includes('myself')).split(' ').slice(8).some((r) => {
+    const [from, to = from] = r.split('-').map(Number)
+    return slot >= from && slot <= to
+  }))
+  return {master, replica: cluster.nodes.find((n) => n.masterId === master?.id)}
+}
+
+/** A name whose lock (or queue) keys hash to a slot that `master` serves. */
+function nameOn(cluster, master, label, tag) {
+  for (;;) {
+    const name = uniqueName(label)
+    if (masterOf(cluster, `{dlq:${tag}:${name}}:x`).master === master) return name
+  }
+}
+
+const killNode = (cluster, node) => {
+  node.killed = true
+  process.kill(node.pid(), 'SIGKILL')
+}
+
+describe('redis+cluster: a master dies and its replica takes over', () => {
+  let cluster
+  before(async () => {
+    // cluster-node-timeout 1000: the replica is promoted a second or two after its master died.
+    cluster = await startCluster({masters: 3, replicas: 1, nodeTimeoutMs: 1000})
+  })
+  after(() => cluster?.stop())
+
+  it('a waiting lock run gets the lock on the promoted replica with a larger token, a pop --wait gets every acknowledged push', async (t) => {
+    const master = cluster.nodes.find((n) => !n.masterId)
+    const key = nameOn(cluster, master, 'cf', 'l')
+    const queue = nameOn(cluster, master, 'cf', 'q')
+    const {replica} = masterOf(cluster, `{dlq:l:${key}}:x`)
+    assert.ok(replica, 'the master has a replica')
+    // Exit 0 after WAIT: the replica has each of these before the push returns.
+    const bodies = Array.from({length: 50}, (_v, i) => `m${i}`)
+    for (let i = 0; i < bodies.length; i += 10) {
+      const pushed = await cli(cluster.url, ['queue', 'push', '--queue', queue, ...bodies.slice(i, i + 10)])
+      assert.equal(pushed.code, 0, pushed.stderr)
+    }
+    // The lease outlives the failover (a second or two) unless the holder renews: it does not.
+    const held = await cli(cluster.url, ['lock', 'acquire', '--key', key, '--ttl', '6s', '--json'])
+    assert.equal(held.code, 0, held.stderr)
+    const before = BigInt(JSON.parse(held.stdout).fencingToken)
+    const waiter = spawnDlq(['lock', 'run', '-b', cluster.url, '--key', key, '--wait', '60s', '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'], {t, timeoutMs: 60_000})
+    await waitFor(() => redisCli(master.port, 'ZCARD', `{dlq:l:${key}}:waiters`) === '1', {what: `the lock run to wait (${waiter.stderrText()}; ${redisCli(master.port, 'KEYS', '*')})`})
+    killNode(cluster, master)
+    // The pop starts while the slot has no master: it must wait for the promotion, not fail.
+    const pop = spawnDlq(['queue', 'pop', '-b', cluster.url, '--queue', queue, '--count', '50', '--wait', '60s'], {t, timeoutMs: 60_000})
+    await waitFor(() => /role:master/.test(redisCli(replica.port, 'INFO', 'replication')), {what: 'the replica to be promoted', timeoutMs: 30_000})
+    const popped = await pop.result
+    assert.equal(popped.code, 0, popped.stderr)
+    assert.equal(popped.stdout, bodies.map((b) => `${b}\n`).join(''), 'every acknowledged push, in order, after the failover')
+    const r = await waiter.result
+    assert.equal(r.code, 0, r.stderr)
+    const after = BigInt(r.stdout.trim())
+    assert.ok(after > before, `the token after the failover (${after}) must exceed the one before (${before})`)
+    const next = await cli(cluster.url, ['lock', 'run', '--key', key, '--wait', '0', '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(next.code, 0, next.stderr)
+    assert.ok(BigInt(next.stdout.trim()) > after)
+  })
+
+  it('a master and its replica both dead: the cluster is down, and dlq says CLUSTERDOWN with exit 69 and one line', async () => {
+    const master = cluster.nodes.find((n) => !n.killed && !n.masterId && cluster.nodes.some((r) => r.masterId === n.id && !r.killed))
+    const replica = cluster.nodes.find((n) => n.masterId === master.id)
+    const alive = cluster.nodes.find((n) => !n.killed && n !== master && n !== replica && !n.masterId)
+    const queue = nameOn(cluster, alive, 'down', 'q')
+    killNode(cluster, replica)
+    killNode(cluster, master)
+    await waitFor(() => /cluster_state:fail/.test(redisCli(alive.port, 'CLUSTER', 'INFO')), {what: 'the cluster to be down', timeoutMs: 20_000})
+    for (const args of [['queue', 'push', '--queue', queue, 'x'], ['lock', 'run', '--key', uniqueName('down'), '--wait', '0', '--', 'echo', 'ran']]) {
+      const r = await cli(cluster.url, args)
+      assert.equal(r.code, 69, `${args.join(' ')}: ${r.stderr}`)
+      assert.equal(r.stdout, '')
+      assert.match(oneErrorLine(r, assert), /CLUSTERDOWN/)
     }
   })
 })

@@ -69,14 +69,14 @@ function monitor(port) {
   }
 }
 
-/** A script call's ids: reserve asks for ARGV[2] messages, settle names its ids after three arguments. */
+/** A script call's ids: reserve asks for ARGV[2] messages, settle names its ids after four arguments. */
 function scriptCalls(commands) {
   return commands.flatMap(({args}) => {
     const name = args[0]?.toLowerCase()
     if (name !== 'evalsha' && name !== 'eval') return []
     const keys = Number(args[2])
     const argv = args.slice(3 + keys)
-    if (keys === 4 && ['ack', 'retry', 'release'].includes(argv[1])) return [{script: 'settle', outcome: argv[1], ids: argv.length - 3}]
+    if (keys === 4 && ['ack', 'retry', 'release'].includes(argv[1])) return [{script: 'settle', outcome: argv[1], ids: argv.length - 4}]
     if (keys === 4 && argv.length === 4) return [{script: 'reserve', ids: Number(argv[1])}]
     return []
   })

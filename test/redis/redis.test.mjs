@@ -98,6 +98,40 @@ describe('redis: TLS (rediss://)', () => {
   })
 })
 
+// A server that restarts loads its data before it serves: every command meanwhile is answered
+// LOADING. Loading is slowed (key-load-delay, microseconds per key: minutes for these keys) until
+// the test has seen what it wanted, then sped up (CONFIG SET works while loading).
+describe('redis: a server loading its data (LOADING)', () => {
+  let server
+  before(async () => {
+    server = await startRedis({config: ['enable-debug-command local', 'key-load-delay 100', 'loading-process-events-interval-bytes 1024']})
+  })
+  after(() => server?.stop())
+
+  it('dlq against a loading server: exit 69 at once with one line naming LOADING, --wait or not; once loaded, the data is there', async () => {
+    const queue = uniqueName('loading')
+    assert.equal((await cli(server.url, ['queue', 'push', '--queue', queue, 'kept'])).code, 0)
+    redisCli(server.port, 'DEBUG', 'POPULATE', '200000')
+    redisCli(server.port, 'SAVE')
+    await server.restart()
+    const loading = () => /^loading:1/m.test(redisCli(server.port, 'INFO', 'persistence'))
+    await waitFor(loading, {what: 'the server to be loading'})
+    for (const args of [['queue', 'pop', '--queue', queue, '--wait', '30s'], ['lock', 'run', '--key', uniqueName('loading'), '--wait', '30s', '--', 'echo', 'ran'], ['queue', 'push', '--queue', queue, 'more']]) {
+      const r = await cli(server.url, args)
+      assert.equal(r.code, 69, `${args.join(' ')}: ${r.stderr}`)
+      assert.equal(r.stdout, '')
+      assert.match(oneErrorLine(r, assert), /loading its data: LOADING/)
+      assert.ok(r.ms < 10_000, `${args.join(' ')} took ${r.ms} ms: it waited`)
+    }
+    assert.ok(loading(), 'the server was still loading after the three commands: they saw it loading')
+    redisCli(server.port, 'CONFIG', 'SET', 'key-load-delay', '0')
+    await waitFor(() => !loading(), {what: 'the server to finish loading', timeoutMs: 60_000, intervalMs: 100})
+    const popped = await cli(server.url, ['queue', 'pop', '--queue', queue])
+    assert.equal(popped.code, 0, popped.stderr)
+    assert.equal(popped.stdout, 'kept\n')
+  })
+})
+
 describe('redis: losing the lock', () => {
   let server
   before(async () => {

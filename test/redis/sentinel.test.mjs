@@ -1,6 +1,8 @@
 // Redis behind Sentinel (redis+sentinel://): a master, a replica and three Sentinels that the tests
 // start on free loopback ports; the master is killed (SIGKILL) mid-hold and mid-wait, and dlq must
-// follow the replica that Sentinel promotes. Each failover test gets a group of its own.
+// follow the replica that Sentinel promotes. Each failover test gets a group of its own. Then
+// groups whose Sentinels and data nodes require passwords, and whose servers speak only TLS
+// (rediss+sentinel://).
 import assert from 'node:assert/strict'
 import {execFileSync} from 'node:child_process'
 import {existsSync} from 'node:fs'
@@ -10,7 +12,7 @@ import {PassThrough} from 'node:stream'
 import {after, before, describe, it} from 'node:test'
 
 import {oneErrorLine, run, shUntil, spawnDlq, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
-import {startSentinels} from '../support/servers.mjs'
+import {makeCertificates, startSentinels} from '../support/servers.mjs'
 
 const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
 const redisCli = (port, ...args) => execFileSync('redis-cli', ['-h', '127.0.0.1', '-p', String(port), ...args], {encoding: 'utf8'})
@@ -196,5 +198,115 @@ describe('redis+sentinel: no master comes back', () => {
       assert.equal(r.stdout, '')
       assert.match(oneErrorLine(r, assert), /master went away while waiting: no master answered for \d/)
     }
+  })
+})
+
+describe('redis+sentinel: Sentinels and data nodes with passwords', () => {
+  const auth = {user: 'alice', password: 'data-pw-4f1c', sentinelPassword: 'sentinel-pw-9d2e'}
+  let group
+  let dir
+  before(async () => {
+    group = await startSentinels({auth})
+    dir = await tempDir()
+    await writeFile(join(dir, 'sentinel-pw'), `${auth.sentinelPassword}\n`, {mode: 0o600})
+  })
+  after(() => group?.stop())
+
+  const withAuth = (query, user = `${auth.user}:${auth.password}`) => group.url().replace('://', `://${user}@`) + query
+  const noPassword = (r) => {
+    for (const secret of [auth.password, auth.sentinelPassword, 'wrong-pw-77']) assert.doesNotMatch(r.stdout + r.stderr, new RegExp(secret))
+  }
+
+  it('the data nodes\' user in the URL, the Sentinels\' password from ?sentinelPasswordFile= (or ?sentinelPassword=): locks and queues work, and no password is printed, even with --verbose', async () => {
+    const url = withAuth(`?sentinelPasswordFile=${join(dir, 'sentinel-pw')}`)
+    const key = uniqueName('auth')
+    const locked = await cli(url, ['lock', 'run', '--verbose', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(locked.code, 0, locked.stderr)
+    assert.match(locked.stdout, /^\d+\n$/)
+    assert.match(locked.stderr, /alice:\*\*\*@/)
+    noPassword(locked)
+    const queue = uniqueName('auth')
+    const inline = withAuth(`?sentinelPassword=${auth.sentinelPassword}`)
+    const pushed = await cli(inline, ['queue', 'push', '--verbose', '--queue', queue, 'one'])
+    assert.equal(pushed.code, 0, pushed.stderr)
+    assert.match(pushed.stderr, /sentinelPassword=\*\*\*/)
+    noPassword(pushed)
+    const popped = await cli(url, ['queue', 'pop', '--verbose', '--queue', queue])
+    assert.equal(popped.code, 0, popped.stderr)
+    assert.equal(popped.stdout, 'one\n')
+    noPassword(popped)
+  })
+
+  it('no Sentinel password, a wrong one, a wrong data password: exit 69 at once, one line saying who refused, no password in it', async () => {
+    const cases = [
+      [withAuth(''), /authentication refused by the Sentinels of .*NOAUTH.*\?sentinelPasswordFile=/],
+      [withAuth('?sentinelPassword=wrong-pw-77'), /authentication refused by the Sentinels of .*sentinelPassword=\*\*\*: WRONGPASS/],
+      [withAuth(`?sentinelPasswordFile=${join(dir, 'sentinel-pw')}`, `${auth.user}:wrong-pw-77`), /authentication refused by redis\+sentinel:\/\/alice:\*\*\*@.*WRONGPASS/],
+    ]
+    for (const [url, expected] of cases) {
+      for (const verbose of [[], ['--verbose']]) {
+        const r = await cli(url, ['lock', 'status', ...verbose])
+        assert.equal(r.code, 69, r.stderr)
+        assert.equal(r.stdout, '')
+        if (verbose.length === 0) assert.match(oneErrorLine(r, assert), expected)
+        assert.ok(r.ms < 4000, `refused after ${r.ms} ms: it waited for ?connectTimeout= instead`)
+        noPassword(r)
+      }
+    }
+  })
+
+  it('a failover is followed with the same credentials', async () => {
+    const url = withAuth(`?sentinelPasswordFile=${join(dir, 'sentinel-pw')}`)
+    const queue = uniqueName('authfail')
+    assert.equal((await cli(url, ['queue', 'push', '--queue', queue, 'before'])).code, 0)
+    kill(group.master)
+    await group.promoted(group.replica.port)
+    const pushed = await cli(url, ['queue', 'push', '--queue', queue, 'after'])
+    assert.equal(pushed.code, 0, pushed.stderr)
+    const popped = await cli(url, ['queue', 'pop', '--queue', queue, '--count', '2'])
+    assert.equal(popped.code, 0, popped.stderr)
+    assert.equal(popped.stdout, 'before\nafter\n')
+  })
+})
+
+describe('rediss+sentinel: Sentinels and data nodes that speak only TLS', () => {
+  let group
+  let ca
+  before(async () => {
+    const certificates = await makeCertificates(await tempDir())
+    ca = certificates.ca
+    group = await startSentinels({tls: certificates})
+  })
+  after(() => group?.stop())
+
+  it('with the CA given by ?ca=, a lock and a queue work, and go on working on the replica promoted after a failover', async (t) => {
+    const url = `${group.url()}?ca=${ca}`
+    assert.match(url, /^rediss\+sentinel:\/\//)
+    const key = uniqueName('tls')
+    const first = await cli(url, ['lock', 'run', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(first.code, 0, first.stderr)
+    const queue = uniqueName('tls')
+    assert.equal((await cli(url, ['queue', 'push', '--queue', queue, 'before'])).code, 0)
+    assert.equal((await cli(url, ['queue', 'pop', '--queue', queue])).stdout, 'before\n')
+    // A pop waiting through the failover, on TLS connections to the Sentinels and to each master.
+    const waiting = spawnDlq(['queue', 'pop', '--verbose', '-b', url, '--queue', queue, '--wait', '60s'], {t, timeoutMs: 60_000})
+    await waitFor(() => /blocked_clients:1/.test(group.cli(group.master.port, 'INFO', 'clients')), {what: 'the pop to block on the master'})
+    kill(group.master)
+    await group.promoted(group.replica.port)
+    const pushed = await cli(url, ['queue', 'push', '--queue', queue, 'after'])
+    assert.equal(pushed.code, 0, pushed.stderr)
+    const r = await waiting.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stdout, 'after\n')
+    const second = await cli(url, ['lock', 'run', '--key', key, '--', 'sh', '-c', 'echo $DLQ_FENCING_TOKEN'])
+    assert.equal(second.code, 0, second.stderr)
+    assert.ok(BigInt(second.stdout.trim()) > BigInt(first.stdout.trim()))
+  })
+
+  it('without ?ca=, the Sentinels\' certificate is refused: exit 69 at once, one line naming the certificate and ?ca=', async () => {
+    const r = await cli(group.url(), ['lock', 'status'])
+    assert.equal(r.code, 69, r.stderr)
+    assert.match(oneErrorLine(r, assert), /Sentinels of rediss\+sentinel:.*certificate.*\?ca=/)
+    assert.ok(r.ms < 4000, `refused after ${r.ms} ms: it waited for ?connectTimeout= instead`)
   })
 })

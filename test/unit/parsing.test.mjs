@@ -85,6 +85,7 @@ describe('URL masking', () => {
     assert.equal(maskUrl('postgres://u:p%40ss@h/db?sslmode=require'), 'postgres://u:***@h/db?sslmode=require')
     assert.equal(maskUrl('redis://:onlypass@h'), 'redis://:***@h')
     assert.equal(maskUrl('zk://h1:2181,h2:2181/app?password=x'), 'zk://h1:2181,h2:2181/app?password=***')
+    assert.equal(maskUrl('redis+sentinel://u:p@h1,h2/m?sentinelUser=s&sentinelPassword=x&connectTimeout=1s'), 'redis+sentinel://u:***@h1,h2/m?sentinelUser=s&sentinelPassword=***&connectTimeout=1s')
     assert.equal(maskUrl('file:///var/lock/dlq'), 'file:///var/lock/dlq')
   })
   it('masks up to the last @ of the authority on every scheme: a raw @ in a password is part of it', () => {

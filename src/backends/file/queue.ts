@@ -24,6 +24,11 @@
 //   return  R1 rename cur/<claim> → new/<waiting> (retry, expiry; release with one delivery less)
 //           or → <queue>.dead/new/<…> (the last attempt; mkdir of that queue first, idempotent).
 //   extend  E1 rename cur/<claim> → cur/<the same claim with a later deadline>.
+//   retry later (pop --retry-delay) D1 rename cur/<claim> → cur/<the same range and deliveries,
+//           deadline now+delay, reserver "later">: E1's step under a name no reserver settles or
+//           extends, so the message waits out its delay in flight, its delivery counted, and at the
+//           deadline any reserver's sweep returns it (R1) as it returns an expired claim. A claim
+//           on its last delivery takes R1 to the dead letters instead, at once.
 //
 // What a kill right after each step leaves, and who recovers it (a kill before T1, C1 or S1
 // leaves nothing):
@@ -44,7 +49,7 @@
 //   writes  a pop killed after writing some messages and before A1: the claim expires and they
 //           come again. Only a kill after a message left the process duplicates it, so a kill
 //           duplicates at most the messages that process had in hand.
-//   R1, E1  atomic: before or after.
+//   R1, E1, D1  atomic: before or after.
 // A step that fails (ENOSPC, EIO) undoes what it can: push unlinks its tmp/ file; a split unlinks
 // its claim and renames itself back to new/W. What an undo killed half-way leaves is one of the
 // states above. A reserver that outlives its own deadline can find its split already decided: S2
@@ -60,7 +65,7 @@
 import {link, lstat, open, readdir, rename, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {crypto} from '../../builtins.js'
 import {decodeName, encodeName, existingPath, type Modes, openNewFile, readRegularFile, safeDir, unpin} from './paths.js'
 import {waitFor} from './watch.js'
@@ -69,7 +74,9 @@ const maxMessageBytes = 1024 * 1024
 const staleTmpMs = 3_600_000
 const batchPattern = '\\d{13}[0-9a-z]{6}-[0-9a-f]{10}'
 const waitingName = new RegExp(`^(${batchPattern})\\.(\\d{8})\\.(\\d{8})\\.(\\d+)$`)
-const claimName = new RegExp(`^(${batchPattern})\\.(\\d{8})\\.(\\d{8})\\.(\\d+)\\.(\\d{13})\\.([0-9a-f]+)$`)
+const claimName = new RegExp(`^(${batchPattern})\\.(\\d{8})\\.(\\d{8})\\.(\\d+)\\.(\\d{13})\\.([0-9a-f]+|later)$`)
+/** The reserver of a claim waiting out a retry delay (D1): not hex, so it is never a live reserver's. */
+const laterReserver = 'later'
 // `.split` without a take: left by a dlq whose splits wrote the rest anew; such a split is only undone.
 const splitName = new RegExp(`^(${batchPattern})\\.(\\d{8})\\.(\\d{8})\\.(\\d+)\\.(\\d{13})\\.([0-9a-f]+)\\.split(\\d{8})?$`)
 /** How long a reserver that found nothing waits for another reserver's split to finish. */
@@ -195,6 +202,8 @@ export class FileQueues implements QueueDriver {
     return (this.reserverId ??= crypto().randomBytes(6).toString('hex')) // drawn on first use: lock runs never need it
   }
   private tmpSwept = 0
+  /** Splits of this process under way (S1 to S3). */
+  private splitting = 0
 
   constructor(
     private readonly base: string,
@@ -327,6 +336,8 @@ export class FileQueues implements QueueDriver {
   }
 
   private async splitInProgress(dirs: QueueDirs): Promise<boolean> {
+    // Ours are known here, and a reserve of ours that runs beside this one (pop --concurrency) may be splitting.
+    if (this.splitting > 0) return true
     const now = Date.now()
     return (await readdir(dirs.cur)).some((name) => {
       const split = parseSplit(name)
@@ -356,6 +367,16 @@ export class FileQueues implements QueueDriver {
       return rename(from, claimed).then(() => claimed, (error) => unlessMissing(error))
     }
     const split = join(dirs.cur, splitFile({...entry, deadline: claim.deadline, reserver: claim.reserver, take: claim.count}))
+    this.splitting++
+    try {
+      return await this.splitClaim(dirs, entry, claim, from, split, claimed)
+    } finally {
+      this.splitting--
+    }
+  }
+
+  /** S1–S3 of claim(). */
+  private async splitClaim(dirs: QueueDirs, entry: Waiting, claim: Omit<Claim, 'name'>, from: string, split: string, claimed: string): Promise<string | undefined> {
     try {
       await rename(from, split)
     } catch (error) {
@@ -436,9 +457,14 @@ export class FileQueues implements QueueDriver {
    * goes back) and then one rename of the claim; a kill between them leaves names that overlap,
    * and at most this claim's messages come twice.
    */
-  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
+  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number, options: SettleOptions = {}): Promise<void> {
     if (messages.length === 0) return
     const dirs = await this.dirs(queue)
+    const delayMs = outcome === 'retry' ? options.retryDelayMs ?? 0 : 0
+    /** R1's destination, or D1's for a retry later that is not the last attempt. */
+    const returnPath = async (range: Range, limit: number) => delayMs > 0 && range.deliveries < limit
+      ? join(dirs.cur, claimFile({...range, deadline: Date.now() + delayMs, reserver: laterReserver}))
+      : this.destination(queue, dirs, range, limit)
     const ids = new Set(messages.map((m) => m.id))
     for (const claim of await this.listClaims(dirs.cur)) {
       if (claim.reserver !== this.reserver) continue
@@ -457,11 +483,11 @@ export class FileQueues implements QueueDriver {
       try {
         if (runs.length === 1) {
           if (outcome === 'ack') await unlink(path)
-          else await this.returnTo(queue, dirs, path, {...claim, deliveries}, limit)
+          else await rename(path, await returnPath({...claim, deliveries}, limit))
         } else {
           const keep = (r: Range) => join(dirs.cur, claimFile({...claim, start: r.start, count: r.count}))
           const named = await Promise.all(runs.map(async ({range, settled}) =>
-            !settled ? keep(range) : outcome === 'ack' ? undefined : this.destination(queue, dirs, {...range, deliveries}, limit)))
+            !settled ? keep(range) : outcome === 'ack' ? undefined : returnPath({...range, deliveries}, limit)))
           const last = runs.findIndex((r) => !r.settled) // some run stays claimed: not all of it is settled
           for (const [i, to] of named.entries()) if (to !== undefined && i !== last) await link(path, to)
           await rename(path, named[last]!)
@@ -469,7 +495,7 @@ export class FileQueues implements QueueDriver {
       } catch (error) {
         unlessMissing(error) // gone: the claim expired and another reserver has it
       }
-      this.log?.(`file: ${outcome} ${inSettle.filter(Boolean).length} messages of ${claim.batch}`)
+      this.log?.(`file: ${outcome} ${inSettle.filter(Boolean).length} messages of ${claim.batch}${delayMs > 0 ? ` after ${delayMs}ms` : ''}`)
     }
   }
 

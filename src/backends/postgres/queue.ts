@@ -12,7 +12,10 @@
 // - settle: only rows still carrying the receipt are touched, so a popper whose reservation
 //   expired and was taken over cannot ack or return the new holder's delivery. ack deletes;
 //   retry makes the row visible (or buries it once its attempts reach the maximum); release also
-//   takes the delivery back.
+//   takes the delivery back. A retry with a delay (pop --retry-delay) leaves the row reserved until
+//   then under a receipt no popper holds, so the next reserve after its deadline takes it as an
+//   expired reservation (its delivery already counted), and a late settle or extend of the failed
+//   delivery changes nothing; a message on its last attempt is buried as by retry.
 // - Every statement's cost follows the rows it returns or changes, whatever the planner's
 //   statistics say (a queue pushed since the last ANALYZE looks empty to it): two partial indexes
 //   split the queue into waiting rows (reserved_by IS NULL, by id) and reservations (by deadline),
@@ -27,7 +30,7 @@
 //   (no LISTEN) they poll instead (poll.ts).
 // Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
 // every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import type {Connection, Schema, Statement} from './connection.js'
 import {PollBackoff, queuePollCapMs} from './poll.js'
@@ -277,6 +280,12 @@ const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3, $4, $5, 
 const EXTEND = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $4::bigint * interval '1 millisecond'
   WHERE queue = $1 AND id = $2 AND reserved_by IS NOT DISTINCT FROM $3::text AND visible_at > clock_timestamp()
   RETURNING id`
+// A retry that waits: the row stays reserved until now+delay, under a receipt nobody settles.
+// Each id is looked up in the primary key (queue, id = ANY); rows on their last attempt are left
+// for settle's retry, which buries them.
+const RETRY_LATER = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_timestamp() + $4::bigint * interval '1 millisecond', reserved_by = $3::text || ' later'
+  WHERE queue = $1 AND id = ANY ($2::bigint[]) AND reserved_by IS NOT DISTINCT FROM $3::text AND attempts < $5
+  RETURNING id`
 const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
   FROM ${s}.messages WHERE queue = $1 AND reserved_by IS NOT NULL AND visible_at > clock_timestamp()`
 const PEEK = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.peek($1, $2)`
@@ -298,6 +307,7 @@ export const queueStatements = (schema: Schema) => {
     reserve: named('reserve', RESERVE(s)),
     settle: named('settle', SETTLE(s)),
     extend: named('extend', EXTEND(s)),
+    retryLater: named('retry_later', RETRY_LATER(s)),
     nextDeadline: named('next_deadline', NEXT_DEADLINE(s)),
     peek: named('peek', PEEK(s)),
     lastId: named('last_id', LAST_ID(s)),
@@ -406,8 +416,9 @@ export class PostgresQueues implements QueueDriver {
     }
   }
 
-  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
+  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number, options: SettleOptions = {}): Promise<void> {
     if (messages.length === 0) return
+    const delayMs = outcome === 'retry' ? Math.ceil(options.retryDelayMs ?? 0) : 0
     const dead = `${queue}.dead`
     // One statement per reservation: its rows are found by (queue, id) and its one receipt.
     const byReceipt = new Map<string, string[]>()
@@ -417,6 +428,8 @@ export class PostgresQueues implements QueueDriver {
       else byReceipt.set(message.receipt, [message.id])
     }
     for (const [receipt, ids] of byReceipt) {
+      // What waits out its delay is no longer under `receipt`: the settle below buries the rest.
+      if (delayMs > 0) await this.connection.query(this.statements.retryLater, [queue, ids, receipt, delayMs, maxAttempts])
       await this.connection.query(this.statements.settle, [queue, ids, receipt, outcome, maxAttempts, this.channel(queue), dead, this.channel(dead)])
     }
   }

@@ -6,6 +6,7 @@
 import {createHash} from 'node:crypto'
 import {readFile} from 'node:fs/promises'
 import {createConnection, isIP} from 'node:net'
+import {connect as tlsConnect, type ConnectionOptions} from 'node:tls'
 
 import type {Cluster, ClusterOptions, Redis, RedisOptions} from 'ioredis'
 
@@ -22,7 +23,27 @@ export function duplicateOf(client: Client): Client {
     const cluster = client as Cluster
     return cluster.duplicate(undefined, {enableOfflineQueue: true, redisOptions: {...cluster.options.redisOptions, commandTimeout: undefined}})
   }
-  return (client as Redis).duplicate({enableOfflineQueue: true, commandTimeout: undefined})
+  return revived((client as Redis).duplicate({enableOfflineQueue: true, commandTimeout: undefined}))
+}
+
+/**
+ * Behind Sentinel: ioredis's failover detector (+switch-master), disconnecting while a
+ * reconnection is still connecting, ends the client for good (status "end", no reconnection
+ * left); a pop waiting through a failover then asked a dead client until ?failoverTimeout= (seen
+ * over TLS, 1 run in 5). A client that ended without dlq closing it is connected again.
+ */
+function revived(client: Redis): Redis {
+  if (!client.options.sentinels) return client
+  let closing = false
+  const disconnect = client.disconnect.bind(client)
+  client.disconnect = (reconnect = false) => {
+    closing ||= !reconnect
+    disconnect(reconnect)
+  }
+  client.on('end', () => {
+    if (!closing) client.connect().catch(() => {})
+  })
+  return client
 }
 
 /** Every master that holds dlq's keys: the one server, or each master of a cluster. */
@@ -48,8 +69,21 @@ export const failoverTimeoutMs = (url: URL): number => durationParam(url, 'failo
 
 /**
  * redis+sentinel://[user:pass@]h1:26379,h2:26379/MASTER[/DB]: the host list arrives %-encoded
- * (backends/index.ts), the credentials are the data nodes' (Sentinel itself is asked without).
+ * (backends/index.ts), the credentials are the data nodes'. The Sentinels' own (their
+ * requirepass, or an ACL user of theirs) are ?sentinelUser= and ?sentinelPasswordFile= (or
+ * ?sentinelPassword=, masked like any password); without them Sentinel is asked without AUTH.
  */
+async function sentinelCredentials(url: URL): Promise<Pick<RedisOptions, 'sentinelUsername' | 'sentinelPassword'>> {
+  const file = url.searchParams.get('sentinelPasswordFile')
+  let password = url.searchParams.get('sentinelPassword') ?? undefined
+  if (file) {
+    password = await readFile(file, 'utf8').then((text) => text.replace(/\r?\n$/, ''), (error: NodeJS.ErrnoException) => {
+      throw usageError('cannot read ?sentinelPasswordFile=', `${file}: ${error.code ?? 'error'}`, 'name a readable file holding the Sentinels\' password')
+    })
+  }
+  return {sentinelUsername: url.searchParams.get('sentinelUser') ?? undefined, sentinelPassword: password}
+}
+
 function sentinelTopology(url: URL, db: number): Pick<RedisOptions, 'sentinels' | 'name' | 'db'> {
   const [name, dbText, ...rest] = decodeURIComponent(url.pathname).split('/').slice(1)
   const bad = (why: string) => usageError('bad backend URL', `${why} in ${maskUrl(url.href)}`, `${url.protocol}//h1:26379,h2:26379/MASTER[/DB]`)
@@ -116,11 +150,18 @@ async function topologyOf(url: URL, user: string | undefined, password: string |
           // second command while that connection opens would fail. Each command stays bounded by
           // the nodes' commandTimeout.
           enableOfflineQueue: true,
-          enableReadyCheck: true,
-          // MOVED and ASK are followed (a slot moving, a failover), CLUSTERDOWN and TRYAGAIN retried:
-          // each answered an error, so nothing ran twice. Past the redirections, exit 69.
+          // No CLUSTER INFO ready check: one that finds cluster_state:fail (a master just died)
+          // reconnects, and ioredis then never settles the first connect() (it waited out
+          // ?connectTimeout= even once a replica had taken over). A command on a slot without a
+          // master is answered CLUSTERDOWN instead, retried below, then exit 69 naming it.
+          enableReadyCheck: false,
+          // MOVED and ASK are followed (a slot moving, a failover), TRYAGAIN retried: each answered
+          // an error, so nothing ran twice. Past the redirections, exit 69. CLUSTERDOWN is not
+          // retried here: ioredis sends the retry to a random node, maybe the dead master that the
+          // slot map still lists, and the user was told "connection lost" instead of the cause.
+          // It is exit 69 naming CLUSTERDOWN; the wait loops ask again (FailoverWait).
           maxRedirections: 16,
-          retryDelayOnClusterDown: 100,
+          retryDelayOnClusterDown: 0,
           retryDelayOnTryAgain: 100,
           // 0: a command whose connection closed before its reply may have run; it is not sent again.
           retryDelayOnFailover: 0,
@@ -140,6 +181,7 @@ async function topologyOf(url: URL, user: string | undefined, password: string |
     options: {
       ...common,
       ...sentinelTopology(url, db),
+      ...(await sentinelCredentials(url)),
       role: 'master',
       enableTLSForSentinelMode: tls !== undefined,
       sentinelTLS: tls,
@@ -172,27 +214,70 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   const {options, cluster, followMs} = await topologyOf(url, user, password)
   const {wanted, timeoutMs} = replicationOf(url)
   const db = options.db ?? 0
-  const client: Client = cluster ? new Cluster(cluster.nodes, cluster.options) : new Redis(options)
+  const client: Client = cluster ? new Cluster(cluster.nodes, cluster.options) : revived(new Redis(options))
   // The connect promise often says only "Connection is closed"; the cause arrives as an event.
   let cause: Error | undefined
+  // ioredis asks the Sentinels again and again, even when each refused dlq's credentials: that
+  // refusal ends the connect at once rather than at ?connectTimeout= as "no answer".
+  let refuse: (error: Error) => void = () => {}
+  const refused = new Promise<never>((_resolve, reject) => (refuse = reject))
+  refused.catch(() => {})
+  // Over TLS ioredis reports a Sentinel whose certificate is refused only as "Connection is
+  // closed": one handshake of dlq's own with the first Sentinel finds out why.
+  let probed = false
   const onError = (error: Error) => {
     cause = error
     log?.(`redis: ${error.message}`)
+    if (/^All sentinels are unreachable.*Last error: .*(WRONGPASS|NOAUTH|invalid password)/i.test(error.message)) refuse(error)
+    const first = options.sentinels?.[0]
+    if (/^All sentinels are unreachable/.test(error.message) && options.sentinelTLS && first?.host && !probed) {
+      probed = true
+      void tlsRefusal(first.host, first.port ?? 26379, options.sentinelTLS, connectTimeoutMs(url)).then((why) => {
+        if (why) refuse((cause = new Error(`All sentinels are unreachable. Last error: ${why}`)))
+      })
+    }
   }
   client.on('error', onError)
   client.on('sentinelError', onError)
+  // Behind Sentinel a command may start mid-failover, the master named still the dead one: ioredis
+  // fails connect() at the first refusal but goes on asking the Sentinels. dlq waits for it until
+  // a moment before ?connectTimeout= (then it names the last cause), as it follows a failover
+  // once connected; refused credentials end it at once.
+  const giveUp = isSentinel(url) ? setTimeout(() => refuse(cause ?? new Error('no master answered')), Math.max(0, connectTimeoutMs(url) - 250)) : undefined
   try {
-    await client.connect()
-    // connect() can resolve before the AUTH reply: one round trip proves the session usable.
-    await client.ping()
+    const connecting = client.connect()
+    await Promise.race([
+      refused,
+      isSentinel(url)
+        ? new Promise<void>((resolve, reject) => {
+          client.once('ready', resolve)
+          connecting.catch((error: Error) => /WRONGPASS|NOAUTH|NOPERM|invalid password/i.test((cause ?? error).message) && reject(error))
+        })
+        : connecting,
+    ])
+    clearTimeout(giveUp)
+    // connect() can resolve before the AUTH reply: one round trip proves the session usable. A
+    // cluster sends PING to a random node, which may be a master that just died and is still in
+    // the slot map: any master answering will do (each refused one leaves the map).
+    if (cluster) await Promise.any(mastersOf(client).map((node) => node.ping())).catch((error: AggregateError) => { throw error.errors?.[0] ?? error })
+    else await client.ping()
     // ioredis reports a refused SELECT only as an event and goes on in database 0: ask again, so
     // that a database the server does not have is an error, not someone else's locks and queues.
     if (db !== 0) await client.select(db)
   } catch (error) {
+    clearTimeout(giveUp)
     client.disconnect()
-    const message = (cause ?? (error as Error)).message
+    // ioredis's "Retrying from scratch after 400ms" is not true any more once dlq gives up.
+    const message = (cause ?? (error as Error)).message.replace(/ Retrying from scratch after \d+ms\./, '')
     if (/DB index/i.test(message)) {
       throw unavailable(`cannot use database ${db} of ${shownUrl(url)}`, message, 'the server has fewer: see its "databases" setting')
+    }
+    if (/^All sentinels are unreachable/.test(message) && /WRONGPASS|NOAUTH|invalid password/i.test(message)) {
+      const why = message.replace(/^.*Last error: /, '').replace(options.sentinelPassword ?? '\0', '***')
+      throw unavailable(`authentication refused by the Sentinels of ${shownUrl(url)}`, why, options.sentinelPassword ? 'check ?sentinelUser= and ?sentinelPasswordFile= (the Sentinels\' own credentials, not the data nodes\')' : 'they ask for a password: give it with ?sentinelPasswordFile= or ?sentinelPassword=')
+    }
+    if (/^All sentinels are unreachable/.test(message) && tlsProblem.test(message)) {
+      throw unavailable(`cannot connect to the Sentinels of ${shownUrl(url)}`, message.replace(/^.*Last error: /, ''), 'give the CA that signed their certificates with ?ca=/path/ca.pem')
     }
     if (/WRONGPASS|NOAUTH|NOPERM|invalid password|AUTH/i.test(message)) {
       throw unavailable(`authentication refused by ${shownUrl(url)}`, message.replace(password ?? '\0', '***'), 'check the user and DLQ_PASSWORD or ?passwordFile=')
@@ -208,6 +293,23 @@ export async function connect(url: URL, log?: (line: string) => void): Promise<C
   }
   log?.(`redis: connected to ${shownUrl(url)}`)
   return {client, followMs, replication: new Replication(client, wanted, timeoutMs)}
+}
+
+const tlsProblem = /certificate|SSL|TLS|handshake/i
+
+/** Why a TLS handshake with host:port fails, if it fails for TLS's reasons (not a refused connection). */
+function tlsRefusal(host: string, port: number, options: ConnectionOptions, timeoutMs: number): Promise<string | undefined> {
+  return new Promise((resolve) => {
+    const socket = tlsConnect({...options, host, port})
+    const done = (why?: string) => {
+      clearTimeout(timer)
+      socket.destroy()
+      resolve(why !== undefined && tlsProblem.test(why) ? why : undefined)
+    }
+    const timer = setTimeout(() => done(), timeoutMs)
+    socket.once('secureConnect', () => done())
+    socket.once('error', (error) => done(error.message))
+  })
 }
 
 /** What a server says unasked within a moment of a connection (a refusal), if anything. */
@@ -260,7 +362,7 @@ export class FailoverWait {
     this.last = dlqError.why
     if (now >= deadline) throw error
     if (now - this.since >= this.followMs) {
-      throw unavailable('the Redis master went away while waiting', `no master answered for ${formatDuration(now - this.since)} (last: ${this.last})`, 'is Sentinel promoting a replica? ?failoverTimeout= sets how long dlq follows a failover')
+      throw unavailable('the Redis master went away while waiting', `no master answered for ${formatDuration(now - this.since)} (last: ${this.last})`, 'is a replica being promoted (by Sentinel, or by the cluster)? ?failoverTimeout= sets how long dlq follows a failover')
     }
     await new Promise((resolve) => setTimeout(resolve, Math.min(200, deadline - now)))
   }
@@ -273,7 +375,8 @@ export class FailoverWait {
  * not consensus: this narrows the window in which a failover loses an acknowledged write to the
  * replicas that confirmed it dying too, or Sentinel promoting one that had not (see README).
  * The master's replicas are counted (ROLE) on each connection, sent alongside its first write: no
- * extra wait. A reconnection may have reached another master (a failover): the count is not kept
+ * extra wait (on a cluster, by the master of the written key's slot, one round trip before its
+ * WAIT). A reconnection may have reached another master (a failover): the count is not kept
  * across it, or a promoted replica that has no replica yet would be asked to WAIT for one, and every
  * write after a failover would pay ?replicaTimeout= (1 s: the waiting lock run of the failover bench).
  */
@@ -303,33 +406,53 @@ export class Replication {
     return Number(reply)
   }
 
-  /** Starts counting the master's replicas, if ?replicas= did not say: call before the write. */
+  /**
+   * Starts counting the master's replicas, if ?replicas= did not say: call before the write. On a
+   * cluster the count belongs to the master of each key's slot: confirm() asks it (replicasFor).
+   */
   prepare(): void {
-    if (this.wanted === undefined && !this.counted) {
-      this.counted = this.client.role().then((role) => (role[0] === 'master' && Array.isArray(role[2]) ? (role[2] as unknown[]).length : 0), () => {
+    if (this.wanted === undefined && !this.counted && !this.client.isCluster) {
+      this.counted = this.client.role().then(replicasIn, () => {
         this.counted = undefined
         return 0
       })
     }
   }
 
+  /**
+   * How many replicas the master holding `key` has. On a cluster, ROLE goes with a keyed no-op to
+   * that master, as WAIT does: a random node's count was wrong for a master with none (one just
+   * promoted, whose old master is dead), and every write there was refused as unconfirmed.
+   */
+  private async replicasFor(key: string): Promise<number> {
+    if (!this.client.isCluster) {
+      this.prepare()
+      return this.counted!
+    }
+    const replies = await this.client.pipeline().exists(key).role().exec()
+    const [error, role] = replies?.[1] ?? [new Error('no reply to ROLE')]
+    if (error) throw error
+    return replicasIn(role as unknown[])
+  }
+
   /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
   async confirm(what: () => string, key: string): Promise<void> {
-    this.prepare()
-    const wanted = this.wanted ?? Math.min(1, await this.counted!)
+    const wanted = this.wanted ?? Math.min(1, await this.replicasFor(key))
     if (wanted <= 0) return
     const acknowledged = await this.wait(wanted, key)
     if (acknowledged < wanted && this.wanted === undefined) {
       // By default dlq waits for a replica the master has: one that went away is not waited for.
       this.counted = undefined
-      this.prepare()
-      if ((await this.counted!) === 0) return
+      if ((await this.replicasFor(key)) === 0) return
     }
     if (acknowledged < wanted) {
       throw unavailable(`${what()} was not confirmed by ${wanted} replica${wanted === 1 ? '' : 's'}`, `${acknowledged} had it within ${formatDuration(this.timeoutMs)} (WAIT)`, 'the master has it, but a failover now could lose it; ?replicas= and ?replicaTimeout= set what dlq waits for')
     }
   }
 }
+
+/** The number of replicas in a ROLE reply (0 unless it is a master's). */
+const replicasIn = (role: unknown[]): number => (role[0] === 'master' && Array.isArray(role[2]) ? role[2].length : 0)
 
 /** ?replicas=N and ?replicaTimeout=DURATION (default 1s, within ?connectTimeout=). */
 export function replicationOf(url: URL): {wanted: number | undefined; timeoutMs: number} {

@@ -9,14 +9,16 @@
 // - an empty queue is waited on with XREAD BLOCK from the last entry id on a second connection, so
 //   a push wakes the popper at once, without reserving anything outside the script;
 // - ack is XACK + XDEL; retry and release make the entry due now (release also takes the delivery
-//   back); tail is XREVRANGE minus what is in flight; --follow is XREAD BLOCK.
+//   back); a retry with a delay (pop --retry-delay) makes it due then, owned by nobody, so the next
+//   reserve after it takes it like an expired reservation; tail is XREVRANGE minus what is in
+//   flight; --follow is XREAD BLOCK.
 // - A script blocks the whole server while it runs (a few µs per message), so reserve and settle
 //   cut any count into calls of at most scriptBatch ids, pipelined and run one after another:
 //   other clients' commands get in between, every few milliseconds at most.
 // - status counts with ZCOUNT and XLEN, and finds the oldest waiting message without walking the
 //   reservations still running (see oldestWaiting).
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'
 
 const group = 'dlq'
@@ -94,10 +96,10 @@ for i = 1, #ARGV do ids[i] = redis.call('XADD', KEYS[1], '*', 'body', ARGV[i]) e
 return ids
 `)
 
-// ARGV: reserver, outcome, max attempts, ids…
+// ARGV: reserver, outcome, max attempts, retry delay in ms, ids…
 const settleScript = new Script('settle', `${serverNow}${moveToDead}
 local ids = {}
-for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+for i = 5, #ARGV do ids[#ids + 1] = ARGV[i] end
 local holders = redis.call('HMGET', KEYS[3], unpack(ids))
 local held = {}
 for i, id in ipairs(ids) do
@@ -117,10 +119,13 @@ for _, id in ipairs(held) do
   if ARGV[2] == 'retry' and deliveries >= tonumber(ARGV[3]) then
     bury(id, redis.call('XRANGE', KEYS[1], id, id)[1][2])
   else
+    local due = 0
     if ARGV[2] == 'release' then
       redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id, 'RETRYCOUNT', math.max(deliveries - 1, 0), 'JUSTID')
+    elseif tonumber(ARGV[4]) > 0 then
+      due = now + tonumber(ARGV[4])
     end
-    redis.call('ZADD', KEYS[2], 0, id)
+    redis.call('ZADD', KEYS[2], due, id)
     redis.call('HDEL', KEYS[3], id)
   end
 end
@@ -265,7 +270,7 @@ export class RedisQueues implements QueueDriver {
       if (failed) {
         const ids = done.flatMap(([entries]) => entries.map(([id]) => text(id)))
         await Promise.all(batchesOf(ids.length).map(([from, to]) =>
-          settleScript.run(this.client, scriptKeys, [this.reserver, 'release', request.maxAttempts, ...ids.slice(from, to)]))).catch(() => {})
+          settleScript.run(this.client, scriptKeys, [this.reserver, 'release', request.maxAttempts, 0, ...ids.slice(from, to)]))).catch(() => {})
         throw failed.reason
       }
     }
@@ -273,12 +278,13 @@ export class RedisQueues implements QueueDriver {
     return {entries: done.flatMap(([entries]) => entries), nextDueMs: num(nextDueMs), lastId}
   }
 
-  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
+  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number, options: SettleOptions = {}): Promise<void> {
     if (messages.length === 0) return
     const keys = keysOf(queue)
     const ids = messages.map((m) => m.id)
+    const delayMs = outcome === 'retry' ? Math.ceil(options.retryDelayMs ?? 0) : 0
     await Promise.all(batchesOf(ids.length).map(([from, to]) =>
-      settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, outcome, maxAttempts, ...ids.slice(from, to)])))
+      settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, outcome, maxAttempts, delayMs, ...ids.slice(from, to)])))
     this.log?.(`redis: ${outcome} ${messages.length} in ${keys.stream}`)
   }
 

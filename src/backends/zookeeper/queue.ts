@@ -17,7 +17,10 @@
 //   (one multi each), or moves them to the queue <queue>.dead once --max-attempts deliveries are
 //   used up. extend renames the claim to a later deadline, again by one multi.
 // - ack deletes the claims (one multi); retry and release move a claim back by one multi. A claim that is gone
-//   (expired and taken by another popper) is left alone: its new owner settles it.
+//   (expired and taken by another popper) is left alone: its new owner settles it. A retry with a
+//   delay (pop --retry-delay) renames the claim to the deadline now+delay under the reserver
+//   "later", which no popper is: it waits in claimed/, its delivery counted, until a sweep
+//   returns it like any expired claim.
 // - waiting (pop --wait, tail --follow) is a child watch on waiting/ plus a timer for the earliest
 //   claim deadline; a slow poll remains as the fallback.
 // ZooKeeper keeps every znode in memory and lists a directory in one reply: it suits queues of
@@ -26,7 +29,7 @@ import type {Watcher} from 'node-zookeeper-client'
 
 import {dataError} from '../../errors.js'
 import {inBatches} from '../inbatches.js'
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest} from '../types.js'
+import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import {Code, isCode, isConnectionLoss, Mode, type Op, type Session, time} from './connection.js'
 import {basename, decodeName, type Layout} from './paths.js'
@@ -40,6 +43,8 @@ const fallbackPollMs = 3000
 
 const waitingName = /^m(\d{10})(?:\.(\d+))?$/
 const claimName = /^m(\d{10})\.(\d+)\.(\d{13})\.([0-9a-z]+)$/
+/** The reserver of a claim waiting out a retry delay: a word no reserver id is (those start with a time). */
+const laterReserver = 'later'
 
 interface Waiting {
   name: string
@@ -328,7 +333,7 @@ export class ZooKeeperQueues implements QueueDriver {
     }
   }
 
-  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number): Promise<void> {
+  async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number, options: SettleOptions = {}): Promise<void> {
     if (messages.length === 0) return
     const {waiting, claimed} = this.paths.queue(queue)
     await Promise.all(messages.map((m) => this.extending.get(m.id)))
@@ -346,8 +351,13 @@ export class ZooKeeperQueues implements QueueDriver {
       const claim = parseClaim(message.receipt)!
       const path = `${claimed}/${message.receipt}`
       const data = encode(message.enqueuedAt.getTime(), message.body)
+      const delayMs = outcome === 'retry' ? options.retryDelayMs ?? 0 : 0
       if (outcome === 'release') {
         await this.attempt([{op: 'remove', path}, {op: 'create', path: `${waiting}/${waitingFile(claim.seq, claim.delivery - 1)}`, data, mode: Mode.PERSISTENT}])
+      } else if (delayMs > 0 && claim.delivery < maxAttempts) {
+        // Due once the server's clock is past now+delay for sure (clock.ts): never early.
+        const later = claimFile({...claim, deadline: Math.ceil((await this.session.serverNow()).latest + delayMs), reserver: laterReserver})
+        await this.attempt([{op: 'remove', path}, {op: 'create', path: `${claimed}/${later}`, data, mode: Mode.PERSISTENT}])
       } else {
         await this.returnMessage(queue, path, claim.seq, claim.delivery, data, maxAttempts)
       }

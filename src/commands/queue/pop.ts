@@ -12,6 +12,7 @@ import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
 import {countAndRate, progressLine, WaitingLine} from '../../waiting.js'
 import {deadlineMarginMs, termLead, Watchdog} from '../../watchdog.js'
+import {retryDelay} from '../../worker/backoff.js'
 
 /**
  * How many messages a pop reserves, writes and settles at a time: its memory and what it holds
@@ -28,11 +29,12 @@ export default class QueuePop extends DlqCommand {
 
 A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
 
-Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. It stops after --count messages if given, else once no message arrived within --wait. Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted. Should the worker die or be stopped, its watchdog stops the handler and everything it started (SIGTERM at once, SIGKILL before the message can be redelivered).`
+Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. A failed message is delivered again only after --retry-delay (default 1s), doubled per failed attempt up to 5m (or up to --retry-delay, if longer), plus up to 25% at random so that messages that failed together do not all come back at once; it is never retried sooner. Meanwhile it stays reserved (queue status counts it in flight) and the worker goes on with other messages; --retry-delay 0 returns it at once. --concurrency N runs up to N handlers at once, each with a message of its own, its own reservation (extended while it runs) and its own watchdog; a signal goes to every handler running, and no new one starts. It stops after --count messages in all if given, else once no message arrived within --wait (each of the N waits for its next one on its own). Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted. Should the worker die or be stopped, its watchdog stops the handler and everything it started (SIGTERM at once, SIGKILL before the message can be redelivered).`
   static examples = [
     '<%= config.bin %> queue pop --queue jobs',
     '<%= config.bin %> queue pop --queue jobs --count 100 --wait 30s > batch.txt',
     {description: 'A worker that handles messages for an hour after the last one.', command: '<%= config.bin %> queue pop --queue jobs --wait 1h --exec -- ./handle.sh'},
+    {description: 'Eight handlers at once; a failed message comes back after 10s, then 20s, 40s...', command: '<%= config.bin %> queue pop --queue jobs --wait 1h --concurrency 8 --retry-delay 10s --exec -- ./handle.sh'},
   ]
   static strict = false
   static usage = 'queue pop --queue QUEUE [FLAGS] [--exec -- COMMAND [ARGS...]]'
@@ -44,6 +46,8 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     visibility: Flags.string({summary: 'How long a reserved message stays invisible to others before it is redelivered.', default: '30s', helpValue: 'DURATION'}),
     'max-attempts': Flags.integer({summary: 'Deliveries before a message moves to QUEUE.dead.', default: 5, helpValue: 'N'}),
     exec: Flags.boolean({summary: 'Worker mode: run the command after -- once per message, body on stdin.'}),
+    concurrency: Flags.integer({summary: 'With --exec: how many handlers may run at once, each with a message of its own.', default: 1, helpValue: 'N'}),
+    'retry-delay': Flags.string({summary: 'With --exec: how long a failed message waits before its next delivery; doubles per attempt up to 5m, plus up to 25% at random; 0 retries at once.', default: '1s', helpValue: 'DURATION'}),
     null: nullFlag,
   }
 
@@ -57,13 +61,16 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     if (!Number.isFinite(visibilityMs) || visibilityMs < 100) throw usageError('bad --visibility', flags.visibility, 'a finite duration of at least 100ms')
     if (flags.count !== undefined && flags.count < 1) throw usageError('bad --count', String(flags.count), 'take 1 message or more')
     if (flags['max-attempts'] < 1) throw usageError('bad --max-attempts', String(flags['max-attempts']), '1 or more')
+    if (flags.concurrency < 1) throw usageError('bad --concurrency', String(flags.concurrency), '1 or more')
+    const retryDelayMs = parseDuration(flags['retry-delay'], 'retry-delay')
+    if (!Number.isFinite(retryDelayMs)) throw usageError('bad --retry-delay', flags['retry-delay'], 'a finite duration; 0 retries at once')
     if (flags.exec && command.length === 0) throw usageError('no command for --exec', 'worker mode needs a command after --', 'dlq queue pop --queue Q --exec -- COMMAND')
     if (!flags.exec && command.length > 0) throw usageError('unexpected arguments', command.join(' '), 'to run a command per message, use --exec -- COMMAND')
 
     const backend = await this.backend(flags.backend, flags.verbose)
     const signals = new SignalRouter()
     const options = {visibilityMs, waitMs, maxAttempts: flags['max-attempts'], signal: signals.signal}
-    if (flags.exec) return this.work(backend, queue, command, signals, {...options, count: flags.count})
+    if (flags.exec) return this.work(backend, queue, command, signals, {...options, count: flags.count, concurrency: flags.concurrency, retryDelayMs})
 
     const result = await this.take(backend, queue, flags.count ?? 1, signals, options, (message) => render(message, this.jsonEnabled(), flags.null))
     if (result.stopped) this.warnStopped(result.delivered, result.stopped)
@@ -166,66 +173,52 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     }
   }
 
-  /** Worker mode: one message at a time through COMMAND, acked on exit 0. */
-  private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: {count?: number; visibilityMs: number; waitMs: number; maxAttempts: number; signal: AbortSignal}): Promise<void> {
+  /**
+   * Worker mode: up to --concurrency lanes, each taking one message at a time through COMMAND
+   * (acked on exit 0) with its own reservation, extension and watchdog, until --count messages
+   * were taken in all or its --wait for a next one ran out. A signal stops every lane's wait, goes
+   * to every handler running (except what the terminal sent the whole job already: signals.ts), and
+   * the worker exits 128+N once they have exited. A handler that cannot start, or a backend that
+   * fails, stops the other lanes' waits too; their handlers finish first.
+   */
+  private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: WorkOptions): Promise<void> {
     const {execa} = await import('execa')
+    const stop = new AbortController()
+    const running = new Set<(signal: NodeJS.Signals) => void>()
+    signals.forwardTo((signal) => {
+      stop.abort()
+      if (!fromTerminal(signal)) for (const forward of running) forward(signal)
+    })
+    let taken = 0 // messages reserved or being reserved, against --count
     let processed = 0
-    while ((options.count === undefined || processed < options.count) && !signals.first) {
-      const [message] = await this.reserve(backend, queue, {...options, count: 1}).catch((error: unknown) => {
-        if (signals.signal.aborted) return [] as Message[]
-        throw error
-      })
-      if (!message) break
-      if (signals.first) {
-        await backend.queues.settle(queue, [message], 'release', options.maxAttempts) // never started: not a delivery
-        break
+    let failure: unknown
+    const lane = async (): Promise<void> => {
+      while (!stop.signal.aborted && (options.count === undefined || taken < options.count)) {
+        taken++
+        // The waiting line only where it cannot be drawn among handlers' output: one lane.
+        const request = {...options, count: 1, signal: stop.signal}
+        const [message] = await (options.concurrency === 1 ? this.reserve(backend, queue, request) : backend.queues.reserve(queue, request)).catch((error: unknown) => {
+          if (stop.signal.aborted) return [] as Message[]
+          throw error
+        })
+        if (!message) {
+          taken--
+          return
+        }
+        if (stop.signal.aborted) {
+          await backend.queues.settle(queue, [message], 'release', options.maxAttempts) // never started: not a delivery
+          return
+        }
+        await this.handle(backend, queue, command, execa, message, options, running)
+        processed++
       }
-      signals.hold()
-      const reservedAt = Date.now()
-      // When the message would become visible again, early by the margin of lock run's deadline.
-      const untilRedelivery = (from: number) => from + options.visibilityMs - deadlineMarginMs(options.visibilityMs) - Date.now()
-      // Should this worker die or be stopped, its watchdog stops the handler before the message can
-      // go to another worker (watchdog.ts); a live worker lets its handler finish.
-      const handlerId = newOwner()
-      const watchdog = new Watchdog({mark: `DLQ_HANDLER_ID=${handlerId}`, graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)})
-      watchdog.lease(untilRedelivery(reservedAt))
-      // Keep the message reserved while the command works on it, however long that takes.
-      const extender = setInterval(() => {
-        const at = Date.now()
-        void backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
-      }, Math.max(50, options.visibilityMs / 3))
-      const child = execa(command[0], command.slice(1), {
-        input: message.body,
-        stdout: 'inherit',
-        stderr: 'inherit',
-        reject: false,
-        env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
-      })
-      if (child.pid !== undefined) watchdog.command(child.pid)
-      // To every process of the handler, except what the terminal sent the whole job already (signals.ts).
-      signals.forwardTo((signal) => watchdog.signal(signal) || child.kill(signal), fromTerminal)
-      const result = await child
-      watchdog.end()
-      signals.waitAgain()
-      clearInterval(extender)
-      if (child.pid === undefined) {
-        // The handler never started (not found, not executable): that is no delivery. Counted as
-        // one, every message would burn its attempts at once and the queue would end up in .dead.
-        await backend.queues.settle(queue, [message], 'release', options.maxAttempts)
-        signals.dispose()
-        throw cannotRun(command[0], result.code, firstLine(result.originalMessage ?? result.shortMessage ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
-      }
-      const ok = result.exitCode === 0
-      await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts)
-      if (!ok) {
-        const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
-        const next = message.attempts >= options.maxAttempts ? `moved to ${queue}.dead` : 'returned for retry'
-        const what = `message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}`
-        process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.exitCode ?? null, signal: result.signal ?? null}})}\n` : `dlq: ${what}\n`)
-      }
-      processed++
     }
+    await Promise.all(Array.from({length: options.concurrency}, () => lane().catch((error: unknown) => {
+      failure ??= error
+      stop.abort()
+    })))
     signals.dispose()
+    if (failure !== undefined) throw failure
     if (signals.first) return this.finish(signalExitCode(signals.first))
     if (processed === 0) {
       this.report(notNow(`queue ${JSON.stringify(queue)} is empty`, `no message within ${formatDuration(options.waitMs)}`))
@@ -233,6 +226,73 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     }
     return this.finish(0)
   }
+
+  /**
+   * One message through COMMAND: its reservation extended and its watchdog fed while the handler
+   * runs, then acked, retried (after its --retry-delay) or buried. Throws when the handler could
+   * not start, leaving the message as it was. Everything up to the spawn is synchronous, so a
+   * signal that stopped the worker after the caller last looked cannot fall in between: the
+   * handler is in `running` before the next signal can be handled.
+   */
+  private async handle(backend: Backend, queue: string, command: string[], execa: Execa, message: Message, options: WorkOptions, running: Set<(signal: NodeJS.Signals) => void>): Promise<void> {
+    const reservedAt = Date.now()
+    // When the message would become visible again, early by the margin of lock run's deadline.
+    const untilRedelivery = (from: number) => from + options.visibilityMs - deadlineMarginMs(options.visibilityMs) - Date.now()
+    // Should this worker die or be stopped, its watchdog stops the handler before the message can
+    // go to another worker (watchdog.ts); a live worker lets its handler finish.
+    const handlerId = newOwner()
+    const watchdog = new Watchdog({mark: `DLQ_HANDLER_ID=${handlerId}`, graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)})
+    watchdog.lease(untilRedelivery(reservedAt))
+    // Keep the message reserved while the command works on it, however long that takes.
+    let extending: Promise<unknown> = Promise.resolve()
+    const extender = setInterval(() => {
+      const at = Date.now()
+      extending = backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
+    }, Math.max(50, options.visibilityMs / 3))
+    const child = execa(command[0], command.slice(1), {
+      input: message.body,
+      stdout: 'inherit',
+      stderr: 'inherit',
+      reject: false,
+      env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
+    })
+    if (child.pid !== undefined) watchdog.command(child.pid)
+    // To every process of the handler.
+    const forward = (signal: NodeJS.Signals) => void (watchdog.signal(signal) || child.kill(signal))
+    running.add(forward)
+    const result = await child
+    running.delete(forward)
+    watchdog.end()
+    clearInterval(extender)
+    await extending // settled after the last extension, which could otherwise undo a retry's delay
+    if (child.pid === undefined) {
+      // The handler never started (not found, not executable): that is no delivery. Counted as
+      // one, every message would burn its attempts at once and the queue would end up in .dead.
+      await backend.queues.settle(queue, [message], 'release', options.maxAttempts)
+      throw cannotRun(command[0], result.code, firstLine(result.originalMessage ?? result.shortMessage ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
+    }
+    const ok = result.exitCode === 0
+    const last = message.attempts >= options.maxAttempts
+    const delayMs = ok || last ? 0 : retryDelay(options.retryDelayMs, message.attempts)
+    await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts, {retryDelayMs: delayMs})
+    if (!ok) {
+      const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
+      const next = last ? `moved to ${queue}.dead` : delayMs > 0 ? `retried in ${formatDuration(delayMs)}` : 'returned for retry'
+      const what = `message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}`
+      process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.exitCode ?? null, signal: result.signal ?? null, retryDelayMs: last ? null : delayMs}})}\n` : `dlq: ${what}\n`)
+    }
+  }
 }
+
+interface WorkOptions {
+  count?: number
+  concurrency: number
+  visibilityMs: number
+  waitMs: number
+  maxAttempts: number
+  retryDelayMs: number
+}
+
+type Execa = typeof import('execa')['execa']
 
 const firstLine = (text: string) => text.split('\n')[0]
