@@ -1,7 +1,8 @@
 #!/usr/bin/env node
 // dlq under faults: locks and queues on one backend while processes and the server are killed,
-// stopped and restarted at random, then checked against the targets of issue 6 (README,
-// "Reliability"). Linux only (/proc).
+// stopped and restarted at random, and the network between them (a proxy) partitioned, cut and
+// slowed, then checked against the targets of issue 6 (README, "Reliability"). Linux only (/proc).
+// TORTURE_FAULTS=REGEX keeps only the fault kinds whose name matches.
 //
 //   npm run torture                                   # every backend in turn, 60 s each
 //   npm run torture -- --backend redis --seconds 300  # one backend, started by the torture
@@ -22,6 +23,7 @@ import {Injector, KINDS} from './torture/faults.mjs'
 import {contention} from './torture/contention.mjs'
 import {checkLocks, FencedStore, Lockers} from './torture/locks.mjs'
 import {endAll, markedProcesses} from './torture/procs.mjs'
+import {behindProxy} from './torture/proxy.mjs'
 import {checkQueues, QueueTorture} from './torture/queues.mjs'
 import {BACKENDS, borrowBackend, startBackend} from './torture/servers.mjs'
 
@@ -85,6 +87,7 @@ async function cleanup() {
   if (current?.queues) Object.assign(current.queues, {stopping: true, producing: false})
   try {
     current?.backend?.resume?.()
+    current?.backend?.network?.pass()
   } catch {}
   await endAll(2000)
   await current?.backend?.stop().catch(() => {})
@@ -104,7 +107,8 @@ for (const event of ['uncaughtException', 'unhandledRejection']) process.on(even
 const say = (line) => interrupted || process.stderr.write(`torture: ${line}\n`)
 
 async function torture(target) {
-  const backend = BACKENDS.includes(target) ? await startBackend(target) : borrowBackend(target)
+  // Every dlq of the run talks to a networked server through the proxy (the network faults).
+  const backend = BACKENDS.includes(target) ? await behindProxy(await startBackend(target)) : borrowBackend(target)
   current = {backend}
   const dir = mkdtempSync(join(tmpdir(), 'dlq-torture-'))
   workDirs.push(dir)
@@ -186,7 +190,8 @@ function report(result) {
   lines.push(`   queue: ${q.pushed} ids pushed (${q.poison} poison) by ${q.pushes.ok} pushes (${q.pushes.failed} failed); ${q.handled} handled OK in ${q.deliveries} deliveries by ${q.workerRuns} worker runs`)
   const faultRows = [['fault', 'injected']]
   for (const kind of KINDS) {
-    if (!injector.kinds.includes(kind)) faultRows.push([kind.name, backend.borrowed ? 'skipped: server not ours' : backend.url.startsWith('file:') ? 'n/a: no server' : 'n/a: not this backend'])
+    if (process.env.TORTURE_FAULTS && !new RegExp(process.env.TORTURE_FAULTS).test(kind.name)) faultRows.push([kind.name, 'not in TORTURE_FAULTS'])
+    else if (!injector.kinds.includes(kind)) faultRows.push([kind.name, backend.borrowed ? 'skipped: server not ours' : backend.url.startsWith('file:') ? 'n/a: no server' : 'n/a: not this backend'])
     else faultRows.push([kind.name, `${injector.counts.get(kind.name)}${injector.missed.get(kind.name) ? ` (${injector.missed.get(kind.name)} found no victim)` : ''}`])
   }
   lines.push(table(faultRows))

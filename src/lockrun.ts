@@ -9,7 +9,7 @@ import type {Session} from './session.js'
 import {SignalRouter, signalExitCode} from './signals.js'
 import {supervise} from './supervisor.js'
 import {WaitingLine} from './waiting.js'
-import {termLead, Watchdog} from './watchdog.js'
+import {deadlineMarginMs, termLead, Watchdog} from './watchdog.js'
 
 export interface LockRunFlags {
   key: string
@@ -49,26 +49,45 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     // A signal while waiting cancels the wait at once and leaves nothing behind (exit 128+N).
     const signals = new SignalRouter()
 
-    const owner = newOwner()
-    const waiting = WaitingLine.onTerminal(!flags.quiet)
-    const acquiring = backend.locks
-      .acquire({
-        key, owner, ttlMs, limit, waitMs, signal: signals.signal,
-        holder: holderInfo([command, ...args].join(' ')),
-        onWaiting: waiting && ((holders) => waiting.show(() => waitingForLock(key, waiting.waitedMs, holders))),
-      })
-      .catch((error: unknown) => {
-        if (signals.signal.aborted) return undefined
+    // A lease can come back already spent: the acquisition's reply was held up past the TTL (a
+    // server or network stalled while dlq waited, dlq starved). Its command would be stopped at
+    // once and dlq would exit 70, "lock lost", having run nothing; so dlq gives such a lease back
+    // and waits on, as a new holder, while --wait allows.
+    const waitEnd = Date.now() + waitMs
+    let owner: string
+    let watchdog: Watchdog
+    let lease: Awaited<ReturnType<typeof backend.locks.acquire>> | undefined
+    for (;;) {
+      owner = newOwner()
+      const waiting = WaitingLine.onTerminal(!flags.quiet)
+      const acquiring = backend.locks
+        .acquire({
+          key, owner, ttlMs, limit, waitMs: Math.max(0, waitEnd - Date.now()), signal: signals.signal,
+          holder: holderInfo([command, ...args].join(' ')),
+          onWaiting: waiting && ((holders) => waiting.show(() => waitingForLock(key, waiting.waitedMs, holders))),
+        })
+        .catch((error: unknown) => {
+          if (signals.signal.aborted) return undefined
+          throw error
+        })
+        .finally(() => waiting?.clear())
+      // The command's watchdog (watchdog.ts) is spawned while the acquisition is under way rather
+      // than after it: a spawn blocks dlq for milliseconds, which would count in every hand-off.
+      const watching = new Watchdog({mark: `DLQ_LOCK_OWNER=${owner}`, graceMs: killGraceMs, leadMs: termLead(ttlMs, killGraceMs)})
+      watchdog = watching
+      lease = await acquiring.catch((error: unknown) => {
+        watching.end() // no command to watch: it exits quietly rather than look for one
         throw error
       })
-      .finally(() => waiting?.clear())
-    // The command's watchdog (watchdog.ts) is spawned while the acquisition is under way rather
-    // than after it: a spawn blocks dlq for milliseconds, which would count in every hand-off.
-    const watchdog = new Watchdog({mark: `DLQ_LOCK_OWNER=${owner}`, graceMs: killGraceMs, leadMs: termLead(ttlMs, killGraceMs)})
-    const lease = await acquiring.catch((error: unknown) => {
-      watchdog.end() // no command to watch: it exits quietly rather than look for one
-      throw error
-    })
+      if (!lease || signals.first) break
+      const usableUntil = lease.expiresAt.getTime() - deadlineMarginMs(ttlMs) - termLead(ttlMs, killGraceMs)
+      if (usableUntil > Date.now()) break
+      session.log2(`acquired ${key} with fencing token ${lease.fencingToken} ${Date.now() - usableUntil} ms too late to run the command: giving it back`)
+      watchdog.end()
+      await backend.locks.release(key, owner).catch(() => {})
+      lease = undefined
+      if (Date.now() >= waitEnd) break
+    }
     if (!lease || signals.first) watchdog.end() // no command to watch
     if (signals.first) {
       if (lease) await backend.locks.release(key, owner).catch(() => {})

@@ -1,5 +1,5 @@
 // The fault injector: one fault at a time, kinds in a fresh random order each round (so a short
-// run still sees every kind), a random pause between faults. Each fault picks a victim that makes
+// run still sees every kind; groups take turns within a round), a random pause between faults. Each fault picks a victim that makes
 // it count (a holder in the middle of its critical section, a worker with a message in hand),
 // injects, and waits — on conditions, with deadlines — until its effect is over before the next
 // one starts, so that each measurement (how long the key stayed unusable, how soon a stale holder
@@ -16,12 +16,20 @@ export const KINDS = [
   {name: 'SIGSTOP worker > visibility', group: 'queue'},
   {name: 'SIGSTOP server > TTL', group: 'server'},
   {name: 'restart server', group: 'server'},
+  // Through the TCP proxy in front of the server (proxy.mjs): only for a server the torture started.
+  {name: 'partition (stall) > TTL', group: 'network'},
+  {name: 'cut connections', group: 'network'},
+  {name: 'slow server (50-300 ms a chunk)', group: 'network'},
   // Twice a round: a round of the others takes about 30 s, and a 30 s run should see two kills.
   {name: 'kill -9 master (Sentinel)', group: 'server', perRound: 2},
 ]
 
 /** Whether `server` can take fault `kind`: server faults only for servers the torture started. */
-export const offers = (server, kind) => (kind.name === 'kill -9 master (Sentinel)' ? Boolean(server.killMaster) : kind.group !== 'server' || Boolean(server.pause))
+export const offers = (server, kind) => {
+  if (kind.name === 'kill -9 master (Sentinel)') return Boolean(server.killMaster)
+  if (kind.group === 'network') return Boolean(server.network) // only behind the torture's proxy
+  return kind.group !== 'server' || Boolean(server.pause)
+}
 
 const shuffle = (items) => {
   const out = [...items]
@@ -29,6 +37,18 @@ const shuffle = (items) => {
     const j = Math.floor(Math.random() * (i + 1))
     ;[out[i], out[j]] = [out[j], out[i]]
   }
+  return out
+}
+
+/**
+ * A round: the kinds shuffled within their group, then dealt one group after the other (lock,
+ * queue, server, network, lock, …), so that a short run (npm test's 30 s see eight or nine
+ * faults) still meets every group.
+ */
+const dealRound = (kinds) => {
+  const groups = [...new Set(kinds.map((k) => k.group))].map((g) => shuffle(kinds.filter((k) => k.group === g)))
+  const out = []
+  while (groups.some((g) => g.length > 0)) for (const g of groups) if (g.length > 0) out.push(g.shift())
   return out
 }
 
@@ -42,13 +62,16 @@ export class Injector {
   constructor({server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log}) {
     Object.assign(this, {server, store, lockers, queues, ttlMs, killGraceMs, visibilityMs, log})
     this.kinds = KINDS.filter((k) => offers(server, k))
+    // TORTURE_FAULTS=REGEX keeps only the kinds whose name matches (to hammer one fault).
+    const only = process.env.TORTURE_FAULTS && new RegExp(process.env.TORTURE_FAULTS)
+    if (only) this.kinds = this.kinds.filter((k) => only.test(k.name))
   }
 
   /** Injects faults until `untilMs` (epoch ms); the fault in progress then completes. */
   async run(untilMs) {
     let round = []
     while (Date.now() < untilMs && !this.aborted) {
-      if (round.length === 0) round = shuffle(this.kinds.flatMap((k) => Array(k.perRound ?? 1).fill(k)))
+      if (round.length === 0) round = dealRound(this.kinds.flatMap((k) => Array(k.perRound ?? 1).fill(k)))
       const kind = round.shift()
       const injected = await this.inject(kind.name)
       if (injected) this.counts.set(kind.name, this.counts.get(kind.name) + 1)
@@ -161,6 +184,53 @@ export class Injector {
         await this.server.restart()
         this.note({kind, at, until: Date.now(), server: true, detail: `serving again after ${Date.now() - at} ms`})
         await this.recovered(Date.now(), undefined, 30_000)
+        return true
+      }
+      // The network faults count as server faults for the checks (`server: true`): the server is
+      // away for everyone at once, each worker may lose the message in hand.
+      case 'partition (stall) > TTL': {
+        // The holder's dlq (and a worker with a message in hand, if one is at it) is cut off from
+        // the server while the others still reach it: they take the key once its lease is over,
+        // so the holder must have stopped its command by then.
+        const holder = await this.longHolder()
+        const run = holder && this.lockers.runOf(holder)
+        if (!run) return false
+        const busy = pick(this.queues.busyWorkers())
+        this.server.network.stall(busy ? [run.pid, busy.run.pid] : [run.pid])
+        const event = this.note({kind, at: Date.now(), server: true, measure: 'partition-stop', owner: holder.owner, pid: busy?.run.pid, detail: `holder token ${holder.tokenText}${busy ? ` and worker ${busy.run.pid}` : ''}`})
+        await waitUntil(() => this.aborted, {timeoutMs: randomBetween(ttl + 500, ttl + 2000)})
+        this.server.network.pass()
+        event.until = Date.now()
+        await waitUntil(() => holder.end !== undefined, {timeoutMs: ttl + this.killGraceMs + 10_000})
+        await this.recovered(event.until, undefined, 30_000)
+        return true
+      }
+      case 'cut connections': {
+        // Every connection reset, and new ones refused for less than the TTL: a holder that
+        // reconnects in time keeps its lease.
+        const holder = await waitUntil(() => this.holder(), {timeoutMs: 10_000})
+        if (!holder) return false
+        const refuseMs = Math.round(randomBetween(200, 1500))
+        this.server.network.drop(true)
+        this.server.network.cut()
+        const event = this.note({kind, at: Date.now(), server: true, owner: holder.owner, detail: `holder token ${holder.tokenText}, new connections refused for ${refuseMs} ms`})
+        await waitUntil(() => this.aborted, {timeoutMs: refuseMs})
+        this.server.network.pass()
+        event.until = Date.now()
+        await waitUntil(() => holder.end !== undefined, {timeoutMs: ttl + this.killGraceMs + 10_000})
+        await this.recovered(event.until, undefined, 30_000)
+        return true
+      }
+      case 'slow server (50-300 ms a chunk)': {
+        const holder = await waitUntil(() => this.holder(), {timeoutMs: 10_000})
+        if (!holder) return false
+        const delayMs = Math.round(randomBetween(50, 300))
+        this.server.network.slow(delayMs)
+        const event = this.note({kind, at: Date.now(), server: true, owner: holder.owner, detail: `${delayMs} ms a chunk each way`})
+        await waitUntil(() => this.aborted, {timeoutMs: randomBetween(ttl + 500, ttl + 2500)})
+        this.server.network.pass()
+        event.until = Date.now()
+        await this.recovered(event.until, undefined, 30_000)
         return true
       }
       case 'kill -9 master (Sentinel)': {

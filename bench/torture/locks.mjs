@@ -259,28 +259,52 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
     note: `${unusable.length - excluded} deaths measured${excluded ? `, ${excluded} overlapped a server fault` : ''}${longest > unusableLimit ? '; over its target' : ''}`,
   })
 
-  // 7. After a server pause longer than the TTL, the stale holder's command is stopped in time.
-  const pauses = events.filter((e) => e.measure === 'stale-stop')
-  let slowest = 0
-  let measured = 0
-  for (const e of pauses) {
-    const stale = store.acquisitions.filter((a) => a.start < e.at && (a.end === undefined || a.end > e.at))
-    for (const a of stale) {
-      measured++
-      const stopped = (a.end ?? Number.POSITIVE_INFINITY) - e.at
-      slowest = Math.max(slowest, stopped)
-      if (stopped > ttlMs + killGraceMs && samples.length < 14) samples.push(`token ${a.tokenText} still ran ${stopped} ms after the server was paused at ${iso(e.at)}`)
-    }
-  }
+  // 7. After a server pause or a partition longer than the TTL, the stale holder's command is
+  // stopped in time.
   const staleLimit = ttlMs + killGraceMs
-  checks.push({
-    name: 'stale holder stopped after a server pause',
-    figure: measured === 0 ? 'n/a' : seconds(slowest),
-    limit: `≤ ${seconds(staleLimit)}`,
-    ok: slowest <= staleLimit,
-    must: true,
-    note: `${measured} holder${measured === 1 ? "" : "s"} caught by ${pauses.length} pause${pauses.length === 1 ? "" : "s"}`,
-  })
+  for (const [measure, what] of [['stale-stop', 'a server pause'], ['partition-stop', 'a partition']]) {
+    const pauses = events.filter((e) => e.measure === measure)
+    if (measure === 'partition-stop' && pauses.length === 0) continue
+    let slowest = 0
+    let measured = 0
+    for (const e of pauses) {
+      // A partition cuts off one holder (e.owner); a server pause, whoever held the key.
+      const stale = store.acquisitions.filter((a) => a.start < e.at && (a.end === undefined || a.end > e.at) && (measure === 'stale-stop' || a.owner === e.owner))
+      for (const a of stale) {
+        measured++
+        const stopped = (a.end ?? Number.POSITIVE_INFINITY) - e.at
+        slowest = Math.max(slowest, stopped)
+        if (stopped > staleLimit && samples.length < 14) samples.push(`token ${a.tokenText} still ran ${stopped} ms after ${what} began at ${iso(e.at)}`)
+      }
+    }
+    checks.push({
+      name: `stale holder stopped after ${what}`,
+      figure: measured === 0 ? 'n/a' : seconds(slowest),
+      limit: `≤ ${seconds(staleLimit)}`,
+      ok: slowest <= staleLimit,
+      must: true,
+      note: `${measured} holder${measured === 1 ? '' : 's'} caught by ${pauses.length} fault${pauses.length === 1 ? '' : 's'}`,
+    })
+  }
+
+  // 8. Network faults (the proxy), reported, not failing. The key unusable: after a partition,
+  // from its start until another holder's CS began (the cut-off holder's lease had to run out);
+  // after a cut or a slow spell, from the end of the fault or of the holder's CS, whichever came
+  // later, until the next CS began. And how many holders caught by one lost their lock.
+  for (const kind of [...new Set(events.filter((e) => e.group === 'network').map((e) => e.kind))]) {
+    const faults = events.filter((e) => e.kind === kind)
+    let longest = 0
+    let holdersLost = 0
+    for (const e of faults) {
+      const held = store.acquisitions.find((a) => a.owner === e.owner)
+      const from = e.measure === 'partition-stop' ? e.at : Math.max(e.until ?? e.at, held?.end ?? 0)
+      const next = store.acquisitions.filter((a) => a.start > from && a.owner !== e.owner).sort((x, y) => x.start - y.start)[0]
+      longest = Math.max(longest, next ? next.start - from : Number.POSITIVE_INFINITY)
+      if (held && reportedLost(lockers.runOf(held))) holdersLost++
+    }
+    const what = faults[0].measure === 'partition-stop' ? `key unusable from the start of a ${kind}` : `key unusable after ${kind}`
+    checks.push({name: what, figure: seconds(longest), limit: 'reported', ok: true, must: false, note: `${faults.length} fault${faults.length === 1 ? '' : 's'}, ${holdersLost} holder${holdersLost === 1 ? '' : 's'} caught lost the lock`})
+  }
 
   const lostRuns = lockers.runs.filter(reportedLost).length
   const facts = {

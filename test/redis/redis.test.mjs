@@ -256,6 +256,25 @@ describe('redis: losing the lock', () => {
       process.kill(server.pid(), 'SIGCONT')
     }
   })
+  it('a waiter answered only after its lease would have ended (server paused past the TTL) gives the lease back and waits on: its command runs, no "lock lost"', async (t) => {
+    const key = uniqueName('late-grant')
+    assert.equal((await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '3s'])).code, 0)
+    const waiter = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--ttl', '1500ms', '--wait', '30s', '--', 'echo', 'ran'], {t, timeoutMs: 30_000})
+    await waitFor(() => redisCli(server.port, 'ZCARD', `{dlq:l:${key}}:waiters`).trim() === '1', {what: 'the waiter to wait'})
+    // Paused across the first lease's end: the waiter's try then is answered 3 s late, when the
+    // lease it was granted had less left than dlq can vouch for (before, dlq ran the command
+    // only to stop it at once, and exited 70 having done nothing).
+    process.kill(server.pid(), 'SIGSTOP')
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 5000))
+    } finally {
+      process.kill(server.pid(), 'SIGCONT')
+    }
+    const r = await waiter.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(r.stdout, 'ran\n')
+    assert.doesNotMatch(r.stderr, /lost/)
+  })
 })
 
 describe('redis: a server that refuses', () => {
