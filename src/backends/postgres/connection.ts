@@ -6,9 +6,12 @@
 // - One pg.Client, used strictly one statement at a time (pg warns on overlapping queries, and a
 //   worker's extend timer can overlap its settle). Every statement has a deadline; past it the
 //   socket is destroyed, so a paused or partitioned server can never hang dlq.
-// - When the server goes away (a restart), the next statement connects again, retrying for the
-//   connect timeout: a `lock run` whose lease is still in its table keeps its lock when renewals
-//   resume before the lease expires. LISTEN channels are re-issued on the new session and their
+// - The URL may name several servers (libpq's multi-host syntax, hosts.ts): pg connects to one,
+//   so connect() tries them in order, taking the first that ?target_session_attrs= accepts.
+// - When the server goes away (a restart, a failover), the next statement connects again, going
+//   round the hosts for the connect timeout: a `lock run` whose lease is still in its table (or,
+//   after a failover, reached the standby) keeps its lock when renewals resume before the lease
+//   expires. LISTEN channels are re-issued on the new session and their
 //   waiters woken, since notifications sent meanwhile are lost. LISTEN and NOTIFY share the one
 //   session: unlike Redis pub/sub, a listening PostgreSQL session still runs statements.
 // - No session state is relied on, so that a pooler (PgBouncer) can stand in between: no startup
@@ -235,11 +238,11 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
       password: async () => {
         const key = `${host}:${port}`
         if (password === undefined && !fromFile.has(key)) fromFile.set(key, await passwordFromFile(host, port, database, user, env))
-        const found = password ?? fromFile.get(key)
-        if (found === undefined) {
+        const secret = password ?? fromFile.get(key)
+        if (secret === undefined) {
           throw unavailable(`authentication refused by ${displayUrl}`, 'the server asks for a password and none was given', 'put it in the URL, DLQ_PASSWORD, ?passwordFile=, PGPASSWORD or ~/.pgpass')
         }
-        return found
+        return secret
       },
       ssl,
       application_name: url.searchParams.get('application_name') ?? 'dlq',
