@@ -171,3 +171,23 @@ export const postgresBackend = {
     return {url: server.url, teardown: () => server.stop()}
   },
 }
+
+/**
+ * PostgreSQL through a multi-host URL that names a hot standby first, then the primary: every
+ * connection goes through dlq's host loop and its read-write check. Only when asked for by name
+ * (DLQ_TEST_BACKENDS=postgres-multihost).
+ */
+export const postgresMultiHostBackend = {
+  name: 'postgres-multihost',
+  async setup() {
+    const primary = await startPostgres()
+    const standby = await primary.startStandby()
+    return {
+      url: primary.url.replace(`127.0.0.1:${primary.port}`, `127.0.0.1:${standby.port},127.0.0.1:${primary.port}`),
+      async teardown() {
+        await standby.stop()
+        await primary.stop()
+      },
+    }
+  },
+}
