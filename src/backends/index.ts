@@ -6,6 +6,7 @@ import {join} from 'node:path'
 import {fileURLToPath, pathToFileURL} from 'node:url'
 
 import {usageError} from '../errors.js'
+import {encodeHostList, targetsOf} from './postgres/hosts.js'
 import type {Backend, BackendOptions} from './types.js'
 import {checkParameters, connectTimeoutMs, maskUrl, withinConnectTimeout} from './url.js'
 
@@ -42,9 +43,11 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
     // redis+cluster://h1:7000,h2:7001), even of one.
     .replace(/^(zk:\/\/(?:[^/?#@]*@)?)([^/?#@]*,[^/?#]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
     .replace(/^(rediss?\+(?:sentinel|cluster):\/\/(?:[^/?#]*@)?)([^/?#@]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
+  // libpq's multi-host URLs (postgres://h1:5432,h2:5433/db) the same way (postgres/hosts.ts).
+  const hrefParsed = /^postgres(ql)?:/i.test(href) ? encodeHostList(href) : href
   let parsed: URL
   try {
-    parsed = new URL(href)
+    parsed = new URL(hrefParsed)
   } catch {
     throw usageError('bad backend URL', JSON.stringify(maskUrl(url)), 'use file:///dir, redis://host, zk://host or postgres://user@host/db')
   }
@@ -106,9 +109,10 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
     }
     case 'postgres:':
     case 'postgresql:': {
-      // The parameters (libpq's too) are checked by the driver, which knows them.
-      connectTimeoutMs(parsed)
-      return withinConnectTimeout(parsed, display, import('./postgres/index.js').then(({openPostgresBackend}) => openPostgresBackend(parsed, options)))
+      // The parameters (libpq's too) are checked by the driver, which knows them. The opening is
+      // bounded by ?connectTimeout=, or libpq's connect_timeout for each host (postgres/hosts.ts).
+      const {connectBudgetMs} = targetsOf(parsed)
+      return withinConnectTimeout(parsed, display, import('./postgres/index.js').then(({openPostgresBackend}) => openPostgresBackend(parsed, options)), connectBudgetMs)
     }
     default:
       throw usageError('bad backend URL', `unknown scheme ${JSON.stringify(parsed.protocol)} in ${maskUrl(url)}`, 'use file:, redis:, rediss:, redis+sentinel:, rediss+sentinel:, redis+cluster:, zk: or postgres:')

@@ -70,8 +70,7 @@ export function checkParameters(url: URL, known: readonly string[], display = ma
  * (ioredis's connect, PING and SELECT each had the whole timeout). An opening that succeeds
  * too late is closed.
  */
-export async function withinConnectTimeout<T extends {close(): Promise<void>}>(url: URL, display: string, opening: Promise<T>): Promise<T> {
-  const ms = connectTimeoutMs(url)
+export async function withinConnectTimeout<T extends {close(): Promise<void>}>(url: URL, display: string, opening: Promise<T>, ms = connectTimeoutMs(url)): Promise<T> {
   let timer: NodeJS.Timeout | undefined
   let late = false
   const deadline = new Promise<never>((_resolve, reject) => {

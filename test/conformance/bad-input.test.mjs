@@ -22,6 +22,10 @@ const SECRET = 'n0t-pr1nted-pw'
 /** The same backend, moved to a port nobody listens on, with a password to look for in the output. */
 async function unreachable(url) {
   if (url.startsWith('file:')) return `file:///nonexistent-${uniqueName('dir')}`
+  // A host list (postgres-multihost), which WHATWG URL cannot parse: two closed ports instead.
+  if (/^postgres:\/\/[^/]*,/.test(url)) {
+    return url.replace(/^(postgres:\/\/[^:@/]+):[^@]*@[^/]*\//, `$1:${SECRET}@127.0.0.1:${await freePort()},127.0.0.1:${await freePort()}/`)
+  }
   const moved = new URL(url)
   moved.hostname = '127.0.0.1'
   moved.port = String(await freePort())

@@ -18,18 +18,20 @@ const SH0 = 'dlq-test-sh'
 /** The backend's URL without a password, and a password it needs (where the backend can need one). */
 function needingPassword(name, url) {
   const password = `pw-${randomUUID()}`
-  const parsed = new URL(url)
   switch (name) {
-    case 'postgres': {
-      // The fixture's user logs in with a password (SCRAM): take it out of the URL.
-      const given = decodeURIComponent(parsed.password)
-      parsed.password = ''
-      return {url: parsed.href, password: given, required: true}
+    case 'postgres':
+    case 'postgres-multihost': {
+      // The fixture's user logs in with a password (SCRAM): take it out of the URL (by hand: WHATWG
+      // URL cannot parse a host list).
+      const [userinfo, user, given] = /^postgres:\/\/([^:@/]+):([^@]*)@/.exec(url)
+      return {url: url.replace(userinfo, `postgres://${user}@`), password: decodeURIComponent(given), required: true}
     }
-    case 'redis':
+    case 'redis': {
+      const parsed = new URL(url)
       // This file's own server (one per describe): from now on it wants the password.
       execFileSync('redis-cli', ['-h', parsed.hostname, '-p', parsed.port, 'CONFIG', 'SET', 'requirepass', password])
       return {url, password, required: true}
+    }
     case 'zookeeper':
       // Digest auth as alice, under a root of this test's own (its nodes get alice's ACL).
       return {url: url.replace(/^zk:\/\//, 'zk://alice@').replace(/\/dlq$/, `/${uniqueName('secrets')}`), password, required: false}

@@ -21,7 +21,7 @@ import {join, sep} from 'node:path'
 
 import {listRecursive, run, spawnDlq, tempDir} from './cli.mjs'
 import {pgbouncerBackend} from './pgbouncer.mjs'
-import {postgresBackend} from './postgres.mjs'
+import {postgresBackend, postgresMultiHostBackend} from './postgres.mjs'
 import {zookeeperBackend} from './zookeeper.mjs'
 import {redisBackend} from './servers.mjs'
 
@@ -53,7 +53,8 @@ export const allBackends = [fileBackend, redisBackend, zookeeperBackend, postgre
 
 // PostgreSQL behind PgBouncer, in each pooling mode with its ?pooling=: the same server backend
 // through another door, so only when asked for by name (DLQ_TEST_BACKENDS=pgbouncer-transaction).
-export const optionalBackends = [pgbouncerBackend('transaction'), pgbouncerBackend('session')]
+// PostgreSQL through a multi-host URL, standby first (DLQ_TEST_BACKENDS=postgres-multihost).
+export const optionalBackends = [pgbouncerBackend('transaction'), pgbouncerBackend('session'), postgresMultiHostBackend]
 
 // DLQ_TEST_BACKENDS=file,redis runs the suite against those only (default: all of them).
 const wanted = (process.env.DLQ_TEST_BACKENDS ?? '').split(',').map((n) => n.trim()).filter(Boolean)

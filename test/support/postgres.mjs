@@ -7,6 +7,8 @@
 //   await server.restart()                  // immediate shutdown (SIGQUIT), then start again
 //   await server.halt(); await server.start()
 //   await server.stop()                     // stop and remove the directory
+//   const standby = await server.startStandby() // pg_basebackup -R: a streaming hot standby
+//   await standby.promote()                 // pg_ctl promote: a primary of its own
 import {execFile, execFileSync} from 'node:child_process'
 import {randomBytes} from 'node:crypto'
 import {existsSync, readdirSync} from 'node:fs'
@@ -61,12 +63,53 @@ export async function startPostgres({config = []} = {}) {
   const data = join(dir, 'data')
   const port = await freePort()
   const password = randomBytes(12).toString('base64url')
-  const asServer = {...owner, env: {...process.env, LC_ALL: 'C', TZ: 'UTC'}}
+  const asServer = serverOptions(owner)
 
   // Superuser: local (socket) trust only, for the fixture's own SQL; TCP needs a password.
+  // initdb's pg_hba.conf also lets the superuser replicate over the socket (`local replication
+  // all trust`), which is how a standby of this server streams (startStandby()).
   await exec(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-E', 'UTF8', '--locale=C', '--no-sync', '--auth-local=trust', '--auth-host=scram-sha-256'], asServer)
+  const server = serverOn({bin, owner, dir, data, port, config})
+  await server.start()
+  await server.sql(`CREATE ROLE ${TEST_USER} LOGIN PASSWORD '${password}'`, 'postgres')
+  await server.sql(`CREATE DATABASE ${TEST_DATABASE} OWNER ${TEST_USER}`, 'postgres')
 
+  const urlOf = (p) => `postgres://${TEST_USER}:${password}@127.0.0.1:${p}/${TEST_DATABASE}`
+  return {
+    ...server,
+    user: TEST_USER,
+    password,
+    database: TEST_DATABASE,
+    url: urlOf(port),
+    /** The URL without its password (give it by DLQ_PASSWORD, ?passwordFile=, PGPASSWORD…). */
+    bareUrl: `postgres://${TEST_USER}@127.0.0.1:${port}/${TEST_DATABASE}`,
+    /**
+     * A hot standby of this server, streaming from it over its Unix socket (pg_basebackup -R: the
+     * replication connection is in postgresql.auto.conf, standby.signal marks it), on a port and in
+     * a directory of its own. Same users and passwords: `url` logs in as the test user.
+     */
+    async startStandby({config: standbyConfig = config} = {}) {
+      const standbyDir = await tempDir('dlq-pg-standby-')
+      if (owner.uid !== undefined) await chown(standbyDir, owner.uid, owner.gid)
+      const standbyData = join(standbyDir, 'data')
+      await exec(join(bin, 'pg_basebackup'), ['-h', dir, '-p', String(port), '-U', 'postgres', '-D', standbyData, '-R', '-X', 'stream', '--no-sync', '-c', 'fast'], asServer)
+      const standbyPort = await freePort()
+      const standby = serverOn({bin, owner, dir: standbyDir, data: standbyData, port: standbyPort, config: standbyConfig})
+      await standby.start()
+      return {...standby, url: urlOf(standbyPort)}
+    },
+  }
+}
+
+const serverOptions = (owner) => ({...owner, env: {...process.env, LC_ALL: 'C', TZ: 'UTC'}})
+
+/** A PostgreSQL server on an existing data directory: start, stop, SQL as the superuser. */
+function serverOn({bin, owner, dir, data, port, config}) {
+  const asServer = serverOptions(owner)
   let server
+  /** Runs SQL as the superuser over the Unix socket; resolves with psql's unaligned output. */
+  const sql = (text, database = TEST_DATABASE) =>
+    exec(join(bin, 'psql'), ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', dir, '-p', String(port), '-U', 'postgres', '-d', database, '-c', text])
   const begin = async () => {
     server = daemon(join(bin, 'postgres'), [
       '-D', data, '-p', String(port),
@@ -81,30 +124,15 @@ export async function startPostgres({config = []} = {}) {
     ], asServer)
     await waitFor(() => isReady(bin, dir, port), {timeoutMs: 30_000, intervalMs: 50, what: `postgres on port ${port} (${server.output()})`})
   }
-
-  /** Runs SQL as the superuser over the Unix socket; resolves with psql's unaligned output. */
-  const sql = (text, database = TEST_DATABASE) =>
-    exec(join(bin, 'psql'), ['-X', '-q', '-A', '-t', '-v', 'ON_ERROR_STOP=1', '-h', dir, '-p', String(port), '-U', 'postgres', '-d', database, '-c', text])
-
-  await begin()
-  await sql(`CREATE ROLE ${TEST_USER} LOGIN PASSWORD '${password}'`, 'postgres')
-  await sql(`CREATE DATABASE ${TEST_DATABASE} OWNER ${TEST_USER}`, 'postgres')
-
   return {
     port,
     dir,
     /** The data directory (pg_hba.conf, server.crt…); files the server reads must be owned by `owner`. */
     data,
     owner,
-    user: TEST_USER,
-    password,
-    database: TEST_DATABASE,
-    url: `postgres://${TEST_USER}:${password}@127.0.0.1:${port}/${TEST_DATABASE}`,
-    /** The URL without its password (give it by DLQ_PASSWORD, ?passwordFile=, PGPASSWORD…). */
-    bareUrl: `postgres://${TEST_USER}@127.0.0.1:${port}/${TEST_DATABASE}`,
     sql,
     pid: () => server.child.pid,
-    /** Immediate shutdown: every session is cut as by a crash; the data stays. */
+    /** Immediate shutdown (pg_ctl stop -m immediate): every session is cut as by a crash; the data stays. */
     async halt() {
       await server.stop('SIGQUIT')
     },
@@ -116,8 +144,12 @@ export async function startPostgres({config = []} = {}) {
       await begin()
     },
     async stop() {
-      await server.stop('SIGQUIT')
+      await server?.stop('SIGQUIT')
       await removeTempDir(dir)
+    },
+    /** pg_ctl promote, waiting until the server accepts writes. */
+    async promote() {
+      await exec(join(bin, 'pg_ctl'), ['promote', '-D', data, '-w', '-t', '60'], asServer)
     },
   }
 }
@@ -137,5 +169,25 @@ export const postgresBackend = {
   async setup() {
     const server = await startPostgres()
     return {url: server.url, teardown: () => server.stop()}
+  },
+}
+
+/**
+ * PostgreSQL through a multi-host URL that names a hot standby first, then the primary: every
+ * connection goes through dlq's host loop and its read-write check. Only when asked for by name
+ * (DLQ_TEST_BACKENDS=postgres-multihost).
+ */
+export const postgresMultiHostBackend = {
+  name: 'postgres-multihost',
+  async setup() {
+    const primary = await startPostgres()
+    const standby = await primary.startStandby()
+    return {
+      url: primary.url.replace(`127.0.0.1:${primary.port}`, `127.0.0.1:${standby.port},127.0.0.1:${primary.port}`),
+      async teardown() {
+        await standby.stop()
+        await primary.stop()
+      },
+    }
   },
 }

@@ -165,3 +165,48 @@ describe('Redis server refusals', () => {
     assert.equal(toDlqError(new Error('ERR something else')).exitCode, 1)
   })
 })
+
+describe('PostgreSQL host lists (libpq multi-host URLs)', async () => {
+  const {displayOf, encodeHostList, targetsOf} = await import('../../dist/backends/postgres/hosts.js')
+  const parse = (text) => new URL(encodeHostList(text))
+  const targets = (text, env = {}) => targetsOf(parse(text), env)
+
+  it('reads hosts and ports in order, from the authority or from ?host= and ?port=', () => {
+    assert.deepEqual(targets('postgres://u:p@h1:5432,h2:5433/db').hosts, [{host: 'h1', port: 5432}, {host: 'h2', port: 5433}])
+    assert.deepEqual(targets('postgres://u@h1,[::1]:6000,h3/db?port=7000').hosts, [{host: 'h1', port: 7000}, {host: '::1', port: 6000}, {host: 'h3', port: 7000}])
+    assert.deepEqual(targets('postgres:///db?host=a,b&port=1,2').hosts, [{host: 'a', port: 1}, {host: 'b', port: 2}])
+    assert.deepEqual(targets('postgres:///db', {PGHOST: '/run/pg,h2', PGPORT: '5433'}).hosts, [{host: '/run/pg', port: 5433}, {host: 'h2', port: 5433}])
+    assert.deepEqual(targets('postgres://u@[::1]:5432/db').hosts, [{host: '::1', port: 5432}])
+    usage(() => targets('postgres:///db?host=a,b&port=1,2,3'))
+    usage(() => targets('postgres://u@h1:99999,h2/db'))
+  })
+  it('a comma or @ in the password is not a host list, and the password is masked as ever', () => {
+    assert.equal(encodeHostList('postgres://u:p,w@h/db'), 'postgres://u:p,w@h/db')
+    assert.equal(encodeHostList('postgres://u:p@w,x@h1:1,h2:2/db'), 'postgres://u:p@w,x@h1%3A1,h2%3A2/db')
+    const url = parse('postgres://u:se,cret@h1:1,h2:2/db?x=1')
+    assert.equal(url.password, 'se,cret')
+    assert.equal(displayOf(url), 'postgres://u:***@h1:1,h2:2/db?x=1')
+    assert.equal(displayOf(parse('postgres://u:secret@h1:5432/db')), 'postgres://u:***@h1:5432/db')
+  })
+  it('target_session_attrs: read-write by default for several hosts, any for one; standby modes refused', () => {
+    assert.equal(targets('postgres://u@h1,h2/db').attrs, 'read-write')
+    assert.equal(targets('postgres://u@h1/db').attrs, 'any')
+    assert.equal(targets('postgres://u@h1,h2/db?target_session_attrs=primary').attrs, 'primary')
+    assert.equal(targets('postgres://u@h1,h2/db', {PGTARGETSESSIONATTRS: 'any'}).attrs, 'any')
+    for (const mode of ['read-only', 'standby', 'prefer-standby', 'rw']) usage(() => targets(`postgres://u@h1,h2/db?target_session_attrs=${mode}`))
+  })
+  it('connect_timeout bounds each host, connectTimeout the whole', () => {
+    const of = (text) => {
+      const {connectBudgetMs, perHostMs} = targets(text)
+      return [connectBudgetMs, perHostMs]
+    }
+    assert.deepEqual(of('postgres://u@h1,h2/db'), [5000, 2500])
+    assert.deepEqual(of('postgres://u@h1/db'), [5000, 5000])
+    assert.deepEqual(of('postgres://u@h1,h2/db?connect_timeout=3'), [6000, 3000])
+    assert.deepEqual(of('postgres://u@h1,h2/db?connect_timeout=1'), [4000, 2000], 'at least 2 s, as libpq')
+    assert.deepEqual(of('postgres://u@h1,h2/db?connect_timeout=0'), [5000, 2500], '0 is no bound')
+    assert.deepEqual(of('postgres://u@h1,h2/db?connect_timeout=10&connectTimeout=4s'), [4000, 4000])
+    assert.deepEqual(of('postgres://u@h1,h2,h3/db?connectTimeout=30s'), [30_000, 10_000])
+    usage(() => of('postgres://u@h1,h2/db?connect_timeout=2s'))
+  })
+})

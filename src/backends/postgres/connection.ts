@@ -6,9 +6,12 @@
 // - One pg.Client, used strictly one statement at a time (pg warns on overlapping queries, and a
 //   worker's extend timer can overlap its settle). Every statement has a deadline; past it the
 //   socket is destroyed, so a paused or partitioned server can never hang dlq.
-// - When the server goes away (a restart), the next statement connects again, retrying for the
-//   connect timeout: a `lock run` whose lease is still in its table keeps its lock when renewals
-//   resume before the lease expires. LISTEN channels are re-issued on the new session and their
+// - The URL may name several servers (libpq's multi-host syntax, hosts.ts): pg connects to one,
+//   so connect() tries them in order, taking the first that ?target_session_attrs= accepts.
+// - When the server goes away (a restart, a failover), the next statement connects again, going
+//   round the hosts for the connect timeout: a `lock run` whose lease is still in its table (or,
+//   after a failover, reached the standby) keeps its lock when renewals resume before the lease
+//   expires. LISTEN channels are re-issued on the new session and their
 //   waiters woken, since notifications sent meanwhile are lost. LISTEN and NOTIFY share the one
 //   session: unlike Redis pub/sub, a listening PostgreSQL session still runs statements.
 // - No session state is relied on, so that a pooler (PgBouncer) can stand in between: no startup
@@ -31,7 +34,8 @@ import type {ConnectionOptions} from 'node:tls'
 import type {Client, ClientConfig, QueryConfig, QueryResultRow} from 'pg'
 
 import {DlqError, unavailable, usageError} from '../../errors.js'
-import {checkParameters, connectTimeoutMs, credentials, maskUrl} from '../url.js'
+import {checkParameters, connectTimeoutMs, credentials} from '../url.js'
+import {displayOf, type Host, type Targets, targetsOf} from './hosts.js'
 import {lockSchema, lockSchemaV3} from './lock.js'
 import {queueSchema, queueSchemaV2, queueSchemaV3} from './queue.js'
 
@@ -67,7 +71,7 @@ export type Pooling = 'none' | 'session' | 'transaction'
 const poolings: readonly Pooling[] = ['none', 'session', 'transaction']
 
 // Beside dlq's own, the libpq URI parameters that make sense here (a Unix socket is ?host=/dir).
-const knownParameters = ['schema', 'pooling', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name']
+const knownParameters = ['schema', 'pooling', 'connectTimeout', 'passwordFile', 'user', 'password', 'host', 'port', 'sslmode', 'sslrootcert', 'application_name', 'target_session_attrs', 'connect_timeout']
 const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 
 // Every dlq statement reads or writes a few rows through an index (the first messages of one
@@ -124,6 +128,16 @@ const retryableStates = new Set(['57P01', '57P02', '57P03', '53300'])
 const socketCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'EPIPE', 'ENOENT', 'EACCES'])
 const socketMessages = /Connection terminated|timeout expired|Client has encountered a connection error|not queryable|SSL/i
 
+// What ?target_session_attrs= asks of a server, in one round trip after the login.
+const SESSION_ATTRS = "SELECT pg_catalog.pg_is_in_recovery() AS recovery, pg_catalog.current_setting('transaction_read_only') AS read_only"
+
+/** A server that accepted the session but is not what ?target_session_attrs= asks for. */
+class StandbyError extends Error {
+  constructor(what: string, attrs: string) {
+    super(`is ${what}, not ${attrs}`)
+  }
+}
+
 const execute = <Row extends QueryResultRow>(client: Client, query: string | QueryConfig) => (typeof query === 'string' ? client.query<Row>(query) : client.query<Row>(query))
 const quoteIdentifier = (name: string) => `"${name.replace(/"/g, '""')}"`
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
@@ -141,10 +155,14 @@ export function schemaOf(name: string): Schema {
 
 interface Settings {
   displayUrl: string
-  config: ClientConfig
+  /** The servers to try, in order, and which of them will do (hosts.ts). */
+  targets: Targets
+  /** pg's configuration for one of them. */
+  config: (target: Host) => ClientConfig
   /** Every secret this connection may send: scrubbed from messages. */
   secrets: () => string[]
   schema: Schema
+  /** A statement's deadline (?connectTimeout=). */
   timeoutMs: number
   pooling: Pooling
 }
@@ -176,13 +194,11 @@ async function passwordFromFile(host: string, port: number, database: string, us
 }
 
 async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promise<Settings> {
-  const displayUrl = maskUrl(url.href)
+  const displayUrl = displayOf(url)
   checkParameters(url, knownParameters, displayUrl)
   const schemaName = url.searchParams.get('schema') ?? 'dlq'
   if (!schemaPattern.test(schemaName)) throw usageError('bad ?schema=', `${JSON.stringify(schemaName)} in ${displayUrl}`, 'a schema name of letters, digits and _, at most 63, not starting with a digit')
-  const host = url.hostname.replace(/^\[|\]$/g, '') || url.searchParams.get('host') || env.PGHOST || 'localhost'
-  const port = Number(url.port || url.searchParams.get('port') || env.PGPORT || 5432)
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw usageError('bad backend URL', `port in ${displayUrl}`, 'a port number, e.g. postgres://user@host:5432/db')
+  const targets = targetsOf(url, env)
   const found = await credentials(url, env)
   let user = found.user || url.searchParams.get('user') || env.PGUSER
   if (!user) {
@@ -199,34 +215,39 @@ async function settingsOf(url: URL, env: NodeJS.ProcessEnv = process.env): Promi
     throw usageError('bad backend URL', `database name in ${displayUrl}`, 'postgres://user@host:port/database')
   }
   const given = url.password ? found.password : url.searchParams.get('password') ?? found.password
-  let password: string | undefined = given ?? (env.PGPASSWORD || undefined)
+  const password: string | undefined = given ?? (env.PGPASSWORD || undefined)
+  // The password file is read per host, as libpq does; what it gave is scrubbed like the rest.
+  const fromFile = new Map<string, string | undefined>()
   const timeoutMs = connectTimeoutMs(url)
   const pooling = (url.searchParams.get('pooling') ?? 'none') as Pooling
   if (!poolings.includes(pooling)) throw usageError('bad ?pooling=', `${pooling} in ${displayUrl}`, 'none, session or transaction (PgBouncer\'s pool_mode)')
+  const ssl = await tlsOf(url, env)
   return {
     displayUrl,
-    secrets: () => (password ? [password] : []),
+    targets,
+    secrets: () => [...new Set([password, ...fromFile.values()].filter((secret): secret is string => Boolean(secret)))],
     schema: schemaOf(schemaName),
     timeoutMs,
     pooling,
-    config: {
+    config: ({host, port}) => ({
       host,
       port,
       user,
       database,
       // Asked for only when the server wants a password: a trust setup never reads ~/.pgpass.
       password: async () => {
-        password ??= await passwordFromFile(host, port, database, user, env)
-        if (password === undefined) {
+        const key = `${host}:${port}`
+        if (password === undefined && !fromFile.has(key)) fromFile.set(key, await passwordFromFile(host, port, database, user, env))
+        const secret = password ?? fromFile.get(key)
+        if (secret === undefined) {
           throw unavailable(`authentication refused by ${displayUrl}`, 'the server asks for a password and none was given', 'put it in the URL, DLQ_PASSWORD, ?passwordFile=, PGPASSWORD or ~/.pgpass')
         }
-        return password
+        return secret
       },
-      ssl: await tlsOf(url, env),
+      ssl,
       application_name: url.searchParams.get('application_name') ?? 'dlq',
       keepAlive: true,
-      connectionTimeoutMillis: timeoutMs,
-    },
+    }),
   }
 }
 
@@ -247,7 +268,7 @@ async function tlsOf(url: URL, env: NodeJS.ProcessEnv): Promise<false | Connecti
     case 'verify-full':
       return {rejectUnauthorized: true, ca} // pg checks the name (SNI only for names, never IPs)
     default:
-      throw usageError('bad ?sslmode=', `${mode} in ${maskUrl(url.href)}`, 'disable, require, verify-ca or verify-full')
+      throw usageError('bad ?sslmode=', `${mode} in ${displayOf(url)}`, 'disable, require, verify-ca or verify-full')
   }
 }
 
@@ -423,44 +444,95 @@ export class Connection {
   }
 
   /**
-   * A new session. The first connect fails at once (exit 69 when refused); a reconnect retries
-   * transient failures (refused, server starting up or shutting down) for the connect timeout.
+   * A new session, on the first of the URL's hosts that accepts it and is what
+   * ?target_session_attrs= asks for (pg connects to one host: the loop over them is here). The
+   * first connect goes once through the list and fails at once (exit 69) when no host will do; a
+   * reconnect goes through it again and again for the connect budget while the failures are
+   * transient (refused, starting up or shutting down, a standby where a primary is wanted), so a
+   * session lost to a failover comes back on the promoted standby.
    */
   private async connect(retry: boolean): Promise<Client> {
     if (this.closed) throw unavailable(`connection to ${this.displayUrl} closed`, 'the backend was closed')
-    const deadline = Date.now() + this.settings.timeoutMs
-    for (let attempt = 0; ; attempt++) {
-      const client = new this.client({...this.settings.config, connectionTimeoutMillis: Math.max(100, deadline - Date.now())})
-      // An idle session's errors arrive as events; unhandled, they would end the process.
-      client.on('error', (error: Error) => {
-        this.log?.(`pg: session lost: ${this.scrub(error.message)}`)
-        this.drop(client)
-      })
-      client.on('end', () => this.drop(client))
-      client.on('notification', ({channel}) => {
-        for (const handler of this.channels.get(channel)?.handlers ?? []) handler()
-      })
-      // pg's connectionTimeoutMillis covers the handshake; this also covers re-issuing LISTENs.
-      const timer = setTimeout(() => client.connection.stream.destroy(), Math.max(100, deadline - Date.now()))
-      try {
-        await client.connect()
-        for (const [channel, {handlers}] of this.channels) {
-          if (handlers.size > 0) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
-          else this.channels.delete(channel) // nobody waits on it any more: no need to listen again
+    const {hosts, connectBudgetMs} = this.settings.targets
+    const deadline = Date.now() + connectBudgetMs
+    for (let pass = 0; ; pass++) {
+      const failures: {target: Host; error: unknown; standby: boolean}[] = []
+      for (const target of hosts) {
+        if (Date.now() + 50 >= deadline && failures.length > 0) break
+        try {
+          return await this.connectTo(target, deadline)
+        } catch (error) {
+          failures.push({target, error, standby: error instanceof StandbyError})
         }
-        clearTimeout(timer)
-        this.live = client
-        this.log?.(`pg: connected to ${this.displayUrl} (pid ${(client as unknown as {processID: number}).processID})`)
-        return client
-      } catch (error) {
-        clearTimeout(timer)
-        client.connection.stream.destroy()
-        const code = (error as {code?: string}).code ?? ''
-        const transient = retryableStates.has(code) || (retry && (socketCodes.has(code) || socketMessages.test(String((error as Error).message))))
-        if (!transient || error instanceof DlqError || Date.now() + 50 >= deadline) throw this.describe(error, `cannot connect to ${this.displayUrl}`)
-        await sleep(Math.min(500, 50 * 2 ** attempt, deadline - Date.now()))
       }
+      const transient = failures.every(({error, standby}) => {
+        const code = (error as {code?: string}).code ?? ''
+        return standby ? retry : retryableStates.has(code) || (retry && !(error instanceof DlqError) && (socketCodes.has(code) || socketMessages.test(String((error as Error).message))))
+      })
+      if (!transient || Date.now() + 50 >= deadline) throw this.connectFailure(failures)
+      await sleep(Math.min(500, 50 * 2 ** pass, deadline - Date.now()))
     }
+  }
+
+  /** One attempt at one host, within its share of the time (hosts.ts) and the overall deadline. */
+  private async connectTo(target: Host, deadline: number): Promise<Client> {
+    const ms = Math.max(100, Math.min(this.settings.targets.perHostMs, deadline - Date.now()))
+    const where = this.settings.targets.hosts.length > 1 ? ` (${target.host}:${target.port})` : ''
+    const client = new this.client({...this.settings.config(target), connectionTimeoutMillis: ms})
+    // An idle session's errors arrive as events; unhandled, they would end the process.
+    client.on('error', (error: Error) => {
+      this.log?.(`pg: session lost: ${this.scrub(error.message)}`)
+      this.drop(client)
+    })
+    client.on('end', () => this.drop(client))
+    client.on('notification', ({channel}) => {
+      for (const handler of this.channels.get(channel)?.handlers ?? []) handler()
+    })
+    // pg's connectionTimeoutMillis covers the handshake; this also covers the session check and
+    // re-issuing LISTENs.
+    const timer = setTimeout(() => client.connection.stream.destroy(), ms)
+    try {
+      await client.connect()
+      const {attrs} = this.settings.targets
+      if (attrs !== 'any') {
+        // libpq's checks: read-write asks transaction_read_only, primary asks pg_is_in_recovery().
+        const [row] = (await client.query<{recovery: boolean; read_only: string}>(SESSION_ATTRS)).rows
+        if (attrs === 'primary' ? row.recovery : row.read_only === 'on') {
+          throw new StandbyError(row.recovery ? 'a standby (in recovery)' : 'read-only (default_transaction_read_only)', attrs)
+        }
+      }
+      for (const [channel, {handlers}] of this.channels) {
+        if (handlers.size > 0) await client.query(`LISTEN ${quoteIdentifier(channel)}`)
+        else this.channels.delete(channel) // nobody waits on it any more: no need to listen again
+      }
+      clearTimeout(timer)
+      this.live = client
+      this.log?.(`pg: connected to ${this.displayUrl}${where} (pid ${(client as unknown as {processID: number}).processID})`)
+      return client
+    } catch (error) {
+      clearTimeout(timer)
+      client.removeAllListeners('end').removeAllListeners('error').on('error', () => {}) // never live: nothing to report
+      client.connection.stream.destroy()
+      this.log?.(`pg: ${target.host}:${target.port}: ${this.scrub(error instanceof Error ? error.message : String(error))}`)
+      throw error
+    }
+  }
+
+  /**
+   * Why no host would do, as one error. Only standbys: refused as a standby refuses dlq's first
+   * write when it is the one host (SQLSTATE 25006, describe()). One host: its own error, as ever.
+   * Several: the first host's kind of failure, every host's reason.
+   */
+  private connectFailure(failures: {target: Host; error: unknown; standby: boolean}[]): Error {
+    const why = ({target, error}: {target: Host; error: unknown}) => `${target.host}:${target.port} ${this.scrub(error instanceof Error ? error.message : String(error)).replace(/\s+/g, ' ').trim()}`
+    if (failures.every(({standby}) => standby)) {
+      return unavailable(`cannot write to ${this.displayUrl}`, failures.map(why).join('; '), 'the server is a read-only standby: use the primary')
+    }
+    const first = failures.find(({standby}) => !standby)!
+    if (this.settings.targets.hosts.length === 1) return this.describe(first.error, `cannot connect to ${this.displayUrl}`)
+    const described = this.describe(first.error, `cannot connect to ${this.displayUrl}`)
+    if (!(described instanceof DlqError)) return described
+    return new DlqError(described.exitCode, described.what, failures.map(why).join('; '), described.hint)
   }
 
   /** Forgets a session that failed; its LISTEN waiters are woken to find out what they missed. */

@@ -258,7 +258,7 @@ export class PostgresLocks implements LockDriver {
   async renew(key: string, owner: string, ttlMs?: number): Promise<Lease> {
     const sent = Date.now()
     const [row] = await this.connection.query<{token: string; ttl_ms: string}>(this.statements.renew, [key, owner, ttlMs ?? null])
-    if (!row) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
+    if (!row) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, was force-released, or did not reach the standby that took over)`)
     void this.connection.idle()
     const granted = ttlMs ?? Number(row.ttl_ms)
     return {key, owner, fencingToken: row.token, ttlMs: granted, expiresAt: new Date(sent + granted)}
@@ -286,7 +286,7 @@ export class PostgresLocks implements LockDriver {
     const check = () => {
       if (stopped) return
       this.connection.query(this.statements.holds, [lease.key, lease.owner]).then((rows) => {
-        if (!stopped && rows.length === 0) onLost(`no lease with owner ${lease.owner} any more (it was force-released, or expired)`)
+        if (!stopped && rows.length === 0) onLost(`no lease with owner ${lease.owner} any more (it was force-released, expired, or did not reach the standby that took over)`)
       }, () => {})
     }
     this.connection.listen(this.connection.schema.channel('lock', lease.key), check).then((off) => {
