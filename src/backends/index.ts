@@ -40,8 +40,9 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
     // WHATWG URL cannot parse ZooKeeper's host list (zk://h1:2181,h2:2181/chroot); with its colons
     // %-encoded it is one opaque host, which the ZooKeeper driver decodes and splits.
     // Sentinel's and a cluster's address lists likewise (redis+sentinel://h1:26379,h2:26379/MASTER,
-    // redis+cluster://h1:7000,h2:7001), even of one.
-    .replace(/^(zk:\/\/(?:[^/?#@]*@)?)([^/?#@]*,[^/?#]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
+    // redis+cluster://h1:7000,h2:7001), even of one. The list is what follows the user info, up to
+    // the path: a comma in a password (zk://u:p,x@h/) is not a host list.
+    .replace(/^(zk:\/\/(?:[^/?#]*@)?)([^/?#@]*,[^/?#@]*)(?=[/?#]|$)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
     .replace(/^(rediss?\+(?:sentinel|cluster):\/\/(?:[^/?#]*@)?)([^/?#@]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
   // libpq's multi-host URLs (postgres://h1:5432,h2:5433/db) the same way (postgres/hosts.ts).
   const hrefParsed = /^postgres(ql)?:/i.test(href) ? encodeHostList(href) : href

@@ -67,6 +67,15 @@ describe('backend URLs', {concurrency: 4}, () => {
     }
   })
 
+  it('a comma in a ZooKeeper password is not a host list: the password stays masked in the error', async () => {
+    for (const url of ['zk://u:s3cret,pw@127.0.0.1:1/app?connectTimeout=1s', 'zk://u:s3cret,pw@127.0.0.1:1,127.0.0.1:2/app?connectTimeout=1s']) {
+      const r = await run(['lock', 'status', '-b', url])
+      assert.equal(r.code, 69, `${url}: ${r.stderr}`)
+      assert.match(oneErrorLine(r, assert), /zk:\/\/u:\*\*\*@127\.0\.0\.1:1/)
+      assert.doesNotMatch(r.stderr, /s3cret/, url)
+    }
+  })
+
   it('--verbose masks a password with a raw @ up to the last @ of the authority, on every scheme (redis://alice:***@host, never a piece of it)', async () => {
     for (const url of [
       'redis://alice:SECRETpw@pw@127.0.0.1:1',
