@@ -14,16 +14,9 @@ import {createServer} from 'node:net'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
-import {oneErrorLine, run, shUntil, spawnDlq, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
+import {locksOn as statusOf, oneErrorLine, runOn as cli, shUntil, spawnOn as spawnCli, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
 import {startPostgres} from '../support/postgres.mjs'
 
-const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
-const spawnCli = (url, args, opts) => spawnDlq([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
-const statusOf = async (url, key) => {
-  const r = await cli(url, ['lock', 'status', '--key', key, '--json'])
-  assert.equal(r.code, 0, r.stderr)
-  return JSON.parse(r.stdout).locks
-}
 const readText = (file) => readFile(file, 'utf8').then((text) => (text.endsWith('\n') ? text.trim() : undefined), () => undefined)
 
 /** host:port of a test URL (postgres://user:pass@127.0.0.1:PORT/db). */

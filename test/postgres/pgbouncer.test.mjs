@@ -8,17 +8,10 @@ import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
-import {oneErrorLine, run, spawnDlq, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
+import {locksOn as statusOf, oneErrorLine, runOn as cli, spawnOn as spawnCli, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
 import {startPgBouncer} from '../support/pgbouncer.mjs'
 import {startPostgres} from '../support/postgres.mjs'
 
-const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
-const spawnCli = (url, args, opts) => spawnDlq([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
-const statusOf = async (url, key) => {
-  const r = await cli(url, ['lock', 'status', '--key', key, '--json'])
-  assert.equal(r.code, 0, r.stderr)
-  return JSON.parse(r.stdout).locks
-}
 const median = (xs) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]
 
 // Each critical section appends "start ID T" and "end ID T" (T: bash's $EPOCHREALTIME) to one file.

@@ -19,7 +19,7 @@
 import {mkdir, rm} from 'node:fs/promises'
 import {join, sep} from 'node:path'
 
-import {listRecursive, run, spawnDlq, tempDir} from './cli.mjs'
+import {listRecursive, runOn, spawnOn, tempDir} from './cli.mjs'
 import {pgbouncerBackend} from './pgbouncer.mjs'
 import {postgresBackend, postgresMultiHostBackend} from './postgres.mjs'
 import {zookeeperBackend} from './zookeeper.mjs'
@@ -69,11 +69,10 @@ export const backends = wanted.length === 0 ? allBackends : known.filter((b) => 
  * `dlq lock run -b URL --key K -- true`. The -b goes after the two command words, before any `--`.
  */
 export function bind(url) {
-  const place = (args) => [...args.slice(0, 2), '-b', url, ...args.slice(2)]
   return {
     url,
-    run: (args, opts) => run(place(args), opts),
-    spawn: (args, opts) => spawnDlq(place(args), opts),
+    run: (args, opts) => runOn(url, args, opts),
+    spawn: (args, opts) => spawnOn(url, args, opts),
   }
 }
 

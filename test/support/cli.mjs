@@ -177,6 +177,18 @@ export function run(args, opts = {}) {
   return spawnDlq(args, opts).result
 }
 
+/** `dlq ARGS…` against backend `url`: the -b goes after the two command words, before any `--`. */
+export const withBackend = (url, args) => [...args.slice(0, 2), '-b', url, ...args.slice(2)]
+export const runOn = (url, args, opts) => run(withBackend(url, args), opts)
+export const spawnOn = (url, args, opts) => spawnDlq(withBackend(url, args), opts)
+
+/** `lock status --key KEY --json` against `url`: its locks (asserts exit 0). */
+export async function locksOn(url, key) {
+  const r = await runOn(url, ['lock', 'status', '--key', key, '--json'])
+  if (r.code !== 0) throw new Error(`lock status exited ${r.code}: ${r.stderr}`)
+  return JSON.parse(r.stdout).locks
+}
+
 /** Runs any program (no shell unless you name one) with a deadline; same result shape as run(). */
 export function runProgram(file, args, {input, env, cwd, timeoutMs = DEFAULT_TIMEOUT_MS} = {}) {
   const started = Date.now()

@@ -33,10 +33,10 @@ export function fourLetters(port, word, timeoutMs = 1000) {
 }
 
 /**
- * The local ports of the TCP connections process `pid` has open to any of `serverPorts` (Linux
- * /proc: its socket inodes, looked up in /proc/PID/net/tcp): a dlq's client side of its sessions.
+ * The TCP connections process `pid` has open, as {local, remote} ports (Linux /proc: its socket
+ * inodes, looked up in /proc/PID/net/tcp).
  */
-export function clientPortsOf(pid, serverPorts) {
+export function tcpConnectionsOf(pid) {
   const inodes = new Set()
   for (const fd of readdirSync(`/proc/${pid}/fd`)) {
     try {
@@ -46,9 +46,12 @@ export function clientPortsOf(pid, serverPorts) {
   }
   const port = (address) => parseInt(address.split(':')[1], 16)
   return readFileSync(`/proc/${pid}/net/tcp`, 'utf8').split('\n').slice(1).map((line) => line.trim().split(/\s+/))
-    .filter((fields) => fields.length > 9 && inodes.has(fields[9]) && serverPorts.includes(port(fields[2])))
-    .map((fields) => port(fields[1]))
+    .filter((fields) => fields.length > 9 && inodes.has(fields[9]))
+    .map((fields) => ({local: port(fields[1]), remote: port(fields[2])}))
 }
+
+/** The local ports of process `pid`'s connections to any of `serverPorts`: a dlq's side of its sessions. */
+export const clientPortsOf = (pid, serverPorts) => tcpConnectionsOf(pid).filter((c) => serverPorts.includes(c.remote)).map((c) => c.local)
 
 /**
  * Which server (index into `ports`) has process `pid`'s session: the one whose `cons` four-letter

@@ -3,7 +3,7 @@
 // watching the nodes ahead of them, and ZooKeeper's message size limit. Against real ZooKeeper 3.8
 // servers on free loopback ports.
 import assert from 'node:assert/strict'
-import {existsSync, readdirSync, readFileSync, readlinkSync} from 'node:fs'
+import {existsSync} from 'node:fs'
 import {readFile, writeFile} from 'node:fs/promises'
 import {createServer, connect} from 'node:net'
 import {join} from 'node:path'
@@ -11,7 +11,7 @@ import {after, before, describe, it} from 'node:test'
 
 import {isAlive, oneErrorLine, run, shUntil, spawnDlq, stillFalse, tempDir, trackPid, uniqueName, waitFor} from '../support/cli.mjs'
 import {freePort} from '../support/servers.mjs'
-import {rawClient, startZooKeeper} from '../support/zookeeper.mjs'
+import {rawClient, startZooKeeper, tcpConnectionsOf} from '../support/zookeeper.mjs'
 
 const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
 const spawnCli = (url, args, opts) => spawnDlq([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
@@ -24,19 +24,8 @@ const statusOf = async (url, key) => {
   assert.equal(r.code, 0, r.stderr)
   return JSON.parse(r.stdout).locks[0]
 }
-/** The ports of the TCP peers of process `pid` (Linux /proc): which server a dlq is connected to. */
-function serverPortsOf(pid) {
-  const inodes = new Set()
-  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
-    try {
-      const inode = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`))?.[1]
-      if (inode) inodes.add(inode)
-    } catch {}
-  }
-  return readFileSync('/proc/net/tcp', 'utf8').split('\n').slice(1).map((line) => line.trim().split(/\s+/))
-    .filter((fields) => inodes.has(fields[9]))
-    .map((fields) => parseInt(fields[2].split(':')[1], 16))
-}
+/** The ports of the TCP peers of process `pid`: which server a dlq is connected to. */
+const serverPortsOf = (pid) => tcpConnectionsOf(pid).map((c) => c.remote)
 
 // The znode of a key: names are %-encoded as in src/backends/zookeeper/paths.ts (these are plain).
 const contendersOf = async (zk, key) => (await zk.children(`/dlq/locks/${key}`)).filter((n) => n.startsWith('c.'))
