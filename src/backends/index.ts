@@ -6,7 +6,6 @@ import {join} from 'node:path'
 import {fileURLToPath, pathToFileURL} from 'node:url'
 
 import {usageError} from '../errors.js'
-import {encodeHostList, targetsOf} from './postgres/hosts.js'
 import type {Backend, BackendOptions} from './types.js'
 import {checkParameters, connectTimeoutMs, maskUrl, withinConnectTimeout} from './url.js'
 
@@ -45,7 +44,7 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
     .replace(/^(zk:\/\/(?:[^/?#]*@)?)([^/?#@]*,[^/?#@]*)(?=[/?#]|$)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
     .replace(/^(rediss?\+(?:sentinel|cluster):\/\/(?:[^/?#]*@)?)([^/?#@]*)/i, (_m, head: string, hosts: string) => head + hosts.replaceAll(':', '%3A'))
   // libpq's multi-host URLs (postgres://h1:5432,h2:5433/db) the same way (postgres/hosts.ts).
-  const hrefParsed = /^postgres(ql)?:/i.test(href) ? encodeHostList(href) : href
+  const hrefParsed = /^postgres(ql)?:/i.test(href) ? (await import('./postgres/hosts.js')).encodeHostList(href) : href
   let parsed: URL
   try {
     parsed = new URL(hrefParsed)
@@ -112,7 +111,7 @@ export async function openBackend(url: string, options: BackendOptions & {isDefa
     case 'postgresql:': {
       // The parameters (libpq's too) are checked by the driver, which knows them. The opening is
       // bounded by ?connectTimeout=, or libpq's connect_timeout for each host (postgres/hosts.ts).
-      const {connectBudgetMs} = targetsOf(parsed)
+      const {connectBudgetMs} = (await import('./postgres/hosts.js')).targetsOf(parsed)
       return withinConnectTimeout(parsed, display, import('./postgres/index.js').then(({openPostgresBackend}) => openPostgresBackend(parsed, options)), connectBudgetMs)
     }
     default:

@@ -20,6 +20,20 @@ export function maskUrl(url: string): string {
     .replace(/([?&](?:sentinel)?password=)[^&#]*/gi, '$1***')
 }
 
+/**
+ * A parsed URL as dlq prints it: password masked, and a host list (zk://, redis+sentinel://,
+ * redis+cluster://, several PostgreSQL hosts) as it was written, whatever %-encoding got it parsed
+ * (backends/index.ts encodes such lists so that WHATWG URL takes them as one opaque host).
+ */
+export function shownUrl(url: URL): string {
+  const shown = maskUrl(url.href)
+  try {
+    return shown.replace(url.host, decodeURIComponent(url.host))
+  } catch {
+    return shown // a malformed %-escape: refused by the driver, shown as given
+  }
+}
+
 export interface Credentials {
   user?: string
   password?: string

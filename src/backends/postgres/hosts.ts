@@ -15,7 +15,7 @@
 //   given neither, each host may take an equal share of the 5 s default, so that a host that drops
 //   packets cannot use up the time of the hosts after it.
 import {usageError} from '../../errors.js'
-import {connectTimeoutMs, maskUrl} from '../url.js'
+import {connectTimeoutMs, shownUrl} from '../url.js'
 
 export interface Host {
   /** A name or address (IPv6 without brackets), or a Unix socket directory. */
@@ -36,15 +36,7 @@ export interface Targets {
 }
 
 /** The URL as dlq shows it: password masked, the host list as written (h1:5432,h2:5433). */
-export function displayOf(url: URL): string {
-  const shown = maskUrl(url.href)
-  if (!url.host.includes(',')) return shown
-  try {
-    return shown.replace(url.host, decodeURIComponent(url.host))
-  } catch {
-    return shown
-  }
-}
+export const displayOf = shownUrl
 
 /**
  * A comma-separated host list in the authority (postgres://u@h1:5432,h2:5433/db), with its colons

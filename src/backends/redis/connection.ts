@@ -12,7 +12,7 @@ import type {Cluster, ClusterOptions, Redis, RedisOptions} from 'ioredis'
 
 import {formatDuration} from '../../duration.js'
 import {DlqError, ExitCode, serverRefusal, toDlqError, unavailable, usageError} from '../../errors.js'
-import {connectTimeoutMs, credentials, durationParam, maskUrl} from '../url.js'
+import {connectTimeoutMs, credentials, durationParam, maskUrl, shownUrl} from '../url.js'
 
 /** One server or a master behind Sentinel (Redis), or a Redis Cluster (Cluster). */
 export type Client = Redis | Cluster
@@ -332,8 +332,7 @@ function greeting(host: string, port: number, timeoutMs: number): Promise<string
   })
 }
 
-/** The URL as dlq prints it: password masked, a Sentinel address list as it was written. */
-export const shownUrl = (url: URL): string => maskUrl(url.href).replace(url.host, decodeURIComponent(url.host))
+export {shownUrl}
 
 /**
  * For the wait loops (a lock's --wait, a pop's --wait): behind Sentinel a failure of the server

@@ -24,7 +24,7 @@
 //   bounds (clock.ts): others' deadlines are judged on the earliest, its own set on the latest.
 import {formatDuration} from '../../duration.js'
 import {DlqError, ExitCode, unavailable, usageError} from '../../errors.js'
-import {connectTimeoutMs, credentials, durationParam, maskUrl} from '../url.js'
+import {connectTimeoutMs, credentials, durationParam, shownUrl} from '../url.js'
 import {ServerClock, type ServerTime} from './clock.js'
 import type {ACL, Client, CreateModeValue, Exception, Stat, TransactionResult, Watcher} from 'node-zookeeper-client'
 
@@ -94,7 +94,7 @@ const defaultSessionTimeoutMs = 10_000
 /** zk://host:port[,host:port…][/chroot]: also the host list percent-encoded, which WHATWG URL can parse. */
 export async function parseTarget(url: URL): Promise<Target> {
   // Shown with the host list as written (h1:2181,h2:2181), whatever encoding got it parsed.
-  const display = maskUrl(url.href).replace(url.host, decodeURIComponent(url.host))
+  const display = shownUrl(url)
   const hosts = decodeURIComponent(url.host).split(',').map((h) => h.trim())
   if (hosts.some((h) => h === '')) throw usageError('bad backend URL', `${display} names no ZooKeeper server`, 'zk://host:2181[,host:2181...][/chroot]')
   const servers = hosts.map((host) => {
