@@ -250,6 +250,25 @@ export async function safeDir(base: string, parts: string[], modes: Modes, realN
   return path
 }
 
+/**
+ * safeDir() for a directory that must already exist: the same pins and checks, but nothing is
+ * created; undefined when some level is missing (a queue nobody pushed to).
+ */
+export async function knownDir(base: string, parts: string[], modes: Modes): Promise<string | undefined> {
+  let path = base
+  for (const part of parts) {
+    const next = join(path, part)
+    let dir = known.get(next)
+    if (dir === undefined) {
+      dir = await existingDir(next, modes)
+      if (dir === undefined) return undefined
+      known.set(next, dir)
+    }
+    path = dir
+  }
+  return path
+}
+
 // ── Files ──────────────────────────────────────────────────────────────────────────────────────
 
 /** Creates `path` (never through a link, never over anything) with the tree's file mode. */
