@@ -97,6 +97,24 @@ for (const backend of backends) {
       assert.deepEqual((await drainJson(ctx.dlq, queue)).map((m) => [m.body, m.attempts]), [['anew', 1]], 'a push after the delete makes the queue anew')
     })
 
+    it('a pop waiting on a queue when it is deleted gets the message a push makes after the delete', async (t) => {
+      const queue = uniqueName('remade')
+      await pushArgs(ctx.dlq, queue, ['old'])
+      const old = await ctx.dlq.run(['queue', 'pop', '--queue', queue])
+      assert.equal(old.stdout, 'old\n')
+      const pop = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--wait', '60s'], {t, timeoutMs: 120_000})
+      const probe = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '1s'])
+      assert.equal(probe.code, 75, probe.stderr)
+      const deleted = await ctx.dlq.run(['queue', 'delete', '--queue', queue])
+      assert.equal(deleted.code, 0, deleted.stderr)
+      assert.deepEqual(await listed(ctx.dlq, queue), [])
+      assert.equal(pop.exited, false, 'the pop still waits')
+      await pushArgs(ctx.dlq, queue, ['after the delete'])
+      const r = await pop.result
+      assert.equal(r.code, 0, r.stderr)
+      assert.equal(r.stdout, 'after the delete\n')
+    })
+
     it('delete of an idle queue says what went; another queue is not touched', async () => {
       const queue = uniqueName('idle')
       const other = `${queue}-other`

@@ -269,6 +269,15 @@ export async function knownDir(base: string, parts: string[], modes: Modes): Pro
   return path
 }
 
+/**
+ * Forgets the directories known below `path` (a queue's, after a delete renamed it away), so that
+ * the next safeDir() or knownDir() looks again. Their pins stay open: another part of the process
+ * may still hold their paths, and a closed fd number could be reused under the same path.
+ */
+export function forgetDirs(path: string): void {
+  for (const next of known.keys()) if (next === path || next.startsWith(`${path}/`)) known.delete(next)
+}
+
 // ── Files ──────────────────────────────────────────────────────────────────────────────────────
 
 /** Creates `path` (never through a link, never over anything) with the tree's file mode. */

@@ -14,7 +14,16 @@
 //
 // Steps, one system call each:
 //   push    T1 open tmp/F O_EXCL (EEXIST: draw another name), T2 writev, T3 fdatasync, T4 rename
-//           tmp/F → new/F, T5 fsync new/. Exit 0 only after T5.
+//           tmp/F → new/F, T5 fsync new/. Exit 0 only after T5. A push with a delay (--delay,
+//           --at) renames instead to cur/<all of F, no delivery, deadline its due time, reserver
+//           "later"> and fsyncs cur/: D1's state, which a sweep returns (R1) once due, so it
+//           waits invisible and then sorts in new/ by its batch (push order). Only a push makes a
+//           claim on no delivery: `queue status` counts those as delayed.
+//   delete  X1 rename queues/<Q> → queues/.deleted-<random> (no name decodes with a leading dot),
+//           the same for Q.dead, then rm -r of every .deleted-* (a killed delete's too). A pop
+//           waiting in the renamed directory sees that its name is gone and waits for a new one.
+// Readers create nothing: pop, tail and settle use a queue's directory only if it exists, and
+// wait for a push to make it with a watch on queues/.
 //   claim   C1 rename new/W → cur/<claim of all of W>: of racing reservers exactly one succeeds.
 //   split   (W holds more than the `take` messages wanted) S1 rename new/W → cur/<split>: all of W,
 //           naming how many are taken; S2 link cur/<split> → cur/<claim of the first `take`>;
@@ -62,12 +71,12 @@
 // take them (a name in new/, or one in cur/ whose deadline passed), else as in flight, so names
 // that overlap (a split and its claim) count once; `queue tail` shows the same waiting messages.
 // test/file/queue-crash.test.mjs kills push, pop and pop --exec at each of these system calls.
-import {link, lstat, open, readdir, rename, rm, unlink, constants} from 'node:fs/promises'
+import {link, lstat, open, readdir, rename, rm, stat, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
 import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {crypto} from '../../builtins.js'
-import {decodeName, encodeName, existingPath, knownDir, type Modes, openNewFile, readRegularFile, safeDir, unpin} from './paths.js'
+import {decodeName, encodeName, existingPath, forgetDirs, knownDir, type Modes, openNewFile, readRegularFile, safeDir, unpin} from './paths.js'
 import {waitFor} from './watch.js'
 
 const maxMessageBytes = 1024 * 1024
@@ -477,15 +486,38 @@ export class FileQueues implements QueueDriver {
     return {messages, earliest, raced}
   }
 
+  /**
+   * Whether `dirs` is still the queue's directory: a queue delete renames it away, and a push
+   * after that makes a new one, which a waiting pop must look for instead.
+   */
+  private async stillThere(queue: string, dirs: QueueDirs): Promise<boolean> {
+    const queuesDir = await safeDir(this.base, ['queues'], this.modes)
+    const [named, mine] = await Promise.all([lstat(join(queuesDir, encodeName(queue))).catch(() => undefined), stat(dirs.root).catch(() => undefined)])
+    return named !== undefined && mine !== undefined && named.ino === mine.ino && named.dev === mine.dev
+  }
+
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
     const deadline = Date.now() + request.waitMs
-    const dirs = await this.appeared(queue, request.signal, deadline)
-    if (dirs === undefined) return []
-    return waitFor(dirs.new, request.signal, deadline, async () => {
+    for (;;) {
+      const dirs = await this.appeared(queue, request.signal, deadline)
+      if (dirs === undefined) return []
+      const messages = await this.reserveIn(queue, dirs, request, deadline)
+      if (messages !== undefined) return messages
+      // Deleted while we waited: wait for the queue a push makes next (its dead letters were
+      // deleted with it: the next one buried makes them anew, not in the deleted directory).
+      const queuesDir = await safeDir(this.base, ['queues'], this.modes)
+      for (const name of [queue, `${queue}.dead`]) forgetDirs(join(queuesDir, encodeName(name)))
+    }
+  }
+
+  /** Reserves from the queue in `dirs`, waiting until `deadline`; undefined when the queue was deleted meanwhile. */
+  private async reserveIn(queue: string, dirs: QueueDirs, request: ReserveRequest, deadline: number): Promise<Message[] | undefined> {
+    return waitFor<Message[] | undefined>(dirs.new, request.signal, deadline, async () => {
       const started = Date.now()
       for (let tries = 0; ; tries++) {
         const {messages, earliest, raced} = await this.reserveOnce(queue, dirs, request)
         if (messages.length > 0) return {done: true, value: messages, next: earliest}
+        if (request.waitMs > 0 && !(await this.stillThere(queue, dirs))) return {done: true, value: undefined, next: earliest}
         // Nothing taken, yet the queue may not be empty: another reserver won the race for what we
         // saw, or is giving back the rest of a batch it split. Its split leaves cur/ only after
         // the rest is in new/, so looking at cur/ and then new/ cannot miss both. A live split

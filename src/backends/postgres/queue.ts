@@ -28,6 +28,10 @@
 //   it at commit. A reservation running out wakes nobody, so a blocked pop also sleeps no longer
 //   than until the next deadline; a slow poll is only the fallback. Behind a pooler
 //   (no LISTEN) they poll instead (poll.ts).
+// - A push with a delay (schema version 4) stores rows reserved by 'delayed' (no receipt is that
+//   word) with visible_at its due time: the next reserve after it takes them as expired
+//   reservations on their first delivery. status counts them apart; --follow leaves them out.
+// - A queue is its rows: nothing but a push makes one, and delete is one DELETE of Q and Q.dead.
 // Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
 // every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
 import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'

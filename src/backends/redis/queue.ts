@@ -17,6 +17,13 @@
 //   other clients' commands get in between, every few milliseconds at most.
 // - status counts with ZCOUNT and XLEN, and finds the oldest waiting message without walking the
 //   reservations still running (see oldestWaiting).
+// - push with a delay adds the entries as usual and their due times (server clock) to a sorted
+//   set; when the group reads past one that is not due yet, reserve parks it: left in the PEL with
+//   its delivery count set back to 0, owned by nobody, in a second sorted set by due time, from
+//   which a later reserve takes it like an expired reservation (the count then 1). status counts
+//   the entries due later as delayed; peek and follow leave them out.
+// - Nothing here creates a queue but a push: the group is made (without MKSTREAM) once the stream
+//   exists, and a pop of a queue with no stream waits for it with XREAD BLOCK. delete is one DEL.
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
 import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'

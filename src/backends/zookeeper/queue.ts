@@ -22,7 +22,13 @@
 //   "later", which no popper is: it waits in claimed/, its delivery counted, until a sweep
 //   returns it like any expired claim.
 // - waiting (pop --wait, tail --follow) is a child watch on waiting/ plus a timer for the earliest
-//   claim deadline; a slow poll remains as the fallback.
+//   claim deadline; a slow poll remains as the fallback. A queue not made yet is waited on with
+//   an exists watch: only a push creates a queue's nodes.
+// - push with a delay creates PERSISTENT_SEQUENTIAL nodes waiting/d<due>-<seq> (the due time on
+//   the server's clock, taken at its latest); no reader parses them as messages, and the first
+//   reserve after that time (the server's clock past it for sure) renames each to waiting/m<seq>
+//   by one multi: the same id, its place by sequence number. follow counts them as seen.
+// - delete removes the queue's nodes and its dead letters', children first.
 // ZooKeeper keeps every znode in memory and lists a directory in one reply: it suits queues of
 // thousands of messages, not millions.
 import type {Watcher} from 'node-zookeeper-client'
