@@ -42,8 +42,8 @@ for (const backend of backends) {
 
     it('a waiting pop and tail --follow of a queue not made yet create nothing, and wake when a push makes it', async (t) => {
       const queue = uniqueName('later-made')
-      const pop = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--wait', '60s', '--json'], {t})
-      const tail = ctx.dlq.spawn(['queue', 'tail', '--queue', queue, '--follow'], {t})
+      const pop = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--wait', '60s', '--json'], {t, timeoutMs: 120_000})
+      const tail = ctx.dlq.spawn(['queue', 'tail', '--queue', queue, '--follow'], {t, timeoutMs: 120_000})
       // A pop started after them that waits a while ends after they have set up their waits.
       const probe = await ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '1s'])
       assert.equal(probe.code, 75, probe.stderr)
@@ -55,7 +55,7 @@ for (const backend of backends) {
       assert.equal(popped.code, 0, popped.stderr)
       assert.equal(JSON.parse(popped.stdout).body, 'hello')
       await pushArgs(ctx.dlq, queue, ['again'])
-      await waitFor(() => tail.stdoutText().includes('again\n'), {what: `tail --follow to print the push (has: ${JSON.stringify(tail.stdoutText())})`})
+      await waitFor(() => tail.stdoutText().includes('again\n'), {timeoutMs: 30_000, what: `tail --follow to print the push (has: ${JSON.stringify(tail.stdoutText())})`})
       tail.kill('SIGINT')
       assert.equal((await tail.result).code, 0)
       assert.deepEqual(await listed(ctx.dlq, queue), [queue])
@@ -70,8 +70,8 @@ for (const backend of backends) {
       await pushArgs(ctx.dlq, queue, ['held', 'w1', 'w2'])
       const later = await ctx.dlq.run(['queue', 'push', '--queue', queue, '--delay', '1h', 'delayed'])
       assert.equal(later.code, 0, later.stderr)
-      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--', 'sh', '-c', `cat > "$1/body"; ${shUntil('[ -e "$1/go" ]', 30)}`, SH0, dir], {t, timeoutMs: 120_000})
-      await waitFor(() => existsSync(join(dir, 'body')), {what: 'the worker to hold a message'})
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--', 'sh', '-c', `cat > "$1/body"; ${shUntil('[ -e "$1/go" ]', 90)}`, SH0, dir], {t, timeoutMs: 120_000})
+      await waitFor(() => existsSync(join(dir, 'body')), {timeoutMs: 30_000, what: 'the worker to hold a message'})
       assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.delayed, s.inFlight, s.dead]), [2, 1, 1, 1])
 
       const refused = await ctx.dlq.run(['queue', 'delete', '--queue', queue])
@@ -153,13 +153,13 @@ for (const backend of backends) {
     it('push --delay: the message comes once due, not before, on its first delivery, to a pop that waits; tail --follow does not print it', async (t) => {
       const queue = uniqueName('delay')
       await pushArgs(ctx.dlq, queue, ['first'])
-      const tail = ctx.dlq.spawn(['queue', 'tail', '--queue', queue, '--follow'], {t})
-      await waitFor(() => tail.stdoutText() === 'first\n', {what: 'tail to print the waiting message'})
+      const tail = ctx.dlq.spawn(['queue', 'tail', '--queue', queue, '--follow'], {t, timeoutMs: 120_000})
+      await waitFor(() => tail.stdoutText() === 'first\n', {timeoutMs: 30_000, what: 'tail to print the waiting message'})
       const pushedAt = Date.now()
       const r = await ctx.dlq.run(['queue', 'push', '--queue', queue, '--delay', '3s', 'soon'])
       assert.equal(r.code, 0, r.stderr)
       await pushArgs(ctx.dlq, queue, ['after'])
-      await waitFor(() => tail.stdoutText() === 'first\nafter\n', {what: `tail --follow to print the later push (has: ${JSON.stringify(tail.stdoutText())})`})
+      await waitFor(() => tail.stdoutText() === 'first\nafter\n', {timeoutMs: 30_000, what: `tail --follow to print the later push (has: ${JSON.stringify(tail.stdoutText())})`})
 
       const got = []
       while (got.length < 3) {
@@ -173,7 +173,7 @@ for (const backend of backends) {
       assert.ok(soon.at >= pushedAt + 3000, `popped ${soon.at - pushedAt} ms after the push, before its delay of 3 s`)
       assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.delayed, s.inFlight]), [0, 0, 0])
       await pushArgs(ctx.dlq, queue, ['last'])
-      await waitFor(() => tail.stdoutText().endsWith('last\n'), {what: 'tail --follow to print a push after the due time'})
+      await waitFor(() => tail.stdoutText().endsWith('last\n'), {timeoutMs: 30_000, what: `tail --follow to print a push after the due time (has: ${JSON.stringify(tail.stdoutText())}, stderr: ${JSON.stringify(tail.stderrText())})`})
       tail.kill('SIGINT')
       const done = await tail.result
       assert.equal(done.code, 0, done.stderr)

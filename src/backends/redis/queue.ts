@@ -83,22 +83,34 @@ for _, id in ipairs(due) do
 end
 -- New entries in stream order. One pushed with a delay that is not due yet is parked instead:
 -- kept in the PEL with its delivery count set back to 0 and owned by nobody, until the loop above
--- takes it once due. A call parks at most a few thousand; past that it asks to be called again.
+-- takes it once due. Past the first read, a look ahead (XRANGE) counts the delayed entries next
+-- in line, so a run of them is parked by one read; a call parks at most 1000, then asks to be
+-- called again (next due 0) so that it stays short.
 local again = false
-local rounds = 0
+local parkedNow = 0
+local lastSeen = nil
 while #out < want do
-  rounds = rounds + 1
-  if rounds > 20 then
+  if parkedNow >= 1000 then
     again = true
     break
   end
-  local fresh = redis.call('XREADGROUP', 'GROUP', '${group}', '${group}', 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
-  if not fresh or #fresh[1][2] == 0 then break end
-  local delays = redis.call('ZMSCORE', KEYS[5], unpack((function()
+  local n = want - #out
+  if lastSeen then
+    local ahead = redis.call('XRANGE', KEYS[1], '(' .. lastSeen, '+', 'COUNT', 200)
+    if #ahead == 0 then break end
     local ids = {}
-    for i, entry in ipairs(fresh[1][2]) do ids[i] = entry[1] end
-    return ids
-  end)()))
+    for i, entry in ipairs(ahead) do ids[i] = entry[1] end
+    local scores = redis.call('ZMSCORE', KEYS[5], unpack(ids))
+    local k = 0
+    while k < #ahead and scores[k + 1] and tonumber(scores[k + 1]) > now do k = k + 1 end
+    if k > 0 then n = k end
+  end
+  local fresh = redis.call('XREADGROUP', 'GROUP', '${group}', '${group}', 'COUNT', n, 'STREAMS', KEYS[1], '>')
+  if not fresh or #fresh[1][2] == 0 then break end
+  local ids = {}
+  for i, entry in ipairs(fresh[1][2]) do ids[i] = entry[1] end
+  lastSeen = ids[#ids]
+  local delays = redis.call('ZMSCORE', KEYS[5], unpack(ids))
   -- One ZADD and one HSET for the whole batch: a call from Lua costs about as much as its work.
   local deadlines, owners = {}, {}
   for i, entry in ipairs(fresh[1][2]) do
@@ -106,6 +118,7 @@ while #out < want do
     if dueAt and dueAt > now then
       redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, entry[1], 'RETRYCOUNT', 0, 'JUSTID')
       redis.call('ZADD', KEYS[6], dueAt, entry[1])
+      parkedNow = parkedNow + 1
     else
       deadlines[#deadlines + 1] = deadline
       deadlines[#deadlines + 1] = entry[1]
@@ -293,13 +306,14 @@ export class RedisQueues implements QueueDriver {
             return {id: messageId, body: Buffer.from(body), attempts: num(attempts), enqueuedAt: new Date(text(enqueued) ? num(enqueued) : idTime(messageId)), receipt: this.reserver}
           })
         }
+        // The script stopped early (parking delayed entries): go on, even past the deadline.
+        if (nextDueMs === 0) continue
         const now = Date.now()
         if (now >= deadline) return []
         if (!blocker) {
           blocker = duplicateOf(this.client)
           blocker.on('error', () => {})
         }
-        if (nextDueMs === 0) continue // the script stopped early (parking delayed entries): go on
         const sleep = Math.max(1, Math.min(deadline - now, nextDueMs >= 0 ? nextDueMs + 1 : fallbackPollMs, fallbackPollMs))
         // Wakes on any entry after the last one the script saw (XREAD waits for a stream that does
         // not exist yet, from 0-0): no push can slip in between.
