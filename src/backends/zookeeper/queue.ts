@@ -314,8 +314,9 @@ export class ZooKeeperQueues implements QueueDriver {
   }
 
   private async reserveOnce(queue: string, dirs: {waiting: string; claimed: string}, request: ReserveRequest, watcher?: Watcher): Promise<{messages: Message[]; waiting: number; nextDue: number}> {
-    if (!(await this.exists(dirs.waiting, watcher))) return {messages: [], waiting: 0, nextDue: Number.POSITIVE_INFINITY}
     let [waitingNames, claimedNames] = await Promise.all([this.list(dirs.waiting, watcher), this.list(dirs.claimed)])
+    // Nothing listed: perhaps no queue yet, whose creation only an exists watch reports.
+    if (waitingNames.length === 0 && !(await this.exists(dirs.waiting, watcher))) return {messages: [], waiting: 0, nextDue: Number.POSITIVE_INFINITY}
     // Others' claims are over when the server's clock is past them for sure (clock.ts).
     const now = await this.session.serverNow()
     const nextDelayed = await this.release(dirs.waiting, waitingNames, now.earliest)
@@ -487,7 +488,8 @@ export class ZooKeeperQueues implements QueueDriver {
     let highest = highestOf(await this.list(waiting), '')
     await this.waitFor(signal, Number.POSITIVE_INFINITY, async (watcher) => {
       // A queue not made yet: the exists watch wakes us when a push makes it.
-      const names = (await this.exists(waiting, watcher)) ? await this.list(waiting, watcher) : []
+      const names = await this.list(waiting, watcher)
+      if (names.length === 0) await this.exists(waiting, watcher)
       const fresh = names.map(parseWaiting).filter((w): w is Waiting => w !== undefined && w.seq > highest)
       highest = highestOf(names.filter((name) => parseDelayed(name) !== undefined), highest)
       if (fresh.length > 0) {
