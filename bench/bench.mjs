@@ -551,6 +551,55 @@ async function statusAll() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// (d2) what a popped message costs (issue 16: marginal pop ≥ 100,000 msgs/s on file and Redis; pop
+// loops of --count 1000 ≥ 20,000 msgs/s). Marginal: one `pop --count 100000` against `pop --count 1`
+// on the same queue, interleaved, so the process start cancels out: (N − 1) / (t(N) − t(1)). Loop:
+// `pop --count 1000` processes one after another until the queue is empty, start-up included.
+
+const MARGINAL_MESSAGES = Number(process.env.DLQ_BENCH_MARGINAL_MESSAGES ?? 100_000)
+
+async function popSpeed() {
+  const {fileBackend} = await import('../test/support/backends.mjs')
+  const {redisBackend} = await import('../test/support/servers.mjs')
+  const rows = []
+  const verdicts = []
+  for (const backend of [fileBackend, redisBackend]) {
+    const instance = await backend.setup()
+    try {
+      const pop = (queue, count) => {
+        const {ms, result} = spawnTimed(DLQ, ['-b', instance.url, 'queue', 'pop', '--queue', queue, '--count', String(count)], {stdio: ['ignore', 'pipe', 'pipe']})
+        expectStatus(result, [0], `${backend.name} queue pop --count ${count}`)
+        const lines = String(result.stdout).split('\n').length - 1
+        if (lines !== count) throw new Error(`${backend.name} queue pop --count ${count} wrote ${lines} messages`)
+        return ms
+      }
+      const marginal = []
+      for (let round = 0; round < 3; round++) {
+        const queue = `marginal-${round}`
+        const push = spawnTimed('sh', ['-c', `seq 1 ${MARGINAL_MESSAGES + 3} | "$0" -b "$1" queue push --queue "$2"`, DLQ, instance.url, queue])
+        expectStatus(push.result, [0], `${backend.name} queue push`)
+        const small = [pop(queue, 1), pop(queue, 1)]
+        const big = pop(queue, MARGINAL_MESSAGES)
+        small.push(pop(queue, 1))
+        marginal.push(((MARGINAL_MESSAGES - 1) * 1000) / (big - median(small)))
+      }
+      const loop = queueRoundTrip(instance.url, 'loop')
+      const loopRate = loop.popped / (loop.popMs / 1000)
+      rows.push([backend.name, `${fmtInt(median(marginal))}/s`, marginal.map((r) => fmtInt(r)).join(' / '), `${fmtInt(loopRate)}/s`, `${loop.pops} × ${fmt(loop.popMs / loop.pops, 0)} ms`])
+      verdicts.push({ok: median(marginal) >= 100_000, target: `${backend.name}: marginal pop ≥ 100,000 msgs/s`, measured: `${fmtInt(median(marginal))}/s median of 3`})
+      verdicts.push({ok: loopRate >= 20_000 && loop.missing === 0 && loop.duplicates === 0, target: `${backend.name}: pop --count ${POP_BATCH} loop ≥ 20,000 msgs/s, every message once`, measured: `${fmtInt(loopRate)}/s, ${loop.missing} missing, ${loop.duplicates} duplicates`})
+    } finally {
+      await instance.teardown()
+    }
+  }
+  return {
+    title: `what a popped message costs: marginal (pop --count ${fmtInt(MARGINAL_MESSAGES)} against --count 1) and pop --count ${POP_BATCH} loops of ${fmtInt(QUEUE_MESSAGES)}`,
+    table: {header: ['backend', 'marginal pop', 'rounds', 'pop loop', 'processes'], rows},
+    verdicts,
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // (e) worker concurrency (issue 14: --concurrency 8 with a 100 ms handler drains 1,000 messages at
 // least 6× faster than --concurrency 1), file backend, as a user runs it: push, then one worker
 // with --wait 0 that exits once the queue is empty; timed from its start to its exit.
@@ -586,6 +635,7 @@ const SECTIONS = {
   handoff: handoffFile,
   queue: queueFile,
   status: statusAll,
+  popspeed: popSpeed,
   workers: workersFile,
   redis: async () => (await import('./redis.mjs')).benchRedis({root: ROOT, dlq: DLQ, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}),
   // Sentinel promoting the replica under a waiting lock run (issue 12).
