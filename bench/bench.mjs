@@ -504,40 +504,99 @@ async function queueFile() {
 
 /** Sections in run order: the file backend, then one per server backend. */
 // ---------------------------------------------------------------------------------------------
-// (d) lock status over many keys (issue 16: ≤ 0.5 s over 10,000 keys), file backend: keys made
-// through the driver in this process, then `dlq lock status` timed as a user runs it.
+// (d) lock status over many keys (issue 16: ≤ 0.5 s over 10,000 keys on every backend): keys made
+// through the driver by child processes (1,000 each: a file driver keeps the directories of the keys
+// it used open for its life), held (`lock acquire`'s detached lease, so a ZooKeeper hold outlives its
+// maker) or used once and released; then `dlq lock status --json` timed as a user runs it, against
+// servers started here (test/support/backends.mjs).
 
-const STATUS_KEYS = 10_000
+const STATUS_KEYS = Number(process.env.DLQ_BENCH_STATUS_KEYS ?? 10_000)
 
-async function statusFile() {
-  const driver = pathToFileURL(join(ROOT, 'dist/backends/file/index.js')).href
+async function statusAll() {
+  const {allBackends} = await import('../test/support/backends.mjs')
+  const index = pathToFileURL(join(ROOT, 'dist/backends/index.js')).href
+  const make = `const {openBackend} = await import(process.argv[1]); const [url, from, to, release] = process.argv.slice(2)
+    const backend = await openBackend(url, {})
+    const holder = {host: 'bench', pid: process.pid, user: 'bench', command: 'bench'}
+    for (let at = +from; at < +to; at += 64) await Promise.all(Array.from({length: Math.min(64, +to - at)}, async (_, i) => {
+      const key = 'key-' + (at + i), owner = 'bench-' + (at + i)
+      await backend.locks.acquire({key, owner, ttlMs: 3600000, waitMs: 0, limit: 1, signal: new AbortController().signal, holder})
+      if (release === '1') await backend.locks.release(key, owner)
+      else await backend.locks.detach?.(key, owner)
+    }))
+    await backend.close(); process.exit(0)`
   const rows = []
   const verdicts = []
-  for (const [label, release] of [['10,000 held', false], ['10,000 used once and released', true]]) {
-    const dir = tempDir('status')
-    // A driver keeps the directories of the keys it used open for its process's life: the keys are
-    // made by child processes, 1,000 each.
-    const make = `const {openFileBackend} = await import(process.argv[1]); const [dir, from, to, release] = process.argv.slice(2)
-      const backend = await openFileBackend(new URL('file://' + dir), {})
-      const info = {host: 'bench', pid: process.pid, user: 'bench', command: 'bench'}
-      for (let at = +from; at < +to; at += 64) await Promise.all(Array.from({length: Math.min(64, +to - at)}, async (_, i) => {
-        const owner = 'bench-' + (at + i)
-        await backend.locks.acquire({key: 'key-' + (at + i), owner, ttlMs: 3600000, waitMs: 0, limit: 1, signal: new AbortController().signal, info})
-        if (release === '1') await backend.locks.release('key-' + (at + i), owner)
-      }))`
-    for (let at = 0; at < STATUS_KEYS; at += 1000) {
-      expectStatus(spawnSync(process.execPath, ['--input-type=module', '-e', make, driver, dir, String(at), String(Math.min(at + 1000, STATUS_KEYS)), release ? '1' : '0'], {encoding: 'utf8'}), [0], 'making keys')
+  for (const backend of allBackends) {
+    for (const [label, release] of [['held', false], ['used once and released', true]]) {
+      const instance = await backend.setup()
+      try {
+        for (let at = 0; at < STATUS_KEYS; at += 1000) {
+          expectStatus(spawnSync(process.execPath, ['--input-type=module', '-e', make, index, instance.url, String(at), String(Math.min(at + 1000, STATUS_KEYS)), release ? '1' : '0'], {encoding: 'utf8'}), [0], `making ${backend.name} keys`)
+        }
+        const runs = [1, 2, 3].map(() => {
+          const {ms, result} = spawnTimed(process.execPath, [DLQ, 'lock', 'status', '-b', instance.url, '--json'])
+          expectStatus(result, [0], `${backend.name} lock status`)
+          return ms
+        })
+        const ms = median(runs)
+        rows.push([backend.name, `${fmtInt(STATUS_KEYS)} ${label}`, `${fmt(ms, 0)} ms`, runs.map((r) => fmt(r, 0)).join(' / ')])
+        verdicts.push({ok: ms <= 500, target: `${backend.name}: lock status over ${fmtInt(STATUS_KEYS)} keys ${label} ≤ 0.5 s`, measured: `${fmt(ms / 1000, 2)} s median of 3`})
+      } finally {
+        await instance.teardown()
+      }
     }
-    const runs = [1, 2, 3].map(() => {
-      const {ms, result} = spawnTimed(process.execPath, [DLQ, 'lock', 'status', '-b', `file://${dir}`, '--json'])
-      expectStatus(result, [0], 'lock status')
-      return ms
-    })
-    const ms = median(runs)
-    rows.push([label, `${fmt(ms, 0)} ms`, runs.map((r) => fmt(r, 0)).join(' / ')])
-    verdicts.push({ok: ms <= 500, target: `lock status over ${label} keys ≤ 0.5 s`, measured: `${fmt(ms / 1000, 2)} s median of 3`})
   }
-  return {title: `lock status over ${fmtInt(STATUS_KEYS)} keys, file backend (dlq lock status --json, command to exit)`, table: {header: ['keys', 'median', 'runs'], rows}, verdicts}
+  return {title: `lock status over ${fmtInt(STATUS_KEYS)} keys (dlq lock status --json, command start to exit)`, table: {header: ['backend', 'keys', 'median', 'runs'], rows}, verdicts}
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d2) what a popped message costs (issue 16: marginal pop ≥ 100,000 msgs/s on file and Redis; pop
+// loops of --count 1000 ≥ 20,000 msgs/s). Marginal: one `pop --count 100000` against `pop --count 1`
+// on the same queue, interleaved, so the process start cancels out: (N − 1) / (t(N) − t(1)). Loop:
+// `pop --count 1000` processes one after another until the queue is empty, start-up included.
+
+const MARGINAL_MESSAGES = Number(process.env.DLQ_BENCH_MARGINAL_MESSAGES ?? 100_000)
+
+async function popSpeed() {
+  const {fileBackend} = await import('../test/support/backends.mjs')
+  const {redisBackend} = await import('../test/support/servers.mjs')
+  const rows = []
+  const verdicts = []
+  for (const backend of [fileBackend, redisBackend]) {
+    const instance = await backend.setup()
+    try {
+      const pop = (queue, count) => {
+        const {ms, result} = spawnTimed(DLQ, ['-b', instance.url, 'queue', 'pop', '--queue', queue, '--count', String(count)], {stdio: ['ignore', 'pipe', 'pipe']})
+        expectStatus(result, [0], `${backend.name} queue pop --count ${count}`)
+        const lines = String(result.stdout).split('\n').length - 1
+        if (lines !== count) throw new Error(`${backend.name} queue pop --count ${count} wrote ${lines} messages`)
+        return ms
+      }
+      const marginal = []
+      for (let round = 0; round < 3; round++) {
+        const queue = `marginal-${round}`
+        const push = spawnTimed('sh', ['-c', `seq 1 ${MARGINAL_MESSAGES + 3} | "$0" -b "$1" queue push --queue "$2"`, DLQ, instance.url, queue])
+        expectStatus(push.result, [0], `${backend.name} queue push`)
+        const small = [pop(queue, 1), pop(queue, 1)]
+        const big = pop(queue, MARGINAL_MESSAGES)
+        small.push(pop(queue, 1))
+        marginal.push(((MARGINAL_MESSAGES - 1) * 1000) / (big - median(small)))
+      }
+      const loop = queueRoundTrip(instance.url, 'loop')
+      const loopRate = loop.popped / (loop.popMs / 1000)
+      rows.push([backend.name, `${fmtInt(median(marginal))}/s`, marginal.map((r) => fmtInt(r)).join(' / '), `${fmtInt(loopRate)}/s`, `${loop.pops} × ${fmt(loop.popMs / loop.pops, 0)} ms`])
+      verdicts.push({ok: median(marginal) >= 100_000, target: `${backend.name}: marginal pop ≥ 100,000 msgs/s`, measured: `${fmtInt(median(marginal))}/s median of 3`})
+      verdicts.push({ok: loopRate >= 20_000 && loop.missing === 0 && loop.duplicates === 0, target: `${backend.name}: pop --count ${POP_BATCH} loop ≥ 20,000 msgs/s, every message once`, measured: `${fmtInt(loopRate)}/s, ${loop.missing} missing, ${loop.duplicates} duplicates`})
+    } finally {
+      await instance.teardown()
+    }
+  }
+  return {
+    title: `what a popped message costs: marginal (pop --count ${fmtInt(MARGINAL_MESSAGES)} against --count 1) and pop --count ${POP_BATCH} loops of ${fmtInt(QUEUE_MESSAGES)}`,
+    table: {header: ['backend', 'marginal pop', 'rounds', 'pop loop', 'processes'], rows},
+    verdicts,
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -575,7 +634,8 @@ const SECTIONS = {
   startup,
   handoff: handoffFile,
   queue: queueFile,
-  status: statusFile,
+  status: statusAll,
+  popspeed: popSpeed,
   workers: workersFile,
   redis: async () => (await import('./redis.mjs')).benchRedis({root: ROOT, dlq: DLQ, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}),
   // Sentinel promoting the replica under a waiting lock run (issue 12).

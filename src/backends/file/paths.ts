@@ -24,7 +24,7 @@
 //   fchmod past the umask, as its directories get 2770): never writable by everyone. Files are read
 //   with O_NOFOLLOW|O_NONBLOCK and only if they are regular files (a planted FIFO cannot hang dlq).
 import type {Stats} from 'node:fs'
-import {readFileSync} from 'node:fs'
+import {closeSync, fstatSync, lstatSync, openSync, readFileSync} from 'node:fs'
 import {type FileHandle, mkdir, open, lstat, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
@@ -146,24 +146,26 @@ function checkDir(path: string, info: Stats, modes: Modes): void {
   if ((info.mode & 0o022) !== 0) throw refuse(path, info, `writable by ${(info.mode & 0o002) !== 0 ? 'every user' : groupName(info.gid)} (mode ${octal(info.mode)})`)
 }
 
+/** Why a directory could not be opened: undefined if it is missing, else the refusal to throw. */
+function openDirFailed(path: string, error: unknown, modes: Modes): undefined {
+  if (errorCode(error) === 'ENOENT') return undefined
+  // Only to word the message (a rare path, so synchronous): what is there is refused either way.
+  const info = lstatSync(path, {throwIfNoEntry: false})
+  // Another user's directory dlq may not even open: say whose it is, rather than just "denied".
+  if (errorCode(error) === 'EACCES' && info?.isDirectory()) checkDir(path, info, modes)
+  if (errorCode(error) === 'ELOOP' || errorCode(error) === 'ENOTDIR') throw unsafePath(path, info?.isSymbolicLink() ? 'it is a symbolic link' : 'it is not a directory')
+  throw error
+}
+
+const openDirFlags = constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW | constants.O_NONBLOCK
+
 /** Opens a directory below a pinned one, never through a link, and checks it; undefined if missing. */
 async function openDir(path: string, modes: Modes): Promise<FileHandle | undefined> {
   let handle: FileHandle
   try {
-    handle = await open(path, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    handle = await open(path, openDirFlags)
   } catch (error) {
-    if (errorCode(error) === 'ENOENT') return undefined
-    if (errorCode(error) === 'EACCES') {
-      // Another user's directory dlq may not even open: say whose it is, rather than just "denied".
-      const info = await lstat(path).catch(() => undefined)
-      if (info?.isDirectory()) checkDir(path, info, modes)
-    }
-    if (errorCode(error) === 'ELOOP' || errorCode(error) === 'ENOTDIR') {
-      // Only to word the message: what is there is refused either way.
-      const isLink = await lstat(path).then((info) => info.isSymbolicLink(), () => false)
-      throw unsafePath(path, isLink ? 'it is a symbolic link' : 'it is not a directory')
-    }
-    throw error
+    return openDirFailed(path, error, modes)
   }
   try {
     checkDir(path, await handle.stat(), modes)
@@ -194,6 +196,29 @@ export async function pinBase(base: string): Promise<{path: string; modes: Modes
 export async function existingDir(path: string, modes: Modes): Promise<string | undefined> {
   const handle = await openDir(path, modes)
   return handle && pin(handle, shown(path))
+}
+
+/**
+ * existingDir() for a reader that goes through many directories (status over thousands of keys,
+ * where the thread pool's hand-offs cost more than the system calls themselves): calls `use` with
+ * the directory, checked and pinned as existingDir() does, all synchronously, and closes it after.
+ * Undefined when there is none.
+ */
+export function inExistingDirSync<T>(path: string, modes: Modes, use: (dir: string) => T): T | undefined {
+  let fd: number
+  try {
+    fd = openSync(path, openDirFlags)
+  } catch (error) {
+    return openDirFailed(path, error, modes)
+  }
+  try {
+    checkDir(path, fstatSync(fd), modes)
+    if (!viaProc) return use(path)
+    showPathAs(`/proc/self/fd/${fd}`, shown(path))
+    return use(`/proc/self/fd/${fd}`)
+  } finally {
+    closeSync(fd)
+  }
 }
 
 /** existingDir() down several levels from a pinned directory; the levels between are closed again. */
@@ -296,40 +321,60 @@ export async function writeNewFile(path: string, data: string | Buffer, modes: M
   }
 }
 
+const readFileFlags = constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK
+const openFileFailed = (path: string, error: unknown) => errorCode(error) === 'ELOOP' ? unsafePath(path, 'it is a symbolic link') : error
+
+function checkRegularFile(path: string, info: Stats, maxBytes?: number): void {
+  if (!info.isFile()) throw unsafePath(path, 'it is not a regular file')
+  if (maxBytes !== undefined && info.size > maxBytes) throw unsafePath(path, `it is larger than ${maxBytes} bytes`)
+}
+
 /** A regular file's content, read without following a link; at most `maxBytes` when given. */
 export async function readRegularFile(path: string, maxBytes?: number): Promise<Buffer> {
   let handle: FileHandle
   try {
-    handle = await open(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK)
+    handle = await open(path, readFileFlags)
   } catch (error) {
-    if (errorCode(error) === 'ELOOP') throw unsafePath(path, 'it is a symbolic link')
-    throw error
+    throw openFileFailed(path, error)
   }
   try {
-    const info = await handle.stat()
-    if (!info.isFile()) throw unsafePath(path, 'it is not a regular file')
-    if (maxBytes !== undefined && info.size > maxBytes) throw unsafePath(path, `it is larger than ${maxBytes} bytes`)
+    checkRegularFile(path, await handle.stat(), maxBytes)
     return await handle.readFile()
   } finally {
     await handle.close()
   }
 }
 
+/** readRegularFile() with synchronous calls, for inExistingDirSync()'s readers. */
+export function readRegularFileSync(path: string, maxBytes?: number): Buffer {
+  let fd: number
+  try {
+    fd = openSync(path, readFileFlags)
+  } catch (error) {
+    throw openFileFailed(path, error)
+  }
+  try {
+    checkRegularFile(path, fstatSync(fd), maxBytes)
+    return readFileSync(fd)
+  } finally {
+    closeSync(fd)
+  }
+}
+
 /**
  * The name a component of `dir` (pinned) stands for; undefined when it cannot be told (a hashed
- * name whose `name` file is missing, or does not encode back to the component).
+ * name whose `name` file is missing, or does not encode back to the component). Synchronous: status
+ * listings call it for every entry.
  */
-export async function decodeName(dir: string, component: string, modes: Modes): Promise<string | undefined> {
+export function decodeName(dir: string, component: string, modes: Modes): string | undefined {
   if (!hashed.test(component)) return percentEncode(percentDecode(component)) === component ? percentDecode(component) : undefined
-  const sub = await existingDir(join(dir, component), modes)
-  if (sub === undefined) return undefined
-  try {
-    const name = (await readRegularFile(join(sub, 'name'), 1024)).toString('utf8')
-    return encodeName(name) === component ? name : undefined
-  } catch (error) {
-    if (errorCode(error) === 'ENOENT') return undefined
-    throw error
-  } finally {
-    await unpin(sub)
-  }
+  return inExistingDirSync(join(dir, component), modes, (sub) => {
+    try {
+      const name = readRegularFileSync(join(sub, 'name'), 1024).toString('utf8')
+      return encodeName(name) === component ? name : undefined
+    } catch (error) {
+      if (errorCode(error) === 'ENOENT') return undefined
+      throw error
+    }
+  })
 }

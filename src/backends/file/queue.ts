@@ -721,7 +721,7 @@ export class FileQueues implements QueueDriver {
     const queuesDir = await safeDir(this.base, ['queues'], this.modes)
     const names = queue !== undefined
       ? [queue]
-      : await Promise.all((await readdir(queuesDir)).map((c) => decodeName(queuesDir, c, this.modes)))
+      : (await readdir(queuesDir)).map((c) => decodeName(queuesDir, c, this.modes))
     const all = new Set(names.filter((n): n is string => n !== undefined))
     const out: QueueStats[] = []
     for (const name of [...all].sort()) {
