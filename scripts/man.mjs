@@ -101,8 +101,9 @@ const jsonOutput = {
   ],
   'queue:tail': [['On stdout, one object per line and message, as queue pop prints them (body or bodyBase64); attempts counts the deliveries so far (0 for a message never popped).', messageShape], binaryMessage],
   'queue:purge': [['On stdout: how many waiting messages were dropped. Messages in flight without --force (exit 75) is the error object below.', '{"queue": QUEUE, "purged": N}']],
+  'queue:delete': [['On stdout: whether QUEUE existed (deleted, true or false), and how many messages (waiting, delayed, in flight) and dead letters it held as counted just before the delete. Messages in flight without --force (exit 75) is the error object below.', '{"queue": QUEUE, "deleted": BOOLEAN, "messages": N, "deadLetters": N}']],
   'queue:redrive': [['On stdout: how many dead letters moved from QUEUE.dead (from) to the end of QUEUE.', '{"queue": QUEUE, "from": QUEUE, "moved": N}']],
-  'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is null when none waits. dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "inFlight": N, "dead": N, "oldestAgeMs": N|null}]}']],
+  'queue:status': [['On stdout, every queue (or the one QUEUE); oldestAgeMs, the age of the oldest waiting message in milliseconds, is null when none waits. delayed counts the messages pushed with --delay or --at that are not due yet; dead counts the messages in QUEUE.dead.', '{"queues": [{"queue": QUEUE, "waiting": N, "delayed": N, "inFlight": N, "dead": N, "oldestAgeMs": N|null}]}']],
 }
 const errorShape = '{"error": {"code": EXIT-CODE, "what": TEXT, "why": TEXT, "hint": TEXT}}'
 

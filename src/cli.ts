@@ -6,6 +6,7 @@ import LockRelease from './commands/lock/release.js'
 import LockRenew from './commands/lock/renew.js'
 import LockRun from './commands/lock/run.js'
 import LockStatus from './commands/lock/status.js'
+import QueueDelete from './commands/queue/delete.js'
 import QueuePop from './commands/queue/pop.js'
 import QueuePurge from './commands/queue/purge.js'
 import QueuePush from './commands/queue/push.js'
@@ -22,6 +23,7 @@ export const COMMANDS = {
   'lock:renew': LockRenew,
   'lock:run': LockRun,
   'lock:status': LockStatus,
+  'queue:delete': QueueDelete,
   'queue:pop': QueuePop,
   'queue:purge': QueuePurge,
   'queue:push': QueuePush,

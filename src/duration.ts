@@ -49,3 +49,27 @@ export function formatDuration(ms: number): string {
   const minutes = Math.round(ms / 60_000)
   return `${Math.floor(minutes / 60)}h${minutes % 60}m`
 }
+
+// TIME for `queue push --at`: ISO 8601 with its offset (`2026-12-02T18:00:00Z`,
+// `2026-12-02T19:00:00+01:00`, fractions of a second allowed, a space for the T), or `@` and
+// seconds since the epoch as date(1) writes them (`@1700000000`). A time without an offset is
+// refused rather than read in some time zone, and so is a date that does not exist (Feb 30th,
+// 24:00), which Date.parse would roll over into the next month or day.
+const isoTime = /^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(?:[Zz]|([+-])(\d{2}):?(\d{2}))$/
+
+/** The point in time TIME names. */
+export function parseTime(input: string, flag: string): Date {
+  const text = input.trim()
+  const bad = (why: string) => usageError(`bad time for --${flag}`, why, 'use ISO 8601 with an offset, e.g. 2026-12-02T18:00:00Z or 2026-12-02T19:00+01:00, or @ and epoch seconds, e.g. @1700000000')
+  if (/^@\d+(\.\d+)?$/.test(text)) return new Date(Math.round(Number(text.slice(1)) * 1000))
+  const m = isoTime.exec(text)
+  if (!m) throw bad(/^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?$/.test(text) ? `${JSON.stringify(input)} has no offset` : JSON.stringify(input))
+  const [, year, month, day, hour, minute, second = '0', fraction = '', sign, offsetHours = '0', offsetMinutes = '0'] = m
+  const offsetMs = (sign === '-' ? -1 : 1) * (Number(offsetHours) * 60 + Number(offsetMinutes)) * 60_000
+  const wall = Date.UTC(Number(year), Number(month) - 1, Number(day), Number(hour), Number(minute), Number(second))
+  const back = new Date(wall)
+  const exists = back.getUTCFullYear() === Number(year) && back.getUTCMonth() === Number(month) - 1 && back.getUTCDate() === Number(day) &&
+    back.getUTCHours() === Number(hour) && back.getUTCMinutes() === Number(minute) && back.getUTCSeconds() === Number(second)
+  if (!exists || Number(offsetMinutes) >= 60) throw bad(`${JSON.stringify(input)} is no such time`)
+  return new Date(wall - offsetMs + Math.round(Number(`0${fraction}`) * 1000))
+}

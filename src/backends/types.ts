@@ -119,9 +119,21 @@ export interface SettleOptions {
   retryDelayMs?: number
 }
 
+export interface PushOptions {
+  /**
+   * `queue push --delay` / `--at`: the messages stay invisible (to pop, tail and the waiting
+   * count) until then, counted as `delayed`. `delayMs` is measured on the backend's clock where
+   * the driver has one (as retryDelayMs is), `at` is a point in time; at most one is given.
+   */
+  delayMs?: number
+  at?: Date
+}
+
 export interface QueueStats {
   queue: string
   waiting: number
+  /** Pushed with a delay that has not passed yet: invisible until then. */
+  delayed: number
   inFlight: number
   dead: number
   /** Age of the oldest waiting message in ms, if any. */
@@ -137,8 +149,11 @@ export interface QueueDriver {
    */
   readonly pushConcurrency?: number
   /** Appends one batch in order; resolves with the ids once the batch is durable. */
-  push(queue: string, bodies: Buffer[]): Promise<string[]>
-  /** Reserves up to `count` messages, waiting up to `waitMs` for the first. [] when none came. */
+  push(queue: string, bodies: Buffer[], options?: PushOptions): Promise<string[]>
+  /**
+   * Reserves up to `count` messages, waiting up to `waitMs` for the first. [] when none came.
+   * Creates nothing: a queue that does not exist is waited on until a push creates it.
+   */
   reserve(queue: string, request: ReserveRequest): Promise<Message[]>
   /** Settles reserved messages. */
   settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number, options?: SettleOptions): Promise<void>
@@ -146,9 +161,19 @@ export interface QueueDriver {
   extend(queue: string, message: Message, visibilityMs: number): Promise<boolean>
   /** The last `count` waiting messages, oldest first, without consuming them. */
   peek(queue: string, count: number): Promise<Message[]>
-  /** Calls onMessages with every message pushed from now on until the signal aborts. */
+  /**
+   * Calls onMessages with every message pushed from now on until the signal aborts (not those
+   * pushed with a delay). Like reserve, it creates nothing.
+   */
   follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void>
+  /** All queues that exist, or the one named (zeros if it does not). */
   stats(queue?: string): Promise<QueueStats[]>
+  /**
+   * Deletes the queue and its dead letters (`queue`.dead) with every message they hold, waiting,
+   * delayed or in flight: a settle of a message in hand then changes nothing. Resolves false
+   * when there was no such queue.
+   */
+  deleteQueue(queue: string): Promise<boolean>
 }
 
 export interface Backend {

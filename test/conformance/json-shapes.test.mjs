@@ -79,7 +79,7 @@ for (const backend of backends) {
       assert.deepEqual(assertDocumented(busy.stderr, 'dlq-lock-run'), [ERROR('dlq-lock-run')])
     })
 
-    it('queue push, tail, pop (text and binary bodies), status, redrive, purge, and a pop of an empty queue (exit 75)', async () => {
+    it('queue push, tail, pop (text and binary bodies), status, redrive, purge, delete, and a pop of an empty queue (exit 75)', async () => {
       const queue = uniqueName('shape-q')
       const pushed = await ctx.dlq.run(['queue', 'push', '--queue', queue, '--json'], {input: Buffer.from('text\n\xff\xfe binary\n', 'latin1')})
       assert.equal(pushed.code, 0, pushed.stderr)
@@ -110,6 +110,16 @@ for (const backend of backends) {
       const drained = await ctx.dlq.run(['queue', 'status', '--queue', queue, '--json'])
       assert.deepEqual(assertDocumented(drained.stdout, 'dlq-queue-status'), [0])
       assert.equal(JSON.parse(drained.stdout).queues[0]?.oldestAgeMs ?? null, null)
+      const later = await ctx.dlq.run(['queue', 'push', '--queue', queue, '--delay', '1h', '--json', 'later'])
+      assert.deepEqual(assertDocumented(later.stdout, 'dlq-queue-push'), [0])
+      const delayed = await ctx.dlq.run(['queue', 'status', '--queue', queue, '--json'])
+      assert.deepEqual(assertDocumented(delayed.stdout, 'dlq-queue-status'), [0])
+      assert.equal(JSON.parse(delayed.stdout).queues[0].delayed, 1)
+      const deleted = await ctx.dlq.run(['queue', 'delete', '--queue', queue, '--json'])
+      assert.equal(deleted.code, 0, deleted.stderr)
+      assert.deepEqual(assertDocumented(deleted.stdout, 'dlq-queue-delete'), [0])
+      const none = await ctx.dlq.run(['queue', 'delete', '--queue', queue, '--json'])
+      assert.deepEqual(assertDocumented(none.stdout, 'dlq-queue-delete'), [0])
     })
   })
 }

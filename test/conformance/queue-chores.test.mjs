@@ -46,7 +46,7 @@ for (const backend of backends) {
       const dir = await tempDir(t)
       const queue = uniqueName('purge')
       await pushArgs(ctx.dlq, queue, ['first', 'm2', 'm3', 'm4', 'm5'])
-      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--', 'sh', '-c', `cat > "$1/body"; ${shUntil('[ -e "$1/go" ]', 30)}`, SH0, dir], {t})
+      const worker = ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--count', '1', '--exec', '--', 'sh', '-c', `cat > "$1/body"; ${shUntil('[ -e "$1/go" ]', 30)}`, SH0, dir], {t, timeoutMs: 120_000})
       await waitFor(() => existsSync(join(dir, 'body')), {what: 'the worker to hold the first message'})
       assert.deepEqual(await queueStats(ctx.dlq, queue).then((s) => [s.waiting, s.inFlight]), [4, 1])
 

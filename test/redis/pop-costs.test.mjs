@@ -77,7 +77,8 @@ function scriptCalls(commands) {
     const keys = Number(args[2])
     const argv = args.slice(3 + keys)
     if (keys === 4 && ['ack', 'retry', 'release'].includes(argv[1])) return [{script: 'settle', outcome: argv[1], ids: argv.length - 4}]
-    if (keys === 4 && argv.length === 4) return [{script: 'reserve', ids: Number(argv[1])}]
+    // reserve: the stream, deadlines, owners, dead letters, delayed and parked entries.
+    if (keys === 6 && argv.length === 4) return [{script: 'reserve', ids: Number(argv[1])}]
     return []
   })
 }

@@ -1,7 +1,7 @@
 // The JSON shapes the man pages document (section JSON OUTPUT of man/dlq-*.1), read from the pages
 // as a user reads them and turned into checkers, so that a test fails when the output and the
 // documentation part ways. A shape is JSON with placeholders: N (a count), INTEGER, ISO-8601,
-// EXIT-CODE, and words in capitals for strings (KEY, TOKEN, TEXT, ...); "A|null" may be null;
+// EXIT-CODE, BOOLEAN (true or false), and words in capitals for strings (KEY, TOKEN, TEXT, ...); "A|null" may be null;
 // [ID, ...] is a list of IDs; "[...]|null" a list or null. Every key is required, no other key may
 // appear; the one exception the pages state in words is the error object's hint ("may be left out").
 import {readFileSync} from 'node:fs'
@@ -34,6 +34,7 @@ function matchesPlaceholder(value, placeholder) {
     if (kind === 'null') return value === null
     if (kind === 'N' || kind === 'EXIT-CODE') return Number.isInteger(value) && value >= 0
     if (kind === 'INTEGER') return (Number.isSafeInteger(value) && value >= 0) || (typeof value === 'string' && /^\d+$/.test(value))
+    if (kind === 'BOOLEAN') return typeof value === 'boolean'
     if (kind === 'ISO-8601') return typeof value === 'string' && isoDate.test(value)
     if (kind === 'BASE64') return typeof value === 'string' && /^[A-Za-z0-9+/]*={0,2}$/.test(value)
     return typeof value === 'string'

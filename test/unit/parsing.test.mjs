@@ -5,13 +5,32 @@ import {describe, it} from 'node:test'
 import {maskUrl} from '../../dist/backends/index.js'
 import {encodeName} from '../../dist/backends/file/paths.js'
 import {maskUrlsIn} from '../../dist/backends/url.js'
-import {formatDuration, parseDuration} from '../../dist/duration.js'
+import {formatDuration, parseDuration, parseTime} from '../../dist/duration.js'
 import {DlqError, toDlqError} from '../../dist/errors.js'
 import {batches} from '../../dist/framing.js'
 import {checkName} from '../../dist/names.js'
 import {jsonText} from '../../dist/output.js'
 
 const usage = (fn) => assert.throws(fn, (e) => e instanceof DlqError && e.exitCode === 64)
+
+describe('times (queue push --at)', () => {
+  it('reads ISO 8601 with an offset, and @ epoch seconds', () => {
+    const at = Date.UTC(2026, 11, 2, 18, 0, 0)
+    assert.equal(parseTime('2026-12-02T18:00:00Z', 'at').getTime(), at)
+    assert.equal(parseTime('2026-12-02T18:00Z', 'at').getTime(), at)
+    assert.equal(parseTime('2026-12-02T19:00:00+01:00', 'at').getTime(), at)
+    assert.equal(parseTime('2026-12-02 13:30-0430', 'at').getTime(), at)
+    assert.equal(parseTime('2026-12-02T18:00:00.250Z', 'at').getTime(), at + 250)
+    assert.equal(parseTime('@1700000000', 'at').getTime(), 1_700_000_000_000)
+    assert.equal(parseTime('@1700000000.5', 'at').getTime(), 1_700_000_000_500)
+    assert.equal(parseTime('2024-02-29T00:00Z', 'at').getTime(), Date.UTC(2024, 1, 29))
+  })
+  it('refuses a time without an offset, a date that does not exist, and anything else', () => {
+    for (const bad of ['2026-12-02T18:00:00', '2026-02-30T00:00Z', '2025-02-29T00:00Z', '2026-12-02T24:00Z', '2026-12-02T18:60Z', '2026-13-01T00:00Z', '2026-12-02T18:00+01:60', 'tomorrow', '', '@', '1700000000', '@-5']) {
+      usage(() => parseTime(bad, 'at'))
+    }
+  })
+})
 
 describe('durations', () => {
   it('reads the SPEC forms', () => {

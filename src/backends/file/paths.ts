@@ -275,6 +275,34 @@ export async function safeDir(base: string, parts: string[], modes: Modes, realN
   return path
 }
 
+/**
+ * safeDir() for a directory that must already exist: the same pins and checks, but nothing is
+ * created; undefined when some level is missing (a queue nobody pushed to).
+ */
+export async function knownDir(base: string, parts: string[], modes: Modes): Promise<string | undefined> {
+  let path = base
+  for (const part of parts) {
+    const next = join(path, part)
+    let dir = known.get(next)
+    if (dir === undefined) {
+      dir = await existingDir(next, modes)
+      if (dir === undefined) return undefined
+      known.set(next, dir)
+    }
+    path = dir
+  }
+  return path
+}
+
+/**
+ * Forgets the directories known below `path` (a queue's, after a delete renamed it away), so that
+ * the next safeDir() or knownDir() looks again. Their pins stay open: another part of the process
+ * may still hold their paths, and a closed fd number could be reused under the same path.
+ */
+export function forgetDirs(path: string): void {
+  for (const next of known.keys()) if (next === path || next.startsWith(`${path}/`)) known.delete(next)
+}
+
 // ── Files ──────────────────────────────────────────────────────────────────────────────────────
 
 /** Creates `path` (never through a link, never over anything) with the tree's file mode. */

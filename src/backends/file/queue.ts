@@ -14,7 +14,16 @@
 //
 // Steps, one system call each:
 //   push    T1 open tmp/F O_EXCL (EEXIST: draw another name), T2 writev, T3 fdatasync, T4 rename
-//           tmp/F → new/F, T5 fsync new/. Exit 0 only after T5.
+//           tmp/F → new/F, T5 fsync new/. Exit 0 only after T5. A push with a delay (--delay,
+//           --at) renames instead to cur/<all of F, no delivery, deadline its due time, reserver
+//           "later"> and fsyncs cur/: D1's state, which a sweep returns (R1) once due, so it
+//           waits invisible and then sorts in new/ by its batch (push order). Only a push makes a
+//           claim on no delivery: `queue status` counts those as delayed.
+//   delete  X1 rename queues/<Q> → queues/.deleted-<random> (no name decodes with a leading dot),
+//           the same for Q.dead, then rm -r of every .deleted-* (a killed delete's too). A pop
+//           waiting in the renamed directory sees that its name is gone and waits for a new one.
+// Readers create nothing: pop, tail and settle use a queue's directory only if it exists, and
+// wait for a push to make it with a watch on queues/.
 //   claim   C1 rename new/W → cur/<claim of all of W>: of racing reservers exactly one succeeds.
 //   split   (W holds more than the `take` messages wanted) S1 rename new/W → cur/<split>: all of W,
 //           naming how many are taken; S2 link cur/<split> → cur/<claim of the first `take`>;
@@ -62,12 +71,12 @@
 // take them (a name in new/, or one in cur/ whose deadline passed), else as in flight, so names
 // that overlap (a split and its claim) count once; `queue tail` shows the same waiting messages.
 // test/file/queue-crash.test.mjs kills push, pop and pop --exec at each of these system calls.
-import {link, lstat, open, readdir, rename, unlink, constants} from 'node:fs/promises'
+import {link, lstat, open, readdir, rename, rm, stat, unlink, constants} from 'node:fs/promises'
 import {join} from 'node:path'
 
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
+import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {crypto} from '../../builtins.js'
-import {decodeName, encodeName, existingPath, type Modes, openNewFile, readRegularFile, safeDir, unpin} from './paths.js'
+import {decodeName, encodeName, existingPath, forgetDirs, knownDir, type Modes, openNewFile, readRegularFile, safeDir, unpin} from './paths.js'
 import {waitFor} from './watch.js'
 
 const maxMessageBytes = 1024 * 1024
@@ -101,6 +110,24 @@ interface Split extends Claim {
 }
 
 type Range = Omit<Waiting, 'name'>
+
+interface Kinds {
+  waiting: Range[]
+  inFlight: Range[]
+  delayed: Range[]
+}
+
+interface Counts {
+  waiting: number
+  inFlight: number
+  delayed: number
+  oldest?: number
+}
+
+/** A push with a delay: a claim of nobody's ("later") on no delivery yet, which only push makes. */
+const isDelayed = (entry: Waiting & {reserver?: string}) => entry.deliveries === 0 && entry.reserver === laterReserver
+/** Where a deleted queue's directory waits for its removal: no queue name encodes to a leading dot. */
+const deletedPrefix = '.deleted-'
 
 const pad = (n: number, width = 8) => String(n).padStart(width, '0')
 const waitingFile = (w: Range) => `${w.batch}.${pad(w.start)}.${pad(w.count)}.${w.deliveries}`
@@ -213,16 +240,42 @@ export class FileQueues implements QueueDriver {
 
   private async dirs(queue: string): Promise<QueueDirs> {
     const root = await safeDir(this.base, ['queues', encodeName(queue)], this.modes, queue)
+    return this.dirsIn(root)
+  }
+
+  private async dirsIn(root: string): Promise<QueueDirs> {
     const [tmp, fresh, cur] = await Promise.all(['tmp', 'new', 'cur'].map((d) => safeDir(root, [d], this.modes)))
     return {root, tmp, new: fresh, cur}
   }
 
-  /** T1–T5: a batch file written in tmp/ and renamed into new/ once durable; resolves with its name. */
-  private async writeBatch(dirs: QueueDirs, bodies: Buffer[]): Promise<string> {
+  /** The queue's directories if the queue exists (a push made it), else undefined: readers create no queue. */
+  private async existingDirs(queue: string): Promise<QueueDirs | undefined> {
+    const root = await knownDir(this.base, ['queues', encodeName(queue)], this.modes)
+    return root === undefined ? undefined : this.dirsIn(root)
+  }
+
+  /** existingDirs(), waiting until `deadline` for a push to create the queue (a watch on queues/). */
+  private async appeared(queue: string, signal: AbortSignal, deadline: number): Promise<QueueDirs | undefined> {
+    const found = await this.existingDirs(queue)
+    if (found !== undefined || Date.now() >= deadline) return found
+    const queuesDir = await safeDir(this.base, ['queues'], this.modes)
+    return waitFor(queuesDir, signal, deadline, async () => {
+      const dirs = await this.existingDirs(queue)
+      return {done: dirs !== undefined, value: dirs, next: Number.POSITIVE_INFINITY}
+    }, undefined)
+  }
+
+  /**
+   * T1–T5: a batch file written in tmp/ and renamed into new/ once durable (or, delayed until
+   * `due`, into cur/ as a claim of nobody's with that deadline); resolves with its name.
+   */
+  private async writeBatch(dirs: QueueDirs, bodies: Buffer[], due?: number): Promise<string> {
     const parts = encodeBatch(0, bodies)
     const size = parts.reduce((sum, part) => sum + part.length, 0)
+    const into = due === undefined ? dirs.new : dirs.cur
     for (;;) {
-      const name = waitingFile({batch: newBatch(), start: 0, count: bodies.length, deliveries: 0})
+      const range = {batch: newBatch(), start: 0, count: bodies.length, deliveries: 0}
+      const name = due === undefined ? waitingFile(range) : claimFile({...range, deadline: due, reserver: laterReserver})
       const tmp = join(dirs.tmp, name)
       const handle = await openNewFile(tmp, this.modes).catch((error) => {
         if (errorCode(error) === 'EEXIST') return undefined // a name some other process drew: draw again
@@ -244,12 +297,12 @@ export class FileQueues implements QueueDriver {
         } finally {
           await handle.close()
         }
-        await rename(tmp, join(dirs.new, name))
+        await rename(tmp, join(into, name))
       } catch (error) {
         await unlink(tmp).catch(() => {}) // ENOSPC and the like: leave no half batch behind
         throw error
       }
-      await this.syncDir(dirs.new)
+      await this.syncDir(into)
       return name
     }
   }
@@ -263,12 +316,14 @@ export class FileQueues implements QueueDriver {
     }
   }
 
-  async push(queue: string, bodies: Buffer[]): Promise<string[]> {
+  async push(queue: string, bodies: Buffer[], options: PushOptions = {}): Promise<string[]> {
     if (bodies.length === 0) return []
     const dirs = await this.dirs(queue)
-    const name = await this.writeBatch(dirs, bodies)
-    const {batch} = parseWaiting(name)!
-    this.log?.(`file: pushed ${bodies.length} messages to ${dirs.new}/${batch}`)
+    const due = options.at?.getTime() ?? (options.delayMs ? Date.now() + options.delayMs : undefined)
+    const delayed = due !== undefined && due > Date.now() ? Math.ceil(due) : undefined
+    const name = await this.writeBatch(dirs, bodies, delayed)
+    const batch = name.slice(0, name.indexOf('.'))
+    this.log?.(`file: pushed ${bodies.length} messages to ${delayed === undefined ? dirs.new : dirs.cur}/${batch}`)
     return bodies.map((_b, i) => `${batch}.${i}`)
   }
 
@@ -431,14 +486,38 @@ export class FileQueues implements QueueDriver {
     return {messages, earliest, raced}
   }
 
+  /**
+   * Whether `dirs` is still the queue's directory: a queue delete renames it away, and a push
+   * after that makes a new one, which a waiting pop must look for instead.
+   */
+  private async stillThere(queue: string, dirs: QueueDirs): Promise<boolean> {
+    const queuesDir = await safeDir(this.base, ['queues'], this.modes)
+    const [named, mine] = await Promise.all([lstat(join(queuesDir, encodeName(queue))).catch(() => undefined), stat(dirs.root).catch(() => undefined)])
+    return named !== undefined && mine !== undefined && named.ino === mine.ino && named.dev === mine.dev
+  }
+
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
-    const dirs = await this.dirs(queue)
     const deadline = Date.now() + request.waitMs
-    return waitFor(dirs.new, request.signal, deadline, async () => {
+    for (;;) {
+      const dirs = await this.appeared(queue, request.signal, deadline)
+      if (dirs === undefined) return []
+      const messages = await this.reserveIn(queue, dirs, request, deadline)
+      if (messages !== undefined) return messages
+      // Deleted while we waited: wait for the queue a push makes next (its dead letters were
+      // deleted with it: the next one buried makes them anew, not in the deleted directory).
+      const queuesDir = await safeDir(this.base, ['queues'], this.modes)
+      for (const name of [queue, `${queue}.dead`]) forgetDirs(join(queuesDir, encodeName(name)))
+    }
+  }
+
+  /** Reserves from the queue in `dirs`, waiting until `deadline`; undefined when the queue was deleted meanwhile. */
+  private async reserveIn(queue: string, dirs: QueueDirs, request: ReserveRequest, deadline: number): Promise<Message[] | undefined> {
+    return waitFor<Message[] | undefined>(dirs.new, request.signal, deadline, async () => {
       const started = Date.now()
       for (let tries = 0; ; tries++) {
         const {messages, earliest, raced} = await this.reserveOnce(queue, dirs, request)
         if (messages.length > 0) return {done: true, value: messages, next: earliest}
+        if (request.waitMs > 0 && !(await this.stillThere(queue, dirs))) return {done: true, value: undefined, next: earliest}
         // Nothing taken, yet the queue may not be empty: another reserver won the race for what we
         // saw, or is giving back the rest of a batch it split. Its split leaves cur/ only after
         // the rest is in new/, so looking at cur/ and then new/ cannot miss both. A live split
@@ -459,7 +538,8 @@ export class FileQueues implements QueueDriver {
    */
   async settle(queue: string, messages: Message[], outcome: Outcome, maxAttempts: number, options: SettleOptions = {}): Promise<void> {
     if (messages.length === 0) return
-    const dirs = await this.dirs(queue)
+    const dirs = await this.existingDirs(queue)
+    if (dirs === undefined) return // deleted meanwhile: nothing left to settle
     const delayMs = outcome === 'retry' ? options.retryDelayMs ?? 0 : 0
     /** R1's destination, or D1's for a retry later that is not the last attempt. */
     const returnPath = async (range: Range, limit: number) => delayMs > 0 && range.deliveries < limit
@@ -500,7 +580,8 @@ export class FileQueues implements QueueDriver {
   }
 
   async extend(queue: string, message: Message, visibilityMs: number): Promise<boolean> {
-    const dirs = await this.dirs(queue)
+    const dirs = await this.existingDirs(queue)
+    if (dirs === undefined) return false
     for (const claim of await this.listClaims(dirs.cur)) {
       if (claim.reserver !== this.reserver || `${claim.batch}.${claim.start}` !== message.id || claim.count !== 1) continue
       if (claim.deadline <= Date.now()) return false
@@ -531,7 +612,8 @@ export class FileQueues implements QueueDriver {
   }
 
   async peek(queue: string, count: number): Promise<Message[]> {
-    const dirs = await this.dirs(queue)
+    const dirs = await this.existingDirs(queue)
+    if (dirs === undefined) return []
     const out = new Map<string, Message>() // newest first; names that overlap (a split and its claim) give each message once
     for (const {path, entry} of await this.visibleNames(dirs)) {
       if (out.size >= count) break
@@ -551,11 +633,26 @@ export class FileQueues implements QueueDriver {
   }
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
-    const dirs = await this.dirs(queue)
+    // A queue that does not exist yet: everything in it once a push makes it is new.
+    const existed = await this.existingDirs(queue)
+    const dirs = existed ?? (await this.appeared(queue, signal, Number.POSITIVE_INFINITY).catch((error) => {
+      if (!signal.aborted) throw error
+    }))
+    if (dirs === undefined) return
     // Batches already there are history (tail -n prints those); only batches never seen are new.
-    // A split's rest or an undone split keeps its batch: not new either.
-    const seen = new Set((await this.listWaiting(dirs.new)).map((w) => w.batch))
+    // A split's rest or an undone split keeps its batch, and so does a claim returned: not new
+    // either. Nor is a batch pushed with a delay: it is seen in cur/ (listed on every round,
+    // at least once a second) before its deadline brings it to new/.
+    const seen = new Set<string>()
+    const seeCur = async (all: boolean) => {
+      for (const claim of await this.listClaims(dirs.cur)) if (all || (claim.deliveries === 0 && claim.reserver === laterReserver)) seen.add(claim.batch)
+    }
+    if (existed !== undefined) {
+      for (const w of await this.listWaiting(dirs.new)) seen.add(w.batch)
+      await seeCur(true)
+    }
     await waitFor(dirs.new, signal, Number.POSITIVE_INFINITY, async () => {
+      await seeCur(false)
       for (const entry of await this.listWaiting(dirs.new)) {
         if (seen.has(entry.batch)) continue
         seen.add(entry.batch)
@@ -575,16 +672,16 @@ export class FileQueues implements QueueDriver {
    * Messages per batch covered by names that the next pop may take (waiting: new/, and cur/ names
    * whose deadline passed), and of the rest, those covered by names in cur/ (in flight).
    */
-  private async countOf(queuesDir: string, component: string): Promise<{waiting: number; inFlight: number; oldest?: number}> {
-    const batches = new Map<string, {waiting: Range[]; inFlight: Range[]}>()
-    const add = (range: Range, kind: 'waiting' | 'inFlight') => {
+  private async countOf(queuesDir: string, component: string): Promise<Counts> {
+    const batches = new Map<string, Kinds>()
+    const add = (range: Range, kind: keyof Kinds) => {
       let entry = batches.get(range.batch)
-      if (!entry) batches.set(range.batch, (entry = {waiting: [], inFlight: []}))
+      if (!entry) batches.set(range.batch, (entry = {waiting: [], inFlight: [], delayed: []}))
       entry[kind].push(range)
     }
     // Pinned and checked on the way down: a planted link is refused, never read through.
     const root = await existingPath(queuesDir, [component], this.modes)
-    if (root === undefined) return {waiting: 0, inFlight: 0}
+    if (root === undefined) return {waiting: 0, inFlight: 0, delayed: 0}
     try {
       return await this.countIn(root, batches, add)
     } finally {
@@ -592,7 +689,7 @@ export class FileQueues implements QueueDriver {
     }
   }
 
-  private async countIn(root: string, batches: Map<string, {waiting: Range[]; inFlight: Range[]}>, add: (range: Range, kind: 'waiting' | 'inFlight') => void): Promise<{waiting: number; inFlight: number; oldest?: number}> {
+  private async countIn(root: string, batches: Map<string, Kinds>, add: (range: Range, kind: keyof Kinds) => void): Promise<Counts> {
     const [newDir, curDir] = [await existingPath(root, ['new'], this.modes), await existingPath(root, ['cur'], this.modes)]
     try {
       const dirs = {new: newDir ?? join(root, 'new'), cur: curDir ?? join(root, 'cur')}
@@ -601,17 +698,20 @@ export class FileQueues implements QueueDriver {
       const seen = new Set(visible.map(({path}) => path))
       for (const name of await readdir(dirs.cur).catch(() => [] as string[])) {
         const entry = parseClaim(name) ?? parseSplit(name)
-        if (entry && !seen.has(join(dirs.cur, name))) add(entry, 'inFlight')
+        // A claim of nobody's on no delivery yet is a push with a delay (only a push makes one).
+        if (entry && !seen.has(join(dirs.cur, name))) add(entry, isDelayed(entry) ? 'delayed' : 'inFlight')
       }
       let waiting = 0
       let inFlight = 0
+      let delayed = 0
       let oldest: number | undefined
       for (const [batch, ranges] of batches) {
         waiting += covered(ranges.waiting)
         inFlight += covered(ranges.inFlight, ranges.waiting)
+        delayed += covered(ranges.delayed)
         if (ranges.waiting.length > 0) oldest = Math.min(oldest ?? Number.POSITIVE_INFINITY, batchTime(batch))
       }
-      return {waiting, inFlight, oldest}
+      return {waiting, inFlight, delayed, oldest}
     } finally {
       for (const dir of [newDir, curDir]) if (dir !== undefined) await unpin(dir)
     }
@@ -629,10 +729,37 @@ export class FileQueues implements QueueDriver {
       const mine = await this.countOf(queuesDir, encodeName(name))
       const dead = await this.countOf(queuesDir, encodeName(`${name}.dead`))
       out.push({
-        queue: name, waiting: mine.waiting, inFlight: mine.inFlight, dead: dead.waiting + dead.inFlight,
+        queue: name, waiting: mine.waiting, delayed: mine.delayed, inFlight: mine.inFlight, dead: dead.waiting + dead.inFlight + dead.delayed,
         ...(mine.oldest === undefined ? {} : {oldestAgeMs: Date.now() - mine.oldest}),
       })
     }
     return out
+  }
+
+  /**
+   * Each of the queue's directories (Q's, then Q.dead's) is renamed to a hidden name in one step
+   * (no reader decodes a name starting with a dot), so the queue is gone at once for every
+   * process, and then removed; a delete killed before its removal leaves only a hidden directory,
+   * which the next delete removes.
+   */
+  async deleteQueue(queue: string): Promise<boolean> {
+    const queuesDir = await safeDir(this.base, ['queues'], this.modes)
+    let found = false
+    for (const name of [queue, `${queue}.dead`]) {
+      const gone = join(queuesDir, `${deletedPrefix}${crypto().randomBytes(6).toString('hex')}`)
+      try {
+        await rename(join(queuesDir, encodeName(name)), gone)
+      } catch (error) {
+        if (isMissing(error)) continue
+        throw error
+      }
+      found = true
+      this.log?.(`file: deleted ${join(queuesDir, encodeName(name))}`)
+    }
+    // This delete's directories and any a killed delete left behind. rm never follows a link.
+    for (const entry of await readdir(queuesDir)) {
+      if (entry.startsWith(deletedPrefix)) await rm(join(queuesDir, entry), {recursive: true, force: true})
+    }
+    return found
   }
 }

@@ -37,7 +37,7 @@ import {DlqError, unavailable, usageError} from '../../errors.js'
 import {checkParameters, connectTimeoutMs, credentials} from '../url.js'
 import {displayOf, type Host, type Targets, targetsOf} from './hosts.js'
 import {lockSchema, lockSchemaV3} from './lock.js'
-import {queueSchema, queueSchemaV2, queueSchemaV3} from './queue.js'
+import {queueFunctionsV4, queueSchema, queueSchemaV2, queueSchemaV3, queueSchemaV4} from './queue.js'
 
 /**
  * A statement prepared once per session under its name (pg re-prepares after a reconnect), sent
@@ -84,8 +84,8 @@ const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 // the functions that read the queue and the leases, in force for each call and nowhere else.
 const PLANNER_SETTINGS = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin']
 const FUNCTIONS = ['acquire', 'release', 'force_release', 'push', 'bury', 'reserve', 'settle', 'peek', 'after', 'stats_of_queue']
-const plannerSettingsOfFunctions = ({sql: s}: Schema): string[] =>
-  FUNCTIONS.map((name) => `ALTER FUNCTION ${s}.${name} ${PLANNER_SETTINGS.map((setting) => `SET ${setting} = off`).join(' ')}`)
+const plannerSettingsOfFunctions = ({sql: s}: Schema, functions = FUNCTIONS): string[] =>
+  functions.map((name) => `ALTER FUNCTION ${s}.${name} ${PLANNER_SETTINGS.map((setting) => `SET ${setting} = off`).join(' ')}`)
 
 // The lock functions rely on READ COMMITTED (each statement sees what committed before it, the
 // count after the advisory lock included), and SKIP LOCKED reservations would fail with
@@ -116,8 +116,9 @@ export const migrations = (schema: Schema): {version: number; statements: string
   {version: 1, statements: [...lockSchema(schema), ...queueSchema(schema)]},
   {version: 2, statements: queueSchemaV2(schema)},
   {version: 3, statements: [...lockSchemaV3(schema), ...queueSchemaV3(schema), ...plannerSettingsOfFunctions(schema)]},
+  {version: 4, statements: [...queueSchemaV4(schema), ...plannerSettingsOfFunctions(schema, queueFunctionsV4)]},
 ]
-const LATEST_VERSION = 3
+const LATEST_VERSION = 4
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/

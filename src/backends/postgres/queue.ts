@@ -28,14 +28,20 @@
 //   it at commit. A reservation running out wakes nobody, so a blocked pop also sleeps no longer
 //   than until the next deadline; a slow poll is only the fallback. Behind a pooler
 //   (no LISTEN) they poll instead (poll.ts).
+// - A push with a delay (schema version 4) stores rows reserved by 'delayed' (no receipt is that
+//   word) with visible_at its due time: the next reserve after it takes them as expired
+//   reservations on their first delivery. status counts them apart; --follow leaves them out.
+// - A queue is its rows: nothing but a push makes one, and delete is one DELETE of Q and Q.dead.
 // Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
 // every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
+import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import type {Connection, Schema, Statement} from './connection.js'
 import {PollBackoff, queuePollCapMs} from './poll.js'
 
 const maxMessageBytes = 1024 * 1024
+/** reserved_by of a message pushed with a delay, until its first delivery: no receipt is this word. */
+const delayedReceipt = 'delayed'
 const fallbackPollMs = 5000
 const followPage = 1000
 
@@ -273,6 +279,51 @@ export const queueSchemaV3 = ({sql: s}: Schema): string[] => [
   $fn$`,
 ]
 
+/**
+ * Version 4: messages pushed with a delay (issue 14). Such a row is stored reserved by nobody
+ * ('delayed', a word no receipt is) until its due time, on no delivery yet: in the deadline index
+ * like a retry that waits, so the next reserve after that time takes it as an expired
+ * reservation, and nothing else changes. --follow leaves those rows out; the counts of one queue
+ * tell them apart from the messages in flight.
+ */
+export const queueSchemaV4 = ({sql: s, lockSpace}: Schema): string[] => [
+  `CREATE FUNCTION ${s}.push_later(p_queue text, p_bodies bytea[], p_channel text, p_delay_ms bigint, p_at timestamptz) RETURNS bigint[]
+  LANGUAGE plpgsql AS $fn$
+  DECLARE
+    ids bigint[];
+    due timestamptz := coalesce(p_at, clock_timestamp() + p_delay_ms * interval '1 millisecond');
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
+    WITH pushed AS (
+      INSERT INTO ${s}.messages (queue, body, visible_at, reserved_by)
+        SELECT p_queue, b, CASE WHEN due > clock_timestamp() THEN due ELSE '-infinity' END, CASE WHEN due > clock_timestamp() THEN '${delayedReceipt}' END
+        FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
+        RETURNING id)
+      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
+    PERFORM pg_notify(p_channel, '');
+    RETURN ids;
+  END
+  $fn$`,
+  `CREATE OR REPLACE FUNCTION ${s}.after(p_queue text, p_last bigint, p_count integer)
+  RETURNS TABLE (id bigint, body bytea, enqueued_at timestamptz, attempts integer)
+  LANGUAGE sql AS $fn$
+    SELECT m.id, m.body, m.enqueued_at, m.attempts FROM ${s}.messages m
+    WHERE m.queue = p_queue AND m.id > p_last AND m.visible_at <= clock_timestamp() AND m.reserved_by IS DISTINCT FROM '${delayedReceipt}'
+    ORDER BY m.id LIMIT p_count
+  $fn$`,
+  `DROP FUNCTION ${s}.stats_of_queue(text, text)`,
+  `CREATE FUNCTION ${s}.stats_of_queue(p_queue text, p_dead text)
+  RETURNS TABLE (queue text, waiting bigint, delayed bigint, in_flight bigint, oldest_ms bigint)
+  LANGUAGE sql AS $fn$
+    SELECT v.queue, c.waiting, c.delayed, c.in_flight, c.oldest_ms
+    FROM (VALUES (p_queue), (p_dead)) AS v(queue)
+    CROSS JOIN LATERAL (SELECT ${COUNTS} FROM ${s}.messages m WHERE m.queue = v.queue) AS c
+    ORDER BY v.queue
+  $fn$`,
+]
+/** The functions version 4 made or remade: they get the planner settings of connection.ts again. */
+export const queueFunctionsV4 = ['push_later', 'after', 'stats_of_queue']
+
 const PUSH = (s: string) => `SELECT ${s}.push($1, $2::bytea[], $3) AS ids`
 const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
 const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3, $4, $5, $6, $7, $8)`
@@ -288,15 +339,18 @@ const RETRY_LATER = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_
   RETURNING id`
 const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
   FROM ${s}.messages WHERE queue = $1 AND reserved_by IS NOT NULL AND visible_at > clock_timestamp()`
+const PUSH_LATER = (s: string) => `SELECT ${s}.push_later($1, $2::bytea[], $3, $4::bigint, $5::timestamptz) AS ids`
+const DELETE_QUEUE = (s: string) => `WITH gone AS (DELETE FROM ${s}.messages WHERE queue = $1 OR queue = $2 RETURNING 1) SELECT count(*) AS deleted FROM gone`
 const PEEK = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.peek($1, $2)`
 const LAST_ID = (s: string) => `SELECT coalesce(max(id), 0) AS last FROM ${s}.messages WHERE queue = $1`
 const AFTER = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.after($1, $2, ${followPage})`
 /** The counts of `queue status`, over the rows a statement groups or selects. */
 const COUNTS = `count(*) FILTER (WHERE visible_at <= now()) AS waiting,
-    count(*) FILTER (WHERE visible_at > now()) AS in_flight,
+    count(*) FILTER (WHERE visible_at > now() AND reserved_by = '${delayedReceipt}') AS delayed,
+    count(*) FILTER (WHERE visible_at > now() AND reserved_by IS DISTINCT FROM '${delayedReceipt}') AS in_flight,
     floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms`
 const ALL_STATS = (s: string) => `SELECT queue, ${COUNTS} FROM ${s}.messages GROUP BY queue ORDER BY queue`
-const STATS_OF_QUEUE = (s: string) => `SELECT queue, waiting, in_flight, oldest_ms FROM ${s}.stats_of_queue($1, $2)`
+const STATS_OF_QUEUE = (s: string) => `SELECT queue, waiting, delayed, in_flight, oldest_ms FROM ${s}.stats_of_queue($1, $2)`
 
 /** The queue statements of one schema, named for pg's per-session prepared statements. */
 export const queueStatements = (schema: Schema) => {
@@ -304,6 +358,8 @@ export const queueStatements = (schema: Schema) => {
   const s = schema.sql
   return {
     push: named('push', PUSH(s)),
+    pushLater: named('push_later', PUSH_LATER(s)),
+    deleteQueue: named('delete_queue', DELETE_QUEUE(s)),
     reserve: named('reserve', RESERVE(s)),
     settle: named('settle', SETTLE(s)),
     extend: named('extend', EXTEND(s)),
@@ -349,6 +405,7 @@ interface MessageRow {
 interface StatsRow {
   queue: string
   waiting: string
+  delayed: string
   in_flight: string
   oldest_ms: string | null
 }
@@ -369,11 +426,19 @@ export class PostgresQueues implements QueueDriver {
     return this.connection.schema.channel('queue', queue)
   }
 
-  async push(queue: string, bodies: Buffer[]): Promise<string[]> {
+  async push(queue: string, bodies: Buffer[], options: PushOptions = {}): Promise<string[]> {
     if (bodies.length === 0) return []
     // A batch is at most a few MiB (the push command's batches): one statement, one commit.
-    const [row] = await this.connection.query<{ids: string[]}>(this.statements.push, [queue, byteaArray(bodies), this.channel(queue)], 60_000)
+    const [row] = options.delayMs !== undefined || options.at !== undefined
+      ? await this.connection.query<{ids: string[]}>(this.statements.pushLater, [queue, byteaArray(bodies), this.channel(queue), Math.ceil(options.delayMs ?? 0), options.at?.toISOString() ?? null], 60_000)
+      : await this.connection.query<{ids: string[]}>(this.statements.push, [queue, byteaArray(bodies), this.channel(queue)], 60_000)
     return row.ids
+  }
+
+  async deleteQueue(queue: string): Promise<boolean> {
+    // A queue is its rows: once they are gone it exists nowhere (a pop never makes one).
+    const [row] = await this.connection.query<{deleted: string}>(this.statements.deleteQueue, [queue, `${queue}.dead`], 600_000)
+    return Number(row.deleted) > 0
   }
 
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
@@ -493,8 +558,9 @@ export class PostgresQueues implements QueueDriver {
       return {
         queue: name,
         waiting: Number(row?.waiting ?? 0),
+        delayed: Number(row?.delayed ?? 0),
         inFlight: Number(row?.in_flight ?? 0),
-        dead: dead ? Number(dead.waiting) + Number(dead.in_flight) : 0,
+        dead: dead ? Number(dead.waiting) + Number(dead.delayed) + Number(dead.in_flight) : 0,
         ...(row?.oldest_ms == null ? {} : {oldestAgeMs: Number(row.oldest_ms)}),
       }
     })

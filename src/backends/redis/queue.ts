@@ -17,8 +17,15 @@
 //   other clients' commands get in between, every few milliseconds at most.
 // - status counts with ZCOUNT and XLEN, and finds the oldest waiting message without walking the
 //   reservations still running (see oldestWaiting).
+// - push with a delay adds the entries as usual and their due times (server clock) to a sorted
+//   set; when the group reads past one that is not due yet, reserve parks it: left in the PEL with
+//   its delivery count set back to 0, owned by nobody, in a second sorted set by due time, from
+//   which a later reserve takes it like an expired reservation (the count then 1). status counts
+//   the entries due later as delayed; peek and follow leave them out.
+// - Nothing here creates a queue but a push: the group is made (without MKSTREAM) once the stream
+//   exists, and a pop of a queue with no stream waits for it with XREAD BLOCK. delete is one DEL.
 // The dead-letter queue Q.dead shares Q's hash tag ({dlq:q:Q}:dead:…), so moves stay in one slot.
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
+import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'
 
 const group = 'dlq'
@@ -28,7 +35,9 @@ const fallbackPollMs = 5000
 export const scriptBatch = 200
 const statusPage = 1000
 
-// Keys: 1 stream, 2 deadlines (zset id → ms), 3 owners (hash id → reserver), 4 dead stream.
+// Keys: 1 stream, 2 deadlines (zset id → ms), 3 owners (hash id → reserver), 4 dead stream,
+// 5 delayed (zset id → due ms: every entry pushed with a delay), 6 parked (zset id → due ms: the
+// delayed entries the group has read past but not delivered).
 const serverNow = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -49,6 +58,12 @@ local deadline = now + tonumber(ARGV[3])
 local max = tonumber(ARGV[4])
 local out = {}
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, want + 100)
+-- Parked entries that came due: in the PEL on no delivery, taken like an expired reservation.
+local parked = redis.call('ZRANGEBYSCORE', KEYS[6], '-inf', now, 'LIMIT', 0, want)
+for _, id in ipairs(parked) do
+  redis.call('ZREM', KEYS[6], id)
+  due[#due + 1] = id
+end
 for _, id in ipairs(due) do
   if #out >= want then break end
   local claimed = redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, id)
@@ -66,33 +81,85 @@ for _, id in ipairs(due) do
     end
   end
 end
-if #out < want then
-  local fresh = redis.call('XREADGROUP', 'GROUP', '${group}', '${group}', 'COUNT', want - #out, 'STREAMS', KEYS[1], '>')
-  if fresh then
-    -- One ZADD and one HSET for the whole batch: a call from Lua costs about as much as its work.
-    local deadlines, owners = {}, {}
-    for _, entry in ipairs(fresh[1][2]) do
+-- New entries in stream order. One pushed with a delay that is not due yet is parked instead:
+-- kept in the PEL with its delivery count set back to 0 and owned by nobody, until the loop above
+-- takes it once due. Past the first read, a look ahead (XRANGE) counts the delayed entries next
+-- in line, so a run of them is parked by one read; a call parks at most 1000, then asks to be
+-- called again (next due 0) so that it stays short.
+local again = false
+local parkedNow = 0
+local lastSeen = nil
+while #out < want do
+  if parkedNow >= 1000 then
+    again = true
+    break
+  end
+  local n = want - #out
+  if lastSeen then
+    local ahead = redis.call('XRANGE', KEYS[1], '(' .. lastSeen, '+', 'COUNT', 200)
+    if #ahead == 0 then break end
+    local ids = {}
+    for i, entry in ipairs(ahead) do ids[i] = entry[1] end
+    local scores = redis.call('ZMSCORE', KEYS[5], unpack(ids))
+    local k = 0
+    while k < #ahead and scores[k + 1] and tonumber(scores[k + 1]) > now do k = k + 1 end
+    if k > 0 then n = k end
+  end
+  local fresh = redis.call('XREADGROUP', 'GROUP', '${group}', '${group}', 'COUNT', n, 'STREAMS', KEYS[1], '>')
+  if not fresh or #fresh[1][2] == 0 then break end
+  local ids = {}
+  for i, entry in ipairs(fresh[1][2]) do ids[i] = entry[1] end
+  lastSeen = ids[#ids]
+  local delays = redis.call('ZMSCORE', KEYS[5], unpack(ids))
+  -- One ZADD and one HSET for the whole batch: a call from Lua costs about as much as its work.
+  local deadlines, owners = {}, {}
+  for i, entry in ipairs(fresh[1][2]) do
+    local dueAt = delays[i] and tonumber(delays[i])
+    if dueAt and dueAt > now then
+      redis.call('XCLAIM', KEYS[1], '${group}', '${group}', 0, entry[1], 'RETRYCOUNT', 0, 'JUSTID')
+      redis.call('ZADD', KEYS[6], dueAt, entry[1])
+      parkedNow = parkedNow + 1
+    else
       deadlines[#deadlines + 1] = deadline
       deadlines[#deadlines + 1] = entry[1]
       owners[#owners + 1] = entry[1]
       owners[#owners + 1] = ARGV[1]
       out[#out + 1] = {entry[1], entry[2][2], 1, entry[2][4] or ''}
     end
-    if #owners > 0 then
-      redis.call('ZADD', KEYS[2], unpack(deadlines))
-      redis.call('HSET', KEYS[3], unpack(owners))
-    end
+  end
+  if #owners > 0 then
+    redis.call('ZADD', KEYS[2], unpack(deadlines))
+    redis.call('HSET', KEYS[3], unpack(owners))
   end
 end
-local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+local next = -1
+for _, key in ipairs({KEYS[2], KEYS[6]}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] and (next < 0 or tonumber(first[2]) - now < next) then next = math.max(tonumber(first[2]) - now, 0) end
+end
+if again then next = 0 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-return {out, first[2] and (tonumber(first[2]) - now) or -1, last[1] and last[1][1] or '0-0'}
+return {out, next, last[1] and last[1][1] or '0-0'}
 `)
 
 // ARGV: the bodies, in order.
 const pushScript = new Script('push', `
 local ids = {}
 for i = 1, #ARGV do ids[i] = redis.call('XADD', KEYS[1], '*', 'body', ARGV[i]) end
+return ids
+`)
+
+// Keys: 1 stream, 2 delayed. ARGV: delay in ms (on the server's clock) or -1, due time in ms
+// since the epoch (for --at) or -1, then the bodies in order.
+const pushLaterScript = new Script('push-later', `${serverNow}
+local due = tonumber(ARGV[1]) >= 0 and now + tonumber(ARGV[1]) or tonumber(ARGV[2])
+local ids = {}
+for i = 3, #ARGV do
+  local id = redis.call('XADD', KEYS[1], '*', 'body', ARGV[i])
+  ids[#ids + 1] = id
+  if due > now then redis.call('ZADD', KEYS[2], due, id) end
+end
 return ids
 `)
 
@@ -154,6 +221,8 @@ function keysOf(queue: string) {
     deadlines: `${prefix(depth)}deadlines`,
     owners: `${prefix(depth)}owners`,
     dead: `${prefix(depth + 1)}stream`,
+    delayed: `${prefix(depth)}delayed`,
+    parked: `${prefix(depth)}parked`,
   }
 }
 
@@ -179,19 +248,29 @@ export class RedisQueues implements QueueDriver {
     private readonly replication?: Replication,
   ) {}
 
-  private async ensureGroup(stream: string): Promise<void> {
-    if (this.groups.has(stream)) return
+  /**
+   * The group of an existing stream; false when there is no stream (no push made the queue): a
+   * pop creates no queue (no MKSTREAM), it waits for the stream to appear.
+   */
+  private async ensureGroup(stream: string): Promise<boolean> {
+    if (this.groups.has(stream)) return true
     // Start at 0, not $: messages pushed before the group existed are not skipped.
-    await this.client.xgroup('CREATE', stream, group, '0', 'MKSTREAM').catch((error: Error) => {
-      if (!error.message.includes('BUSYGROUP')) throw error
+    const created = await this.client.xgroup('CREATE', stream, group, '0').then(() => true, (error: Error) => {
+      if (error.message.includes('BUSYGROUP')) return true
+      if (/requires the key to exist|no such key/i.test(error.message)) return false
+      throw error
     })
-    this.groups.add(stream)
+    if (created) this.groups.add(stream)
+    return created
   }
 
-  async push(queue: string, bodies: Buffer[]): Promise<string[]> {
-    const {stream} = keysOf(queue)
+  async push(queue: string, bodies: Buffer[], options: PushOptions = {}): Promise<string[]> {
+    const {stream, delayed} = keysOf(queue)
     this.replication?.prepare()
-    const ids = ((await pushScript.runInOrder(this.client, [stream], bodies)) as Buffer[]).map(text)
+    const later = options.delayMs !== undefined || options.at !== undefined
+    const ids = (later
+      ? (await pushLaterScript.runInOrder(this.client, [stream, delayed], [Math.ceil(options.delayMs ?? -1), options.at?.getTime() ?? -1, ...bodies])) as Buffer[]
+      : (await pushScript.runInOrder(this.client, [stream], bodies)) as Buffer[]).map(text)
     await this.replication?.confirm(() => `the push of ${bodies.length} message${bodies.length === 1 ? '' : 's'} to ${JSON.stringify(queue)}`, stream)
     this.log?.(`redis: XADD ${bodies.length} to ${stream}`)
     return ids
@@ -209,8 +288,7 @@ export class RedisQueues implements QueueDriver {
         request.signal.throwIfAborted()
         let batch: Awaited<ReturnType<RedisQueues['reserveBatches']>>
         try {
-          await this.ensureGroup(keys.stream)
-          batch = await this.reserveBatches(keys, request)
+          batch = (await this.ensureGroup(keys.stream)) ? await this.reserveBatches(keys, request) : {entries: [], nextDueMs: -1, lastId: Buffer.from('0-0')}
         } catch (error) {
           // A master promoted before the group reached it: create it there.
           if (/NOGROUP/.test(String((error as Error).message)) && this.groups.delete(keys.stream)) continue
@@ -228,6 +306,8 @@ export class RedisQueues implements QueueDriver {
             return {id: messageId, body: Buffer.from(body), attempts: num(attempts), enqueuedAt: new Date(text(enqueued) ? num(enqueued) : idTime(messageId)), receipt: this.reserver}
           })
         }
+        // The script stopped early (parking delayed entries): go on, even past the deadline.
+        if (nextDueMs === 0) continue
         const now = Date.now()
         if (now >= deadline) return []
         if (!blocker) {
@@ -235,7 +315,8 @@ export class RedisQueues implements QueueDriver {
           blocker.on('error', () => {})
         }
         const sleep = Math.max(1, Math.min(deadline - now, nextDueMs >= 0 ? nextDueMs + 1 : fallbackPollMs, fallbackPollMs))
-        // Wakes on any entry after the last one the script saw: no push can slip in between.
+        // Wakes on any entry after the last one the script saw (XREAD waits for a stream that does
+        // not exist yet, from 0-0): no push can slip in between.
         try {
           await blocker.xread('BLOCK', Math.ceil(sleep), 'STREAMS', keys.stream, text(lastId))
         } catch (error) {
@@ -258,7 +339,7 @@ export class RedisQueues implements QueueDriver {
    */
   private async reserveBatches(keys: ReturnType<typeof keysOf>, request: ReserveRequest): Promise<{entries: Buffer[][]; nextDueMs: number; lastId: Buffer}> {
     const args = ([from, to]: [number, number]) => [this.reserver, to - from, request.visibilityMs, request.maxAttempts]
-    const scriptKeys = [keys.stream, keys.deadlines, keys.owners, keys.dead]
+    const scriptKeys = [keys.stream, keys.deadlines, keys.owners, keys.dead, keys.delayed, keys.parked]
     type Reply = [Buffer[][], number, Buffer]
     const [first, ...rest] = batchesOf(request.count)
     // The first alone, by EVALSHA (its NOSCRIPT retry can reorder nothing); the others in order.
@@ -302,9 +383,11 @@ export class RedisQueues implements QueueDriver {
     while (out.length < count) {
       const page = await this.client.xrevrangeBuffer(keys.stream, end, '-', 'COUNT', Math.max(count - out.length, 100))
       if (page.length === 0) break
-      const scores = await this.client.zmscore(keys.deadlines, ...page.map(([id]) => text(id)))
+      const ids = page.map(([id]) => text(id))
+      const [scores, delays] = await Promise.all([this.client.zmscore(keys.deadlines, ...ids), this.client.zmscore(keys.delayed, ...ids)])
+      const later = (score: string | null) => score !== null && Number(score) > now
       page.forEach(([id, fields], i) => {
-        if (out.length >= count || (scores[i] !== null && Number(scores[i]) > now)) return
+        if (out.length >= count || later(scores[i]) || later(delays[i])) return
         out.push(this.message(text(id), fields))
       })
       end = `(${text(page.at(-1)![0])}`
@@ -335,7 +418,11 @@ export class RedisQueues implements QueueDriver {
         const entries = reply[0][1]
         if (entries.length === 0) continue
         from = text(entries.at(-1)![0])
-        await onMessages(entries.map(([id, fields]) => this.message(text(id), fields)))
+        // Entries pushed with a delay are not shown (tail shows them once due).
+        const delays = await this.client.zmscore(keys.delayed, ...entries.map(([id]) => text(id)))
+        const now = Number((await this.client.time())[0]) * 1000
+        const shown = entries.filter((_entry, i) => delays[i] === null || Number(delays[i]) <= now)
+        if (shown.length > 0) await onMessages(shown.map(([id, fields]) => this.message(text(id), fields)))
       }
     } finally {
       signal.removeEventListener('abort', onAbort)
@@ -351,11 +438,11 @@ export class RedisQueues implements QueueDriver {
     for (const name of names) {
       if (queue === undefined && name.endsWith('.dead') && names.includes(name.slice(0, -5))) continue
       const keys = keysOf(name)
-      const [length, inFlight, dead] = await Promise.all([
-        this.client.xlen(keys.stream), this.client.zcount(keys.deadlines, `(${now}`, '+inf'), this.client.xlen(keys.dead),
+      const [length, inFlight, delayed, dead] = await Promise.all([
+        this.client.xlen(keys.stream), this.client.zcount(keys.deadlines, `(${now}`, '+inf'), this.client.zcount(keys.delayed, `(${now}`, '+inf'), this.client.xlen(keys.dead),
       ])
-      const oldest = length > inFlight ? await this.oldestWaiting(keys, now) : undefined
-      out.push({queue: name, waiting: length - inFlight, inFlight, dead, ...(oldest === undefined ? {} : {oldestAgeMs: now - oldest})})
+      const oldest = length > inFlight + delayed ? await this.oldestWaiting(keys, now) : undefined
+      out.push({queue: name, waiting: Math.max(0, length - inFlight - delayed), delayed, inFlight, dead, ...(oldest === undefined ? {} : {oldestAgeMs: now - oldest})})
     }
     return out
   }
@@ -369,7 +456,7 @@ export class RedisQueues implements QueueDriver {
    * entries are due, as after a crashed popper).
    */
   private async oldestWaiting(keys: ReturnType<typeof keysOf>, now: number): Promise<number | undefined> {
-    const firstNew = await this.firstUndelivered(keys.stream)
+    const firstNew = await this.firstUndelivered(keys, now)
     let oldest = firstNew === undefined ? Number.POSITIVE_INFINITY : idTime(firstNew)
     const result = () => (Number.isFinite(oldest) ? oldest : undefined)
     let dueFrom = 0
@@ -388,13 +475,33 @@ export class RedisQueues implements QueueDriver {
     }
   }
 
-  /** The first entry the group has not delivered yet, if any. */
-  private async firstUndelivered(stream: string): Promise<string | undefined> {
-    const groups = (await this.client.xinfo('GROUPS', stream).catch(() => [])) as unknown[][]
+  /** The first entry the group has not delivered yet and that is not delayed, if any. */
+  private async firstUndelivered(keys: ReturnType<typeof keysOf>, now: number): Promise<string | undefined> {
+    const groups = (await this.client.xinfo('GROUPS', keys.stream).catch(() => [])) as unknown[][]
     const info = groups.map((fields) => Object.fromEntries(Array.from({length: fields.length / 2}, (_v, i) => [String(fields[2 * i]), fields[2 * i + 1]])))
     const ours = info.find((fields) => fields.name === group)
-    const [first] = await this.client.xrange(stream, ours ? `(${String(ours['last-delivered-id'])}` : '-', '+', 'COUNT', 1)
-    return first?.[0]
+    let from = ours ? `(${String(ours['last-delivered-id'])}` : '-'
+    for (;;) {
+      const page = await this.client.xrange(keys.stream, from, '+', 'COUNT', statusPage)
+      if (page.length === 0) return undefined
+      const delays = await this.client.zmscore(keys.delayed, ...page.map(([id]) => id))
+      const index = delays.findIndex((score) => score === null || Number(score) <= now)
+      if (index !== -1) return page[index][0]
+      from = `(${page.at(-1)![0]}`
+    }
+  }
+
+  /** DEL of the queue's keys and its dead letters' (all in one slot): gone at once for every client. */
+  async deleteQueue(queue: string): Promise<boolean> {
+    const mine = keysOf(queue)
+    const dead = keysOf(`${queue}.dead`)
+    const keys = [mine.stream, mine.deadlines, mine.owners, mine.delayed, mine.parked, dead.stream, dead.deadlines, dead.owners, dead.delayed, dead.parked]
+    const existed = await this.client.exists(mine.stream, dead.stream)
+    this.replication?.prepare()
+    await this.client.del(...keys)
+    await this.replication?.confirm(() => `the delete of ${JSON.stringify(queue)}`, mine.stream)
+    this.log?.(`redis: DEL ${keys.length} keys of ${mine.stream}`)
+    return existed > 0
   }
 
   private async queueNames(): Promise<string[]> {

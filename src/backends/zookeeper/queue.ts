@@ -22,14 +22,20 @@
 //   "later", which no popper is: it waits in claimed/, its delivery counted, until a sweep
 //   returns it like any expired claim.
 // - waiting (pop --wait, tail --follow) is a child watch on waiting/ plus a timer for the earliest
-//   claim deadline; a slow poll remains as the fallback.
+//   claim deadline; a slow poll remains as the fallback. A queue not made yet is waited on with
+//   an exists watch: only a push creates a queue's nodes.
+// - push with a delay creates PERSISTENT_SEQUENTIAL nodes waiting/d<due>-<seq> (the due time on
+//   the server's clock, taken at its latest); no reader parses them as messages, and the first
+//   reserve after that time (the server's clock past it for sure) renames each to waiting/m<seq>
+//   by one multi: the same id, its place by sequence number. follow counts them as seen.
+// - delete removes the queue's nodes and its dead letters', children first.
 // ZooKeeper keeps every znode in memory and lists a directory in one reply: it suits queues of
 // thousands of messages, not millions.
 import type {Watcher} from 'node-zookeeper-client'
 
 import {dataError} from '../../errors.js'
 import {inBatches} from '../inbatches.js'
-import type {Message, Outcome, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
+import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
 import {Wakeup} from '../wakeup.js'
 import {Code, isCode, isConnectionLoss, Mode, type Op, type Session, time} from './connection.js'
 import {basename, decodeName, type Layout} from './paths.js'
@@ -42,6 +48,8 @@ const multiBytes = 900 * 1024
 const fallbackPollMs = 3000
 
 const waitingName = /^m(\d{10})(?:\.(\d+))?$/
+/** A message pushed with a delay: PERSISTENT_SEQUENTIAL in waiting/ (so it has its id), due then. */
+const delayedName = /^d(\d{13})-(\d{10})$/
 const claimName = /^m(\d{10})\.(\d+)\.(\d{13})\.([0-9a-z]+)$/
 /** The reserver of a claim waiting out a retry delay: a word no reserver id is (those start with a time). */
 const laterReserver = 'later'
@@ -63,6 +71,17 @@ interface Claim {
 function parseWaiting(name: string): Waiting | undefined {
   const m = waitingName.exec(name)
   return m ? {name, seq: m[1], deliveries: Number(m[2] ?? 0)} : undefined
+}
+
+interface Delayed {
+  name: string
+  seq: string
+  due: number
+}
+
+function parseDelayed(name: string): Delayed | undefined {
+  const m = delayedName.exec(name)
+  return m ? {name, seq: m[2], due: Number(m[1])} : undefined
 }
 
 function parseClaim(name: string): Claim | undefined {
@@ -163,18 +182,45 @@ export class ZooKeeperQueues implements QueueDriver {
     }
   }
 
-  async push(queue: string, bodies: Buffer[]): Promise<string[]> {
+  async push(queue: string, bodies: Buffer[], options: PushOptions = {}): Promise<string[]> {
     if (bodies.length === 0) return []
     const big = bodies.findIndex((b) => b.length > this.maxMessageBytes)
     if (big !== -1) throw dataError(`message ${big + 1} is too large`, `${bodies[big].length} bytes, over ZooKeeper's limit of ${this.maxMessageBytes} bytes (jute.maxbuffer)`, 'nothing of this batch was pushed')
+    // Due once the server's clock is past it for sure (clock.ts): never early.
+    const due = options.at?.getTime() ?? (options.delayMs ? (await this.session.serverNow()).latest + options.delayMs : undefined)
+    const prefix = due !== undefined && due > this.session.clockNow().earliest ? `d${String(Math.ceil(due)).padStart(13, '0')}-` : 'm'
     const {waiting} = await this.dirs(queue)
     const ids: string[] = []
     // One multi per request's worth, one after the other: each is stored whole, and in order.
     for (const chunk of chunks(bodies, (b) => b.length + waiting.length)) {
-      const results = await this.session.multi(chunk.map((body) => ({op: 'create', path: `${waiting}/m`, data: encode(undefined, body), mode: Mode.PERSISTENT_SEQUENTIAL})))
-      for (const result of results) ids.push(idOf(basename(result.path ?? '').slice(1)))
+      const results = await this.session.multi(chunk.map((body) => ({op: 'create', path: `${waiting}/${prefix}`, data: encode(undefined, body), mode: Mode.PERSISTENT_SEQUENTIAL})))
+      for (const result of results) ids.push(idOf(basename(result.path ?? '').slice(-10)))
     }
     return ids
+  }
+
+  /**
+   * Delayed messages whose time has come become waiting ones under their own sequence number (one
+   * multi each; racing poppers: one wins); resolves with the earliest due time still ahead.
+   */
+  private async release(waiting: string, names: string[], now: number): Promise<number> {
+    let earliest = Number.POSITIVE_INFINITY
+    await Promise.all(names.map(async (name) => {
+      const delayed = parseDelayed(name)
+      if (!delayed) return
+      if (delayed.due > now) {
+        earliest = Math.min(earliest, delayed.due)
+        return
+      }
+      try {
+        const {data, stat} = await this.session.getData(`${waiting}/${name}`)
+        const {enqueuedAt, body} = decode(data)
+        await this.attempt([{op: 'remove', path: `${waiting}/${name}`}, {op: 'create', path: `${waiting}/${waitingFile(delayed.seq, 0)}`, data: encode(enqueuedAt ?? time(stat.ctime), body), mode: Mode.PERSISTENT}])
+      } catch (error) {
+        if (!isCode(error, Code.NO_NODE)) throw error
+      }
+    }))
+    return earliest
   }
 
   /** Moves a message out of `from` into waiting/ (deliveries kept) or into the dead letters. */
@@ -268,10 +314,14 @@ export class ZooKeeperQueues implements QueueDriver {
   }
 
   private async reserveOnce(queue: string, dirs: {waiting: string; claimed: string}, request: ReserveRequest, watcher?: Watcher): Promise<{messages: Message[]; waiting: number; nextDue: number}> {
-    const [waitingNames, claimedNames] = await Promise.all([this.list(dirs.waiting, watcher), this.list(dirs.claimed)])
+    let [waitingNames, claimedNames] = await Promise.all([this.list(dirs.waiting, watcher), this.list(dirs.claimed)])
+    // Nothing listed: perhaps no queue yet, whose creation only an exists watch reports.
+    if (waitingNames.length === 0 && !(await this.exists(dirs.waiting, watcher))) return {messages: [], waiting: 0, nextDue: Number.POSITIVE_INFINITY}
     // Others' claims are over when the server's clock is past them for sure (clock.ts).
     const now = await this.session.serverNow()
-    const nextDue = await this.sweep(queue, dirs.claimed, claimedNames, now.earliest, request.maxAttempts)
+    const nextDelayed = await this.release(dirs.waiting, waitingNames, now.earliest)
+    if (waitingNames.some((name) => (parseDelayed(name)?.due ?? Infinity) <= now.earliest)) waitingNames = await this.list(dirs.waiting)
+    const nextDue = Math.min(nextDelayed, await this.sweep(queue, dirs.claimed, claimedNames, now.earliest, request.maxAttempts))
     const entries = waitingNames.map(parseWaiting).filter((w): w is Waiting => w !== undefined)
     const messages: Message[] = []
     // The lowest first; what others took first is skipped for the next ones in line.
@@ -283,8 +333,18 @@ export class ZooKeeperQueues implements QueueDriver {
     return {messages, waiting: entries.length, nextDue}
   }
 
+  /**
+   * Whether a queue's node exists; when it does not and a watcher is given, the watcher is set on
+   * it (an exists watch fires on its creation): a pop or tail waits for a push to make the queue
+   * and creates nothing.
+   */
+  private async exists(path: string, watcher?: Watcher): Promise<boolean> {
+    if ((await this.session.exists(path)) !== null) return true
+    return watcher !== undefined && (await this.session.exists(path, watcher)) !== null
+  }
+
   async reserve(queue: string, request: ReserveRequest): Promise<Message[]> {
-    const dirs = await this.dirs(queue)
+    const dirs = this.paths.queue(queue)
     const deadline = Date.now() + request.waitMs
     return this.waitFor(request.signal, deadline, async (watcher) => {
       const {messages, waiting, nextDue} = await this.reserveOnce(queue, dirs, request, watcher)
@@ -404,6 +464,7 @@ export class ZooKeeperQueues implements QueueDriver {
   }
 
   async peek(queue: string, count: number): Promise<Message[]> {
+    // Delayed messages (d… nodes) are left out; once due, a pop makes them m… nodes.
     const {waiting} = this.paths.queue(queue)
     const entries = (await this.list(waiting)).map(parseWaiting).filter((w): w is Waiting => w !== undefined)
     const out: Message[] = []
@@ -416,12 +477,21 @@ export class ZooKeeperQueues implements QueueDriver {
   }
 
   async follow(queue: string, signal: AbortSignal, onMessages: (messages: Message[]) => Promise<void> | void): Promise<void> {
-    const {waiting} = await this.dirs(queue)
-    // What is there already is history (tail -n prints it); new pushes have higher sequence numbers.
-    const history = (await this.list(waiting)).map(parseWaiting).filter((w): w is Waiting => w !== undefined)
-    let highest = history.reduce((max, w) => (w.seq > max ? w.seq : max), '')
+    const {waiting} = this.paths.queue(queue)
+    // What is there already is history (tail -n prints it); new pushes have higher sequence
+    // numbers. A delayed message (d…) counts as seen when pushed: once due it is not shown.
+    const seqOf = (name: string) => parseWaiting(name)?.seq ?? parseDelayed(name)?.seq
+    const highestOf = (names: string[], from: string) => names.reduce((max, name) => {
+      const seq = seqOf(name)
+      return seq !== undefined && seq > max ? seq : max
+    }, from)
+    let highest = highestOf(await this.list(waiting), '')
     await this.waitFor(signal, Number.POSITIVE_INFINITY, async (watcher) => {
-      const fresh = (await this.list(waiting, watcher)).map(parseWaiting).filter((w): w is Waiting => w !== undefined && w.seq > highest)
+      // A queue not made yet: the exists watch wakes us when a push makes it.
+      const names = await this.list(waiting, watcher)
+      if (names.length === 0) await this.exists(waiting, watcher)
+      const fresh = names.map(parseWaiting).filter((w): w is Waiting => w !== undefined && w.seq > highest)
+      highest = highestOf(names.filter((name) => parseDelayed(name) !== undefined), highest)
       if (fresh.length > 0) {
         highest = fresh.reduce((max, w) => (w.seq > max ? w.seq : max), highest)
         const messages = await this.read(waiting, fresh)
@@ -447,6 +517,9 @@ export class ZooKeeperQueues implements QueueDriver {
       const [waiting, claimed, deadWaiting, deadClaimed] = await Promise.all([dirs.waiting, dirs.claimed, dead.waiting, dead.claimed].map((d) => this.list(d)))
       const claims = claimed.map(parseClaim).filter((c): c is Claim => c !== undefined)
       const inFlight = claims.filter((c) => c.deadline > now).length
+      const dues = waiting.map(parseDelayed).filter((d): d is Delayed => d !== undefined)
+      const delayed = dues.filter((d) => d.due > now).length
+      const ready = waiting.filter((n) => parseWaiting(n)).length + dues.length - delayed
       const oldest = waiting.find((n) => parseWaiting(n))
       let oldestAgeMs: number | undefined
       if (oldest) {
@@ -455,12 +528,46 @@ export class ZooKeeperQueues implements QueueDriver {
       }
       out.push({
         queue: name,
-        waiting: waiting.length + claims.length - inFlight,
+        waiting: ready + claims.length - inFlight,
+        delayed,
         inFlight,
         dead: deadWaiting.length + deadClaimed.length,
         ...(oldestAgeMs === undefined ? {} : {oldestAgeMs}),
       })
     }
     return out
+  }
+
+  /**
+   * Removes the queue's tree and its dead letters' (children first; a push racing in makes the
+   * parent's remove fail NOT_EMPTY, and the tree is listed again).
+   */
+  async deleteQueue(queue: string): Promise<boolean> {
+    let found = false
+    for (const root of [this.paths.queue(queue).root, this.paths.queue(`${queue}.dead`).root]) {
+      if (await this.removeTree(root)) found = true
+      this.session.forget(root)
+    }
+    return found
+  }
+
+  private async removeTree(path: string): Promise<boolean> {
+    for (let tries = 0; ; tries++) {
+      let children: string[]
+      try {
+        children = (await this.session.getChildren(path)).children
+      } catch (error) {
+        if (isCode(error, Code.NO_NODE)) return false
+        throw error
+      }
+      await inBatches(children, readsInFlight, (child) => this.removeTree(`${path}/${child}`))
+      try {
+        await this.session.remove(path)
+        return true
+      } catch (error) {
+        if (isCode(error, Code.NO_NODE)) return true
+        if (!isCode(error, Code.NOT_EMPTY) || tries >= 100) throw error
+      }
+    }
   }
 }

@@ -8,7 +8,7 @@ import {queueFlag} from '../../queueflags.js'
 
 export default class QueuePurge extends DlqCommand {
   static summary = 'Drop the waiting messages of a queue.'
-  static description = `Deletes every message of QUEUE that is waiting (visible). Messages in flight (reserved by a running pop or worker) are not touched: without --force the purge refuses (exit 75) while there are any; with --force it drops the waiting ones and leaves those to their workers (acknowledged when handled, back in the queue if not). Messages pushed while the purge runs may be dropped too. QUEUE.dead is a queue of its own: purge it by name. A purge killed half-way loses nothing it did not drop: what it had reserved comes back after a minute.`
+  static description = `Deletes every message of QUEUE that is waiting (visible; messages pushed with a delay that are not due yet stay, and queue delete removes everything). Messages in flight (reserved by a running pop or worker) are not touched: without --force the purge refuses (exit 75) while there are any; with --force it drops the waiting ones and leaves those to their workers (acknowledged when handled, back in the queue if not). Messages pushed while the purge runs may be dropped too. QUEUE.dead is a queue of its own: purge it by name. A purge killed half-way loses nothing it did not drop: what it had reserved comes back after a minute.`
   static examples = ['<%= config.bin %> queue purge --queue jobs', '<%= config.bin %> queue purge --queue jobs.dead --force --json']
 
   static flags = {

@@ -6,7 +6,8 @@ import {checkName} from '../../names.js'
 import {paint, table} from '../../output.js'
 
 export default class QueueStatus extends DlqCommand {
-  static summary = 'Show queue depths: waiting, in flight, dead letters, oldest message age.'
+  static summary = 'Show queue depths: waiting, delayed, in flight, dead letters, oldest message age.'
+  static description = 'Lists every queue that exists (a push made it and no queue delete removed it; a pop or tail creates none), or the one named with --queue (zeros if it does not exist). WAITING counts the messages a pop may take now, DELAYED those pushed with --delay or --at that are not due yet, IN FLIGHT those reserved by a pop or worker (a failed message waiting out its --retry-delay included), DEAD the messages in QUEUE.dead; OLDEST is the age of the oldest waiting message.'
   static examples = ['<%= config.bin %> queue status', '<%= config.bin %> queue status --queue jobs --json']
 
   static flags = {
@@ -26,7 +27,7 @@ export default class QueueStatus extends DlqCommand {
       return
     }
     const chalk = await paint(process.stdout, flags.color)
-    const rows = stats.map((s) => [s.queue, String(s.waiting), String(s.inFlight), String(s.dead), s.oldestAgeMs === undefined ? '-' : formatDuration(s.oldestAgeMs)])
-    process.stdout.write(table(['QUEUE', 'WAITING', 'IN FLIGHT', 'DEAD', 'OLDEST'], rows, chalk.bold))
+    const rows = stats.map((s) => [s.queue, String(s.waiting), String(s.delayed), String(s.inFlight), String(s.dead), s.oldestAgeMs === undefined ? '-' : formatDuration(s.oldestAgeMs)])
+    process.stdout.write(table(['QUEUE', 'WAITING', 'DELAYED', 'IN FLIGHT', 'DEAD', 'OLDEST'], rows, chalk.bold))
   }
 }

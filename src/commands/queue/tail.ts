@@ -8,7 +8,7 @@ import {nullFlag, queueFlag, render} from '../../queueflags.js'
 
 export default class QueueTail extends DlqCommand {
   static summary = 'Show the last waiting messages without consuming them.'
-  static description = 'Prints the last N waiting messages, oldest first. With --follow, keeps printing messages as they are pushed until interrupted (exit 0). Messages reserved by a pop before tail saw them are not shown.'
+  static description = 'Prints the last N waiting messages, oldest first. With --follow, keeps printing messages as they are pushed until interrupted (exit 0). Messages reserved by a pop before tail saw them are not shown, nor are messages pushed with --delay or --at before they are due (--follow never prints those). A tail of a queue nobody pushed to creates nothing; --follow waits for the push that makes it.'
   static examples = ['<%= config.bin %> queue tail --queue jobs -n 20', '<%= config.bin %> queue tail --queue jobs --follow --json']
 
   static flags = {
