@@ -638,6 +638,8 @@ const SECTIONS = {
   popspeed: popSpeed,
   workers: workersFile,
   redis: async () => (await import('./redis.mjs')).benchRedis({root: ROOT, dlq: DLQ, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}),
+  // The lock pairs alone (issue 12); DLQ_BENCH_BASELINE=DIR runs another build's driver in the same rounds.
+  'redis-pairs': async () => (await import('./redis.mjs')).benchRedisPairs({root: ROOT, fmt, fmtInt, median}),
   // Sentinel promoting the replica under a waiting lock run (issue 12).
   'redis-failover': async () => (await import('./redis-failover.mjs')).benchRedisFailover({dlq: DLQ, benchEnv, fmt, median}),
   zookeeper: async () => (await import('./zookeeper.mjs')).benchZooKeeper({bin: DLQ}),
@@ -657,6 +659,7 @@ async function main() {
   const t0 = nowMs()
   for (const [name, run] of Object.entries(SECTIONS)) {
     if (wanted.length && !wanted.includes(name)) continue
+    if (!wanted.length && name === 'redis-pairs') continue // the redis section has these rows too
     try {
       const reports = [await run()].flat()
       ;(reports.at(-1).notes ??= []).push(`load average after this section: ${load()}`)

@@ -2,12 +2,14 @@
 // loopback port, side by side in one run:
 //  - acquire+release pairs in one process through dlq's driver, against the raw round-trip limit
 //    (an ioredis loop of SET NX PX + a compare-and-delete Lua script), redis-semaphore's Mutex and
-//    redlock, interleaved (issue 12), with the commands each sends per pair;
+//    redlock, interleaved (issue 12), with the commands each sends per pair and the server's own
+//    time per pair (INFO commandstats); also alone as section `redis-pairs`, where
+//    DLQ_BENCH_BASELINE=DIR adds another build's driver to the same rounds (before/after);
 //  - lock hand-off latency between dlq processes (pub/sub wake-up), median and p99;
 //  - `seq 1 N | dlq queue push` against `redis-cli --pipe` sending the same XADD commands;
 //  - `dlq queue pop --count 1000` until empty, messages per second.
 import {spawn, spawnSync} from 'node:child_process'
-import {mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
+import {existsSync, mkdtempSync, readdirSync, readlinkSync, rmSync, writeFileSync} from 'node:fs'
 import {createServer} from 'node:net'
 import {tmpdir} from 'node:os'
 import {createRequire} from 'node:module'
@@ -69,13 +71,14 @@ function redisWaiting(port) {
  * time each side spends per pair (this process, and the server by INFO cpu around each slice) is
  * measured beside it, and varies far less with the load.
  */
-async function pairsSideBySide(root, url) {
+async function pairsSideBySide(root, url, baselineRoot) {
   const require = createRequire(join(root, 'package.json'))
   const {Redis} = require('ioredis')
   const {Mutex} = require('redis-semaphore')
   const {default: Redlock} = await import(pathToFileURL(require.resolve('redlock')).href.replace(/cjs\/index\.js$/, 'esm/index.js'))
   const {openRedisBackend} = await import(pathToFileURL(join(root, 'dist/backends/redis/index.js')).href)
   const backend = await openRedisBackend(new URL(url), {})
+  const baseline = baselineRoot ? await (await import(pathToFileURL(join(baselineRoot, 'dist/backends/redis/index.js')).href)).openRedisBackend(new URL(url), {}) : undefined
   const signal = new AbortController().signal
   const holder = {host: 'bench', pid: process.pid, user: 'bench', command: 'bench'}
   const [raw, semaphoreClient, redlockClient, probe] = [new Redis(url), new Redis(url), new Redis(url), new Redis(url)]
@@ -94,6 +97,15 @@ async function pairsSideBySide(root, url) {
       if (!lease) throw new Error('dlq driver: lock not acquired')
       await backend.locks.release('pairs', lease.owner)
     },
+    ...(baseline
+      ? {
+          'dlq baseline': async () => {
+            const lease = await baseline.locks.acquire({key: 'baseline-pairs', owner: `o${n++}`, ttlMs: 30000, limit: 1, waitMs: 0, signal, holder})
+            if (!lease) throw new Error('baseline dlq driver: lock not acquired')
+            await baseline.locks.release('baseline-pairs', lease.owner)
+          },
+        }
+      : {}),
     'redis-semaphore': async () => {
       const mutex = new Mutex(semaphoreClient, 'semaphore-pairs', {lockTimeout: 30000, acquireAttemptsLimit: 1})
       if (!(await mutex.tryAcquire())) throw new Error('redis-semaphore: not acquired')
@@ -130,9 +142,10 @@ async function pairsSideBySide(root, url) {
         cpu[name].server.push(spent[name].server / PAIRS_PER_ROUND)
       }
     }
-    return {rounds, cpu, commands: await commandsPerPair(url, candidates)}
+    return {rounds, cpu, serverUsec: await serverTimePerPair(probe, candidates), commands: await commandsPerPair(url, candidates)}
   } finally {
     await backend.close()
+    await baseline?.close()
     for (const client of [raw, semaphoreClient, redlockClient, probe]) client.disconnect()
   }
 }
@@ -142,6 +155,27 @@ async function serverCpuMicros(client) {
   const info = await client.info('cpu')
   const seconds = (field) => Number(new RegExp(`^${field}:([\\d.]+)`, 'm').exec(info)?.[1] ?? Number.NaN)
   return (seconds('used_cpu_user') + seconds('used_cpu_sys')) * 1e6
+}
+
+/**
+ * The server's own time per pair, outside the timed rounds: each candidate alone for `pairs` pairs
+ * between CONFIG RESETSTAT and INFO commandstats, summing the usec of the commands its client sends
+ * (EVALSHA and EVAL; SET for raw and redis-semaphore, which send it themselves: a script's inner
+ * calls, redlock's SET among them, are inside its EVALSHA's time and counted there only). Unlike the wall time,
+ * the time Redis spends executing does not include waiting to be scheduled, so it moves little with
+ * the machine's load; a script's share is its Lua and its redis.call()s.
+ */
+async function serverTimePerPair(probe, candidates, pairs = 2000) {
+  const sendsSet = new Set(['raw', 'redis-semaphore'])
+  const usec = {}
+  for (const [name, pair] of Object.entries(candidates)) {
+    await probe.config('RESETSTAT')
+    for (let i = 0; i < pairs; i++) await pair()
+    const stats = await probe.info('commandstats')
+    const of = (command) => Number(new RegExp(`^cmdstat_${command}:calls=\\d+,usec=(\\d+)`, 'm').exec(stats)?.[1] ?? 0)
+    usec[name] = ((sendsSet.has(name) ? of('set') : 0) + of('evalsha') + of('eval')) / pairs
+  }
+  return usec
 }
 
 /**
@@ -215,10 +249,74 @@ function xaddProtocol(stream, n) {
   return parts.join('')
 }
 
+/**
+ * The pair rows, verdicts and notes of a report (sections redis and redis-pairs). A candidate's
+ * ratio to raw is taken within each round (the same minute of machine load), then the median.
+ */
+function pairReport(pairs, {fmt, fmtInt, median}) {
+  const ratioToRaw = (name) => pairs.rounds[name].map((ms, round) => ms / pairs.rounds.raw[round])
+  const pairRow = (name, label) => {
+    const ratios = ratioToRaw(name)
+    return [label, fmtInt(PAIR_ROUNDS * PAIRS_PER_ROUND), fmt(median(pairs.rounds[name]), 3), fmt(median(pairs.rounds.raw), 3), `${fmt(median(ratios), 2)} (${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})`]
+  }
+  const cpuRow = (name, label) => {
+    const {client, server} = pairs.cpu[name]
+    const total = client.map((c, round) => c + server[round])
+    const rawTotal = pairs.cpu.raw.client.map((c, round) => c + pairs.cpu.raw.server[round])
+    return [label, '', `${fmt(median(client), 1)} + ${fmt(median(server), 1)}`, `${fmt(median(pairs.cpu.raw.client), 1)} + ${fmt(median(pairs.cpu.raw.server), 1)}`, fmt(median(total.map((t, round) => t / rawTotal[round])), 2)]
+  }
+  const serverRow = (name, label) => [label, '', fmt(pairs.serverUsec[name], 1), fmt(pairs.serverUsec.raw, 1), fmt(pairs.serverUsec[name] / pairs.serverUsec.raw, 2)]
+  const others = [['redis-semaphore', 'redis-semaphore Mutex tryAcquire+release'], ['redlock', 'redlock acquire+release (one server, no retry)'], ...('dlq baseline' in pairs.rounds ? [['dlq baseline', `dlq, the build in DLQ_BENCH_BASELINE`]] : [])]
+  const dlqRatio = median(ratioToRaw('dlq'))
+  const dlqToSemaphore = median(pairs.rounds.dlq.map((ms, round) => ms / pairs.rounds['redis-semaphore'][round]))
+  const verdicts = [
+    {ok: dlqRatio <= 1.3, target: 'acquire+release within 1.3× of the raw two-round-trip loop (median of the rounds\' ratios)', measured: `${fmt(dlqRatio, 2)}×`},
+    {ok: dlqToSemaphore <= 1, target: 'acquire+release no slower than redis-semaphore\'s Mutex in the same rounds', measured: `${fmt(dlqToSemaphore, 2)}× redis-semaphore`},
+  ]
+  if ('dlq baseline' in pairs.rounds) {
+    const toBaseline = median(pairs.rounds.dlq.map((ms, round) => ms / pairs.rounds['dlq baseline'][round]))
+    verdicts.push({ok: toBaseline <= 1, target: 'this build no slower than the baseline build in the same rounds', measured: `${fmt(toBaseline, 2)}× baseline`})
+  }
+  return {
+    rows: [
+      pairRow('dlq', 'acquire+release pair, ms (ref: raw SET NX PX + Lua compare-and-DEL)'),
+      ...others.map(([name, label]) => pairRow(name, `  ${label}, ms`)),
+      cpuRow('dlq', 'CPU µs per pair, this process + the server: dlq'),
+      ...others.map(([name]) => cpuRow(name, `  ${name}`)),
+      serverRow('dlq', 'server µs per pair executing its commands (commandstats): dlq'),
+      ...others.map(([name]) => serverRow(name, `  ${name}`)),
+    ],
+    verdicts,
+    notes: [
+      `pairs: ${PAIR_ROUNDS} rounds of ${fmtInt(PAIRS_PER_ROUND)} pairs per candidate, interleaved in slices of ${PAIR_SLICE}; ms are the median round's mean, ratios the median (min-max) of each round's ratio to raw.`,
+      `commands each pair sends (MONITOR, a script's own calls not counted; all sent one after the other, one round trip each): ${Object.entries(pairs.commands).map(([name, commands]) => `${name}: ${commands}`).join('; ')}. dlq also sends ROLE once per connection, alongside its first acquisition (no round trip of its own).`,
+      'server µs: what Redis spent executing the commands a pair sends (a script with its inner calls), each candidate alone for 2,000 pairs after the rounds; the rest of a pair is the two round trips and this process.',
+    ],
+  }
+}
+
+/** Section redis-pairs: the lock pairs alone (a minute, not the whole Redis section); DLQ_BENCH_BASELINE=DIR adds that build. */
+export async function benchRedisPairs({root, fmt, fmtInt, median}) {
+  const baseline = process.env.DLQ_BENCH_BASELINE
+  if (baseline && !existsSync(join(baseline, 'dist/backends/redis/index.js'))) throw new Error(`DLQ_BENCH_BASELINE=${baseline}: no built dlq there (dist/)`)
+  const server = await startRedis()
+  try {
+    const report = pairReport(await pairsSideBySide(root, server.url, baseline), {fmt, fmtInt, median})
+    return {
+      title: `Redis ${server.url} — lock acquire+release pairs in one process${baseline ? `, beside the build in ${baseline}` : ''}`,
+      table: {header: ['measure', 'n', 'dlq', 'reference', 'ratio'], rows: report.rows},
+      verdicts: report.verdicts,
+      notes: report.notes,
+    }
+  } finally {
+    server.stop()
+  }
+}
+
 export async function benchRedis({root, dlq, handoff, spawnTimed, expectStatus, tempDir, fmt, fmtInt, median, quantile}) {
   const server = await startRedis()
   try {
-    const pairs = await pairsSideBySide(root, server.url)
+    const pairs = pairReport(await pairsSideBySide(root, server.url), {fmt, fmtInt, median})
     const holder = (child) => [dlq, ['-b', server.url, 'lock', 'run', '--key', 'h', '--wait', 'forever', '--', ...child]]
     expectStatus(spawnTimed(...holder(['true'])).result, [0], 'dlq lock run')
     const hand = await handoff({holderArgv: holder, isWaiting: redisWaiting(server.port), waiters: 1})
@@ -244,20 +342,6 @@ export async function benchRedis({root, dlq, handoff, spawnTimed, expectStatus, 
     for (let i = 0; i < popped.length; i++) if (popped[i] !== String(i + 1)) round.missing++
     const pushRate = PUSH_LINES / (push.ms / 1000)
     const pipeRate = PUSH_LINES / (pipe.ms / 1000)
-    // A candidate's ratio to raw is taken within each round (the same minute of machine load), then the median.
-    const ratioToRaw = (name) => pairs.rounds[name].map((ms, round) => ms / pairs.rounds.raw[round])
-    const pairRow = (name, label) => {
-      const ratios = ratioToRaw(name)
-      return [label, fmtInt(PAIR_ROUNDS * PAIRS_PER_ROUND), fmt(median(pairs.rounds[name]), 3), fmt(median(pairs.rounds.raw), 3), `${fmt(median(ratios), 2)} (${fmt(Math.min(...ratios), 2)}-${fmt(Math.max(...ratios), 2)})`]
-    }
-    const cpuRow = (name, label) => {
-      const {client, server} = pairs.cpu[name]
-      const total = client.map((c, round) => c + server[round])
-      const rawTotal = pairs.cpu.raw.client.map((c, round) => c + pairs.cpu.raw.server[round])
-      return [label, '', `${fmt(median(client), 1)} + ${fmt(median(server), 1)}`, `${fmt(median(pairs.cpu.raw.client), 1)} + ${fmt(median(pairs.cpu.raw.server), 1)}`, fmt(median(total.map((t, round) => t / rawTotal[round])), 2)]
-    }
-    const dlqRatio = median(ratioToRaw('dlq'))
-    const dlqToSemaphore = median(pairs.rounds.dlq.map((ms, round) => ms / pairs.rounds['redis-semaphore'][round]))
     const m = median(driverHand)
     const p99 = quantile(driverHand, 0.99)
     return {
@@ -265,12 +349,7 @@ export async function benchRedis({root, dlq, handoff, spawnTimed, expectStatus, 
       table: {
         header: ['measure', 'n', 'dlq', 'reference', 'ratio'],
         rows: [
-          pairRow('dlq', 'acquire+release pair, ms (ref: raw SET NX PX + Lua compare-and-DEL)'),
-          pairRow('redis-semaphore', '  redis-semaphore Mutex tryAcquire+release, ms'),
-          pairRow('redlock', '  redlock acquire+release (one server, no retry), ms'),
-          cpuRow('dlq', 'CPU µs per pair, this process + the server: dlq'),
-          cpuRow('redis-semaphore', '  redis-semaphore'),
-          cpuRow('redlock', '  redlock'),
+          ...pairs.rows,
           ['hand-off median ms (p99): release() → waiter\'s acquire() resolves', String(driverHand.length), `${fmt(m, 2)} (${fmt(p99, 2)})`, '-', '-'],
           ['hand-off median ms (p99): command end → next command running', String(hand.latencies.length), `${fmt(median(hand.latencies), 2)} (${fmt(quantile(hand.latencies, 0.99), 2)})`, '-', '-'],
           ['queue push msgs/s (ref: redis-cli --pipe XADD)', fmtInt(PUSH_LINES), fmtInt(pushRate), fmtInt(pipeRate), fmt(pushRate / pipeRate, 2)],
@@ -278,16 +357,14 @@ export async function benchRedis({root, dlq, handoff, spawnTimed, expectStatus, 
         ],
       },
       verdicts: [
-        {ok: dlqRatio <= 1.3, target: 'acquire+release within 1.3× of the raw two-round-trip loop (median of the rounds\' ratios)', measured: `${fmt(dlqRatio, 2)}×`},
-        {ok: dlqToSemaphore <= 1, target: 'acquire+release no slower than redis-semaphore\'s Mutex in the same rounds', measured: `${fmt(dlqToSemaphore, 2)}× redis-semaphore`},
+        ...pairs.verdicts,
         {ok: m < 2, target: 'hand-off median < 2 ms (release → the waiter holds: one round trip after the release)', measured: `${fmt(m, 2)} ms`},
         {ok: p99 < 10, target: 'hand-off p99 < 10 ms', measured: `${fmt(p99, 2)} ms`},
         {ok: pushRate >= 0.5 * pipeRate, target: 'push ≥ 50% of redis-cli --pipe', measured: `${fmt((100 * pushRate) / pipeRate, 0)}%`},
         {ok: round.missing === 0 && round.duplicates === 0, target: 'pop returns the first 100,000 exactly once, in order', measured: `${round.missing} missing or out of order, ${round.duplicates} duplicates`},
       ],
       notes: [
-        `pairs: ${PAIR_ROUNDS} rounds of ${fmtInt(PAIRS_PER_ROUND)} pairs per candidate, interleaved in slices of ${PAIR_SLICE}; ms are the median round's mean, ratios the median (min-max) of each round's ratio to raw.`,
-        `commands each pair sends (MONITOR, a script's own calls not counted; all sent one after the other, one round trip each): ${Object.entries(pairs.commands).map(([name, commands]) => `${name}: ${commands}`).join('; ')}. dlq also sends ROLE once per connection, alongside its first acquisition (no round trip of its own).`,
+        ...pairs.notes,
         'driver hand-off: two connections in one process, the waiter subscribed and asleep; from release() sent to the waiter\'s acquire() resolved (PUBLISH, wake-up, acquire script).',
         'command hand-off, as in (b): also the holder\'s exit noticed, the release, and the supervisor starting the next command (execa, reaper, bash) — the same for every backend.',
         ...(hand.overlaps ? [`${hand.overlaps} critical sections OVERLAPPED`] : []),

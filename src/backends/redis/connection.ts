@@ -381,6 +381,8 @@ export class FailoverWait {
  */
 export class Replication {
   private counted?: Promise<number>
+  /** The count behind `counted` is in and is 0 (one server, no replica): confirm() has nothing to do. */
+  private lone = false
 
   constructor(
     private readonly client: Client,
@@ -390,6 +392,7 @@ export class Replication {
   ) {
     client.on('ready', () => {
       this.counted = undefined
+      this.lone = false
     })
   }
 
@@ -411,9 +414,13 @@ export class Replication {
    */
   prepare(): void {
     if (this.wanted === undefined && !this.counted && !this.client.isCluster) {
-      this.counted = this.client.role().then(replicasIn, () => {
+      const counted: Promise<number> = this.client.role().then(replicasIn, () => {
         this.counted = undefined
         return 0
+      })
+      this.counted = counted
+      void counted.then((replicas) => {
+        this.lone = replicas === 0 && this.counted === counted
       })
     }
   }
@@ -434,14 +441,24 @@ export class Replication {
     return replicasIn(role as unknown[])
   }
 
-  /** Resolves once the write is on enough replicas; throws exit 69 when it is not in time. */
-  async confirm(what: () => string, key: string): Promise<void> {
+  /**
+   * Resolves once the write is on enough replicas; throws exit 69 when it is not in time. On a
+   * master known to have none (every write of a lone server) it returns at once, without the
+   * awaits below: about 1 µs of a lock pair's JavaScript (bench redis-pairs).
+   */
+  confirm(what: () => string, key: string): Promise<void> {
+    if (this.wanted === 0 || (this.wanted === undefined && this.lone)) return confirmedAlready
+    return this.confirmOnReplicas(what, key)
+  }
+
+  private async confirmOnReplicas(what: () => string, key: string): Promise<void> {
     const wanted = this.wanted ?? Math.min(1, await this.replicasFor(key))
     if (wanted <= 0) return
     const acknowledged = await this.wait(wanted, key)
     if (acknowledged < wanted && this.wanted === undefined) {
       // By default dlq waits for a replica the master has: one that went away is not waited for.
       this.counted = undefined
+      this.lone = false
       if ((await this.replicasFor(key)) === 0) return
     }
     if (acknowledged < wanted) {
@@ -449,6 +466,8 @@ export class Replication {
     }
   }
 }
+
+const confirmedAlready = Promise.resolve()
 
 /** The number of replicas in a ROLE reply (0 unless it is a master's). */
 const replicasIn = (role: unknown[]): number => (role[0] === 'master' && Array.isArray(role[2]) ? role[2].length : 0)
@@ -474,13 +493,11 @@ export class Script {
     this.sha = createHash('sha1').update(lua).digest('hex')
   }
 
-  async run(client: Client, keys: string[], args: (string | number | Buffer)[]): Promise<unknown> {
-    try {
-      return await client.callBuffer('EVALSHA', [this.sha, keys.length, ...keys, ...args])
-    } catch (error) {
-      if (!String((error as Error).message).startsWith('NOSCRIPT')) throw error
+  run(client: Client, keys: string[], args: (string | number | Buffer)[]): Promise<unknown> {
+    return client.callBuffer('EVALSHA', [this.sha, keys.length, ...keys, ...args]).catch((error: Error) => {
+      if (!String(error.message).startsWith('NOSCRIPT')) throw error
       return client.callBuffer('EVAL', [this.lua, keys.length, ...keys, ...args])
-    }
+    })
   }
 
   /**
