@@ -169,7 +169,8 @@ export const lockSchemaV3 = (schema: Schema): string[] => [
 
 /**
  * Version 4: shared (reader) leases and writer preference. acquire gains p_shared; the version 3
- * signature stays, as an exclusive acquire, for a dlq of before --shared still running on the schema.
+ * signature stays, as an exclusive acquire, for a dlq of before --shared that was already running
+ * when the schema was migrated (one started later refuses a schema past its version).
  */
 export const lockSchemaV4 = (schema: Schema): string[] => {
   const s = schema.sql
