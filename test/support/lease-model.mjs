@@ -292,8 +292,10 @@ function violation(state, options) {
  * `rounds`: how many times each worker acquires and releases (one number per worker; default 1).
  * `shared`: one boolean per worker, true for a reader (--shared); an exclusive worker that finds the
  * key busy takes its place ahead of new readers for `waiterTtl` ticks, refreshed while it waits.
+ * Without readers it takes none (waiterTtl 0): no exclusive decision reads the places, so they
+ * would only add commits, each one an ordinary compare-and-swap, to state spaces already large.
  */
-export function explore({workers, shared = [], rounds = [], waiterTtl = 2, operator = false, limit, renews = 0, ttl = 1, exclusion = true, compareOnCommit = true, lossyRenames = 0, trustRenameErrors = false, cap}) {
+export function explore({workers, shared = [], rounds = [], waiterTtl = shared.includes(true) ? 2 : 0, operator = false, limit, renews = 0, ttl = 1, exclusion = true, compareOnCommit = true, lossyRenames = 0, trustRenameErrors = false, cap}) {
   const procs = []
   for (let i = 0; i < workers; i++) {
     const proc = {name: `p${i}`, pc: 'acquire', limit, ttl, shared: shared[i] === true, rounds: rounds[i] ?? 1, waiterTtl, renews: Array.isArray(renews) ? renews[i] : renews, deadline: -1, ids: 0}
