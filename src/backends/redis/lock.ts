@@ -29,7 +29,7 @@ import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication
 // 3 fence (counter), 4 waiters (zset owner → presence expiry), 5 shared (zset: the shared holders
 // of 1, same scores), 6 writers (zset: the exclusive requests among 4).
 // ARGV: owner, ttl, limit, holder json, waiter ttl, 1 when an earlier attempt may have queued us,
-// 1 for a shared request.
+// 1 for a shared request, 1 when the request may wait (only then does a writer keep readers out).
 // Every redis.call costs the server about as much as a small command: an uncontended acquisition
 // makes five (TIME, ZCARD, GETSET, ZADD, HSET), the pair with its release ten, where the recipe
 // once made fifteen and the pair cost 1.25-1.6x a bare SET NX + compare-and-DEL (bench/redis.mjs).
@@ -93,7 +93,7 @@ local waiterTtl = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + waiterTtl, ARGV[1])
 redis.call('PEXPIRE', KEYS[4], waiterTtl)
-if not shared then
+if not shared and ARGV[8] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   redis.call('ZADD', KEYS[6], now + waiterTtl, ARGV[1])
   redis.call('PEXPIRE', KEYS[6], waiterTtl)
@@ -219,7 +219,7 @@ export class RedisLocks implements LockDriver {
         this.replication?.prepare()
         try {
           // From the second attempt on, an earlier one may have queued us (its reply lost or not).
-          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters, keys.shared, keys.writers], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0, request.shared ? 1 : 0])) as unknown[]
+          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters, keys.shared, keys.writers], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0, request.shared ? 1 : 0, request.waitMs > 0 ? 1 : 0])) as unknown[]
         } catch (error) {
           // Asking again is safe: a holder that already holds is answered "held" (lost reply).
           await (failover ??= new FailoverWait(this.followMs)).failed(error, request.signal, deadline)
