@@ -644,6 +644,8 @@ const SECTIONS = {
   'redis-failover': async () => (await import('./redis-failover.mjs')).benchRedisFailover({dlq: DLQ, benchEnv, fmt, median}),
   zookeeper: async () => (await import('./zookeeper.mjs')).benchZooKeeper({bin: DLQ}),
   postgres: async () => (await import('./postgres.mjs')).benchPostgres({bin: DLQ}),
+  // A shared (--shared) acquisition against an exclusive one, on every backend (issue 14).
+  shared: async () => (await import('./shared.mjs')).benchShared({root: ROOT, fmt, median}),
   // What one pop costs the servers, and its memory against --count (DLQ_BENCH_BASELINE=DIR: another build beside this one).
   popcosts: async () => (await import('./popcosts.mjs')).benchPopCosts(),
 }

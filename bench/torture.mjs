@@ -185,7 +185,7 @@ function report(result) {
   lines.push(`== ${backend.name}: ${backend.description}`)
   lines.push(`   ${(result.faultMs / 1000).toFixed(0)} s of faults, ${(result.runMs / 1000).toFixed(0)} s in all; ${SETTINGS.lockers} lockers (--ttl ${SETTINGS.ttl} --kill-grace ${SETTINGS.killGrace}), ${SETTINGS.producers} producers, ${SETTINGS.workers} workers (--visibility ${SETTINGS.visibility} --max-attempts ${SETTINGS.maxAttempts} --retry-delay ${SETTINGS.retryDelay} --concurrency ${SETTINGS.concurrency})`)
   const f = locks.facts
-  lines.push(`   locks: ${f.acquisitions} acquisitions (critical sections, CS) by ${f.runs} dlq runs (${f.lostRuns} reported the lock lost, exit 70); ${f.writes} fenced writes, ${f.rejected} rejected as stale`)
+  lines.push(`   locks: ${f.acquisitions} acquisitions (critical sections, CS; ${f.shared} of them --shared readers) by ${f.runs} dlq runs (${f.lostRuns} reported the lock lost, exit 70); ${f.writes} fenced writes, ${f.rejected} rejected as stale`)
   const q = queue.facts
   lines.push(`   queue: ${q.pushed} ids pushed (${q.poison} poison) by ${q.pushes.ok} pushes (${q.pushes.failed} failed); ${q.handled} handled OK in ${q.deliveries} deliveries by ${q.workerRuns} worker runs`)
   const faultRows = [['fault', 'injected']]

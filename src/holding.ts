@@ -11,6 +11,16 @@ export function checkLimit(limit: number): number {
   return limit
 }
 
+/**
+ * --shared with --limit N > 1 is refused rather than given a meaning: a reader lock already admits
+ * any number of shared holders, and "N exclusive holders beside readers" is neither flock's -s nor
+ * a reader/writer lock. (--limit 1, the default, is allowed.)
+ */
+export function checkShared(shared: boolean | undefined, limit: number): boolean {
+  if (shared && limit !== 1) throw usageError('--shared and --limit do not combine', `--limit ${limit} was given with --shared`, 'a shared lock admits any number of shared holders already; drop --limit')
+  return shared === true
+}
+
 export function checkExitCode(code: number, flag: string): number {
   if (!Number.isInteger(code) || code < 0 || code > 255) throw usageError(`bad --${flag}`, String(code), 'an exit code is 0 to 255')
   return code
@@ -56,7 +66,7 @@ export function describeHolders(holders: Holder[]): string {
   if (holders.length === 0) return 'no holder is recorded'
   const now = Date.now()
   return holders
-    .map((h) => `held by ${h.user}@${h.host} pid ${h.pid} (${h.command.slice(0, 60)}) for ${formatDuration(now - h.acquiredAt.getTime())}, fencing token ${h.fencingToken}`)
+    .map((h) => `held${h.mode === 'shared' ? ' (shared)' : ''} by ${h.user}@${h.host} pid ${h.pid} (${h.command.slice(0, 60)}) for ${formatDuration(now - h.acquiredAt.getTime())}, fencing token ${h.fencingToken}`)
     .join('; ')
 }
 
@@ -75,7 +85,7 @@ export function lockStateJson(state: LockState): Record<string, unknown> {
   return {
     key: state.key,
     holders: state.holders.map((h) => ({
-      token: h.owner, owner: h.owner, fencingToken: BigInt(h.fencingToken), host: h.host, pid: h.pid, user: h.user, command: h.command,
+      token: h.owner, owner: h.owner, fencingToken: BigInt(h.fencingToken), mode: h.mode, host: h.host, pid: h.pid, user: h.user, command: h.command,
       acquiredAt: h.acquiredAt.toISOString(), expiresAt: h.expiresAt.toISOString(),
     })),
     // Stable fields: what the backend cannot tell is null, never missing.

@@ -9,3 +9,5 @@ export const nonblockFlag = Flags.boolean({char: 'n', summary: "Try once, as flo
 export const limitFlag = Flags.integer({summary: 'Semaphore: up to N holders of the key at once.', default: 1, helpValue: 'N'})
 export const conflictFlag = Flags.integer({char: 'E', summary: 'Exit code when the lock was not acquired within --wait (flock -E).', default: 75, helpValue: 'CODE'}) // 0–255: checkExitCode
 export const tokenFlag = (summary: string) => Flags.string({char: 't', summary, helpValue: 'TOKEN'})
+/** A reader lock (holding.ts checkShared for its one combination that makes no sense, with --limit). */
+export const sharedFlag = Flags.boolean({summary: 'Reader lock: shared holders hold together, an exclusive holder alone; once an exclusive one waits, new shared ones wait behind it.'})

@@ -2,7 +2,7 @@
 // (commands/lock/run.ts) and the fast path (fast.ts) call this with the parsed flags.
 import {formatDuration, parseDuration} from './duration.js'
 import {DlqError, toDlqError, usageError} from './errors.js'
-import {checkExitCode, checkLimit, checkTtl, checkWait, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
+import {checkExitCode, checkLimit, checkShared, checkTtl, checkWait, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
 import {jsonText} from './json.js'
 import {checkName} from './names.js'
 import type {Session} from './session.js'
@@ -18,6 +18,8 @@ export interface LockRunFlags {
   nonblock?: boolean
   ttl: string
   limit: number
+  /** A reader lock. */
+  shared?: boolean
   'conflict-exit-code': number
   'kill-grace': string
   quiet: boolean
@@ -34,6 +36,7 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
     const ttlMs = checkTtl(flags.ttl)
     const killGraceMs = parseDuration(flags['kill-grace'], 'kill-grace')
     const limit = checkLimit(flags.limit)
+    const shared = checkShared(flags.shared, limit)
     const conflictExitCode = checkExitCode(flags['conflict-exit-code'], 'conflict-exit-code')
     if (!command) throw usageError('no command to run', 'lock run needs a command after --', 'dlq lock run --key KEY -- COMMAND [ARGS...]')
     // With --json, dlq's own lines on stderr are JSON too (stdout is the command's): a warning
@@ -62,7 +65,7 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
       const waiting = WaitingLine.onTerminal(!flags.quiet)
       const acquiring = backend.locks
         .acquire({
-          key, owner, ttlMs, limit, waitMs: Math.max(0, waitEnd - Date.now()), signal: signals.signal,
+          key, owner, ttlMs, limit, shared, waitMs: Math.max(0, waitEnd - Date.now()), signal: signals.signal,
           holder: holderInfo([command, ...args].join(' ')),
           onWaiting: waiting && ((holders) => waiting.show(() => waitingForLock(key, waiting.waitedMs, holders))),
         })

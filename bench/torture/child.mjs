@@ -26,7 +26,7 @@ socket.on('close', () => process.exit(1))
 const reply = () => (replies.length > 0 ? Promise.resolve(replies.shift()) : new Promise((resolve) => (waiting = resolve)))
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
-send({t: 'hello', token: process.env.DLQ_FENCING_TOKEN, owner: process.env.DLQ_LOCK_OWNER, pid: process.pid, ppid: process.ppid})
+send({t: 'hello', token: process.env.DLQ_FENCING_TOKEN, owner: process.env.DLQ_LOCK_OWNER, pid: process.pid, ppid: process.ppid, shared: process.env.TORTURE_SHARED === '1'})
 const {pauses} = await reply()
 for (let seq = 0; seq < pauses.length; seq++) {
   send({t: 'write', seq})

@@ -8,10 +8,16 @@
 // tokens makes "accepted out of order" trivially 0, so the checker also looks for what actually
 // breaks fencing: one token handed to two acquisitions, a token that goes backwards, a write
 // accepted from a holder whose lease a newer holder already had, and CSs that overlapped.
+//
+// Readers and writers mixed (--shared): two slots in three run `lock run --shared` (with writers
+// looping back to back, writer preference would keep readers out on the backends without a FIFO). A
+// reader's CS says hello and makes its plan's steps as reads (not fenced writes, not recorded as
+// writes); two readers may overlap, but no overlap that involves a writer is allowed (unless the
+// older holder reported its lock lost, as for writers alone), and tokens must still increase.
 import {createServer} from 'node:net'
 import {join} from 'node:path'
 
-import {DLQ, NODE, ROOT, endRuns, isAlive, randomBetween, randomInt, start} from './procs.mjs'
+import {DLQ, NODE, ROOT, endRuns, isAlive, randomBetween, randomInt, start, tortureEnv} from './procs.mjs'
 
 const CHILD = join(ROOT, 'bench', 'torture', 'child.mjs')
 
@@ -69,9 +75,11 @@ export class FencedStore {
           this.wantLong = false
           // A token that is not an integer (DLQ_FENCING_TOKEN's contract) sorts below every other.
           const token = /^\d+$/.test(message.token ?? '') ? BigInt(message.token) : -1n
-          acquisition = {token, tokenText: String(message.token), badToken: token < 0n, owner: message.owner, pid: message.pid, ppid: message.ppid, start: message.at, long, writes: []}
+          acquisition = {token, tokenText: String(message.token), badToken: token < 0n, owner: message.owner, pid: message.pid, ppid: message.ppid, start: message.at, long, shared: message.shared === true, writes: []}
           this.acquisitions.push(acquisition)
           socket.write(`${JSON.stringify({pauses: plan(long)})}\n`)
+        } else if (message.t === 'write' && acquisition.shared) {
+          socket.write(`${JSON.stringify({accepted: true})}\n`) // a reader's step: a read, nothing to fence
         } else if (message.t === 'write') {
           const accepted = acquisition.token >= this.highest
           if (accepted) this.highest = acquisition.token
@@ -92,8 +100,13 @@ export class Lockers {
   runs = []
   stopping = false
 
-  constructor({url, key, storePath, count, ttl, killGrace}) {
-    Object.assign(this, {url, key, storePath, count, ttl, killGrace})
+  constructor({url, key, storePath, count, ttl, killGrace, readers = true}) {
+    Object.assign(this, {url, key, storePath, count, ttl, killGrace, readers})
+  }
+
+  /** Two slots in three are readers (--shared), unless `readers` is false. */
+  isReader(slot) {
+    return this.readers && slot % 3 !== 0
   }
 
   start() {
@@ -102,11 +115,12 @@ export class Lockers {
 
   async loop(slot) {
     while (!this.stopping) {
-      const proc = start(NODE, [DLQ, 'lock', 'run', '-b', this.url, '--key', this.key, '--ttl', this.ttl, '--kill-grace', this.killGrace, '--', NODE, CHILD], {
-        env: undefined,
+      const shared = this.isReader(slot)
+      const proc = start(NODE, [DLQ, 'lock', 'run', '-b', this.url, '--key', this.key, '--ttl', this.ttl, '--kill-grace', this.killGrace, ...(shared ? ['--shared'] : []), '--', NODE, CHILD], {
+        env: shared ? tortureEnv({TORTURE_SHARED: '1'}) : undefined,
         input: undefined,
       })
-      const run = {slot, proc, pid: proc.pid, spawnAt: proc.spawnAt}
+      const run = {slot, proc, pid: proc.pid, spawnAt: proc.spawnAt, shared}
       this.runs.push(run)
       const done = await proc.done
       Object.assign(run, {exitAt: done.at, code: done.code, signal: done.signal, stderr: proc.stderrText()})
@@ -202,11 +216,12 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
 
   // 5. Overlapping CSs. For each CS that a newer one (larger token) overlapped: the older holder
   // must have been reported lost (exit 70), and must have ended within the kill grace of the
-  // first newer CS's start (its lease was gone by then).
+  // first newer CS's start (its lease was gone by then). Two readers may overlap: only overlaps
+  // with a writer on either side count (never a writer beside anyone).
   let allowed = 0
   let forbidden = 0
   for (const older of acquisitions) {
-    const newer = acquisitions.filter((b) => b.token > older.token && b.start < older.end && b.end > older.start).sort((x, y) => x.start - y.start)
+    const newer = acquisitions.filter((b) => b.token > older.token && b.start < older.end && b.end > older.start && !(b.shared && older.shared)).sort((x, y) => x.start - y.start)
     if (newer.length === 0) continue
     const first = newer[0]
     const run = lockers.runOf(older)
@@ -219,8 +234,10 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
       }
     }
   }
-  checks.push({name: 'overlapping CSs not covered by a lost lock', figure: forbidden, limit: 0, ok: forbidden === 0, must: true})
-  checks.push({name: 'overlapping CSs within kill-grace of a lost lock', figure: allowed, limit: 'reported', ok: true, must: false})
+  const readerPairs = acquisitions.filter((a) => a.shared).reduce((n, a) => n + acquisitions.filter((b) => b.shared && b.token > a.token && b.start < a.end && b.end > a.start).length, 0)
+  checks.push({name: 'overlapping CSs with a writer, not covered by a lost lock', figure: forbidden, limit: 0, ok: forbidden === 0, must: true})
+  checks.push({name: 'overlapping CSs with a writer, within kill-grace of a lost lock', figure: allowed, limit: 'reported', ok: true, must: false})
+  checks.push({name: 'readers overlapping readers (allowed)', figure: readerPairs, limit: 'reported', ok: true, must: false})
 
   // 6. How long the key stayed unusable after a holder died (killed, or stopped past its TTL).
   // Not measured when a server fault began before the key was usable again and within the limit
@@ -309,6 +326,7 @@ export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
   const lostRuns = lockers.runs.filter(reportedLost).length
   const facts = {
     acquisitions: store.acquisitions.length,
+    shared: store.acquisitions.filter((a) => a.shared).length,
     writes: store.writes.length,
     rejected,
     lostRuns,

@@ -17,14 +17,25 @@ export interface Holder extends HolderInfo {
   fencingToken: string
   acquiredAt: Date
   expiresAt: Date
+  /** A shared (reader) holding beside others, or an exclusive one (counted against its limit). */
+  mode: LockMode
 }
+
+/**
+ * `exclusive`: up to `limit` holders at once, shared ones counted. `shared` (--shared): any number
+ * of shared holders together, none beside an exclusive holder; and once an exclusive request waits,
+ * new shared requests wait behind it (writer preference), while the shared holders already in stay.
+ */
+export type LockMode = 'exclusive' | 'shared'
 
 export interface AcquireRequest {
   key: string
   owner: string
   ttlMs: number
-  /** Semaphore size: up to `limit` holders at once. */
+  /** Semaphore size: up to `limit` holders at once (1 for a shared request). */
   limit: number
+  /** A reader lock (--shared); exclusive when absent. */
+  shared?: boolean
   /** How long to wait; 0 = try once, Infinity = forever. */
   waitMs: number
   signal: AbortSignal

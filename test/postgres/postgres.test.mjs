@@ -116,7 +116,7 @@ describe('postgres backend', {concurrency: 3}, () => {
       ]
       const results = await Promise.all(commands.map((args) => cli(url, args, {timeoutMs: 30_000})))
       assert.deepEqual(results.map((r) => r.code), commands.map(() => 0), results.map((r) => r.stderr).join(''))
-      assert.equal((await server.sql(`SELECT count(*) || ':' || max(version) FROM ${schema}.schema_version`)).trim(), '4:4')
+      assert.equal((await server.sql(`SELECT count(*) || ':' || max(version) FROM ${schema}.schema_version`)).trim(), '5:5')
       const popped = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '10'])
       assert.deepEqual(popped.stdout.split('\n').filter(Boolean).sort(), ['m1', 'm2'])
     })

@@ -81,8 +81,12 @@ function stateKey(workers) {
       const [kind, v, id] = n.split('.')
       return `${kind}${version(v)}.${id}`
     }
-    const holder = (h) => `${h.owner}/${time(h.expiresMs)}/${version(h.token)}`
-    const holders = (data) => parse(data).holders.map(holder).join(',')
+    const holder = (h) => `${h.owner}/${time(h.expiresMs)}/${version(h.token)}${h.shared ? '/s' : ''}`
+    const waiter = (w) => `${w.owner}/${time(w.expiresMs)}`
+    const holders = (data) => {
+      const state = parse(data)
+      return `${state.holders.map(holder).join(',')}${state.waiting ? `+${state.waiting.map(waiter).join(',')}` : ''}`
+    }
     const outcome = (o) => o && `${o.kind}:${o.record ? holder(o.record) : o.held ?? o.count ?? ''}`
     // What a process still has to do, and no more: a name already gone from its garbage would only be
     // a failing unlink, the intent follows from the program counter, a finished result is spent.
@@ -100,7 +104,7 @@ function stateKey(workers) {
     const body = `${files}|${s.lastToken && version(s.lastToken)}|${s.acquisitions}|${s.lossLeft}|${s.tokenViolation ?? ""}`
     const procs = s.procs.map((p) => {
       const background = p.background && garbage(p.background)
-      return [p.pc, p.renews, time(p.deadline), p.seen && name(p.seen), p.seenClock !== undefined && s.clock > p.seenClock, tx(p.tx), background].join(';')
+      return [p.shared ? 'r' : 'w', p.rounds, p.pc, p.renews, time(p.deadline), p.seen && name(p.seen), p.seenClock !== undefined && s.clock > p.seenClock, tx(p.tx), background].join(';')
     })
     // Split once into text and names (odd places: worker names such as p1, ids such as p1x4).
     const parts = [body, ...procs].map((text) => text.split(/\b(p\d+x\d+|opx\d+|p\d+(?=\/))/))
@@ -138,7 +142,7 @@ function stateKey(workers) {
 function startTx(proc) {
   switch (proc.pc) {
     case 'acquire':
-      return begin({kind: 'acquire', owner: proc.name, limit: proc.limit, ttlMs: proc.ttl, info})
+      return begin({kind: 'acquire', owner: proc.name, limit: proc.limit, ttlMs: proc.ttl, info, shared: proc.shared, waiterTtlMs: proc.shared ? 0 : proc.waiterTtl})
     case 'renew':
       return begin({kind: 'renew', owner: proc.name, marginMs: 0})
     case 'release':
@@ -226,6 +230,10 @@ function* successors(state, options) {
             changes = {...changes, tx: undefined, pc: 'lost', deadline: -1}
             break
           case 'released':
+            // Another round (a reader that comes back while a writer waits): acquire again.
+            if (proc.rounds > 1) changes = {...changes, tx: startTx({...proc, pc: 'acquire'}), pc: 'acquire', rounds: proc.rounds - 1, deadline: -1}
+            else changes = {...changes, tx: undefined, pc: 'done', deadline: -1}
+            break
           case 'forced':
             changes = {...changes, tx: undefined, pc: 'done', deadline: -1}
             break
@@ -263,10 +271,14 @@ function violation(state, options) {
   const content = state.files[contentOf(version, id)]
   if (content === undefined) return `the current state ${markers[0]} has no content`
   const live = JSON.parse(content).holders.filter((h) => h.expiresMs > state.clock)
-  if (live.length > options.limit) return `I2: the state lists ${live.length} live holders, limit ${options.limit}`
+  const liveExclusive = live.filter((h) => !h.shared)
+  if (liveExclusive.length > options.limit) return `I2: the state lists ${liveExclusive.length} live exclusive holders, limit ${options.limit}`
+  if (liveExclusive.length > 0 && liveExclusive.length < live.length) return `I5: the state lists an exclusive holder beside ${live.length - liveExclusive.length} shared ones`
   if (options.exclusion) {
     const believers = state.procs.filter((p) => (p.pc === 'hold' || p.pc === 'renew') && state.clock < p.deadline)
-    if (believers.length > options.limit) return `I3: ${believers.map((p) => p.name).join(' and ')} hold at once (limit ${options.limit})`
+    const writers = believers.filter((p) => !p.shared)
+    if (writers.length > options.limit) return `I3: ${writers.map((p) => p.name).join(' and ')} hold at once (limit ${options.limit})`
+    if (writers.length > 0 && writers.length < believers.length) return `I5: ${writers.map((p) => p.name).join(' and ')} (exclusive) hold beside ${believers.filter((p) => p.shared).map((p) => p.name).join(' and ')} (shared)`
   }
   return state.tokenViolation
 }
@@ -277,11 +289,16 @@ function violation(state, options) {
  * `ttl` is in clock ticks; one tick is enough for a lease to expire between any two steps.
  * `lossyRenames`: how many successful renames may be reported as failed (NFS: a retransmitted
  * rename that finds its own work done); each is explored both ways.
+ * `rounds`: how many times each worker acquires and releases (one number per worker; default 1).
+ * `shared`: one boolean per worker, true for a reader (--shared); an exclusive worker that finds the
+ * key busy takes its place ahead of new readers for `waiterTtl` ticks, refreshed while it waits.
+ * Without readers it takes none (waiterTtl 0): no exclusive decision reads the places, so they
+ * would only add commits, each one an ordinary compare-and-swap, to state spaces already large.
  */
-export function explore({workers, operator = false, limit, renews = 0, ttl = 1, exclusion = true, compareOnCommit = true, lossyRenames = 0, trustRenameErrors = false, cap}) {
+export function explore({workers, shared = [], rounds = [], waiterTtl = shared.includes(true) ? 2 : 0, operator = false, limit, renews = 0, ttl = 1, exclusion = true, compareOnCommit = true, lossyRenames = 0, trustRenameErrors = false, cap}) {
   const procs = []
   for (let i = 0; i < workers; i++) {
-    const proc = {name: `p${i}`, pc: 'acquire', limit, ttl, renews: Array.isArray(renews) ? renews[i] : renews, deadline: -1, ids: 0}
+    const proc = {name: `p${i}`, pc: 'acquire', limit, ttl, shared: shared[i] === true, rounds: rounds[i] ?? 1, waiterTtl, renews: Array.isArray(renews) ? renews[i] : renews, deadline: -1, ids: 0}
     procs.push({...proc, tx: startTx(proc)})
   }
   if (operator) procs.push({name: 'op', pc: 'force', ids: 0, deadline: -1, tx: startTx({pc: 'force'})})
@@ -293,6 +310,8 @@ export function explore({workers, operator = false, limit, renews = 0, ttl = 1, 
   const queue = [initial]
   let allDone = 0
   let maxHolders = 0
+  let maxShared = 0
+  let readerBlockedByWaiter = 0
   for (let at = 0; at < queue.length; at++) {
     if (seen.size > (options.cap ?? Infinity)) return {states: seen.size, capped: true}
     const state = queue[at]
@@ -306,7 +325,14 @@ export function explore({workers, operator = false, limit, renews = 0, ttl = 1, 
     if (bad) return {states: seen.size, violation: bad}
     const holding = state.procs.filter((p) => p.pc === 'hold' && state.clock < p.deadline).length
     maxHolders = Math.max(maxHolders, holding)
-    if (state.procs.every((p) => p.pc === 'done' && !p.background?.garbage.some((n) => n in state.files)) && state.acquisitions === workers) allDone++
+    maxShared = Math.max(maxShared, state.procs.filter((p) => p.pc === 'hold' && p.shared && state.clock < p.deadline).length)
+    // A reader waiting while no exclusive one holds: it waits behind an exclusive waiter.
+    if (state.procs.some((p) => p.pc === 'waiting' && p.shared) && !state.procs.some((p) => p.pc === 'hold' && !p.shared && state.clock < p.deadline)) {
+      const marker = currentMarker(state.files)
+      const current = JSON.parse(state.files[marker.replace(/^S/, 'C')])
+      if (!current.holders.some((h) => !h.shared && h.expiresMs > state.clock) && current.waiting?.some((w) => w.expiresMs > state.clock)) readerBlockedByWaiter++
+    }
+    if (state.procs.every((p) => p.pc === 'done' && !p.background?.garbage.some((n) => n in state.files)) && state.acquisitions === state.procs.reduce((sum, p) => sum + (p.name === 'op' ? 0 : rounds[Number(p.name.slice(1))] ?? 1), 0)) allDone++
     for (const next of successors(state, options)) {
       const k = key(next)
       if (seen.has(k)) continue
@@ -315,6 +341,6 @@ export function explore({workers, operator = false, limit, renews = 0, ttl = 1, 
       queue.push(next)
     }
   }
-  return {states: seen.size, allDone, maxHolders}
+  return {states: seen.size, allDone, maxHolders, maxShared, readerBlockedByWaiter}
 }
 

@@ -34,7 +34,8 @@ describe('fast path: parsing', () => {
   it('reads the plain forms as oclif does, defaults filled in, the command verbatim', () => {
     const r = parse('-k', 'deploy', '-w0', '--ttl=5s', '-q', '--limit', '3', '-b', 'file:///x', '--no-color', '--', 'sh', '-c', 'x -- --key y')
     assert.deepEqual(r.command, ['sh', '-c', 'x -- --key y'])
-    assert.deepEqual(r.flags, {key: 'deploy', wait: '0', ttl: '5s', quiet: true, limit: 3, backend: 'file:///x', color: false, verbose: false, json: false, 'conflict-exit-code': 75, 'kill-grace': '10s', nonblock: false})
+    assert.equal(parse('--key', 'k', '--shared', '--', 'true').flags.shared, true, 'the fast path takes --shared as oclif does')
+    assert.deepEqual(r.flags, {key: 'deploy', wait: '0', ttl: '5s', quiet: true, limit: 3, backend: 'file:///x', color: false, verbose: false, json: false, 'conflict-exit-code': 75, 'kill-grace': '10s', nonblock: false, shared: false})
     assert.equal(parse('--key', 'k', '--conflict-exit-code', '-1', '--', 'true').flags['conflict-exit-code'], -1)
     assert.deepEqual(r.stray, [])
   })

@@ -7,7 +7,8 @@
 // A key's directory holds one versioned state and nothing else:
 //
 //   leases/<key>/S.<v>.<id>   the state marker: exactly one exists at any moment (empty file)
-//   leases/<key>/C.<v>.<id>   the holders of version v as JSON (immutable once written)
+//   leases/<key>/C.<v>.<id>   the holders of version v as JSON (immutable once written), and the
+//                             exclusive requests waiting (each with an expiry it refreshes)
 //
 // A transaction (acquire, renew, release, force release) is a compare-and-swap on the version:
 //   1. list     readdir: the S name with the highest version is the state read (v, id)
@@ -35,7 +36,17 @@
 //      until the expiry of its last successful acquire or renewal, computed from the clock at its
 //      read, never later than the expiry the state records for it);
 //   I4 fencing tokens (the version an acquisition created) strictly increase in the order of the
-//      acquisitions, so no token is ever given twice.
+//      acquisitions, so no token is ever given twice;
+//   I5 never a writer beside anyone: no exclusive holder beside a shared one, in the state and
+//      among the processes that believe they hold (exclusive ones stay within their limit: I2, I3).
+// Shared (reader) holders: a shared acquire succeeds when no live holder is exclusive and no live
+// exclusive request waits; an exclusive acquire when no live holder is shared and fewer than its
+// limit are exclusive (--shared and --limit N > 1 do not combine, but a semaphore's holders and
+// readers may meet on one key: they exclude each other). Writer preference: an exclusive acquire that finds the key busy records itself
+// in the state's `waiting` list with an expiry (waiterTtlMs), and refreshes it while it waits
+// (decide: when less than half of it is left); a crashed waiter stops blocking readers at that
+// expiry, one that gives up leaves the list at once (intent `leave`). Being a commit like any
+// other, recording a waiter is covered by the same argument and the same model.
 // A readdir that is not atomic with concurrent renames (POSIX allows that) can only show a state
 // that existed at some instant during it, which is the same as an atomic readdir followed by a
 // delay: a case the interleavings already cover. The collection in 7 never removes the current
@@ -56,10 +67,25 @@ export interface HolderRecord {
   expiresMs: number
   /** The fencing token: the version this acquisition created. */
   token: string
+  /** A shared (reader) holder; exclusive when absent. */
+  shared?: boolean
+}
+
+/** An exclusive request waiting for the key: new shared requests wait behind it until its expiry. */
+export interface WaiterRecord {
+  owner: string
+  expiresMs: number
+}
+
+/** What a state file holds. */
+export interface LeaseState {
+  holders: HolderRecord[]
+  waiting: WaiterRecord[]
 }
 
 export type Intent =
-  | {kind: 'acquire'; owner: string; limit: number; ttlMs: number; info: Pick<HolderRecord, 'host' | 'pid' | 'user' | 'command'>}
+  | {kind: 'acquire'; owner: string; limit: number; ttlMs: number; info: Pick<HolderRecord, 'host' | 'pid' | 'user' | 'command'>; shared?: boolean; waiterTtlMs?: number}
+  | {kind: 'leave'; owner: string}
   | {kind: 'renew'; owner: string; ttlMs?: number; marginMs: number}
   | {kind: 'release'; owner: string}
   | {kind: 'forceRelease'}
@@ -67,7 +93,8 @@ export type Intent =
 
 export type Outcome =
   | {kind: 'acquired'; record: HolderRecord}
-  | {kind: 'busy'; holders: HolderRecord[]}
+  | {kind: 'busy'; holders: HolderRecord[]; waiting: WaiterRecord[]}
+  | {kind: 'left'}
   | {kind: 'renewed'; record: HolderRecord}
   | {kind: 'lost'; why: string}
   | {kind: 'released'; held: boolean}
@@ -111,12 +138,16 @@ const maxVersion = 2n ** 63n - 1n
 export const markerName = (version: bigint | string, id: string) => `S.${version}.${id}`
 export const contentOf = (version: bigint | string, id: string) => `C.${version}.${id}`
 export const encodeHolders = (holders: HolderRecord[]) => JSON.stringify({holders})
+/** `waiting` is left out when empty: a state without it is what dlq before --shared wrote and reads. */
+export const encodeState = ({holders, waiting}: LeaseState) => JSON.stringify(waiting.length > 0 ? {holders, waiting} : {holders})
 
-export function decodeHolders(data: string): HolderRecord[] {
-  const parsed = JSON.parse(data) as {holders?: HolderRecord[]}
+export function decodeState(data: string): LeaseState {
+  const parsed = JSON.parse(data) as {holders?: HolderRecord[]; waiting?: WaiterRecord[]}
   if (!Array.isArray(parsed.holders)) throw new Error('not a lease state')
-  return parsed.holders
+  return {holders: parsed.holders, waiting: Array.isArray(parsed.waiting) ? parsed.waiting : []}
 }
+
+export const decodeHolders = (data: string): HolderRecord[] => decodeState(data).holders
 
 /** The current state among a directory's names: the marker with the highest version. */
 export function currentState(names: string[]): {version: bigint; id: string} | undefined {
@@ -141,9 +172,12 @@ export function staleContents(names: string[], version: bigint, id: string): str
   })
 }
 
-/** What an intent does to the holders at time `now`: the new holders (none: no change) and the outcome. */
-export function decide(intent: Intent, holders: HolderRecord[], now: number, nextVersion: bigint): {next?: HolderRecord[]; outcome: Outcome} {
+/** What an intent does to the state at time `now`: the new state (none: no change) and the outcome. */
+export function decide(intent: Intent, state: LeaseState, now: number, nextVersion: bigint): {next?: LeaseState; outcome: Outcome} {
+  const {holders} = state
   const live = holders.filter((h) => h.expiresMs > now)
+  const waiting = state.waiting.filter((w) => w.expiresMs > now)
+  const othersWaiting = (owner: string) => waiting.filter((w) => w.owner !== owner)
   switch (intent.kind) {
     case 'read':
       return {outcome: {kind: 'state', holders: live}}
@@ -151,26 +185,42 @@ export function decide(intent: Intent, holders: HolderRecord[], now: number, nex
       // Already ours: a commit whose rename was reported failed although it happened (NFS).
       const mine = live.find((h) => h.owner === intent.owner)
       if (mine) return {outcome: {kind: 'acquired', record: mine}}
-      if (live.length >= intent.limit) return {outcome: {kind: 'busy', holders: live}}
+      const free = intent.shared
+        ? !live.some((h) => !h.shared) && othersWaiting(intent.owner).length === 0
+        : live.length < intent.limit && !live.some((h) => h.shared)
+      if (!free) {
+        const busy: Outcome = {kind: 'busy', holders: live, waiting}
+        const waiterTtlMs = intent.waiterTtlMs ?? 0
+        if (intent.shared || waiterTtlMs <= 0) return {outcome: busy}
+        // An exclusive request that will wait: recorded (or refreshed once half its time is gone),
+        // so that new shared requests queue behind it.
+        const own = waiting.find((w) => w.owner === intent.owner)
+        if (own && own.expiresMs - now > waiterTtlMs / 2) return {outcome: busy}
+        return {next: {holders: live, waiting: [...othersWaiting(intent.owner), {owner: intent.owner, expiresMs: now + waiterTtlMs}]}, outcome: busy}
+      }
       const record: HolderRecord = {owner: intent.owner, ...intent.info, acquiredMs: now, ttlMs: intent.ttlMs, expiresMs: now + intent.ttlMs, token: nextVersion.toString()}
-      return {next: [...live, record], outcome: {kind: 'acquired', record}}
+      if (intent.shared) record.shared = true
+      return {next: {holders: [...live, record], waiting: othersWaiting(intent.owner)}, outcome: {kind: 'acquired', record}}
     }
+    case 'leave':
+      if (!state.waiting.some((w) => w.owner === intent.owner)) return {outcome: {kind: 'left'}}
+      return {next: {holders: live, waiting: othersWaiting(intent.owner)}, outcome: {kind: 'left'}}
     case 'renew': {
       const mine = holders.find((h) => h.owner === intent.owner)
       if (!mine) return {outcome: {kind: 'lost', why: `no lease with owner ${intent.owner} (it expired and was taken, or was released or force-released)`}}
       if (mine.expiresMs <= now + intent.marginMs) return {outcome: {kind: 'lost', why: `the lease expired at ${new Date(mine.expiresMs).toISOString()} before it was renewed`}}
       const ttlMs = intent.ttlMs ?? mine.ttlMs
       const record = {...mine, ttlMs, expiresMs: now + ttlMs}
-      return {next: live.map((h) => (h.owner === intent.owner ? record : h)), outcome: {kind: 'renewed', record}}
+      return {next: {holders: live.map((h) => (h.owner === intent.owner ? record : h)), waiting}, outcome: {kind: 'renewed', record}}
     }
     case 'release': {
       const mine = holders.find((h) => h.owner === intent.owner)
       if (!mine) return {outcome: {kind: 'released', held: false}}
-      return {next: live.filter((h) => h.owner !== intent.owner), outcome: {kind: 'released', held: mine.expiresMs > now}}
+      return {next: {holders: live.filter((h) => h.owner !== intent.owner), waiting}, outcome: {kind: 'released', held: mine.expiresMs > now}}
     }
     case 'forceRelease':
       if (holders.length === 0) return {outcome: {kind: 'forced', count: 0}}
-      return {next: [], outcome: {kind: 'forced', count: live.length}}
+      return {next: {holders: [], waiting}, outcome: {kind: 'forced', count: live.length}}
   }
 }
 
@@ -230,9 +280,9 @@ export function advance(tx: Transaction, reply: Reply, now: number, freshId: () 
     case 'read': {
       if (missing || !('data' in reply)) return {...tx, phase: 'list', missed: markerName(tx.version!, tx.id!)}
       const nextVersion = BigInt(tx.version!) + 1n
-      const {next, outcome} = decide(tx.intent, decodeHolders(reply.data), now, nextVersion)
+      const {next, outcome} = decide(tx.intent, decodeState(reply.data), now, nextVersion)
       if (!next) return {...tx, phase: tx.intent.kind === 'read' ? 'done' : 'collect', outcome}
-      return {...tx, phase: 'write', newId: freshId(), data: encodeHolders(next), pending: outcome, missed: undefined}
+      return {...tx, phase: 'write', newId: freshId(), data: encodeState(next), pending: outcome, missed: undefined}
     }
     case 'write':
       return {...tx, phase: 'commit'}

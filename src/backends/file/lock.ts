@@ -29,6 +29,9 @@ import {waitFor} from './watch.js'
 
 // A renewal this close to expiry is refused: a waiter may already have counted the lease as gone.
 const renewMarginMs = (ttlMs: number) => Math.min(250, ttlMs / 10)
+// How long an exclusive waiter's place ahead of new shared requests lasts unless refreshed (it is,
+// at half of it, while the waiter lives): a waiter that died stops blocking readers after this.
+const waiterTtlMs = 5000
 
 /** Fresh ids for state names: unique per process and call, without loading node:crypto. */
 let idCount = 0
@@ -48,6 +51,7 @@ function toHolder(record: HolderRecord): Holder {
   return {
     owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
     fencingToken: record.token, acquiredAt: new Date(record.acquiredMs), expiresAt: new Date(record.expiresMs),
+    mode: record.shared ? 'shared' : 'exclusive',
   }
 }
 
@@ -200,18 +204,32 @@ export class FileLocks implements LockDriver {
 
   async acquire(request: AcquireRequest): Promise<Lease | undefined> {
     const dir = (await this.keyDir(request.key, true))!
-    const intent: Intent = {kind: 'acquire', owner: request.owner, limit: request.limit, ttlMs: request.ttlMs, info: request.holder}
-    return waitFor<Lease | undefined>(dir, request.signal, Date.now() + request.waitMs, async () => {
-      const outcome = await this.transact(dir, intent)
-      if (outcome.kind === 'acquired') {
-        this.mine.set(request.owner, dir)
-        return {done: true, value: {key: request.key, owner: request.owner, fencingToken: outcome.record.token, ttlMs: request.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}, next: 0}
-      }
-      const holders = outcome.kind === 'busy' ? outcome.holders : []
-      request.onWaiting?.(holders.map(toHolder))
-      // A holder that died is noticed at its expiry, without any event.
-      return {done: false, value: undefined, next: Math.min(...holders.map((h) => h.expiresMs))}
-    }, undefined)
+    const shared = request.shared === true
+    // Only an exclusive request that may wait takes a place ahead of new shared ones.
+    const queues = !shared && request.waitMs > 0
+    const intent: Intent = {kind: 'acquire', owner: request.owner, limit: request.limit, ttlMs: request.ttlMs, info: request.holder, shared, waiterTtlMs: queues ? waiterTtlMs : 0}
+    let acquired = false
+    try {
+      return await waitFor<Lease | undefined>(dir, request.signal, Date.now() + request.waitMs, async () => {
+        const outcome = await this.transact(dir, intent)
+        if (outcome.kind === 'acquired') {
+          acquired = true
+          this.mine.set(request.owner, dir)
+          return {done: true, value: {key: request.key, owner: request.owner, fencingToken: outcome.record.token, ttlMs: request.ttlMs, expiresAt: new Date(outcome.record.expiresMs)}, next: 0}
+        }
+        const holders = outcome.kind === 'busy' ? outcome.holders : []
+        const waiting = outcome.kind === 'busy' ? outcome.waiting : []
+        request.onWaiting?.(holders.map(toHolder))
+        // A holder that died is noticed at its expiry, without any event; so is a dead exclusive
+        // waiter by a shared request; and an exclusive waiter refreshes its place at half its time.
+        const own = waiting.find((w) => w.owner === request.owner)
+        const times = [...holders.map((h) => h.expiresMs), ...(shared ? waiting.map((w) => w.expiresMs) : []), ...(own ? [own.expiresMs - waiterTtlMs / 2] : [])]
+        return {done: false, value: undefined, next: Math.min(...times)}
+      }, undefined)
+    } finally {
+      // A waiter that gives up leaves at once, so the readers behind it need not wait for its expiry.
+      if (!acquired && queues) await this.transact(dir, {kind: 'leave', owner: request.owner}).catch(() => {})
+    }
   }
 
   private async dirOf(key: string, owner: string): Promise<string | undefined> {

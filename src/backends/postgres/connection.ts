@@ -36,7 +36,7 @@ import type {Client, ClientConfig, QueryConfig, QueryResultRow} from 'pg'
 import {DlqError, unavailable, usageError} from '../../errors.js'
 import {checkParameters, connectTimeoutMs, credentials} from '../url.js'
 import {displayOf, type Host, type Targets, targetsOf} from './hosts.js'
-import {lockSchema, lockSchemaV3} from './lock.js'
+import {lockSchema, lockSchemaV3, lockSchemaV5} from './lock.js'
 import {queueFunctionsV4, queueSchema, queueSchemaV2, queueSchemaV3, queueSchemaV4} from './queue.js'
 
 /**
@@ -117,8 +117,9 @@ export const migrations = (schema: Schema): {version: number; statements: string
   {version: 2, statements: queueSchemaV2(schema)},
   {version: 3, statements: [...lockSchemaV3(schema), ...queueSchemaV3(schema), ...plannerSettingsOfFunctions(schema)]},
   {version: 4, statements: [...queueSchemaV4(schema), ...plannerSettingsOfFunctions(schema, queueFunctionsV4)]},
+  {version: 5, statements: lockSchemaV5(schema)},
 ]
-const LATEST_VERSION = 4
+const LATEST_VERSION = 5
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/

@@ -9,6 +9,11 @@
 //   before: --limit N is exact. Deleting (not just skipping) expired leases matters: a renewal
 //   racing the acquirer then either finds its row gone, or renewed it first and the acquirer's
 //   DELETE, re-checking the row it waited for, keeps it and counts it.
+// - Shared (reader) leases (migration 4) are rows with shared = true: a shared request is admitted
+//   when no live lease of the key is exclusive and no exclusive request waits (lock_waiters rows
+//   with shared = false: writer preference), an exclusive one when no live lease is shared and
+//   fewer than its limit are held. Under the same advisory lock, so just as exact. A writer that
+//   gives up its place NOTIFYs, waking the readers behind it.
 // - Fencing tokens come from one sequence: strictly increasing per key (across the database, in
 //   fact), force releases included, and never reused after a rollback.
 // - Renewal is a compare-and-set on (key, owner, still unexpired): an expired lease is never
@@ -41,10 +46,10 @@ const waiterTtlMs = 5000
  * lease expires and (from migration 3 on) how many wait for the key, which sets how often a
  * waiter behind a transaction pooler polls (poll.ts).
  */
-const acquireFunction = ({sql: s, lockSpace}: Schema, withWaiters: boolean): string =>
-  `CREATE FUNCTION ${s}.acquire(p_key text, p_owner text, p_ttl_ms bigint, p_limit integer, p_host text, p_pid integer, p_user text, p_command text, p_waiter_ttl_ms bigint)
+const acquireFunction = ({sql: s, lockSpace}: Schema, withWaiters: boolean, withShared = false): string =>
+  `CREATE FUNCTION ${s}.acquire(p_key text, p_owner text, p_ttl_ms bigint, p_limit integer, p_host text, p_pid integer, p_user text, p_command text, p_waiter_ttl_ms bigint${withShared ? ', p_shared boolean' : ''})
   RETURNS TABLE (acquired boolean, token bigint, acquired_at timestamptz, expires_at timestamptz, retry_ms bigint${withWaiters ? ', waiters bigint' : ''})
-  LANGUAGE plpgsql AS $fn$
+  LANGUAGE plpgsql${withShared ? ` ${PLANNER_OFF}` : ''} AS $fn$
   #variable_conflict use_column
   DECLARE
     now_ timestamptz;
@@ -59,10 +64,17 @@ const acquireFunction = ({sql: s, lockSpace}: Schema, withWaiters: boolean): str
     UPDATE ${s}.leases SET expires_at = now_ + p_ttl_ms * interval '1 millisecond'
       WHERE key = p_key AND owner = p_owner RETURNING * INTO mine;
     IF NOT FOUND THEN
-      SELECT count(*) INTO held FROM ${s}.leases WHERE key = p_key;
+      ${withShared ? `IF p_shared THEN
+        -- A reader: no exclusive lease, and no exclusive request waiting (writer preference).
+        held := CASE WHEN EXISTS (SELECT 1 FROM ${s}.leases WHERE key = p_key AND NOT shared)
+            OR EXISTS (SELECT 1 FROM ${s}.lock_waiters WHERE key = p_key AND NOT shared AND owner <> p_owner) THEN p_limit ELSE 0 END;
+      ELSE
+        -- Exclusive: fewer than p_limit leases, none of them shared.
+        SELECT CASE WHEN bool_or(shared) THEN p_limit ELSE count(*) END INTO held FROM ${s}.leases WHERE key = p_key;
+      END IF;` : `SELECT count(*) INTO held FROM ${s}.leases WHERE key = p_key;`}
       IF held < p_limit THEN
-        INSERT INTO ${s}.leases (key, owner, token, acquired_at, expires_at, ttl_ms, host, pid, username, command)
-          VALUES (p_key, p_owner, nextval('${s}.fencing_tokens'), now_, now_ + p_ttl_ms * interval '1 millisecond', p_ttl_ms, p_host, p_pid, p_user, p_command)
+        INSERT INTO ${s}.leases (key, owner, token, acquired_at, expires_at, ttl_ms, host, pid, username, command${withShared ? ', shared' : ''})
+          VALUES (p_key, p_owner, nextval('${s}.fencing_tokens'), now_, now_ + p_ttl_ms * interval '1 millisecond', p_ttl_ms, p_host, p_pid, p_user, p_command${withShared ? ', p_shared' : ''})
           RETURNING * INTO mine;
       END IF;
     END IF;
@@ -74,7 +86,7 @@ const acquireFunction = ({sql: s, lockSpace}: Schema, withWaiters: boolean): str
     -- Not acquired: nothing here needs to survive a crash (pruning, presence), so no WAL flush.
     PERFORM set_config('synchronous_commit', 'off', true);
     IF p_waiter_ttl_ms > 0 THEN
-      INSERT INTO ${s}.lock_waiters (key, owner, expires_at) VALUES (p_key, p_owner, now_ + p_waiter_ttl_ms * interval '1 millisecond')
+      INSERT INTO ${s}.lock_waiters (key, owner, expires_at${withShared ? ', shared' : ''}) VALUES (p_key, p_owner, now_ + p_waiter_ttl_ms * interval '1 millisecond'${withShared ? ', p_shared' : ''})
         ON CONFLICT (key, owner) DO UPDATE SET expires_at = EXCLUDED.expires_at;
     END IF;
     RETURN QUERY SELECT false, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
@@ -82,6 +94,9 @@ const acquireFunction = ({sql: s, lockSpace}: Schema, withWaiters: boolean): str
       (SELECT count(*) FROM ${s}.lock_waiters w WHERE w.key = p_key AND w.expires_at > now_)` : ''};
   END
   $fn$`
+
+// The planner settings of migration 3 (connection.ts), for a function created after it.
+const PLANNER_OFF = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin'].map((setting) => `SET ${setting} = off`).join(' ')
 
 /** Version 1 of the lock tables and functions (applied by the migration in connection.ts). */
 export const lockSchema = (schema: Schema): string[] => [
@@ -152,15 +167,34 @@ export const lockSchemaV3 = (schema: Schema): string[] => [
   acquireFunction(schema, true),
 ]
 
-const ACQUIRE = (s: string) => `SELECT * FROM ${s}.acquire($1, $2, $3, $4, $5, $6, $7, $8, $9)`
+/**
+ * Version 5: shared (reader) leases and writer preference. acquire gains p_shared; the version 3
+ * signature stays, as an exclusive acquire, for a dlq of before --shared that was already running
+ * when the schema was migrated (one started later refuses a schema past its version).
+ */
+export const lockSchemaV5 = (schema: Schema): string[] => {
+  const s = schema.sql
+  return [
+    `ALTER TABLE ${s}.leases ADD COLUMN shared boolean NOT NULL DEFAULT false`,
+    `ALTER TABLE ${s}.lock_waiters ADD COLUMN shared boolean NOT NULL DEFAULT false`,
+    acquireFunction(schema, true, true),
+    `CREATE OR REPLACE FUNCTION ${s}.acquire(p_key text, p_owner text, p_ttl_ms bigint, p_limit integer, p_host text, p_pid integer, p_user text, p_command text, p_waiter_ttl_ms bigint)
+    RETURNS TABLE (acquired boolean, token bigint, acquired_at timestamptz, expires_at timestamptz, retry_ms bigint, waiters bigint)
+    LANGUAGE sql AS $fn$ SELECT * FROM ${s}.acquire(p_key, p_owner, p_ttl_ms, p_limit, p_host, p_pid, p_user, p_command, p_waiter_ttl_ms, false) $fn$`,
+  ]
+}
+
+const ACQUIRE = (s: string) => `SELECT * FROM ${s}.acquire($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::boolean)`
 const RENEW = (s: string) => `UPDATE ${s}.leases SET expires_at = clock_timestamp() + coalesce($3::bigint, ttl_ms) * interval '1 millisecond'
   WHERE key = $1 AND owner = $2 AND expires_at > clock_timestamp()
   RETURNING token, ttl_ms`
 const RELEASE = (s: string) => `SELECT ${s}.release($1, $2, $3) AS released`
 const FORCE_RELEASE = (s: string) => `SELECT ${s}.force_release($1, $2) AS live`
 const HOLDS = (s: string) => `SELECT 1 FROM ${s}.leases WHERE key = $1 AND owner = $2 AND expires_at > clock_timestamp()`
-const FORGET_WAITER = (s: string) => `DELETE FROM ${s}.lock_waiters WHERE key = $1 AND owner = $2`
-const HOLDERS = (s: string, where: string) => `SELECT l.key, l.owner, l.token, l.acquired_at, l.expires_at, l.host, l.pid, l.username, l.command,
+// A writer that leaves wakes the readers that waited behind it.
+const FORGET_WAITER = (s: string) => `WITH gone AS (DELETE FROM ${s}.lock_waiters WHERE key = $1 AND owner = $2 RETURNING shared)
+  SELECT pg_notify($3, '') FROM gone WHERE NOT shared`
+const HOLDERS = (s: string, where: string) => `SELECT l.key, l.owner, l.token, l.acquired_at, l.expires_at, l.host, l.pid, l.username, l.command, l.shared,
     (SELECT count(*) FROM ${s}.lock_waiters w WHERE w.key = l.key AND w.expires_at > clock_timestamp()) AS waiters
   FROM ${s}.leases l
   WHERE ${where} l.expires_at > clock_timestamp()
@@ -201,6 +235,7 @@ interface HolderRow {
   pid: number
   username: string
   command: string
+  shared: boolean
   waiters: string
 }
 
@@ -213,6 +248,7 @@ export class PostgresLocks implements LockDriver {
 
   async acquire(request: AcquireRequest): Promise<Lease | undefined> {
     const {key, owner, ttlMs, limit, holder, signal} = request
+    const shared = request.shared === true
     const deadline = Date.now() + request.waitMs
     const waiting = request.waitMs > 0
     let unlisten: (() => void) | undefined
@@ -224,7 +260,7 @@ export class PostgresLocks implements LockDriver {
         signal.throwIfAborted()
         wakeup.changed = false
         const sent = Date.now() // the lease is counted from before the request: never longer than the server's
-        const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0])
+        const [row] = await this.connection.query<AcquireRow>(this.statements.acquire, [key, owner, ttlMs, limit, holder.host, holder.pid, holder.user, holder.command, waiting ? waiterTtlMs : 0, shared])
         if (row.acquired) {
           acquired = true
           void this.connection.idle() // a holder asks again only at its renewals (not awaited: the hand-off goes on)
@@ -251,7 +287,7 @@ export class PostgresLocks implements LockDriver {
     } finally {
       wakeup.dispose()
       unlisten?.()
-      if (!acquired && waiting) await this.connection.query(this.statements.forgetWaiter, [key, owner]).catch(() => {})
+      if (!acquired && waiting) await this.connection.query(this.statements.forgetWaiter, [key, owner, this.connection.schema.channel('lock', key)]).catch(() => {})
     }
   }
 
@@ -309,7 +345,7 @@ export class PostgresLocks implements LockDriver {
       if (!state) states.set(row.key, (state = {key: row.key, holders: [], waiters: Number(row.waiters)}))
       const holder: Holder = {
         owner: row.owner, fencingToken: row.token, host: row.host, pid: row.pid, user: row.username, command: row.command,
-        acquiredAt: row.acquired_at, expiresAt: row.expires_at,
+        acquiredAt: row.acquired_at, expiresAt: row.expires_at, mode: row.shared ? 'shared' : 'exclusive',
       }
       state.holders.push(holder)
     }

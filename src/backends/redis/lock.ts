@@ -12,6 +12,12 @@
 //   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
 // - holders listen on the same channel (watchLoss), so a force release stops the command one round
 //   trip after it, not at the next renewal (redis-semaphore learns only when refreshing);
+// - shared (reader) holders are holders like any other, also listed in a second sorted set
+//   (shared, same scores), so a shared request can tell that every live holder is shared (the two
+//   live counts agree) and an exclusive one that none is (shared's live count is 0). Writer
+//   preference: an exclusive request that has to wait enters a third set (writers, owner → presence
+//   expiry, refreshed at every attempt like waiters), and a shared request waits while any entry
+//   there is live; a writer that gives up leaves it and PUBLISHes, waking the readers behind it;
 // - all keys of one lock share the hash tag {dlq:l:KEY}, so the scripts stay valid on Redis Cluster.
 import type {AcquireRequest, Holder, HolderInfo, Lease, LockDriver, LockState} from '../types.js'
 import {LockLostError} from '../../errors.js'
@@ -20,22 +26,29 @@ import {Wakeup} from '../wakeup.js'
 import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication, Script, text} from './connection.js'
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
-// 3 fence (counter), 4 waiters (zset owner → presence expiry).
-// ARGV: owner, ttl, limit, holder json, waiter ttl, 1 when an earlier attempt may have queued us.
+// 3 fence (counter), 4 waiters (zset owner → presence expiry), 5 shared (zset: the shared holders
+// of 1, same scores), 6 writers (zset: the exclusive requests among 4).
+// ARGV: owner, ttl, limit, holder json, waiter ttl, 1 when an earlier attempt may have queued us,
+// 1 for a shared request, 1 when the request may wait (only then does a writer keep readers out).
 // Every redis.call costs the server about as much as a small command: an uncontended acquisition
 // makes five (TIME, ZCARD, GETSET, ZADD, HSET), the pair with its release ten, where the recipe
 // once made fifteen and the pair cost 1.25-1.6x a bare SET NX + compare-and-DEL (bench/redis.mjs).
+// A shared acquisition adds three calls (ZCOUNT of shared, ZCOUNT of writers, ZADD to shared), and
+// every release one (ZREM from shared).
 // Replies: {1, token, expiry} held; {0, ms until the first holder expires} busy.
 const acquireScript = new Script('acquire', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
+local shared = ARGV[7] == '1'
 local count = redis.call('ZCARD', KEYS[1])
+local free
 if count > 0 then
   local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
   if #expired > 0 then
     redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
     redis.call('HDEL', KEYS[2], unpack(expired))
+    redis.call('ZREM', KEYS[5], unpack(expired))
     count = count - #expired
   end
   if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
@@ -44,7 +57,14 @@ if count > 0 then
     return {1, string.match(redis.call('HGET', KEYS[2], ARGV[1]), '^%d+'), now + ttl}
   end
 end
-if count < tonumber(ARGV[3]) then
+if shared then
+  -- Every live holder shared (none: count 0), and no exclusive request waiting.
+  free = (count == 0 or redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf') == count)
+    and redis.call('ZCOUNT', KEYS[6], '(' .. now, '+inf') == 0
+else
+  free = count < tonumber(ARGV[3]) and (count == 0 or redis.call('ZCOUNT', KEYS[5], '(' .. now, '+inf') == 0)
+end
+if free then
   -- The counter is only as durable as the server is configured to be: a restart without appendonly,
   -- a crash between fsyncs or an older RDB snapshot takes it back. Kept at or above the server's
   -- clock in microseconds, it goes on increasing across such a restart too. The token is
@@ -61,7 +81,11 @@ if count < tonumber(ARGV[3]) then
   local tokenText = string.format('%.0f', token)
   redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
   redis.call('HSET', KEYS[2], ARGV[1], tokenText .. ' ' .. now .. ' ' .. ttl .. ' ' .. ARGV[4])
-  if ARGV[6] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end
+  if shared then redis.call('ZADD', KEYS[5], now + ttl, ARGV[1]) end
+  if ARGV[6] == '1' then
+    redis.call('ZREM', KEYS[4], ARGV[1])
+    if not shared then redis.call('ZREM', KEYS[6], ARGV[1]) end
+  end
   return {1, tokenText, now + ttl}
 end
 -- Waiters are pruned as they come; the set goes when none has been seen for a waiter's ttl.
@@ -69,8 +93,17 @@ local waiterTtl = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + waiterTtl, ARGV[1])
 redis.call('PEXPIRE', KEYS[4], waiterTtl)
+if not shared and ARGV[8] == '1' then
+  redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+  redis.call('ZADD', KEYS[6], now + waiterTtl, ARGV[1])
+  redis.call('PEXPIRE', KEYS[6], waiterTtl)
+end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, tonumber(first[2]) - now}
+if #first == 0 then
+  -- Free of holders, yet a shared request waits behind a writer: until the writer's presence ends.
+  first = redis.call('ZRANGE', KEYS[6], 0, 0, 'WITHSCORES')
+end
+return {0, tonumber(first[2] or (now + waiterTtl)) - now}
 `)
 
 // An expired lease is never renewed: a waiter may already have counted it as gone.
@@ -81,12 +114,14 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) <= now then
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[1])
   return false
 end
 local record = redis.call('HGET', KEYS[2], ARGV[1])
 local ttl = tonumber(ARGV[2])
 if ttl == nil or ttl <= 0 then ttl = tonumber(string.match(record, '^%d+ %d+ (%d+) ')) end
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('ZADD', KEYS[3], 'XX', now + ttl, ARGV[1])
 return {record, now + ttl}
 `)
 
@@ -96,6 +131,7 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 if score and tonumber(score) > now then
   redis.call('PUBLISH', ARGV[2], 'released')
   return 1
@@ -107,7 +143,7 @@ const forceScript = new Script('force-release', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local live = redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
-redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('PUBLISH', ARGV[1], 'released')
 return live
 `)
@@ -117,8 +153,19 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local holders = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
 local records = {}
-for i = 1, #holders, 2 do records[#records + 1] = redis.call('HGET', KEYS[2], holders[i]) or '' end
-return {holders, records, redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf')}
+local shared = {}
+for i = 1, #holders, 2 do
+  records[#records + 1] = redis.call('HGET', KEYS[2], holders[i]) or ''
+  shared[#shared + 1] = redis.call('ZSCORE', KEYS[4], holders[i]) and 1 or 0
+end
+return {holders, records, redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf'), shared}
+`)
+
+// A writer that gives up its place: the readers waiting behind it are woken.
+const leaveScript = new Script('leave', `
+redis.call('ZREM', KEYS[1], ARGV[1])
+if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], 'left') end
+return 0
 `)
 
 const fallbackPollMs = 2000
@@ -127,7 +174,7 @@ const waiterTtlMs = 5000
 const tag = (key: string) => `{dlq:l:${key}}`
 const keysOf = (key: string) => {
   const t = tag(key)
-  return {holders: `${t}:holders`, info: `${t}:info`, fence: `${t}:fence`, waiters: `${t}:waiters`, channel: `${t}:released`}
+  return {holders: `${t}:holders`, info: `${t}:info`, fence: `${t}:fence`, waiters: `${t}:waiters`, shared: `${t}:shared`, writers: `${t}:writers`, channel: `${t}:released`}
 }
 
 interface Parsed {
@@ -172,7 +219,7 @@ export class RedisLocks implements LockDriver {
         this.replication?.prepare()
         try {
           // From the second attempt on, an earlier one may have queued us (its reply lost or not).
-          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0])) as unknown[]
+          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters, keys.shared, keys.writers], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0, request.shared ? 1 : 0, request.waitMs > 0 ? 1 : 0])) as unknown[]
         } catch (error) {
           // Asking again is safe: a holder that already holds is answered "held" (lost reply).
           await (failover ??= new FailoverWait(this.followMs)).failed(error, request.signal, deadline)
@@ -214,7 +261,7 @@ export class RedisLocks implements LockDriver {
     } finally {
       wakeup?.dispose()
       subscriber?.disconnect()
-      if (!acquired && attempts > 0) await this.client.zrem(keys.waiters, request.owner).catch(() => {})
+      if (!acquired && attempts > 0) await leaveScript.run(this.client, [keys.waiters, keys.writers], [request.owner, keys.channel]).catch(() => {})
     }
   }
 
@@ -222,7 +269,7 @@ export class RedisLocks implements LockDriver {
     const keys = keysOf(key)
     const sent = Date.now()
     this.replication?.prepare()
-    const reply = (await renewScript.run(this.client, [keys.holders, keys.info], [owner, ttlMs ?? 0])) as unknown[] | null
+    const reply = (await renewScript.run(this.client, [keys.holders, keys.info, keys.shared], [owner, ttlMs ?? 0])) as unknown[] | null
     if (!reply) throw new LockLostError(key, `no lease with owner ${owner} (it expired, was released, or was force-released)`)
     await this.replication?.confirm(() => `the renewal of ${JSON.stringify(key)}`, keys.holders)
     const parsed = parseRecord(text(reply[0]))
@@ -233,7 +280,7 @@ export class RedisLocks implements LockDriver {
 
   async release(key: string, owner: string): Promise<boolean> {
     const keys = keysOf(key)
-    const released = num(await releaseScript.run(this.client, [keys.holders, keys.info], [owner, keys.channel])) === 1
+    const released = num(await releaseScript.run(this.client, [keys.holders, keys.info, keys.shared], [owner, keys.channel])) === 1
     this.log?.(`redis: release ${key}: ${released}`)
     return released
   }
@@ -265,7 +312,7 @@ export class RedisLocks implements LockDriver {
 
   async forceRelease(key: string): Promise<number> {
     const keys = keysOf(key)
-    return num(await forceScript.run(this.client, [keys.holders, keys.info], [keys.channel]))
+    return num(await forceScript.run(this.client, [keys.holders, keys.info, keys.shared], [keys.channel]))
   }
 
   async status(key?: string): Promise<LockState[]> {
@@ -273,13 +320,13 @@ export class RedisLocks implements LockDriver {
     // 256 keys' scripts in flight at a time (pipelined on the connection), not a round trip per key.
     const states = await inBatches(names, 256, async (name): Promise<LockState | undefined> => {
       const keys = keysOf(name)
-      const [holders, records, waiters] = (await statusScript.run(this.client, [keys.holders, keys.info, keys.waiters], [])) as [Buffer[], Buffer[], number]
+      const [holders, records, waiters, shared] = (await statusScript.run(this.client, [keys.holders, keys.info, keys.waiters, keys.shared], [])) as [Buffer[], Buffer[], number, number[]]
       const list: Holder[] = []
       for (let i = 0; i < holders.length; i += 2) {
         const record = text(records[i / 2])
         if (!record) continue
         const parsed = parseRecord(record)
-        list.push({...parsed.info, owner: text(holders[i]), fencingToken: parsed.token, acquiredAt: new Date(parsed.acquiredAt), expiresAt: new Date(num(holders[i + 1]))})
+        list.push({...parsed.info, owner: text(holders[i]), fencingToken: parsed.token, acquiredAt: new Date(parsed.acquiredAt), expiresAt: new Date(num(holders[i + 1])), mode: num(shared[i / 2]) === 1 ? 'shared' : 'exclusive'})
       }
       return list.length > 0 ? {key: name, holders: list.sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken))), waiters: num(waiters)} : undefined
     })

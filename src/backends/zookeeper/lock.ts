@@ -26,6 +26,14 @@
 //    to wait marks itself waiting, then acquired again (with the time) once it holds.
 // 6. Session loss is lock loss: watchLoss reports an expired session, a connection silent for
 //    nearly the session timeout (connection.ts), and the node's deletion (force release).
+// 8. Shared (reader) contenders, the read/write lock recipe of the same document (Curator's
+//    InterProcessReadWriteLock): a shared contender's node is c.<owner>.r.<seq> (an exclusive one's
+//    c.<owner>.<seq>, so a dlq of before --shared counts readers as the contenders they are). A
+//    reader holds when no exclusive contender precedes it and no live lease is exclusive, and
+//    watches only the nearest exclusive contender ahead (no herd); an exclusive contender holds as
+//    in step 2, and only when no shared contender precedes it and no live lease is shared. Writer
+//    preference is the sequence order itself: a reader arriving after a waiting writer is behind it
+//    (FIFO). A lease of step 7 keeps its mode in its record (`shared`).
 // 7. `lock acquire` hands its lease over to a node that outlives its session: when the backend is
 //    closed while a lease is still held, one multi turns the contender into a PERSISTENT node
 //    locks/<key>/l.<owner> with the same record, token and expiry (mtime + leaseMs). Such a lease
@@ -61,6 +69,8 @@ interface HolderRecord extends HolderInfo {
   acquiredAt: number
   /** Leases only: the fencing token of the acquisition they continue. */
   token?: string
+  /** A shared (reader) holding; exclusive when absent. */
+  shared?: boolean
 }
 
 interface Known {
@@ -83,6 +93,9 @@ interface Mine {
 }
 
 const contenderPrefix = (owner: string) => `c.${encodeName(owner)}.`
+/** c.<owner>.r.<seq>: a shared contender (names are encoded, so an owner never holds a dot). */
+const isSharedContender = (name: string) => name.split('.').length === 4
+const isShared = (node: Known) => (node.name.startsWith('l.') ? node.record.shared === true : isSharedContender(node.name))
 const leaseName = (owner: string) => `l.${encodeName(owner)}`
 const encode = (record: HolderRecord) => Buffer.from(JSON.stringify(record))
 const expiry = (node: Known) => time(node.stat.mtime) + node.record.leaseMs
@@ -140,12 +153,12 @@ export class ZooKeeperLocks implements LockDriver {
   }
 
   /** Step 1: create our contender node, finding it again if the create's reply was lost. */
-  private async enter(keyPath: string, owner: string, record: HolderRecord): Promise<{name: string; sent: number; received: number; czxid?: bigint}> {
+  private async enter(keyPath: string, owner: string, record: HolderRecord, shared: boolean): Promise<{name: string; sent: number; received: number; czxid?: bigint}> {
     const prefix = contenderPrefix(owner)
     for (let attempt = 0; ; attempt++) {
       const sent = Date.now()
       try {
-        const {path, zxid: czxid} = await this.session.createWithZxid(`${keyPath}/${prefix}`, encode(record), Mode.EPHEMERAL_SEQUENTIAL)
+        const {path, zxid: czxid} = await this.session.createWithZxid(`${keyPath}/${prefix}${shared ? 'r.' : ''}`, encode(record), Mode.EPHEMERAL_SEQUENTIAL)
         return {name: basename(path), sent, received: Date.now(), czxid}
       } catch (error) {
         if (isCode(error, Code.NO_NODE) && attempt < 3) {
@@ -167,10 +180,12 @@ export class ZooKeeperLocks implements LockDriver {
 
   async acquire(request: AcquireRequest): Promise<Lease | undefined> {
     const {key, owner, limit, signal} = request
+    const shared = request.shared === true
     this.session.preferTimeout(request.ttlMs)
     const keyPath = this.paths.key(key)
     const deadline = Date.now() + request.waitMs
     const record: HolderRecord = {owner, ...request.holder, limit, ttlMs: request.ttlMs, leaseMs: request.ttlMs, acquired: true, acquiredAt: Date.now()}
+    if (shared) record.shared = true
     let node: {name: string; path: string; version: number; token?: string; replyZxid?: bigint; sent: number; received: number; waiting: boolean} | undefined
     const wakeup = new Wakeup(signal)
     const onChange = wakeup.wake
@@ -186,7 +201,7 @@ export class ZooKeeperLocks implements LockDriver {
           if (!node) {
             record.acquired = true
             record.acquiredAt = Date.now()
-            const entered = await this.enter(keyPath, owner, record)
+            const entered = await this.enter(keyPath, owner, record, shared)
             node = {name: entered.name, path: `${keyPath}/${entered.name}`, version: 0, sent: entered.sent, received: entered.received, waiting: false, replyZxid: entered.czxid}
             // Step 4: the create's reply carries the czxid; read it back only until that is proven.
             if (this.replyZxids) node.token = entered.czxid?.toString()
@@ -208,13 +223,18 @@ export class ZooKeeperLocks implements LockDriver {
             continue
           }
           // Step 2: fewer than `limit` ahead and no lease to count: ours, with no further read.
-          let holds = leases.length === 0 && index < limit
+          // Step 8: a reader needs no exclusive contender ahead; a writer no shared one.
+          const ahead = contenders.slice(0, index)
+          const blockers = shared ? ahead.filter((c) => !isSharedContender(c)) : ahead.filter(isSharedContender)
+          let holds = leases.length === 0 && (shared ? blockers.length === 0 : index < limit && blockers.length === 0)
           let nextExpiry = Number.POSITIVE_INFINITY
           if (!holds) {
-            // Step 3: read (and watch) the nodes that can change our turn.
-            const window = contenders.slice(Math.max(0, index - limit), index)
-            const watched = await this.read(keyPath, index < limit ? [...window, ...leases] : window, watcher)
-            if (watched.length < window.length + (index < limit ? leases.length : 0)) continue // one went meanwhile
+            // Step 3: read (and watch) the nodes that can change our turn: a writer the `limit` just
+            // ahead, a reader the nearest writer ahead; the leases when only they can stand in the way.
+            const window = shared ? blockers.slice(-1) : contenders.slice(Math.max(0, index - limit), index)
+            const leasesCount = shared ? blockers.length === 0 : index < limit
+            const watched = await this.read(keyPath, leasesCount ? [...window, ...leases] : window, watcher)
+            if (watched.length < window.length + (leasesCount ? leases.length : 0)) continue // one went meanwhile
             // Someone's lease is over when the server's clock is past it for sure: its earliest.
             let now = this.session.clockNow().earliest
             let expired = watched.filter((n) => this.expired(n, now))
@@ -227,8 +247,10 @@ export class ZooKeeperLocks implements LockDriver {
               await Promise.all(expired.map((n) => this.collect(n)))
               continue
             }
-            const liveLeases = watched.filter((n) => n.name.startsWith('l.')).length
-            holds = index + liveLeases < limit
+            const liveLeases = watched.filter((n) => n.name.startsWith('l.'))
+            holds = shared
+              ? blockers.length === 0 && !liveLeases.some((n) => !isShared(n))
+              : index + liveLeases.length < limit && blockers.length === 0 && !liveLeases.some(isShared)
             for (const n of watched) if (n.record.acquired) nextExpiry = Math.min(nextExpiry, expiry(n) + expiryGraceMs - (now - Date.now()))
           }
           if (holds) {
@@ -419,10 +441,15 @@ export class ZooKeeperLocks implements LockDriver {
     const liveLeases = live.filter((n) => n.name.startsWith('l.'))
     const holders = [...liveLeases]
     let ahead = 0
+    let sharedAhead = liveLeases.some(isShared)
+    let exclusiveAhead = liveLeases.some((n) => !isShared(n))
     const queue: Known[] = [] // contenders in sequence order: the order they will hold (fair)
     for (const node of live.filter((n) => n.name.startsWith('c.'))) {
-      if (liveLeases.length + ahead < node.record.limit) holders.push(node)
+      const reader = isShared(node)
+      if (reader ? !exclusiveAhead : liveLeases.length + ahead < node.record.limit && !sharedAhead) holders.push(node)
       else queue.push(node)
+      if (reader) sharedAhead = true
+      else exclusiveAhead = true
       ahead++
     }
     holders.sort((a, b) => (BigInt(this.token(a)) < BigInt(this.token(b)) ? -1 : 1))
@@ -434,6 +461,7 @@ export class ZooKeeperLocks implements LockDriver {
     return {
       owner: record.owner, host: record.host, pid: record.pid, user: record.user, command: record.command,
       fencingToken: this.token(node),
+      mode: isShared(node) ? 'shared' : 'exclusive',
       acquiredAt: new Date(record.acquired ? record.acquiredAt : time(node.stat.mtime)),
       expiresAt: new Date(expiry(node)),
     }

@@ -1,8 +1,8 @@
 import {DlqCommand} from '../../base.js'
 import {formatDuration} from '../../duration.js'
 import {DlqError} from '../../errors.js'
-import {checkExitCode, checkLimit, checkTtl, checkWait, describeHolders, holderInfo, leaseJson, newOwner, waitingForLock} from '../../holding.js'
-import {conflictFlag, keyFlag, limitFlag, nonblockFlag, ttlFlag, waitFlag} from '../../lockflags.js'
+import {checkExitCode, checkLimit, checkShared, checkTtl, checkWait, describeHolders, holderInfo, leaseJson, newOwner, waitingForLock} from '../../holding.js'
+import {conflictFlag, keyFlag, limitFlag, nonblockFlag, sharedFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {checkName} from '../../names.js'
 import {jsonText, readerGone, writeOut} from '../../output.js'
 import {signalExitCode} from '../../signals.js'
@@ -15,6 +15,7 @@ export default class LockAcquire extends DlqCommand {
     {description: 'Take the deploy lock for a pipeline whose steps are separate processes.', command: 'TOKEN=$(<%= config.bin %> lock acquire --key deploy --ttl 30m)'},
     {description: 'In a later step: extend it, then release it when done.', command: '<%= config.bin %> lock renew --key deploy --token "$TOKEN"'},
     '<%= config.bin %> lock release --key deploy --token "$TOKEN"',
+    {description: 'A reader lock for a pipeline that only reads what deploys write: shared with other readers.', command: 'TOKEN=$(<%= config.bin %> lock acquire --key deploy --shared --ttl 10m)'},
   ]
 
   static flags = {
@@ -23,6 +24,7 @@ export default class LockAcquire extends DlqCommand {
     wait: waitFlag('forever'),
     nonblock: nonblockFlag,
     limit: limitFlag,
+    shared: sharedFlag,
     'conflict-exit-code': conflictFlag,
   }
 
@@ -32,6 +34,7 @@ export default class LockAcquire extends DlqCommand {
     const ttlMs = checkTtl(flags.ttl)
     const waitMs = checkWait(flags.wait, flags.nonblock, 'forever')
     const limit = checkLimit(flags.limit)
+    const shared = checkShared(flags.shared, limit)
     const conflictExitCode = checkExitCode(flags['conflict-exit-code'], 'conflict-exit-code')
     const backend = await this.backend(flags.backend, flags.verbose)
     const owner = newOwner()
@@ -40,7 +43,7 @@ export default class LockAcquire extends DlqCommand {
     const waiting = WaitingLine.onTerminal()
     const lease = await backend.locks
       .acquire({
-        key, owner, ttlMs, limit, waitMs, signal: abort.signal, holder: holderInfo('dlq lock acquire'),
+        key, owner, ttlMs, limit, shared, waitMs, signal: abort.signal, holder: holderInfo('dlq lock acquire'),
         onWaiting: waiting && ((holders) => waiting.show(() => waitingForLock(key, waiting.waitedMs, holders))),
       })
       .finally(() => waiting?.clear())

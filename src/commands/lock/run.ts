@@ -2,7 +2,7 @@ import * as Flags from '@oclif/core/flags'
 
 import {refuseStray, splitAtDashes} from '../../argv.js'
 import {DlqCommand} from '../../base.js'
-import {conflictFlag, keyFlag, limitFlag, nonblockFlag, ttlFlag, waitFlag} from '../../lockflags.js'
+import {conflictFlag, keyFlag, limitFlag, nonblockFlag, sharedFlag, ttlFlag, waitFlag} from '../../lockflags.js'
 import {lockRun} from '../../lockrun.js'
 
 export default class LockRun extends DlqCommand {
@@ -17,11 +17,14 @@ While it waits on a terminal, a line on stderr (cut to the terminal's width, era
 
 Every word before -- must belong to a flag: a stray one (--wait 10 min) is a usage error (64), never dropped.
 
+With --shared the lock is a reader lock (flock -s): any number of --shared holders hold KEY together, and a holder without it holds KEY alone; once such an exclusive holder waits, newly arriving --shared ones wait behind it, so readers cannot starve a writer. --shared does not combine with --limit.
+
 COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (an integer that increases with every acquisition of KEY, for fencing writes downstream).`
   static examples = [
     {description: 'Guard a cron job: skip this run if the previous one still holds the lock.', command: '<%= config.bin %> lock run --key backup --wait 0 -- /usr/local/bin/backup.sh'},
     {description: 'Serialise deploys, waiting up to 10 minutes for the one before.', command: '<%= config.bin %> lock run --key deploy --wait 10m -- ./deploy.sh production'},
     {description: 'At most 3 concurrent builds, on a shared Redis.', command: '<%= config.bin %> lock run -b redis://ci-redis --key build --limit 3 -- make -j8'},
+    {description: 'Readers together, a writer alone (flock -s): backups read while no migration writes.', command: '<%= config.bin %> lock run --key db --shared -- ./backup.sh'},
     {description: 'Use a shell only when you want one.', command: `<%= config.bin %> lock run --key report -- sh -c 'generate | gzip > report.gz'`},
   ]
   static strict = false
@@ -33,6 +36,7 @@ COMMAND's environment gets DLQ_LOCK_KEY, DLQ_LOCK_OWNER and DLQ_FENCING_TOKEN (a
     nonblock: nonblockFlag,
     ttl: ttlFlag('Lease length; renewed every ttl/3 while the command runs.'),
     limit: limitFlag,
+    shared: sharedFlag,
     'conflict-exit-code': conflictFlag,
     'kill-grace': Flags.string({summary: 'After SIGTERM to a command whose lock was lost, wait this long before SIGKILL (should dlq die or be stopped, SIGKILL comes by the lease\'s end).', default: '10s', helpValue: 'DURATION'}),
     quiet: Flags.boolean({char: 'q', summary: 'Print nothing of dlq\'s own (the command\'s output still flows).'}),

@@ -8,7 +8,7 @@ import {paint, table} from '../../output.js'
 
 export default class LockStatus extends DlqCommand {
   static summary = 'Show who holds which locks, since when and until when.'
-  static description = 'Lists held locks (all, or one key) with each holder: owner id, host, pid, user, command, acquired at, expires at, fencing token, and the number of waiters where the backend can tell; on ZooKeeper, whose waiting is fair, also the waiters in the order they will get the lock. A table for people, --json for scripts. Exit 0.'
+  static description = 'Lists held locks (all, or one key) with each holder: its mode (exclusive, or shared for a --shared holder), owner id, host, pid, user, command, acquired at, expires at, fencing token, and the number of waiters where the backend can tell; on ZooKeeper, whose waiting is fair, also the waiters in the order they will get the lock. A table for people, --json for scripts. Exit 0.'
   static examples = ['<%= config.bin %> lock status', '<%= config.bin %> lock status --key deploy --json']
 
   static flags = {
@@ -30,15 +30,15 @@ export default class LockStatus extends DlqCommand {
     const now = Date.now()
     const rows = states.flatMap((s) => [
       ...s.holders.map((h) => [
-        s.key, h.fencingToken, `${h.user}@${h.host}`, String(h.pid), formatDuration(now - h.acquiredAt.getTime()) + ' ago',
+        s.key, h.fencingToken, h.mode, `${h.user}@${h.host}`, String(h.pid), formatDuration(now - h.acquiredAt.getTime()) + ' ago',
         `in ${formatDuration(h.expiresAt.getTime() - now)}`, s.waiters === undefined ? '-' : String(s.waiters), h.owner, h.command,
       ]),
       // Where the backend queues fairly, the waiters follow in the order they will get the lock.
       ...(s.queue ?? []).map((w, i) => [
-        s.key, `(next ${i + 1})`, `${w.user}@${w.host}`, String(w.pid), `waiting ${formatDuration(now - w.since.getTime())}`, '-', '-', w.owner, w.command,
+        s.key, `(next ${i + 1})`, '-', `${w.user}@${w.host}`, String(w.pid), `waiting ${formatDuration(now - w.since.getTime())}`, '-', '-', w.owner, w.command,
       ]),
     ])
     // TOKEN is what --token takes (the owner id), FENCING the number DLQ_FENCING_TOKEN carries.
-    process.stdout.write(table(['KEY', 'FENCING', 'HOLDER', 'PID', 'ACQUIRED', 'EXPIRES', 'WAITERS', 'TOKEN', 'COMMAND'], rows, chalk.bold))
+    process.stdout.write(table(['KEY', 'FENCING', 'MODE', 'HOLDER', 'PID', 'ACQUIRED', 'EXPIRES', 'WAITERS', 'TOKEN', 'COMMAND'], rows, chalk.bold))
   }
 }
