@@ -1,3 +1,5 @@
+import {spawn} from 'node:child_process'
+
 import * as Flags from '@oclif/core/flags'
 
 import {refuseStray, splitAtDashes} from '../../argv.js'
@@ -182,7 +184,6 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
    * fails, stops the other lanes' waits too; their handlers finish first.
    */
   private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: WorkOptions): Promise<void> {
-    const {execa} = await import('execa')
     const stop = new AbortController()
     const running = new Set<(signal: NodeJS.Signals) => void>()
     signals.forwardTo((signal) => {
@@ -209,7 +210,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
           await backend.queues.settle(queue, [message], 'release', options.maxAttempts) // never started: not a delivery
           return
         }
-        await this.handle(backend, queue, command, execa, message, options, running)
+        await this.handle(backend, queue, command, message, options, running)
         processed++
       }
     }
@@ -234,7 +235,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
    * signal that stopped the worker after the caller last looked cannot fall in between: the
    * handler is in `running` before the next signal can be handled.
    */
-  private async handle(backend: Backend, queue: string, command: string[], execa: Execa, message: Message, options: WorkOptions, running: Set<(signal: NodeJS.Signals) => void>): Promise<void> {
+  private async handle(backend: Backend, queue: string, command: string[], message: Message, options: WorkOptions, running: Set<(signal: NodeJS.Signals) => void>): Promise<void> {
     const reservedAt = Date.now()
     // When the message would become visible again, early by the margin of lock run's deadline.
     const untilRedelivery = (from: number) => from + options.visibilityMs - deadlineMarginMs(options.visibilityMs) - Date.now()
@@ -249,18 +250,24 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       const at = Date.now()
       extending = backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
     }, Math.max(50, options.visibilityMs / 3))
-    const child = execa(command[0], command.slice(1), {
-      input: message.body,
-      stdout: 'inherit',
-      stderr: 'inherit',
-      reject: false,
-      env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
+    // node's own spawn, as lock run's supervisor: execa's extra work per spawn (its abort signals,
+    // stream bookkeeping) cost the worker's single thread more than the fork itself.
+    const child = spawn(command[0], command.slice(1), {
+      stdio: ['pipe', 'inherit', 'inherit'],
+      env: {...process.env, DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
     })
+    const exited = new Promise<HandlerExit>((resolve) => {
+      child.once('error', (error: NodeJS.ErrnoException) => child.pid === undefined && resolve({code: null, signal: null, error}))
+      child.once('exit', (code, signal) => resolve({code, signal}))
+    })
+    // A handler that does not read its stdin closes it early: EPIPE is no failure of the message.
+    child.stdin?.on('error', () => {})
+    child.stdin?.end(message.body)
     if (child.pid !== undefined) watchdog.command(child.pid)
     // To every process of the handler.
     const forward = (signal: NodeJS.Signals) => void (watchdog.signal(signal) || child.kill(signal))
     running.add(forward)
-    const result = await child
+    const result = await exited
     running.delete(forward)
     watchdog.end()
     clearInterval(extender)
@@ -269,17 +276,17 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       // The handler never started (not found, not executable): that is no delivery. Counted as
       // one, every message would burn its attempts at once and the queue would end up in .dead.
       await backend.queues.settle(queue, [message], 'release', options.maxAttempts)
-      throw cannotRun(command[0], result.code, firstLine(result.originalMessage ?? result.shortMessage ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
+      throw cannotRun(command[0], result.error?.code, firstLine(result.error?.message ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
     }
-    const ok = result.exitCode === 0
+    const ok = result.code === 0
     const last = message.attempts >= options.maxAttempts
     const delayMs = ok || last ? 0 : retryDelay(options.retryDelayMs, message.attempts)
     await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts, {retryDelayMs: delayMs})
     if (!ok) {
-      const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
+      const why = result.signal ? `was killed by ${result.signal}` : `exited ${result.code}`
       const next = last ? `moved to ${queue}.dead` : delayMs > 0 ? `retried in ${formatDuration(delayMs)}` : 'returned for retry'
       const what = `message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}`
-      process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.exitCode ?? null, signal: result.signal ?? null, retryDelayMs: last ? null : delayMs}})}\n` : `dlq: ${what}\n`)
+      process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.code, signal: result.signal, retryDelayMs: last ? null : delayMs}})}\n` : `dlq: ${what}\n`)
     }
   }
 }
@@ -293,6 +300,10 @@ interface WorkOptions {
   retryDelayMs: number
 }
 
-type Execa = typeof import('execa')['execa']
+interface HandlerExit {
+  code: number | null
+  signal: NodeJS.Signals | null
+  error?: NodeJS.ErrnoException
+}
 
 const firstLine = (text: string) => text.split('\n')[0]
