@@ -13,7 +13,7 @@ import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
 import {countAndRate, progressLine, WaitingLine} from '../../waiting.js'
-import {deadlineMarginMs, termLead, Watchdog} from '../../watchdog.js'
+import {deadlineMarginMs, termLead, WatchdogShell} from '../../watchdog.js'
 import {retryDelay} from '../../worker/backoff.js'
 
 /**
@@ -193,6 +193,9 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     let taken = 0 // messages reserved or being reserved, against --count
     let processed = 0
     let failure: unknown
+    // One watchdog for all the worker's handlers, started with the first (watchdog.ts).
+    let watchdogShell: WatchdogShell | undefined
+    const watchdogs = () => (watchdogShell ??= new WatchdogShell({graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)}))
     const lane = async (): Promise<void> => {
       while (!stop.signal.aborted && (options.count === undefined || taken < options.count)) {
         taken++
@@ -210,7 +213,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
           await backend.queues.settle(queue, [message], 'release', options.maxAttempts) // never started: not a delivery
           return
         }
-        await this.handle(backend, queue, command, message, options, running)
+        await this.handle(backend, queue, command, message, options, running, watchdogs())
         processed++
       }
     }
@@ -218,6 +221,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       failure ??= error
       stop.abort()
     })))
+    watchdogShell?.close()
     signals.dispose()
     if (failure !== undefined) throw failure
     if (signals.first) return this.finish(signalExitCode(signals.first))
@@ -235,14 +239,14 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
    * signal that stopped the worker after the caller last looked cannot fall in between: the
    * handler is in `running` before the next signal can be handled.
    */
-  private async handle(backend: Backend, queue: string, command: string[], message: Message, options: WorkOptions, running: Set<(signal: NodeJS.Signals) => void>): Promise<void> {
+  private async handle(backend: Backend, queue: string, command: string[], message: Message, options: WorkOptions, running: Set<(signal: NodeJS.Signals) => void>, watchdogs: WatchdogShell): Promise<void> {
     const reservedAt = Date.now()
     // When the message would become visible again, early by the margin of lock run's deadline.
     const untilRedelivery = (from: number) => from + options.visibilityMs - deadlineMarginMs(options.visibilityMs) - Date.now()
     // Should this worker die or be stopped, its watchdog stops the handler before the message can
     // go to another worker (watchdog.ts); a live worker lets its handler finish.
     const handlerId = newOwner()
-    const watchdog = new Watchdog({mark: `DLQ_HANDLER_ID=${handlerId}`, graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)})
+    const watchdog = watchdogs.watch(`DLQ_HANDLER_ID=${handlerId}`)
     watchdog.lease(untilRedelivery(reservedAt))
     // Keep the message reserved while the command works on it, however long that takes.
     let extending: Promise<unknown> = Promise.resolve()
