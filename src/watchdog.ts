@@ -34,7 +34,10 @@
 // When a command's lease runs out with no newer "lease" line, the watchdog looks at dlq: stopped
 // (state T) "lead" ms before the end, it sends SIGTERM and SIGCONT then, and SIGKILL at the end; a
 // running dlq handles its own lost lease. End of file means dlq died: SIGTERM at once to every
-// command still watched, SIGKILL after the grace or at its lease's end, whichever is first. Once
+// command still watched, SIGKILL after the grace or at the earliest of their leases' ends,
+// whichever is first. Commands stopped together are looked for together (one pass over /proc
+// for all their marks: four handlers' looks side by side once took a loaded machine past their
+// leases' end), and so are those whose looks come due within 100 ms of each other. Once
 // the watchdog has begun to stop a command no later line can call it off: that stop runs in a
 // subshell of its own that nothing signals (a stop that could be cancelled half-way would leave a
 // command that was sent SIGTERM, ignored it, and was never sent SIGKILL).
@@ -53,7 +56,7 @@ import {readFileSync} from 'node:fs'
 export const watchdogScript = `
 trap '' PIPE
 grace=$1 lead=$2 dlq=$PPID main=$$
-ids= mark= pid= start= killat= known= cost=50 proc= timed= t= tat= woke= partial= next=
+ids= marks= cmds= killat= known= cost=50 proc= timed= t= tat= woke= partial= next=
 [ -r /proc/uptime ] && [ -r /proc/self/stat ] && proc=1
 read -r -t 0.01 _ < /dev/null 2>/dev/null
 case $? in
@@ -68,16 +71,17 @@ clock() {
 secs() { s=$(($1 % 1000 + 1000)); s=$(($1 / 1000)).\${s#1}; }
 members() {
   if [ -z "$proc" ]; then
-    ps -A -o pid= -o ppid= -o stat= 2>/dev/null | awk -v self=$$ -v dlq="$dlq" -v cmd="$pid" '
+    ps -A -o pid= -o ppid= -o stat= 2>/dev/null | awk -v self=$$ -v dlq="$dlq" -v cmds="$cmds" '
       { parent[$1] = $2; state[$1] = substr($3, 1, 1) }
       END {
-        if (cmd in parent) seed[cmd] = 1
+        n = split(cmds, c, " "); for (i = 1; i <= n; i++) { split(c[i], pc, ":"); if (pc[1] in parent) seed[pc[1]] = 1 }
         do { more = 0; for (p in parent) if (!(p in seed) && (parent[p] in seed)) { seed[p] = 1; more = 1 } } while (more)
         for (p in seed) if (p != self && p != dlq && state[p] != "Z") print p ":-"
       }'
     return
   fi
-  grep -lszxF -- "$mark" /proc/[0-9]*/environ | awk -v self=$$ -v dlq="$dlq" -v cmd="$pid" -v cmdstart="$start" '
+  set -- -e "$$ watches no mark"; for m in $marks; do set -- "$@" -e "$m"; done
+  grep -lszxF "$@" /proc/[0-9]*/environ | awk -v self=$$ -v dlq="$dlq" -v cmds="$cmds" '
     BEGIN {
       while ((getline line < "-") > 0) { split(line, path, "/"); seed[path[3]] = 1 }
       for (i = 1; i < ARGC; i++) {
@@ -90,7 +94,7 @@ members() {
         split(rest, f, " "); p = substr(ARGV[i], 7); sub(/\\/$/, "", p)
         parent[p] = f[2]; state[p] = f[1]; started[p] = f[20]
       }
-      if (cmd != "" && (cmd in started) && started[cmd] == cmdstart) seed[cmd] = 1
+      n = split(cmds, c, " "); for (i = 1; i <= n; i++) { split(c[i], pc, ":"); if ((pc[1] in started) && started[pc[1]] == pc[2]) seed[pc[1]] = 1 }
       do { more = 0; for (p in parent) if (!(p in seed) && (parent[p] in seed)) { seed[p] = 1; more = 1 } } while (more)
       for (p in seed) if ((p in state) && p != self && p != dlq && state[p] != "Z" && state[p] != "X") print p ":" started[p]
     }' /proc/[0-9]*/
@@ -145,35 +149,33 @@ dlq_stopped() {
   set -- \${l##*) }
   [ "$1" = T ] || [ "$1" = t ]
 }
-use() { eval "mark=\\$m_$1 pid=\\$p_$1 start=\\$s_$1 known=\\$n_$1 killat=\\$k_$1"; }
-look() {
-  use "$1"; eval "phase=\\$f_$1"
-  if dlq_stopped; then
-    eval "f_$1= x_$1=wd"
-    echo "stopping $1"
-    if [ "$phase" = 1 ]; then
-      ( term; clock; wait_gone $((killat - ms)) hard || finish; echo "gone $1" ) &
-    else
-      ( finish; echo "gone $1" ) &
-    fi
-  elif [ "$phase" = 1 ]; then
-    eval "f_$1=2 c_$1=$((killat - 2 * cost))"
-  else
-    eval "f_$1="
-  fi
+use() {
+  marks= cmds= known= killat=
+  for i in $*; do
+    eval "m=\\$m_$i p=\\$p_$i s=\\$s_$i n=\\$n_$i k=\\$k_$i"
+    marks="$marks $m" known="$known $n"; [ -n "$p" ] && cmds="$cmds $p:$s"
+    if [ -n "$k" ]; then [ -z "$killat" ] || [ "$k" -lt "$killat" ] && killat=$k; fi
+  done
 }
 due() {
-  next=; clock
+  next= stopped= first= last=; clock
   for i in $ids; do
     eval "c=\\$c_$i f=\\$f_$i"
     [ -z "$f" ] && continue
-    if [ "$ms" -ge "$c" ]; then
-      look "$i"; clock
-      eval "c=\\$c_$i f=\\$f_$i"
-      [ -z "$f" ] && continue
+    if [ $((ms + 100)) -ge "$c" ]; then
+      [ -z "$stopped" ] && { dlq_stopped && stopped=yes || stopped=no; }
+      if [ $stopped = yes ]; then
+        eval "f_$i= x_$i=wd"; echo "stopping $i"
+        if [ "$f" = 1 ]; then first="$first $i"; else last="$last $i"; fi
+        continue
+      fi
+      if [ "$f" != 1 ]; then eval "f_$i="; continue; fi
+      eval "f_$i=2 c_$i=\\$((k_$i - 2 * cost)) c=\\$c_$i"
     fi
     if [ -z "$next" ] || [ "$c" -lt "$next" ]; then next=$c; fi
   done
+  if [ -n "$first" ]; then ( use $first; term; clock; wait_gone $((killat - ms)) hard || finish; for i in $first; do echo "gone $i"; done ) & fi
+  if [ -n "$last" ]; then ( use $last; finish; for i in $last; do echo "gone $i"; done ) & fi
 }
 arm() {
   if [ -n "$t" ]; then
@@ -229,16 +231,18 @@ while :; do
   esac
 done 2>/dev/null
 [ -n "$t" ] && kill "$t" 2>/dev/null
+rest= stopping=
 for i in $ids; do
-  eval "x=\\$x_$i"; use "$i"
-  case $x in
-    wd) ;;
-    stop) finish ;;
-    *) ( term; clock; g=$grace h=
-      [ -n "$killat" ] && [ $((killat - ms)) -lt $g ] && g=$((killat - ms)) h=hard
-      wait_gone $g $h || finish ) & ;;
-  esac
+  eval "x=\\$x_$i"
+  case $x in wd) ;; stop) stopping="$stopping $i" ;; *) rest="$rest $i" ;; esac
 done
+[ -n "$rest" ] && { use $rest; term; }
+for i in $stopping; do ( use $i; finish ) & done
+if [ -n "$rest" ]; then
+  clock; g=$grace h=
+  [ -n "$killat" ] && [ $((killat - ms)) -lt $g ] && g=$((killat - ms)) h=hard
+  wait_gone $g $h || finish
+fi
 wait
 `
 
