@@ -171,7 +171,7 @@ for (const shell of ['/bin/sh', ...(existsSync('/bin/bash') ? ['/bin/bash'] : []
 
     it('a signal and an end for one command leave the others alone; dlq killed: SIGTERM to each still watched, SIGKILL by each one\'s lease\'s end; the ended one is not touched', async (t) => {
       const dir = await tempDir(t)
-      const w = await watchedMany(t, {script, dir, leases: [2500, 4000, 30_000], shell})
+      const w = await watchedMany(t, {script, dir, leases: [3000, 4500, 30_000], shell})
       w.tell('sig 2 USR1')
       await waitFor(() => readText(join(dir, 'usr1')), {what: 'SIGUSR1 at command 2'})
       w.tell('end 3') // command 3 "exited": what it left running is not the watchdog's
