@@ -366,7 +366,7 @@ export async function benchRedis({root, dlq, handoff, spawnTimed, expectStatus, 
       notes: [
         ...pairs.notes,
         'driver hand-off: two connections in one process, the waiter subscribed and asleep; from release() sent to the waiter\'s acquire() resolved (PUBLISH, wake-up, acquire script).',
-        'command hand-off, as in (b): also the holder\'s exit noticed, the release, and the supervisor starting the next command (execa, reaper, bash) — the same for every backend.',
+        'command hand-off, as in (b): also the holder\'s exit noticed, the release, and the supervisor starting the next command (spawn, watchdog, bash) — the same for every backend.',
         ...(hand.overlaps ? [`${hand.overlaps} critical sections OVERLAPPED`] : []),
         ...(hand.tokenDisorder ? [`fencing tokens out of order ${hand.tokenDisorder} times`] : []),
       ],

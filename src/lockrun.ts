@@ -76,7 +76,7 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
         .finally(() => waiting?.clear())
       // The command's watchdog (watchdog.ts) is spawned while the acquisition is under way rather
       // than after it: a spawn blocks dlq for milliseconds, which would count in every hand-off.
-      const watching = new Watchdog({mark: `DLQ_LOCK_OWNER=${owner}`, graceMs: killGraceMs, leadMs: termLead(ttlMs, killGraceMs)})
+      const watching = Watchdog.alone({mark: `DLQ_LOCK_OWNER=${owner}`, graceMs: killGraceMs, leadMs: termLead(ttlMs, killGraceMs)})
       watchdog = watching
       lease = await acquiring.catch((error: unknown) => {
         watching.end() // no command to watch: it exits quietly rather than look for one

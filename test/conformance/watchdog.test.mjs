@@ -25,8 +25,10 @@ const pidsIn = (path, n, what) => waitFor(async () => {
 // A TERM-ignoring command and a TERM-ignoring grandchild that left for a session of its own (as a
 // daemon would): only SIGKILL ends them, and no process group holds them both. Their pids go to $1/pids.
 const stubborn = `trap "" TERM; setsid sh -c 'trap "" TERM; echo $$ >> "$1/pids"; ${shForAWhile(30)}' x "$1" & echo $$ >> "$1/pids"; ${shForAWhile(30)}`
-// Run by the next holder the moment it starts: names every old process still alive (zombies are dead).
-const looksForOld = 'for p in $(cat "$1/pids"); do [ -e /proc/$p ] && ! grep -q "^[0-9]* ([^)]*) Z" /proc/$p/stat && echo "$p"; done; true'
+// Run by the next holder the moment it starts: names every old process still alive (zombies are
+// dead; so is one whose stat cannot be read: a zombie reaped between a test for /proc/PID and the
+// read of its stat was once named).
+const looksForOld = 'for p in $(cat "$1/pids"); do grep -qv "^[0-9]* ([^)]*) Z" /proc/$p/stat 2>/dev/null && echo "$p"; done; true'
 
 describe('the watchdog, when dlq dies or is stopped', {concurrency: 3}, () => {
   const ctx = useBackend(fileBackend, {before, after})
@@ -130,5 +132,48 @@ describe('the watchdog, when dlq dies or is stopped', {concurrency: 3}, () => {
     assert.equal(next.code, 0, next.stderr)
     assert.equal(next.stdout, '', "the dead worker's handler was still running when the message was redelivered")
     assert.deepEqual(old.filter(isAlive), [])
+  })
+
+  // One watchdog watches all the handlers of a worker; each handler is still stopped by its own
+  // message's redelivery. Four handlers, each with a TERM-ignoring grandchild in a session of its own.
+  const fourStubborn = `cat > /dev/null; echo $$ >> "$1/started"; ${stubborn}`
+  const fourWorker = (queue, dir, t) => ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--visibility', '3s', '--concurrency', '4', '--exec', '--', 'sh', '-c', fourStubborn, SH0, dir], {t})
+  const nextWorker = (queue, dir) => ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '20s', '--count', '4', '--concurrency', '4', '--exec', '--', 'sh', '-c', `cat >/dev/null; ${looksForOld}`, SH0, dir], {timeoutMs: 40_000})
+
+  it('kill -9 of a pop --exec --concurrency 4 worker: all four handlers and their grandchildren in sessions of their own are SIGKILLed by their messages\' redelivery', async (t) => {
+    const dir = await tempDir(t)
+    const queue = uniqueName('worker4')
+    await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd'])
+    const worker = fourWorker(queue, dir, t)
+    const old = await pidsIn(join(dir, 'pids'), 8, 'four handlers and their grandchildren to start')
+    t.after(() => old.forEach((pid) => killPid(pid)))
+    assert.equal((await readPids(join(dir, 'started'))).length, 4)
+    assert.ok(worker.kill('SIGKILL'))
+    // Each lease ends at most --visibility after the kill (the last extension came before it).
+    const leasesEnd = Date.now() + 3000
+    const gone = await Promise.all(old.map((pid) => waitFor(() => !isAlive(pid) && Date.now(), {what: `pid ${pid} to be stopped`, timeoutMs: 10_000, intervalMs: 10})))
+    const late = Math.max(...gone) - leasesEnd
+    assert.ok(late <= 1000, `the last of the ${old.length} processes died ${late}ms after the leases' end`)
+    const next = await nextWorker(queue, dir)
+    assert.equal(next.code, 0, next.stderr)
+    assert.equal(next.stdout, '', "the dead worker's handlers were still running when their messages were redelivered")
+  })
+
+  it('SIGSTOP of a pop --exec --concurrency 4 worker: all four handlers and their grandchildren are SIGKILLed by their leases\' end while it stays stopped, and the messages come again', async (t) => {
+    const dir = await tempDir(t)
+    const queue = uniqueName('stop4')
+    await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd'])
+    const worker = fourWorker(queue, dir, t)
+    const old = await pidsIn(join(dir, 'pids'), 8, 'four handlers and their grandchildren to start')
+    t.after(() => old.forEach((pid) => killPid(pid)))
+    t.after(() => void worker.kill('SIGCONT'))
+    assert.ok(worker.kill('SIGSTOP'))
+    // Each lease ends at most --visibility after the stop (the last extension came before it).
+    const leasesEnd = Date.now() + 3000
+    const gone = await Promise.all(old.map((pid) => waitFor(() => !isAlive(pid) && Date.now(), {what: `pid ${pid} to be stopped`, timeoutMs: 10_000, intervalMs: 10})))
+    const late = Math.max(...gone) - leasesEnd
+    assert.ok(late <= 1000, `the last of the ${old.length} processes died ${late}ms after the leases' end`)
+    const next = await nextWorker(queue, dir)
+    assert.equal(next.code, 0, next.stderr)
   })
 })

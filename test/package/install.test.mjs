@@ -2,7 +2,7 @@
 // installed into a temporary prefix by a normal user (when the tests run as root, as the unprivileged
 // `nobody`, with a home and an npm cache of its own), must put `dlq` on the prefix's bin and every man
 // page where `man` looks (PREFIX/share/man/man1), and its commands and completion must work. The
-// package ships only what runs: the bundles, the man pages, the manifest; oclif, chalk and execa are
+// package ships only what runs: the bundles, the man pages, the manifest; oclif and chalk are
 // inside the bundle, so an install fetches only the three backend clients and their dependencies.
 import assert from 'node:assert/strict'
 import {spawnSync} from 'node:child_process'
@@ -58,7 +58,7 @@ describe('the npm package, installed globally into a prefix by a normal user', (
     const modules = join(prefix, 'lib', 'node_modules', 'dlq', 'node_modules')
     const names = readdirSync(modules).filter((n) => !n.startsWith('.')).flatMap((n) => (n.startsWith('@') ? readdirSync(join(modules, n)).map((m) => `${n}/${m}`) : [n]))
     for (const client of ['ioredis', 'pg', 'node-zookeeper-client']) assert.ok(names.includes(client), `${client} installed: ${names.join(' ')}`)
-    for (const bundled of ['@oclif/core', 'chalk', 'execa']) assert.ok(!names.includes(bundled), `${bundled} is in the bundle, yet installed`)
+    for (const bundled of ['@oclif/core', 'chalk']) assert.ok(!names.includes(bundled), `${bundled} is in the bundle, yet installed`)
     assert.ok(names.length <= 30, `${names.length} packages installed: ${names.join(' ')}`)
   })
 

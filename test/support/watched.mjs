@@ -14,7 +14,8 @@ if (process.argv.length < 7) process.exit(0)
 const {Watchdog} = await import(new URL('../../dist/watchdog.js', import.meta.url).href)
 const [mark, graceMs, leadMs, leaseMs, script, ...args] = process.argv.slice(2)
 const say = (line) => process.stdout.write(`${line}\n`)
-const watchdog = new Watchdog({mark, graceMs: Number(graceMs), leadMs: Number(leadMs), onStopping: () => say('stopping')})
+// DLQ_TEST_WATCHDOG_SHELL: the shell to run the watchdog with, /bin/sh when unset.
+const watchdog = Watchdog.alone({mark, graceMs: Number(graceMs), leadMs: Number(leadMs), onStopping: () => say('stopping'), shell: process.env.DLQ_TEST_WATCHDOG_SHELL || undefined})
 const leaseSentAt = Date.now()
 watchdog.lease(Number(leaseMs))
 const [name, value] = [mark.slice(0, mark.indexOf('=')), mark.slice(mark.indexOf('=') + 1)]

@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict'
 import {spawn} from 'node:child_process'
 import {randomUUID} from 'node:crypto'
+import {existsSync} from 'node:fs'
 import {readFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {describe, it} from 'node:test'
@@ -142,3 +143,61 @@ describe('watchdog', {concurrency: 4}, () => {
     w.tell('end')
   })
 })
+
+const WATCHED_MANY = join(ROOT, 'test', 'support', 'watched-many.mjs')
+
+/** Starts the worker stand-in: one watchdog shell, a command per lease (ms from now). Resolves once they all run. */
+async function watchedMany(t, {script, dir, leases, graceMs = 10_000, leadMs = 500, shell}) {
+  const proc = spawn(NODE, [WATCHED_MANY, String(graceMs), String(leadMs), leases.join(','), script, dir], {stdio: ['pipe', 'pipe', 'inherit'], detached: true, env: {...process.env, DLQ_TEST_WATCHDOG_SHELL: shell}})
+  let out = ''
+  proc.stdout.on('data', (chunk) => {
+    out += chunk
+  })
+  proc.stdin.on('error', () => {})
+  t.after(() => killPid(proc.pid))
+  const started = await waitFor(() => {
+    const lines = [...out.matchAll(/^pid (\d+) (\d+) (\d+)$/gm)]
+    return lines.length === leases.length && lines
+  }, {what: 'the stand-in to start its commands'})
+  const commands = started.map(([, id, pid, leaseAt]) => ({id: Number(id), pid: trackPid(pid), leaseEnd: Number(leaseAt) + leases[Number(id) - 1]}))
+  return {proc, commands, tell: (line) => proc.stdin.write(`${line}\n`)}
+}
+
+// Bash too where there is one: its `read -t` keeps the time, where dash's loop needs its timer.
+for (const shell of ['/bin/sh', ...(existsSync('/bin/bash') ? ['/bin/bash'] : [])]) {
+  describe(`one watchdog shell watching several commands (${shell})`, {concurrency: 2}, () => {
+    // Each command ignores SIGTERM and notes signals; its pid goes to $1/pid.$2.
+    const script = `trap 'echo "term $2" >> "$1/terms"' TERM; trap 'echo "usr1 $2" >> "$1/usr1"' USR1; echo $$ > "$1/pid.$2"; ${shForAWhile(30)}`
+
+    it('a signal and an end for one command leave the others alone; dlq killed: SIGTERM to each still watched, SIGKILL by each one\'s lease\'s end; the ended one is not touched', async (t) => {
+      const dir = await tempDir(t)
+      const w = await watchedMany(t, {script, dir, leases: [3000, 4500, 30_000], shell})
+      w.tell('sig 2 USR1')
+      await waitFor(() => readText(join(dir, 'usr1')), {what: 'SIGUSR1 at command 2'})
+      w.tell('end 3') // command 3 "exited": what it left running is not the watchdog's
+      await stillFalse(async () => (await readText(join(dir, 'usr1'))) !== 'usr1 2\n', {forMs: 300, what: 'the signal reaching another command'})
+      w.proc.kill('SIGKILL')
+      await waitFor(async () => (await readText(join(dir, 'terms'))).split('\n').filter(Boolean).sort().join(' ') === 'term 1 term 2', {what: 'SIGTERM at commands 1 and 2', timeoutMs: 3000})
+      for (const command of w.commands.slice(0, 2)) {
+        const goneAt = await waitFor(() => !isAlive(command.pid) && Date.now(), {what: `command ${command.id} to be stopped`, timeoutMs: 8000, intervalMs: 10})
+        assert.ok(goneAt - command.leaseEnd <= NOTICE_MS, `command ${command.id} died ${goneAt - command.leaseEnd}ms after its lease's end`)
+      }
+      assert.ok(isAlive(w.commands[2].pid), 'the command whose watch had ended is left alone')
+      assert.doesNotMatch(await readText(join(dir, 'terms')), /term 3/)
+    })
+
+    it('dlq stopped: each command gets SIGTERM no sooner than the lead before its own lease\'s end, and SIGKILL by that end', async (t) => {
+      const dir = await tempDir(t)
+      // A lead long enough that SIGTERM comes well before SIGKILL even when a look at /proc costs 0.5 s.
+      const w = await watchedMany(t, {script, dir, leases: [4000, 8000], leadMs: 2500, shell})
+      w.proc.kill('SIGSTOP')
+      t.after(() => w.proc.kill('SIGCONT'))
+      for (const command of w.commands) {
+        const termAt = await waitFor(async () => (await readText(join(dir, 'terms'))).includes(`term ${command.id}`) && Date.now(), {what: `SIGTERM at command ${command.id}`, timeoutMs: 10_000, intervalMs: 10})
+        assert.ok(termAt >= command.leaseEnd - 2500 - 100 - 50, `command ${command.id}: SIGTERM ${command.leaseEnd - termAt}ms before its lease's end, earlier than the 2.5s lead`)
+        const goneAt = await waitFor(() => !isAlive(command.pid) && Date.now(), {what: `command ${command.id} to be stopped`, timeoutMs: 8000, intervalMs: 10})
+        assert.ok(goneAt - command.leaseEnd <= NOTICE_MS, `command ${command.id} died ${goneAt - command.leaseEnd}ms after its lease's end`)
+      }
+    })
+  })
+}

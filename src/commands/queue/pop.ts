@@ -1,3 +1,5 @@
+import {spawn} from 'node:child_process'
+
 import * as Flags from '@oclif/core/flags'
 
 import {refuseStray, splitAtDashes} from '../../argv.js'
@@ -11,7 +13,7 @@ import {readerGone, writeOut} from '../../output.js'
 import {nullFlag, queueFlag, render} from '../../queueflags.js'
 import {fromTerminal, SignalRouter, signalExitCode} from '../../signals.js'
 import {countAndRate, progressLine, WaitingLine} from '../../waiting.js'
-import {deadlineMarginMs, termLead, Watchdog} from '../../watchdog.js'
+import {deadlineMarginMs, termLead, WatchdogShell} from '../../watchdog.js'
 import {retryDelay} from '../../worker/backoff.js'
 
 /**
@@ -29,7 +31,7 @@ export default class QueuePop extends DlqCommand {
 
 A large --count is taken a batch at a time (reserve, write, delete, next), so memory and what is held reserved stay one batch. If the backend fails after some messages were written, those are delivered: dlq exits 0 and says on stderr how many it wrote and what failed (if their deletion is what failed, they may be delivered again once --visibility ends: at-least-once). A failure before anything was written is exit 69 as usual.
 
-Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. A failed message is delivered again only after --retry-delay (default 1s), doubled per failed attempt up to 5m (or up to --retry-delay, if longer), plus up to 25% at random so that messages that failed together do not all come back at once; it is never retried sooner. Meanwhile it stays reserved (queue status counts it in flight) and the worker goes on with other messages; --retry-delay 0 returns it at once. --concurrency N runs up to N handlers at once, each with a message of its own, its own reservation (extended while it runs) and its own watchdog; a signal goes to every handler running, and no new one starts. It stops after --count messages in all if given, else once no message arrived within --wait (each of the N waits for its next one on its own). Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted. Should the worker die or be stopped, its watchdog stops the handler and everything it started (SIGTERM at once, SIGKILL before the message can be redelivered).`
+Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin and DLQ_MESSAGE_ID, DLQ_MESSAGE_ATTEMPT in its environment; exit 0 acks, anything else returns the message for retry, and after --max-attempts deliveries it moves to the dead-letter queue QUEUE.dead. A failed message is delivered again only after --retry-delay (default 1s), doubled per failed attempt up to 5m (or up to --retry-delay, if longer), plus up to 25% at random so that messages that failed together do not all come back at once; it is never retried sooner. Meanwhile it stays reserved (queue status counts it in flight) and the worker goes on with other messages; --retry-delay 0 returns it at once. --concurrency N runs up to N handlers at once, each with a message of its own and its own reservation (extended while it runs), under the worker's one watchdog; a signal goes to every handler running, and no new one starts. It stops after --count messages in all if given, else once no message arrived within --wait (each of the N waits for its next one on its own). Exit 75 when no message arrived at all within --wait. A handler that cannot be started (not found: 127, not executable: 126) stops the worker at once, and the message stays in the queue as it was, its attempt not counted. Should the worker die or be stopped, its watchdog stops the handler and everything it started (SIGTERM at once, SIGKILL before the message can be redelivered).`
   static examples = [
     '<%= config.bin %> queue pop --queue jobs',
     '<%= config.bin %> queue pop --queue jobs --count 100 --wait 30s > batch.txt',
@@ -175,14 +177,14 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
 
   /**
    * Worker mode: up to --concurrency lanes, each taking one message at a time through COMMAND
-   * (acked on exit 0) with its own reservation, extension and watchdog, until --count messages
+   * (acked on exit 0) with its own reservation and extension, all watched by one watchdog shell
+   * (a shell per handler cost more forks than the handlers' own), until --count messages
    * were taken in all or its --wait for a next one ran out. A signal stops every lane's wait, goes
    * to every handler running (except what the terminal sent the whole job already: signals.ts), and
    * the worker exits 128+N once they have exited. A handler that cannot start, or a backend that
    * fails, stops the other lanes' waits too; their handlers finish first.
    */
   private async work(backend: Backend, queue: string, command: string[], signals: SignalRouter, options: WorkOptions): Promise<void> {
-    const {execa} = await import('execa')
     const stop = new AbortController()
     const running = new Set<(signal: NodeJS.Signals) => void>()
     signals.forwardTo((signal) => {
@@ -192,6 +194,9 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
     let taken = 0 // messages reserved or being reserved, against --count
     let processed = 0
     let failure: unknown
+    // One watchdog for all the worker's handlers, started with the first (watchdog.ts).
+    let watchdogShell: WatchdogShell | undefined
+    const watchdogs = () => (watchdogShell ??= new WatchdogShell({graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)}))
     const lane = async (): Promise<void> => {
       while (!stop.signal.aborted && (options.count === undefined || taken < options.count)) {
         taken++
@@ -209,7 +214,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
           await backend.queues.settle(queue, [message], 'release', options.maxAttempts) // never started: not a delivery
           return
         }
-        await this.handle(backend, queue, command, execa, message, options, running)
+        await this.handle(backend, queue, command, message, options, running, watchdogs())
         processed++
       }
     }
@@ -217,6 +222,7 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       failure ??= error
       stop.abort()
     })))
+    watchdogShell?.close()
     signals.dispose()
     if (failure !== undefined) throw failure
     if (signals.first) return this.finish(signalExitCode(signals.first))
@@ -234,14 +240,14 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
    * signal that stopped the worker after the caller last looked cannot fall in between: the
    * handler is in `running` before the next signal can be handled.
    */
-  private async handle(backend: Backend, queue: string, command: string[], execa: Execa, message: Message, options: WorkOptions, running: Set<(signal: NodeJS.Signals) => void>): Promise<void> {
+  private async handle(backend: Backend, queue: string, command: string[], message: Message, options: WorkOptions, running: Set<(signal: NodeJS.Signals) => void>, watchdogs: WatchdogShell): Promise<void> {
     const reservedAt = Date.now()
     // When the message would become visible again, early by the margin of lock run's deadline.
     const untilRedelivery = (from: number) => from + options.visibilityMs - deadlineMarginMs(options.visibilityMs) - Date.now()
     // Should this worker die or be stopped, its watchdog stops the handler before the message can
     // go to another worker (watchdog.ts); a live worker lets its handler finish.
     const handlerId = newOwner()
-    const watchdog = new Watchdog({mark: `DLQ_HANDLER_ID=${handlerId}`, graceMs: handlerKillGraceMs, leadMs: termLead(options.visibilityMs, handlerKillGraceMs)})
+    const watchdog = watchdogs.watch(`DLQ_HANDLER_ID=${handlerId}`)
     watchdog.lease(untilRedelivery(reservedAt))
     // Keep the message reserved while the command works on it, however long that takes.
     let extending: Promise<unknown> = Promise.resolve()
@@ -249,18 +255,24 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       const at = Date.now()
       extending = backend.queues.extend(queue, message, options.visibilityMs).then((held) => held && watchdog.lease(untilRedelivery(at)), () => {})
     }, Math.max(50, options.visibilityMs / 3))
-    const child = execa(command[0], command.slice(1), {
-      input: message.body,
-      stdout: 'inherit',
-      stderr: 'inherit',
-      reject: false,
-      env: {DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
+    // node's own spawn, as lock run's supervisor: execa's extra work per spawn (its abort signals,
+    // stream bookkeeping) cost the worker's single thread more than the fork itself.
+    const child = spawn(command[0], command.slice(1), {
+      stdio: ['pipe', 'inherit', 'inherit'],
+      env: {...process.env, DLQ_QUEUE: queue, DLQ_MESSAGE_ID: message.id, DLQ_MESSAGE_ATTEMPT: String(message.attempts), DLQ_HANDLER_ID: handlerId},
     })
+    const exited = new Promise<HandlerExit>((resolve) => {
+      child.once('error', (error: NodeJS.ErrnoException) => child.pid === undefined && resolve({code: null, signal: null, error}))
+      child.once('exit', (code, signal) => resolve({code, signal}))
+    })
+    // A handler that does not read its stdin closes it early: EPIPE is no failure of the message.
+    child.stdin?.on('error', () => {})
+    child.stdin?.end(message.body)
     if (child.pid !== undefined) watchdog.command(child.pid)
     // To every process of the handler.
     const forward = (signal: NodeJS.Signals) => void (watchdog.signal(signal) || child.kill(signal))
     running.add(forward)
-    const result = await child
+    const result = await exited
     running.delete(forward)
     watchdog.end()
     clearInterval(extender)
@@ -269,17 +281,17 @@ Worker mode (--exec -- CMD...): for each message run CMD with the body on stdin 
       // The handler never started (not found, not executable): that is no delivery. Counted as
       // one, every message would burn its attempts at once and the queue would end up in .dead.
       await backend.queues.settle(queue, [message], 'release', options.maxAttempts)
-      throw cannotRun(command[0], result.code, firstLine(result.originalMessage ?? result.shortMessage ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
+      throw cannotRun(command[0], result.error?.code, firstLine(result.error?.message ?? 'spawn failed'), `message ${message.id} stays in ${JSON.stringify(queue)}, not counted as an attempt`)
     }
-    const ok = result.exitCode === 0
+    const ok = result.code === 0
     const last = message.attempts >= options.maxAttempts
     const delayMs = ok || last ? 0 : retryDelay(options.retryDelayMs, message.attempts)
     await backend.queues.settle(queue, [message], ok ? 'ack' : 'retry', options.maxAttempts, {retryDelayMs: delayMs})
     if (!ok) {
-      const why = result.exitCode === undefined ? (result.signal ? `was killed by ${result.signal}` : `failed (${firstLine(result.shortMessage ?? '')})`) : `exited ${result.exitCode}`
+      const why = result.signal ? `was killed by ${result.signal}` : `exited ${result.code}`
       const next = last ? `moved to ${queue}.dead` : delayMs > 0 ? `retried in ${formatDuration(delayMs)}` : 'returned for retry'
       const what = `message ${message.id} (attempt ${message.attempts} of ${options.maxAttempts}): ${command[0]} ${why}; ${next}`
-      process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.exitCode ?? null, signal: result.signal ?? null, retryDelayMs: last ? null : delayMs}})}\n` : `dlq: ${what}\n`)
+      process.stderr.write(this.jsonEnabled() ? `${JSON.stringify({warning: {what, id: message.id, attempt: message.attempts, exitCode: result.code, signal: result.signal, retryDelayMs: last ? null : delayMs}})}\n` : `dlq: ${what}\n`)
     }
   }
 }
@@ -293,6 +305,10 @@ interface WorkOptions {
   retryDelayMs: number
 }
 
-type Execa = typeof import('execa')['execa']
+interface HandlerExit {
+  code: number | null
+  signal: NodeJS.Signals | null
+  error?: NodeJS.ErrnoException
+}
 
 const firstLine = (text: string) => text.split('\n')[0]
