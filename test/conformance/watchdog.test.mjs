@@ -140,40 +140,32 @@ describe('the watchdog, when dlq dies or is stopped', {concurrency: 3}, () => {
   const fourWorker = (queue, dir, t) => ctx.dlq.spawn(['queue', 'pop', '--queue', queue, '--visibility', '3s', '--concurrency', '4', '--exec', '--', 'sh', '-c', fourStubborn, SH0, dir], {t})
   const nextWorker = (queue, dir) => ctx.dlq.run(['queue', 'pop', '--queue', queue, '--wait', '20s', '--count', '4', '--concurrency', '4', '--exec', '--', 'sh', '-c', `cat >/dev/null; ${looksForOld}`, SH0, dir], {timeoutMs: 40_000})
 
-  it('kill -9 of a pop --exec --concurrency 4 worker: all four handlers and their grandchildren in sessions of their own are SIGKILLed by their messages\' redelivery', async (t) => {
+  /** Stops a --concurrency 4 worker by `signal`; its 8 processes must be SIGKILLed by the leases' end. */
+  async function stopFourHandlers(t, name, signal) {
     const dir = await tempDir(t)
-    const queue = uniqueName('worker4')
-    await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd'])
-    const worker = fourWorker(queue, dir, t)
-    const old = await pidsIn(join(dir, 'pids'), 8, 'four handlers and their grandchildren to start')
-    t.after(() => old.forEach((pid) => killPid(pid)))
-    assert.equal((await readPids(join(dir, 'started'))).length, 4)
-    assert.ok(worker.kill('SIGKILL'))
-    // Each lease ends at most --visibility after the kill (the last extension came before it).
-    const leasesEnd = Date.now() + 3000
-    const gone = await Promise.all(old.map((pid) => waitFor(() => !isAlive(pid) && Date.now(), {what: `pid ${pid} to be stopped`, timeoutMs: 10_000, intervalMs: 10})))
-    const late = Math.max(...gone) - leasesEnd
-    assert.ok(late <= 1000, `the last of the ${old.length} processes died ${late}ms after the leases' end`)
-    const next = await nextWorker(queue, dir)
-    assert.equal(next.code, 0, next.stderr)
-    assert.equal(next.stdout, '', "the dead worker's handlers were still running when their messages were redelivered")
-  })
-
-  it('SIGSTOP of a pop --exec --concurrency 4 worker: all four handlers and their grandchildren are SIGKILLed by their leases\' end while it stays stopped, and the messages come again', async (t) => {
-    const dir = await tempDir(t)
-    const queue = uniqueName('stop4')
+    const queue = uniqueName(name)
     await pushArgs(ctx.dlq, queue, ['a', 'b', 'c', 'd'])
     const worker = fourWorker(queue, dir, t)
     const old = await pidsIn(join(dir, 'pids'), 8, 'four handlers and their grandchildren to start')
     t.after(() => old.forEach((pid) => killPid(pid)))
     t.after(() => void worker.kill('SIGCONT'))
-    assert.ok(worker.kill('SIGSTOP'))
-    // Each lease ends at most --visibility after the stop (the last extension came before it).
+    assert.equal((await readPids(join(dir, 'started'))).length, 4)
+    assert.ok(worker.kill(signal))
+    // Each lease ends at most --visibility after the signal (the last extension came before it).
     const leasesEnd = Date.now() + 3000
     const gone = await Promise.all(old.map((pid) => waitFor(() => !isAlive(pid) && Date.now(), {what: `pid ${pid} to be stopped`, timeoutMs: 10_000, intervalMs: 10})))
     const late = Math.max(...gone) - leasesEnd
     assert.ok(late <= 1000, `the last of the ${old.length} processes died ${late}ms after the leases' end`)
     const next = await nextWorker(queue, dir)
     assert.equal(next.code, 0, next.stderr)
+    assert.equal(next.stdout, '', "the stopped worker's handlers were still running when their messages were redelivered")
+  }
+
+  it('kill -9 of a pop --exec --concurrency 4 worker: all four handlers and their grandchildren in sessions of their own are SIGKILLed by their messages\' redelivery', async (t) => {
+    await stopFourHandlers(t, 'worker4', 'SIGKILL')
+  })
+
+  it('SIGSTOP of a pop --exec --concurrency 4 worker: all four handlers and their grandchildren are SIGKILLed by their leases\' end while it stays stopped, and the messages come again', async (t) => {
+    await stopFourHandlers(t, 'stop4', 'SIGSTOP')
   })
 })
