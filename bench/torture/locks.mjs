@@ -155,7 +155,11 @@ const reportedLost = (run) => run?.code === 70 && /lost/.test(run.stderr ?? '')
  * Returns {facts, checks: [{name, figure, limit, ok, must}], samples}.
  */
 export function checkLocks({store, lockers, events, ttlMs, killGraceMs}) {
-  const acquisitions = store.acquisitions.filter((a) => a.end !== undefined)
+  // A CS ends at its goodbye, on its own clock, as it starts at its hello: the socket's close is
+  // seen by this process, as late as its event loop lags (1.4 s once, under CI's load, which made
+  // a writer that had said goodbye look as if it still ran beside the readers after it). A CS
+  // that never said goodbye (killed) ends when its socket closed, seen late if anything.
+  const acquisitions = store.acquisitions.filter((a) => a.end !== undefined).map((a) => (a.bye === undefined ? a : {...a, end: Math.min(a.end, a.bye)}))
   const checks = []
   const samples = []
 
