@@ -175,6 +175,40 @@ describe('redis+sentinel: the master dies mid-push', () => {
   })
 })
 
+describe('redis+sentinel: the master dies under a worker\'s ack', () => {
+  let group
+  before(async () => {
+    group = await startSentinels()
+  })
+  after(() => group?.stop())
+
+  it('the ack in flight is sent again to the promoted replica: the worker goes on, nothing is handled twice', async (t) => {
+    const dir = await tempDir(t)
+    const queue = uniqueName('ack')
+    const handled = join(dir, 'handled')
+    assert.equal((await cli(group.url(), ['queue', 'push', '--queue', queue, 'one'])).code, 0)
+    // Each handler records its message, then waits for the test's go (the first) or goes on.
+    const handler = `cat >> "$1"; ${shUntil('[ -e "$2" ]', 60)}`
+    const worker = spawnDlq(['queue', 'pop', '-b', group.url(), '--queue', queue, '--exec', '--count', '2', '--wait', '60s', '--visibility', '30s', '--', 'sh', '-c', handler, 'x', handled, join(dir, 'go')], {t, timeoutMs: 90_000})
+    await waitFor(async () => (await readFile(handled, 'utf8').catch(() => '')) === 'one', {what: 'the handler to start'})
+    await replicated(group)
+    // The master takes no writes now: the worker's ack reaches it and waits unanswered.
+    redisCli(group.master.port, 'CLIENT', 'PAUSE', '20000', 'WRITE')
+    await writeFile(join(dir, 'go'), '')
+    await waitFor(() => /qbuf=[1-9]|cmd=evalsha/.test(redisCli(group.master.port, 'CLIENT', 'LIST')), {what: 'the ack to reach the paused master'})
+    kill(group.master)
+    await group.promoted(group.replica.port)
+    const pushed = await cli(group.url(), ['queue', 'push', '--queue', queue, 'two'])
+    assert.equal(pushed.code, 0, pushed.stderr)
+    const r = await worker.result
+    assert.equal(r.code, 0, r.stderr)
+    assert.equal(await readFile(handled, 'utf8'), 'onetwo')
+    const status = await cli(group.url(), ['queue', 'status', '--queue', queue, '--json'])
+    const {waiting, inFlight} = JSON.parse(status.stdout).queues[0]
+    assert.deepEqual({waiting, inFlight}, {waiting: 0, inFlight: 0})
+  })
+})
+
 describe('redis+sentinel: no master comes back', () => {
   let group
   before(async () => {

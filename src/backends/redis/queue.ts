@@ -34,6 +34,7 @@ const fallbackPollMs = 5000
 /** Ids per script call: 200 keep one call near 1–2 ms of server time (`npm run bench popcosts`). */
 export const scriptBatch = 200
 const statusPage = 1000
+const neverAborted = new AbortController().signal
 
 // Keys: 1 stream, 2 deadlines (zset id → ms), 3 owners (hash id → reserver), 4 dead stream,
 // 5 delayed (zset id → due ms: every entry pushed with a delay), 6 parked (zset id → due ms: the
@@ -364,14 +365,40 @@ export class RedisQueues implements QueueDriver {
     const keys = keysOf(queue)
     const ids = messages.map((m) => m.id)
     const delayMs = outcome === 'retry' ? Math.ceil(options.retryDelayMs ?? 0) : 0
-    await Promise.all(batchesOf(ids.length).map(([from, to]) =>
-      settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, outcome, maxAttempts, delayMs, ...ids.slice(from, to)])))
+    this.replication?.prepare()
+    await Promise.all(batchesOf(ids.length).map(([from, to]) => this.followingFailover(() =>
+      settleScript.run(this.client, [keys.stream, keys.deadlines, keys.owners, keys.dead], [this.reserver, outcome, maxAttempts, delayMs, ...ids.slice(from, to)]), this.followMs)))
+    // On a replica, an ack that a failover loses is a delivery more (at least once allows it), not
+    // an error: a shortfall is not reported.
+    await this.replication?.confirm(() => `the ${outcome} in ${JSON.stringify(queue)}`, keys.stream).catch(() => {})
     this.log?.(`redis: ${outcome} ${messages.length} in ${keys.stream}`)
   }
 
   async extend(queue: string, message: Message, visibilityMs: number): Promise<boolean> {
     const keys = keysOf(queue)
-    return num(await extendScript.run(this.client, [keys.stream, keys.deadlines, keys.owners], [this.reserver, message.id, visibilityMs])) === 1
+    const extended = () => extendScript.run(this.client, [keys.stream, keys.deadlines, keys.owners], [this.reserver, message.id, visibilityMs])
+    return num(await this.followingFailover(extended, Math.min(this.followMs, visibilityMs))) === 1
+  }
+
+  /**
+   * Sends a settle or an extend again while a failover (Sentinel, Cluster) runs, for up to
+   * ?failoverTimeout= (on one server: not at all). A worker's ack in flight when the master died
+   * was exit 69 and, in the Sentinel torture, a message handled twice. Both scripts are safe to
+   * repeat: they act only on messages this reserver still owns, and an ack, retry or release
+   * already applied took that ownership away, so a second one finds nothing to do; an extend sets
+   * the deadline again.
+   */
+  private async followingFailover<T>(send: () => Promise<T>, forMs: number): Promise<T> {
+    const failover = new FailoverWait(this.followMs)
+    const deadline = Date.now() + forMs
+    for (;;) {
+      try {
+        const reply = await send()
+        return reply
+      } catch (error) {
+        await failover.failed(error, neverAborted, deadline)
+      }
+    }
   }
 
   /** Entries from the newest backwards, skipping those in flight, until `count` are found. */
