@@ -56,6 +56,8 @@ export async function benchPostgres({bin = join(ROOT, 'bin', 'run.cjs'), log = (
   const {lockStatements} = await import(join(ROOT, 'dist', 'backends', 'postgres', 'lock.js'))
   const rawClient = async () => {
     const client = new pg.Client({host: '127.0.0.1', port: server.port, user: server.user, password: server.password, database: server.database})
+    // A section that failed leaves its clients open: the server's stop is no crash of the bench.
+    client.on('error', () => {})
     await client.connect()
     return client
   }
@@ -131,7 +133,7 @@ async function lockThroughput(server, openPostgresBackend, lockStatements, rawCl
   const rawLoop = async (key, n) => {
     for (let i = 0; i < n; i++) {
       const owner = `r-${key}-${i}`
-      const {rows} = await raw.query({...statements.acquire, values: [key, owner, 30_000, 1, holder.host, holder.pid, holder.user, holder.command, 0]})
+      const {rows} = await raw.query({...statements.acquire, values: [key, owner, 30_000, 1, holder.host, holder.pid, holder.user, holder.command, 0, false]})
       if (!rows[0].acquired) throw new Error('raw: not acquired')
       const released = await raw.query({...statements.release, values: [key, owner, 'dlq_l_bench']})
       if (!released.rows[0].released) throw new Error('raw: not released')
@@ -202,7 +204,10 @@ async function lockThroughput(server, openPostgresBackend, lockStatements, rawCl
  * dlq.lock_waiters) for 30 ms and nothing else is starting up, so the figure is the hand-off, not
  * dlq's start-up. The replacement waiter is spawned 40 ms after a holder exits.
  */
-async function handoff(server, bin, env, rawClient, channel, {url = server.url, via = '', targetMs = 5, section = 'b'} = {}) {
+// targetMs: a target for the command-to-command figure (through PgBouncer: < 50 ms, issue 13). Direct,
+// the < 5 ms target is the driver's release → waiter holds (the README's figure): the command
+// figure adds a command's exit and a spawn, the same on every backend (see the file section).
+async function handoff(server, bin, env, rawClient, channel, {url = server.url, via = '', targetMs, section = 'b'} = {}) {
   const dir = mkdtempSync(join(os.tmpdir(), 'dlq-bench-pg-handoff-'))
   const observer = await rawClient()
   // An idle session listening on the key's channel sees each release commit (its NOTIFY).
@@ -315,7 +320,7 @@ async function handoff(server, bin, env, rawClient, channel, {url = server.url, 
         ['  2. release committed → next command running', ...stats(phases.map((p) => p[1]))],
       ],
     },
-    verdicts: [{ok: median < targetMs, target: `hand-off median < ${targetMs} ms${via}`, measured: `${fmt(median, 2)} ms (p99 ${fmt(quantile(gaps, 0.99), 2)} ms)`}],
+    verdicts: targetMs ? [{ok: median < targetMs, target: `hand-off median < ${targetMs} ms${via}, command end → next command running`, measured: `${fmt(median, 2)} ms (p99 ${fmt(quantile(gaps, 0.99), 2)} ms)`}] : [],
     notes,
   }
 }
