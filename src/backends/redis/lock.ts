@@ -148,17 +148,26 @@ redis.call('PUBLISH', ARGV[1], 'released')
 return live
 `)
 
+// Keys: 4 per lock (holders, info, waiters, shared), for as many locks as one call reads (their
+// tag is the same only when there is one: on a cluster a call reads one lock). Reply: per lock
+// {holders with scores, their records, live waiters, 1/0 shared per holder}.
 const statusScript = new Script('status', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local holders = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
-local records = {}
-local shared = {}
-for i = 1, #holders, 2 do
-  records[#records + 1] = redis.call('HGET', KEYS[2], holders[i]) or ''
-  shared[#shared + 1] = redis.call('ZSCORE', KEYS[4], holders[i]) and 1 or 0
+local out = {}
+for k = 1, #KEYS, 4 do
+  local holders = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. now, '+inf', 'WITHSCORES')
+  local records = {}
+  local shared = {}
+  for i = 1, #holders, 2 do
+    records[#records + 1] = redis.call('HGET', KEYS[k + 1], holders[i]) or ''
+    shared[#shared + 1] = redis.call('ZSCORE', KEYS[k + 3], holders[i]) and 1 or 0
+  end
+  local waiters = 0
+  if #holders > 0 then waiters = redis.call('ZCOUNT', KEYS[k + 2], '(' .. now, '+inf') end
+  out[#out + 1] = {holders, records, waiters, shared}
 end
-return {holders, records, redis.call('ZCOUNT', KEYS[3], '(' .. now, '+inf'), shared}
+return out
 `)
 
 // A writer that gives up its place: the readers waiting behind it are woken.
@@ -169,6 +178,8 @@ return 0
 `)
 
 const fallbackPollMs = 2000
+/** Locks one status call reads (statusScript): about 1 ms of the server's time for 200 held keys. */
+const statusBatch = 200
 const waiterTtlMs = 5000
 
 const tag = (key: string) => `{dlq:l:${key}}`
@@ -317,10 +328,22 @@ export class RedisLocks implements LockDriver {
 
   async status(key?: string): Promise<LockState[]> {
     const names = key !== undefined ? [key] : await this.heldKeys()
-    // 256 keys' scripts in flight at a time (pipelined on the connection), not a round trip per key.
-    const states = await inBatches(names, 256, async (name): Promise<LockState | undefined> => {
-      const keys = keysOf(name)
-      const [holders, records, waiters, shared] = (await statusScript.run(this.client, [keys.holders, keys.info, keys.waiters, keys.shared], [])) as [Buffer[], Buffer[], number, number[]]
+    // One script call reads statusBatch locks (about a millisecond of the server's time), a few
+    // calls in flight: 10,000 held keys were 10,000 calls, 0.98 s of `lock status`. A cluster's
+    // locks live in different slots: one call per lock there, 256 in flight (pipelined).
+    const perCall = this.client.isCluster ? 1 : statusBatch
+    const groups = Array.from({length: Math.ceil(names.length / perCall)}, (_v, i) => names.slice(i * perCall, (i + 1) * perCall))
+    const states = (await inBatches(groups, this.client.isCluster ? 256 : 4, (group) => this.statesOf(group))).flat()
+    return states.filter((state) => state !== undefined)
+  }
+
+  private async statesOf(names: string[]): Promise<(LockState | undefined)[]> {
+    const keys = names.flatMap((name) => {
+      const k = keysOf(name)
+      return [k.holders, k.info, k.waiters, k.shared]
+    })
+    const replies = (await statusScript.run(this.client, keys, [])) as [Buffer[], Buffer[], number, number[]][]
+    return replies.map(([holders, records, waiters, shared], at) => {
       const list: Holder[] = []
       for (let i = 0; i < holders.length; i += 2) {
         const record = text(records[i / 2])
@@ -328,9 +351,8 @@ export class RedisLocks implements LockDriver {
         const parsed = parseRecord(record)
         list.push({...parsed.info, owner: text(holders[i]), fencingToken: parsed.token, acquiredAt: new Date(parsed.acquiredAt), expiresAt: new Date(num(holders[i + 1])), mode: num(shared[i / 2]) === 1 ? 'shared' : 'exclusive'})
       }
-      return list.length > 0 ? {key: name, holders: list.sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken))), waiters: num(waiters)} : undefined
+      return list.length > 0 ? {key: names[at], holders: list.sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken))), waiters: num(waiters)} : undefined
     })
-    return states.filter((state) => state !== undefined)
   }
 
   private async heldKeys(): Promise<string[]> {
