@@ -13,6 +13,7 @@ import {planLog, planLogConfig, planNodes, rowsTouched} from '../support/pgplans
 import {startPostgres} from '../support/postgres.mjs'
 
 const {migrations, schemaOf} = await import('../../dist/backends/postgres/connection.js')
+const {openBackend} = await import('../../dist/backends/index.js')
 
 const popBatch = 1000 // what queue pop reserves and settles per statement on PostgreSQL
 const cli = (url, args, opts) => run([...args.slice(0, 2), '-b', url, ...args.slice(2)], opts)
@@ -161,12 +162,42 @@ describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
       await client.end()
     }
     const url = withSchema(server.url, 'legacy')
+    // The first use migrates (version 6 counts each queue's rows once, a pass over the table by
+    // design); then the pop's own plans are checked.
+    const before = await stats(url, 'q')
+    assert.deepEqual([before.waiting, before.inFlight], [4998, 2])
     assert.deepEqual(await popChecked(url, 'q', 1000, 'migrated'), numbers(3, 1002))
-    assert.equal((await server.sql('SELECT max(version) FROM legacy.schema_version')).trim(), '5')
+    assert.equal((await server.sql('SELECT max(version) FROM legacy.schema_version')).trim(), '6')
     const indexes = (await server.sql(`SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'legacy' AND tablename = 'messages'`)).trim()
     assert.equal(indexes, 'messages_deadlines,messages_pkey,messages_waiting')
     const left = await stats(url, 'q')
     assert.deepEqual([left.waiting, left.inFlight], [3998, 2])
+  })
+
+  it('queue status --queue Q reads the reservations, not the waiting messages; so does status of every queue', async () => {
+    const url = withSchema(server.url, 'status_sizes')
+    await push(url, 'q', numbers(1, 20_000))
+    await push(url, 'other', numbers(1, 5000))
+    const later = await cli(url, ['queue', 'push', '--queue', 'q', '--delay', '1h', 'd1', 'd2'])
+    assert.equal(later.code, 0, later.stderr)
+    const backend = await openBackend(url)
+    try {
+      const held = await backend.queues.reserve('q', {count: 3, visibilityMs: 3_600_000, waitMs: 0, maxAttempts: 5, signal: new AbortController().signal})
+      assert.equal(held.length, 3)
+    } finally {
+      await backend.close()
+    }
+    assert.deepEqual((await popChecked(url, 'q', 10, 'pop')).length, 10)
+    let mark = log.mark()
+    const one = await stats(url, 'q')
+    assert.deepEqual([one.waiting, one.delayed, one.inFlight, one.dead], [19_987, 2, 3, 0])
+    assert.ok(checkPlans(mark, 'status --queue q', 50).length > 0, 'no plan of status read messages')
+    mark = log.mark()
+    const r = await cli(url, ['queue', 'status', '--json'])
+    assert.equal(r.code, 0, r.stderr)
+    const all = Object.fromEntries(JSON.parse(r.stdout).queues.map((q) => [q.queue, [q.waiting, q.delayed, q.inFlight]]))
+    assert.deepEqual(all, {other: [5000, 0, 0], q: [19_987, 2, 3]})
+    assert.ok(checkPlans(mark, 'status of every queue', 50).length > 0, 'no plan of status read messages')
   })
 })
 

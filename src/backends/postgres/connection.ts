@@ -37,7 +37,7 @@ import {DlqError, unavailable, usageError} from '../../errors.js'
 import {checkParameters, connectTimeoutMs, credentials} from '../url.js'
 import {displayOf, type Host, type Targets, targetsOf} from './hosts.js'
 import {lockSchema, lockSchemaV3, lockSchemaV5} from './lock.js'
-import {queueFunctionsV4, queueSchema, queueSchemaV2, queueSchemaV3, queueSchemaV4} from './queue.js'
+import {queueFunctionsV4, queueFunctionsV6, queueSchema, queueSchemaV2, queueSchemaV3, queueSchemaV4, queueSchemaV6} from './queue.js'
 
 /**
  * A statement prepared once per session under its name (pg re-prepares after a reconnect), sent
@@ -118,8 +118,9 @@ export const migrations = (schema: Schema): {version: number; statements: string
   {version: 3, statements: [...lockSchemaV3(schema), ...queueSchemaV3(schema), ...plannerSettingsOfFunctions(schema)]},
   {version: 4, statements: [...queueSchemaV4(schema), ...plannerSettingsOfFunctions(schema, queueFunctionsV4)]},
   {version: 5, statements: lockSchemaV5(schema)},
+  {version: 6, statements: [...queueSchemaV6(schema), ...plannerSettingsOfFunctions(schema, queueFunctionsV6)]},
 ]
-const LATEST_VERSION = 5
+const LATEST_VERSION = 6
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/

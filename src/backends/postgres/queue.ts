@@ -324,6 +324,179 @@ export const queueSchemaV4 = ({sql: s, lockSpace}: Schema): string[] => [
 /** The functions version 4 made or remade: they get the planner settings of connection.ts again. */
 export const queueFunctionsV4 = ['push_later', 'after', 'stats_of_queue']
 
+/**
+ * Version 6: `queue status` whose cost follows the reservations, not the queue's length (issue 16).
+ * A queue's size is queue_sizes.size plus its rows in queue_changes: every statement that inserts
+ * or deletes messages records exactly what it did (+n, -n) in the same transaction, so sizes are
+ * right under any interleaving (additions commute). A push folds its queue's changes into the size
+ * (it holds the queue's advisory lock already), and so does status: the changes never outgrow the
+ * acks and burials since the last push. Folders lock the queue_sizes row first: one folder at a
+ * time per queue, and whoever holds that row waits on nothing else (a push takes it after its
+ * advisory lock, status takes Q's before Q.dead's, nobody the other way round): no deadlock.
+ * waiting = size - in flight - delayed; the latter two are counted in messages_deadlines (only
+ * the rows reserved now); the oldest waiting message is the first in the waiting index or an
+ * expired reservation. The initial sizes are counted once, with pushes and acks held off.
+ */
+export const queueSchemaV6 = ({sql: s, lockSpace}: Schema): string[] => [
+  `CREATE TABLE ${s}.queue_sizes (queue text PRIMARY KEY, size bigint NOT NULL)`,
+  `CREATE TABLE ${s}.queue_changes (queue text NOT NULL, change bigint NOT NULL)`,
+  `CREATE INDEX queue_changes_queue ON ${s}.queue_changes (queue)`,
+  `LOCK TABLE ${s}.messages IN SHARE MODE`,
+  `INSERT INTO ${s}.queue_sizes (queue, size) SELECT queue, count(*) FROM ${s}.messages GROUP BY queue`,
+  // The size of p_queue with its changes folded in, plus p_add (a push's rows). A queue nobody
+  // pushed to and nothing changed gets no row (status of a mistyped name makes nothing).
+  `CREATE FUNCTION ${s}.fold(p_queue text, p_add bigint) RETURNS bigint
+  LANGUAGE plpgsql AS $fn$
+  DECLARE
+    size_ bigint;
+    folded bigint;
+  BEGIN
+    SELECT z.size INTO size_ FROM ${s}.queue_sizes z WHERE z.queue = p_queue FOR UPDATE;
+    IF NOT FOUND THEN
+      IF p_add = 0 AND NOT EXISTS (SELECT 1 FROM ${s}.queue_changes c WHERE c.queue = p_queue) THEN
+        RETURN 0;
+      END IF;
+      INSERT INTO ${s}.queue_sizes (queue, size) VALUES (p_queue, 0) ON CONFLICT (queue) DO NOTHING;
+      SELECT z.size INTO size_ FROM ${s}.queue_sizes z WHERE z.queue = p_queue FOR UPDATE;
+    END IF;
+    WITH gone AS (DELETE FROM ${s}.queue_changes c WHERE c.queue = p_queue RETURNING c.change)
+      SELECT coalesce(sum(gone.change), 0) INTO folded FROM gone;
+    IF folded <> 0 OR p_add <> 0 THEN
+      size_ := size_ + folded + p_add;
+      UPDATE ${s}.queue_sizes z SET size = size_ WHERE z.queue = p_queue;
+    END IF;
+    RETURN size_;
+  END
+  $fn$`,
+  `CREATE OR REPLACE FUNCTION ${s}.push(p_queue text, p_bodies bytea[], p_channel text) RETURNS bigint[]
+  LANGUAGE plpgsql AS $fn$
+  DECLARE
+    ids bigint[];
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
+    WITH pushed AS (
+      INSERT INTO ${s}.messages (queue, body)
+        SELECT p_queue, b FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
+        RETURNING id)
+      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
+    PERFORM ${s}.fold(p_queue, coalesce(cardinality(ids), 0));
+    PERFORM pg_notify(p_channel, '');
+    RETURN ids;
+  END
+  $fn$`,
+  `CREATE OR REPLACE FUNCTION ${s}.push_later(p_queue text, p_bodies bytea[], p_channel text, p_delay_ms bigint, p_at timestamptz) RETURNS bigint[]
+  LANGUAGE plpgsql AS $fn$
+  DECLARE
+    ids bigint[];
+    due timestamptz := coalesce(p_at, clock_timestamp() + p_delay_ms * interval '1 millisecond');
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
+    WITH pushed AS (
+      INSERT INTO ${s}.messages (queue, body, visible_at, reserved_by)
+        SELECT p_queue, b, CASE WHEN due > clock_timestamp() THEN due ELSE '-infinity' END, CASE WHEN due > clock_timestamp() THEN '${delayedReceipt}' END
+        FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
+        RETURNING id)
+      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
+    PERFORM ${s}.fold(p_queue, coalesce(cardinality(ids), 0));
+    PERFORM pg_notify(p_channel, '');
+    RETURN ids;
+  END
+  $fn$`,
+  `CREATE OR REPLACE FUNCTION ${s}.bury(p_rows tid[], p_dead text, p_dead_channel text) RETURNS void
+  LANGUAGE plpgsql AS $fn$
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_dead));
+    WITH gone AS (DELETE FROM ${s}.messages WHERE ctid = ANY (p_rows) RETURNING queue, id, body, enqueued_at),
+      moved AS (INSERT INTO ${s}.messages (queue, body, enqueued_at) SELECT p_dead, body, enqueued_at FROM gone ORDER BY id RETURNING 1)
+      INSERT INTO ${s}.queue_changes (queue, change)
+        SELECT gone.queue, -count(*) FROM gone GROUP BY gone.queue
+        UNION ALL SELECT p_dead, count(*) FROM moved HAVING count(*) > 0;
+    PERFORM pg_notify(p_dead_channel, '');
+  END
+  $fn$`,
+  `CREATE OR REPLACE FUNCTION ${s}.settle(p_queue text, p_ids bigint[], p_receipt text, p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    rows_ tid[];
+    spent tid[];
+    acked bigint;
+  BEGIN
+    -- As in version 2; an ack records the rows it deleted in queue_changes.
+    SELECT array_agg(x.row_) INTO rows_
+      FROM (SELECT (SELECT m.ctid FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = t.id FOR UPDATE) AS row_
+            FROM unnest(p_ids) AS t (id) OFFSET 0) x
+      WHERE x.row_ IS NOT NULL;
+    IF rows_ IS NULL THEN
+      RETURN;
+    END IF;
+    IF p_outcome = 'ack' THEN
+      DELETE FROM ${s}.messages m WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
+      GET DIAGNOSTICS acked = ROW_COUNT;
+      IF acked > 0 THEN
+        INSERT INTO ${s}.queue_changes (queue, change) VALUES (p_queue, -acked);
+      END IF;
+      RETURN;
+    END IF;
+    IF p_outcome = 'retry' THEN
+      SELECT array_agg(m.ctid) INTO spent FROM ${s}.messages m
+        WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt AND m.attempts >= p_max_attempts;
+      IF spent IS NOT NULL THEN
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+      END IF;
+    END IF;
+    UPDATE ${s}.messages m
+      SET visible_at = '-infinity', reserved_by = NULL,
+          attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
+      WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
+    IF FOUND THEN
+      PERFORM pg_notify(p_channel, '');
+    END IF;
+  END
+  $fn$`,
+  `CREATE FUNCTION ${s}.queue_stats(p_queue text)
+  RETURNS TABLE (queue text, waiting bigint, delayed bigint, in_flight bigint, oldest_ms bigint)
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_variable
+  DECLARE
+    now_ timestamptz := now();
+    size_ bigint := ${s}.fold(p_queue, 0);
+    later bigint;
+    held bigint;
+    oldest timestamptz;
+  BEGIN
+    SELECT count(*) FILTER (WHERE m.reserved_by = '${delayedReceipt}'), count(*) FILTER (WHERE m.reserved_by <> '${delayedReceipt}')
+      INTO later, held
+      FROM ${s}.messages m WHERE m.queue = p_queue AND m.reserved_by IS NOT NULL AND m.visible_at > now_;
+    SELECT least(
+        (SELECT m.enqueued_at FROM ${s}.messages m WHERE m.queue = p_queue AND m.reserved_by IS NULL ORDER BY m.id LIMIT 1),
+        (SELECT min(m.enqueued_at) FROM ${s}.messages m WHERE m.queue = p_queue AND m.reserved_by IS NOT NULL AND m.visible_at <= now_))
+      INTO oldest;
+    RETURN QUERY SELECT p_queue, greatest(size_ - later - held, 0), later, held, floor(extract(epoch FROM now_ - oldest) * 1000)::bigint;
+  END
+  $fn$`,
+  `DROP FUNCTION ${s}.stats_of_queue(text, text)`,
+  `CREATE FUNCTION ${s}.stats_of_queue(p_queue text, p_dead text)
+  RETURNS TABLE (queue text, waiting bigint, delayed bigint, in_flight bigint, oldest_ms bigint)
+  LANGUAGE sql AS $fn$
+    SELECT * FROM ${s}.queue_stats(p_queue) UNION ALL SELECT * FROM ${s}.queue_stats(p_dead)
+  $fn$`,
+  // Every queue with messages: those with a size or changes, each counted as above.
+  `CREATE FUNCTION ${s}.all_stats()
+  RETURNS TABLE (queue text, waiting bigint, delayed bigint, in_flight bigint, oldest_ms bigint)
+  LANGUAGE plpgsql AS $fn$
+  DECLARE
+    q text;
+  BEGIN
+    FOR q IN SELECT z.queue FROM ${s}.queue_sizes z UNION SELECT DISTINCT c.queue FROM ${s}.queue_changes c ORDER BY 1 LOOP
+      RETURN QUERY SELECT x.* FROM ${s}.queue_stats(q) x WHERE x.waiting + x.delayed + x.in_flight > 0;
+    END LOOP;
+  END
+  $fn$`,
+]
+/** The functions version 6 made or remade: they get the planner settings of connection.ts again. */
+export const queueFunctionsV6 = ['fold', 'push', 'push_later', 'bury', 'settle', 'queue_stats', 'stats_of_queue', 'all_stats']
+
 const PUSH = (s: string) => `SELECT ${s}.push($1, $2::bytea[], $3) AS ids`
 const RESERVE = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.reserve($1, $2, $3, $4, $5, $6, $7)`
 const SETTLE = (s: string) => `SELECT ${s}.settle($1, $2::bigint[], $3, $4, $5, $6, $7, $8)`
@@ -340,7 +513,10 @@ const RETRY_LATER = (s: string) => `UPDATE ${s}.messages SET visible_at = clock_
 const NEXT_DEADLINE = (s: string) => `SELECT ceil(extract(epoch FROM min(visible_at) - clock_timestamp()) * 1000)::bigint AS due_ms
   FROM ${s}.messages WHERE queue = $1 AND reserved_by IS NOT NULL AND visible_at > clock_timestamp()`
 const PUSH_LATER = (s: string) => `SELECT ${s}.push_later($1, $2::bytea[], $3, $4::bigint, $5::timestamptz) AS ids`
-const DELETE_QUEUE = (s: string) => `WITH gone AS (DELETE FROM ${s}.messages WHERE queue = $1 OR queue = $2 RETURNING 1) SELECT count(*) AS deleted FROM gone`
+// The rows it deletes are recorded as changes to the queues' sizes (version 6).
+const DELETE_QUEUE = (s: string) => `WITH gone AS (DELETE FROM ${s}.messages WHERE queue = $1 OR queue = $2 RETURNING queue),
+    noted AS (INSERT INTO ${s}.queue_changes (queue, change) SELECT queue, -count(*) FROM gone GROUP BY queue)
+  SELECT count(*) AS deleted FROM gone`
 const PEEK = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.peek($1, $2)`
 const LAST_ID = (s: string) => `SELECT coalesce(max(id), 0) AS last FROM ${s}.messages WHERE queue = $1`
 const AFTER = (s: string) => `SELECT id, body, enqueued_at, attempts FROM ${s}.after($1, $2, ${followPage})`
@@ -349,7 +525,7 @@ const COUNTS = `count(*) FILTER (WHERE visible_at <= now()) AS waiting,
     count(*) FILTER (WHERE visible_at > now() AND reserved_by = '${delayedReceipt}') AS delayed,
     count(*) FILTER (WHERE visible_at > now() AND reserved_by IS DISTINCT FROM '${delayedReceipt}') AS in_flight,
     floor(extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE visible_at <= now())) * 1000)::bigint AS oldest_ms`
-const ALL_STATS = (s: string) => `SELECT queue, ${COUNTS} FROM ${s}.messages GROUP BY queue ORDER BY queue`
+const ALL_STATS = (s: string) => `SELECT queue, waiting, delayed, in_flight, oldest_ms FROM ${s}.all_stats()`
 const STATS_OF_QUEUE = (s: string) => `SELECT queue, waiting, delayed, in_flight, oldest_ms FROM ${s}.stats_of_queue($1, $2)`
 
 /** The queue statements of one schema, named for pg's per-session prepared statements. */
