@@ -199,6 +199,31 @@ describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
     assert.deepEqual(all, {other: [5000, 0, 0], q: [19_987, 2, 3]})
     assert.ok(checkPlans(mark, 'status of every queue', 50).length > 0, 'no plan of status read messages')
   })
+
+  it('the sizes stay exact under concurrent pushes, workers that fail and bury, and status calls', async () => {
+    const url = withSchema(server.url, 'sizes_race')
+    const count = async (queue) => Number((await server.sql(`SELECT count(*) FROM sizes_race.messages WHERE queue = '${queue}'`)).trim())
+    await push(url, 'q', ['0']) // makes the schema
+    let pushing = true
+    const statuses = (async () => {
+      let n = 0
+      while (pushing || n === 0) {
+        await stats(url, 'q')
+        n++
+      }
+      return n
+    })()
+    const worker = () => cli(url, ['queue', 'pop', '--queue', 'q', '--exec', '--count', '1000', '--concurrency', '4', '--wait', '3s', '--max-attempts', '2', '--retry-delay', '10ms', '--', 'sh', '-c', 'read m; [ $((m % 7)) -ne 0 ]'], {timeoutMs: 120_000})
+    const workers = [worker(), worker()]
+    await Promise.all([1, 2, 3].map(() => push(url, 'q', numbers(1, 300))))
+    pushing = false
+    assert.ok((await statuses) > 0)
+    for (const r of await Promise.all(workers)) assert.equal(r.code, 0, r.stderr)
+    const left = await stats(url, 'q')
+    // 0 and the multiples of 7 up to 300 fail twice and are buried: 1 + 3 × 42.
+    assert.deepEqual([left.waiting + left.delayed + left.inFlight, left.dead], [await count('q'), await count('q.dead')])
+    assert.deepEqual([left.waiting, left.dead], [0, 127])
+  })
 })
 
 describe('postgres: a pop whose server goes away after it wrote messages', () => {

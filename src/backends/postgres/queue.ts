@@ -32,6 +32,9 @@
 //   word) with visible_at its due time: the next reserve after it takes them as expired
 //   reservations on their first delivery. status counts them apart; --follow leaves them out.
 // - A queue is its rows: nothing but a push makes one, and delete is one DELETE of Q and Q.dead.
+// - status (schema version 6) reads each queue's size (queue_sizes plus the +n/-n changes that
+//   pushes, acks, burials and deletes record), counts only the rows reserved now, and looks at
+//   the first waiting message: its cost follows the reservations, not the waiting messages.
 // Lock order (no deadlock): a transaction takes the dead-letter queue's advisory lock only after
 // every row lock it needs, and whoever holds that advisory lock only inserts, waiting on no row.
 import type {Message, Outcome, PushOptions, QueueDriver, QueueStats, ReserveRequest, SettleOptions} from '../types.js'
