@@ -182,6 +182,22 @@ async function postgres(log) {
         rows.push(['postgres', build.name, `${what}${outcome(r)}`, String(ms.length), fmt(median(ms), 2), fmt(Math.max(...ms), 2), fmt(sum(ms), 1), fmt(sum(cpuMs), 1), fmt(r.ms, 0)])
         return {r, totalMs: sum(ms), cpuMs: sum(cpuMs)}
       }
+      // queue status --queue: the server time of its one statement, median of 3 (issue 16: independent of the queue's length).
+      const statusOf = (what, queue) => {
+        const runs = [1, 2, 3].map(() => {
+          const mark = plans.mark()
+          const r = dlq(build, url, ['queue', 'status', '--queue', queue])
+          const statements = plans.since(mark, 'dlq').filter((e) => /stats_of_queue\(/.test(e.query))
+          return {r, ms: sum(statements.map((e) => e.durationMs)), cpuMs: sum(statements.map((e) => e.cpuMs ?? Number.NaN)), n: statements.length}
+        })
+        const ms = median(runs.map((x) => x.ms))
+        const cpuMs = median(runs.map((x) => x.cpuMs))
+        rows.push(['postgres', build.name, `queue status --queue, ${what}${outcome(runs[1].r)}`, String(runs[1].n), fmt(ms, 2), '-', '-', fmt(cpuMs, 1), fmt(median(runs.map((x) => x.r.ms)), 0)])
+        return ms
+      }
+      const smallStatus = statusOf('2 waiting', 'warm')
+      const bigStatus = statusOf(`${fmtInt(PG_QUEUE)} waiting`, 'q')
+      if (build.name === 'this') verdicts.push({ok: bigStatus <= 2 * smallStatus + 1, target: `PostgreSQL queue status --queue Q with ${fmtInt(PG_QUEUE)} waiting: within 2× (+1 ms) of a 2-message queue's server time`, measured: `${fmt(bigStatus, 2)} ms vs ${fmt(smallStatus, 2)} ms`})
       const fresh = measure(`pop --count 1000, un-analyzed ${fmtInt(PG_QUEUE)}`, ['queue', 'pop', '--queue', 'q', '--count', '1000'])
       if (build.name === 'this') verdicts.push({ok: fresh.r.code === 0 && fresh.cpuMs < 100, target: `PostgreSQL pop --count 1000 on an un-analyzed ${fmtInt(PG_QUEUE)}-message queue: under 100 ms of server time (CPU)`, measured: `${fmt(fresh.cpuMs, 1)} ms CPU, ${fmt(fresh.totalMs, 1)} ms wall`})
       // A popper that reserved 100,000 (by the build's own driver, 1000 at a time) and vanished.
@@ -189,6 +205,7 @@ async function postgres(log) {
       const backend = await openBackend(url)
       for (let taken = 0; taken < HELD;) taken += (await backend.queues.reserve('q', {count: 1000, visibilityMs: 3_600_000, waitMs: 0, maxAttempts: 5, signal: new AbortController().signal})).length
       await backend.close()
+      statusOf(`${fmtInt(HELD)} reserved (counted: the cost follows the reservations)`, 'q')
       for (const which of ['first', 'second']) {
         const held = measure(`pop --count 1000, ${fmtInt(HELD)} reserved in front (${which} pop)`, ['queue', 'pop', '--queue', 'q', '--count', '1000'])
         if (build.name === 'this') verdicts.push({ok: held.r.code === 0 && held.cpuMs < 100, target: `PostgreSQL pop --count 1000 behind ${fmtInt(HELD)} reservations (${which} pop): under 100 ms of server time (CPU)`, measured: `${fmt(held.cpuMs, 1)} ms CPU, ${fmt(held.totalMs, 1)} ms wall`})
