@@ -9,9 +9,13 @@
 //   acquiring script, so it increases with every acquisition, and a restart that lost the counter
 //   (no persistence configured) cannot hand out a token again;
 // - waiters are woken by a PUBLISH from the releasing script (one round trip after the release),
-//   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback;
-// - holders listen on the same channel (watchLoss), so a force release stops the command one round
-//   trip after it, not at the next renewal (redis-semaphore learns only when refreshing);
+//   not by a 10–200 ms retry loop as in redis-semaphore and redlock; a slow poll is only a fallback.
+//   Waiters stand in a line (a sorted set by arrival) and each listens on a channel of its own: a
+//   release wakes the first two live ones (and the readers right behind a woken reader), not all
+//   fifty (issue 16: the herd made each hand-off 1.7× a lone waiter's);
+// - holders listen on the key's channel (watchLoss), where a force release publishes, so it stops
+//   the command one round trip after it, not at the next renewal (redis-semaphore learns only when
+//   refreshing); waiters listen there too (a force release, a writer giving up its place);
 // - shared (reader) holders are holders like any other, also listed in a second sorted set
 //   (shared, same scores), so a shared request can tell that every live holder is shared (the two
 //   live counts agree) and an exclusive one that none is (shared's live count is 0). Writer
@@ -27,7 +31,8 @@ import {type Client, duplicateOf, FailoverWait, mastersOf, num, type Replication
 
 // Keys: 1 holders (zset owner → expiry ms), 2 info (hash owner → "token acquired ttl json"),
 // 3 fence (counter), 4 waiters (zset owner → presence expiry), 5 shared (zset: the shared holders
-// of 1, same scores), 6 writers (zset: the exclusive requests among 4).
+// of 1, same scores), 6 writers (zset: the exclusive requests among 4), 7 line (zset: the waiters
+// of 4 by arrival).
 // ARGV: owner, ttl, limit, holder json, waiter ttl, 1 when an earlier attempt may have queued us,
 // 1 for a shared request, 1 when the request may wait (only then does a writer keep readers out).
 // Every redis.call costs the server about as much as a small command: an uncontended acquisition
@@ -84,6 +89,7 @@ if free then
   if shared then redis.call('ZADD', KEYS[5], now + ttl, ARGV[1]) end
   if ARGV[6] == '1' then
     redis.call('ZREM', KEYS[4], ARGV[1])
+    redis.call('ZREM', KEYS[7], ARGV[1])
     if not shared then redis.call('ZREM', KEYS[6], ARGV[1]) end
   end
   return {1, tokenText, now + ttl}
@@ -93,6 +99,10 @@ local waiterTtl = tonumber(ARGV[5])
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZADD', KEYS[4], now + waiterTtl, ARGV[1])
 redis.call('PEXPIRE', KEYS[4], waiterTtl)
+-- The line: arrival order (the server's clock in µs at the first busy attempt), for the release
+-- that wakes the first waiters only.
+redis.call('ZADD', KEYS[7], 'NX', tonumber(t[1]) * 1000000 + tonumber(t[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[7], waiterTtl)
 if not shared and ARGV[8] == '1' then
   redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
   redis.call('ZADD', KEYS[6], now + waiterTtl, ARGV[1])
@@ -125,6 +135,15 @@ redis.call('ZADD', KEYS[3], 'XX', now + ttl, ARGV[1])
 return {record, now + ttl}
 `)
 
+/** How many waiters one release wakes at most (a run of readers behind a writer). */
+const wakeCap = 64
+
+// Keys: 1 holders, 2 info, 3 shared, 4 line (zset owner → arrival), 5 waiters, 6 writers.
+// ARGV: owner, the prefix of the waiters' own channels.
+// A release wakes the first live waiters in line, not every waiter: two (the second covers a first
+// that died within its presence), and after them every shared waiter that directly follows a
+// woken shared one (readers acquire together). Entries of waiters gone (presence over) leave the
+// line on the way. An uncontended release pays one ZRANGE of an empty line, where it used to PUBLISH.
 const releaseScript = new Script('release', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -132,11 +151,24 @@ local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-if score and tonumber(score) > now then
-  redis.call('PUBLISH', ARGV[2], 'released')
-  return 1
+if not (score and tonumber(score) > now) then return 0 end
+local woken, lastShared, from = 0, false, 0
+while woken < ${wakeCap} do
+  local batch = redis.call('ZRANGE', KEYS[4], from, from + 15)
+  if #batch == 0 then break end
+  for _, owner in ipairs(batch) do
+    local presence = redis.call('ZSCORE', KEYS[5], owner)
+    if presence and tonumber(presence) > now then
+      local shared = not redis.call('ZSCORE', KEYS[6], owner)
+      if woken >= 2 and not (lastShared and shared) then return 1 end
+      redis.call('PUBLISH', ARGV[2] .. owner, 'next')
+      woken, lastShared, from = woken + 1, shared, from + 1
+    else
+      redis.call('ZREM', KEYS[4], owner)
+    end
+  end
 end
-return 0
+return 1
 `)
 
 const forceScript = new Script('force-release', `
@@ -173,6 +205,7 @@ return out
 // A writer that gives up its place: the readers waiting behind it are woken.
 const leaveScript = new Script('leave', `
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
 if redis.call('ZREM', KEYS[2], ARGV[1]) == 1 then redis.call('PUBLISH', ARGV[2], 'left') end
 return 0
 `)
@@ -185,7 +218,7 @@ const waiterTtlMs = 5000
 const tag = (key: string) => `{dlq:l:${key}}`
 const keysOf = (key: string) => {
   const t = tag(key)
-  return {holders: `${t}:holders`, info: `${t}:info`, fence: `${t}:fence`, waiters: `${t}:waiters`, shared: `${t}:shared`, writers: `${t}:writers`, channel: `${t}:released`}
+  return {holders: `${t}:holders`, info: `${t}:info`, fence: `${t}:fence`, waiters: `${t}:waiters`, shared: `${t}:shared`, writers: `${t}:writers`, line: `${t}:line`, channel: `${t}:released`, wake: `${t}:wake:`}
 }
 
 interface Parsed {
@@ -230,7 +263,7 @@ export class RedisLocks implements LockDriver {
         this.replication?.prepare()
         try {
           // From the second attempt on, an earlier one may have queued us (its reply lost or not).
-          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters, keys.shared, keys.writers], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0, request.shared ? 1 : 0, request.waitMs > 0 ? 1 : 0])) as unknown[]
+          reply = (await acquireScript.run(this.client, [keys.holders, keys.info, keys.fence, keys.waiters, keys.shared, keys.writers, keys.line], [request.owner, request.ttlMs, request.limit, record, waiterTtlMs, attempts++ > 0 ? 1 : 0, request.shared ? 1 : 0, request.waitMs > 0 ? 1 : 0])) as unknown[]
         } catch (error) {
           // Asking again is safe: a holder that already holds is answered "held" (lost reply).
           await (failover ??= new FailoverWait(this.followMs)).failed(error, request.signal, deadline)
@@ -258,7 +291,9 @@ export class RedisLocks implements LockDriver {
           subscriber.on('error', () => {})
           subscriber.on('message', wakeup.wake)
           try {
-            await subscriber.subscribe(keys.channel)
+            // The key's channel (force releases, a writer leaving) and this waiter's own (a
+            // release waking the first in line).
+            await subscriber.subscribe(keys.channel, keys.wake + request.owner)
           } catch (error) {
             subscriber.disconnect()
             subscriber = undefined
@@ -272,7 +307,7 @@ export class RedisLocks implements LockDriver {
     } finally {
       wakeup?.dispose()
       subscriber?.disconnect()
-      if (!acquired && attempts > 0) await leaveScript.run(this.client, [keys.waiters, keys.writers], [request.owner, keys.channel]).catch(() => {})
+      if (!acquired && attempts > 0) await leaveScript.run(this.client, [keys.waiters, keys.writers, keys.line], [request.owner, keys.channel]).catch(() => {})
     }
   }
 
@@ -291,16 +326,16 @@ export class RedisLocks implements LockDriver {
 
   async release(key: string, owner: string): Promise<boolean> {
     const keys = keysOf(key)
-    const released = num(await releaseScript.run(this.client, [keys.holders, keys.info, keys.shared], [owner, keys.channel])) === 1
+    const released = num(await releaseScript.run(this.client, [keys.holders, keys.info, keys.shared, keys.line, keys.waiters, keys.writers], [owner, keys.wake])) === 1
     this.log?.(`redis: release ${key}: ${released}`)
     return released
   }
 
   /**
-   * Every release and force release of the key PUBLISHes on its channel: on each message (and once
-   * the subscription is in place, so a release just before it is not missed) the holder asks
-   * whether its lease is still there. Other holders of a semaphore releasing also publish, hence
-   * the question rather than the message deciding. When the server cannot be asked, renewals decide.
+   * A force release of the key PUBLISHes on its channel: on each message (and once the
+   * subscription is in place, so a release just before it is not missed) the holder asks whether
+   * its lease is still there. A writer leaving the line also publishes there, hence the question
+   * rather than the message deciding. When the server cannot be asked, renewals decide.
    */
   watchLoss(lease: Lease, onLost: (why: string) => void): () => void {
     const keys = keysOf(lease.key)
