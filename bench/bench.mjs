@@ -348,6 +348,7 @@ function spawnFloor(runs = 30) {
 }
 
 const HERD_HANDOFFS = 40
+const HERD_WAITERS = 50
 
 function phaseRows(phases) {
   if (!phases?.length) return []
@@ -651,9 +652,54 @@ async function workersFile() {
   }
 }
 
+/**
+ * Issue 16: a release wakes only as many waiters as can acquire, so the hand-off with 50 waiters
+ * costs about what it costs with one (target: within 1.2×). Command to command, as in (b), on the
+ * file backend and Redis, one waiter then 50 (each kept waiting: a new one starts per hand-off).
+ */
+async function herd() {
+  const {startRedis, redisWaiting} = await import('./redis.mjs')
+  const rows = []
+  const verdicts = []
+  const notes = []
+  const redis = await startRedis()
+  try {
+    const fileDir = tempDir('herd-file')
+    const cases = [
+      ['file', `file://${fileDir}`, dlqIsWaiting],
+      ['redis', redis.url, redisWaiting(redis.port)],
+    ]
+    for (const [name, url, isWaiting] of cases) {
+      const holderArgv = (child) => [DLQ, ['-b', url, 'lock', 'run', '--key', 'h', '--wait', 'forever', '--', ...child]]
+      expectStatus(spawnTimed(...holderArgv(['true'])).result, [0], `${name} lock run`) // the key exists (file: to watch it)
+      const one = await handoff({holderArgv, isWaiting, waiters: 1, count: HERD_HANDOFFS})
+      const fifty = await handoff({holderArgv, isWaiting, waiters: HERD_WAITERS, count: HERD_HANDOFFS})
+      const ratio = median(fifty.latencies) / median(one.latencies)
+      rows.push([name, '1', String(one.latencies.length), fmt(median(one.latencies), 2), fmt(quantile(one.latencies, 0.99), 2), '-'])
+      rows.push([name, String(HERD_WAITERS), String(fifty.latencies.length), fmt(median(fifty.latencies), 2), fmt(quantile(fifty.latencies, 0.99), 2), fmt(ratio, 2)])
+      verdicts.push({ok: ratio <= 1.2, target: `${name}: hand-off with ${HERD_WAITERS} waiters within 1.2× of one waiter's (median)`, measured: `${fmt(ratio, 2)}×`})
+      for (const [label, r] of [['1 waiter', one], [`${HERD_WAITERS} waiters`, fifty]]) {
+        if (r.overlaps) notes.push(`${name}, ${label}: ${r.overlaps} critical sections OVERLAPPED (mutual exclusion broken!)`)
+        if (r.tokenDisorder) notes.push(`${name}, ${label}: fencing tokens out of order ${r.tokenDisorder} times`)
+        if (r.failures.length) notes.push(`${name}, ${label}: ${r.failures.length} holders failed, e.g. ${r.failures[0]}`)
+      }
+    }
+  } finally {
+    redis.stop()
+  }
+  notes.push('file: every commit renames the key\'s state marker, which every waiter watches (inotify): each release still wakes them all; Redis wakes the first two in line.')
+  return {
+    title: `lock hand-off with ${HERD_WAITERS} waiters against one (ms, command end → next command running)`,
+    table: {header: ['backend', 'waiters', 'n', 'median ms', 'p99 ms', 'ratio to 1 waiter'], rows},
+    verdicts,
+    notes,
+  }
+}
+
 const SECTIONS = {
   startup,
   handoff: handoffFile,
+  herd,
   queue: queueFile,
   status: statusAll,
   popspeed: popSpeed,

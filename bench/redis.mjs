@@ -31,7 +31,7 @@ function freePort() {
   })
 }
 
-async function startRedis() {
+export async function startRedis() {
   const dir = mkdtempSync(join(tmpdir(), 'dlq-bench-redis-'))
   const port = await freePort()
   const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--dir', dir, '--save', '', '--appendonly', 'no'], {stdio: 'ignore'})
@@ -43,7 +43,7 @@ async function startRedis() {
 }
 
 /** A dlq that waits on a Redis lock has its second connection (the subscriber) open. */
-function redisWaiting(port) {
+export function redisWaiting(port) {
   return (pid) => {
     try {
       const sockets = readdirSync(`/proc/${pid}/fd`).filter((fd) => {

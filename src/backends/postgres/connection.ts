@@ -36,7 +36,7 @@ import type {Client, ClientConfig, QueryConfig, QueryResultRow} from 'pg'
 import {DlqError, unavailable, usageError} from '../../errors.js'
 import {checkParameters, connectTimeoutMs, credentials} from '../url.js'
 import {displayOf, type Host, type Targets, targetsOf} from './hosts.js'
-import {lockSchema, lockSchemaV3, lockSchemaV5} from './lock.js'
+import {lockSchema, lockSchemaV3, lockSchemaV5, lockSchemaV7} from './lock.js'
 import {queueFunctionsV4, queueFunctionsV6, queueSchema, queueSchemaV2, queueSchemaV3, queueSchemaV4, queueSchemaV6} from './queue.js'
 
 /**
@@ -58,6 +58,8 @@ export interface Schema {
   lockSpace(kind: 'lock' | 'queue'): number
   /** The NOTIFY channel of one key or queue (an identifier of at most 63 bytes, whatever the name). */
   channel(kind: 'lock' | 'queue', name: string): string
+  /** A lock waiter's own channel: its key's, _, 8 hex of md5(owner) (the release function says the same in SQL). */
+  waiterChannel(key: string, owner: string): string
 }
 
 /**
@@ -119,8 +121,9 @@ export const migrations = (schema: Schema): {version: number; statements: string
   {version: 4, statements: [...queueSchemaV4(schema), ...plannerSettingsOfFunctions(schema, queueFunctionsV4)]},
   {version: 5, statements: lockSchemaV5(schema)},
   {version: 6, statements: [...queueSchemaV6(schema), ...plannerSettingsOfFunctions(schema, queueFunctionsV6)]},
+  {version: 7, statements: lockSchemaV7(schema)},
 ]
-const LATEST_VERSION = 6
+const LATEST_VERSION = 7
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/
@@ -153,6 +156,7 @@ export function schemaOf(name: string): Schema {
     sql: quoteIdentifier(name),
     lockSpace: (kind) => hash(`${name}\0${kind}`).readInt32BE(0),
     channel: (kind, key) => `dlq_${kind[0]}_${hash(`${name}\0${kind}\0${key}`).toString('hex').slice(0, 24)}`,
+    waiterChannel: (key, owner) => `dlq_l_${hash(`${name}\0lock\0${key}`).toString('hex').slice(0, 24)}_${hash(owner).toString('hex').slice(0, 8)}`,
   }
 }
 

@@ -18,8 +18,9 @@
 //   fact), force releases included, and never reused after a rollback.
 // - Renewal is a compare-and-set on (key, owner, still unexpired): an expired lease is never
 //   revived, since a waiter may have counted it gone. Release is compare-and-delete.
-// - Waiters LISTEN on the key's channel and are woken by the NOTIFY the release sends at commit,
-//   or by a timer at the earliest expiry; a slow poll is only the fallback. Their presence is a
+// - Waiters LISTEN on the key's channel and on one of their own, and are woken by the NOTIFY the
+//   release sends at commit to the first two in line (migration 7; the readers right behind a
+//   woken reader too), or by a timer at the earliest expiry; a slow poll is only the fallback. Their presence is a
 //   row with an expiry in lock_waiters, refreshed by each poll, so `lock status` counts them.
 //   Holders listen as well, and so notice a force release at once (watchLoss).
 //   Behind a pooler (?pooling=transaction or session) there is no LISTEN: waiters poll (poll.ts)
@@ -94,6 +95,9 @@ const acquireFunction = ({sql: s, lockSpace}: Schema, withWaiters: boolean, with
       (SELECT count(*) FROM ${s}.lock_waiters w WHERE w.key = p_key AND w.expires_at > now_)` : ''};
   END
   $fn$`
+
+/** How many waiters one release wakes at most (a run of readers behind a writer). */
+const wakeCap = 64
 
 // The planner settings of migration 3 (connection.ts), for a function created after it.
 const PLANNER_OFF = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin'].map((setting) => `SET ${setting} = off`).join(' ')
@@ -183,6 +187,40 @@ export const lockSchemaV5 = (schema: Schema): string[] => {
     LANGUAGE sql AS $fn$ SELECT * FROM ${s}.acquire(p_key, p_owner, p_ttl_ms, p_limit, p_host, p_pid, p_user, p_command, p_waiter_ttl_ms, false) $fn$`,
   ]
 }
+
+/**
+ * Version 7: a release wakes the first waiters in line, not all of them (issue 16). Waiters get an
+ * arrival time (since; a refresh keeps it) and each LISTENs on a channel of its own besides the
+ * key's; release NOTIFYs the first two live waiters' channels (the second covers a first that
+ * died within its presence) and, after them, the readers right behind a woken reader. Force
+ * release and a writer leaving still NOTIFY the key's channel, which holders and waiters share.
+ */
+export const lockSchemaV7 = ({sql: s}: Schema): string[] => [
+  `ALTER TABLE ${s}.lock_waiters ADD COLUMN since timestamptz NOT NULL DEFAULT clock_timestamp()`,
+  `CREATE OR REPLACE FUNCTION ${s}.release(p_key text, p_owner text, p_channel text) RETURNS boolean
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    live boolean;
+    w record;
+    woken integer := 0;
+    last_shared boolean := false;
+  BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true);
+    DELETE FROM ${s}.leases WHERE key = p_key AND owner = p_owner RETURNING expires_at > clock_timestamp() INTO live;
+    IF FOUND THEN
+      FOR w IN SELECT lw.owner, lw.shared FROM ${s}.lock_waiters lw
+          WHERE lw.key = p_key AND lw.expires_at > clock_timestamp() ORDER BY lw.since, lw.owner LIMIT ${wakeCap} LOOP
+        EXIT WHEN woken >= 2 AND NOT (last_shared AND w.shared);
+        PERFORM pg_notify(p_channel || '_' || left(md5(w.owner), 8), '');
+        woken := woken + 1;
+        last_shared := w.shared;
+      END LOOP;
+    END IF;
+    RETURN coalesce(live, false);
+  END
+  $fn$`,
+]
 
 const ACQUIRE = (s: string) => `SELECT * FROM ${s}.acquire($1, $2, $3, $4, $5, $6, $7, $8, $9, $10::boolean)`
 const RENEW = (s: string) => `UPDATE ${s}.leases SET expires_at = clock_timestamp() + coalesce($3::bigint, ttl_ms) * interval '1 millisecond'
@@ -278,7 +316,17 @@ export class PostgresLocks implements LockDriver {
           continue
         }
         if (!unlisten) {
-          unlisten = await this.connection.listen(this.connection.schema.channel('lock', key), wakeup.wake)
+          // The key's channel (force releases, a writer leaving) and this waiter's own (a
+          // release waking the first in line).
+          const all = await this.connection.listen(this.connection.schema.channel('lock', key), wakeup.wake)
+          const mine = await this.connection.listen(this.connection.schema.waiterChannel(key, owner), wakeup.wake).catch((error) => {
+            all()
+            throw error
+          })
+          unlisten = () => {
+            all()
+            mine()
+          }
           continue // try again now that a release cannot slip by unheard
         }
         if (wakeup.changed) continue
