@@ -38,19 +38,23 @@ describe('redis: a release wakes the first waiters in line', () => {
   })
   after(() => server?.stop())
 
+  /** Starts `n` waiting lock runs one after another (each in line before the next); returns them, the holder's token and the waiters' owners in line. */
+  async function line(t, key, n, args, dir) {
+    const held = await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '60s', '--json'])
+    assert.equal(held.code, 0, held.stderr)
+    const waiters = []
+    for (let i = 0; i < n; i++) {
+      waiters.push(spawnDlq(['lock', 'run', '-b', server.url, '--key', key, ...args, '--wait', '60s', '--', 'sh', '-c', `echo ${i} >> "$1/order"; ${shUntil('[ -e "$1/go" ]', 60)}`, 'x', dir], {t, timeoutMs: 90_000}))
+      await waitFor(() => redisCli(server.port, 'ZCARD', `{dlq:l:${key}}:line`).trim() === String(i + 1), {what: `waiter ${i} in line`})
+    }
+    const owners = redisCli(server.port, 'ZRANGE', `{dlq:l:${key}}:line`, '0', '-1').trim().split('\n')
+    return {token: JSON.parse(held.stdout).token, waiters, owners}
+  }
+
   it('ten waiting lock runs: a release publishes to the first two in line only; all ten then run in turn', async (t) => {
     const dir = await tempDir(t)
     const key = uniqueName('line')
-    const line = `{dlq:l:${key}}:line`
-    const held = await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '60s', '--json'])
-    assert.equal(held.code, 0, held.stderr)
-    const {token} = JSON.parse(held.stdout)
-    const waiters = []
-    for (let i = 0; i < 10; i++) {
-      waiters.push(spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--wait', '60s', '--', 'sh', '-c', `echo ${i} >> "$1/order"; ${shUntil('[ -e "$1/go" ]', 60)}`, 'x', dir], {t, timeoutMs: 90_000}))
-      await waitFor(() => redisCli(server.port, 'ZCARD', line).trim() === String(i + 1), {what: `waiter ${i} in line`})
-    }
-    const owners = redisCli(server.port, 'ZRANGE', line, '0', '-1').trim().split('\n')
+    const {token, waiters, owners} = await line(t, key, 10, [], dir)
     const mon = monitor(server.port)
     t.after(() => mon.stop())
     await mon.sync()
@@ -72,26 +76,18 @@ describe('redis: a release wakes the first waiters in line', () => {
   it('readers behind a writer: its release wakes every reader that follows, not two', async (t) => {
     const dir = await tempDir(t)
     const key = uniqueName('readers')
-    const line = `{dlq:l:${key}}:line`
-    const held = await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '60s', '--json'])
-    const {token} = JSON.parse(held.stdout)
-    const readers = []
-    for (let i = 0; i < 5; i++) {
-      readers.push(spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--shared', '--wait', '60s', '--', 'sh', '-c', `echo ${i} >> "$1/in"; ${shUntil('[ -e "$1/go" ]', 60)}`, 'x', dir], {t, timeoutMs: 90_000}))
-      await waitFor(() => redisCli(server.port, 'ZCARD', line).trim() === String(i + 1), {what: `reader ${i} in line`})
-    }
-    const owners = redisCli(server.port, 'ZRANGE', line, '0', '-1').trim().split('\n')
+    const {token, waiters, owners} = await line(t, key, 5, ['--shared'], dir)
     const mon = monitor(server.port)
     t.after(() => mon.stop())
     await mon.sync()
     const released = await cli(server.url, ['lock', 'release', '--key', key, '--token', token])
     assert.equal(released.code, 0, released.stderr)
     // All five hold together (each waits for go, so none has left), woken by the one release.
-    await waitFor(async () => (await readFile(join(dir, 'in'), 'utf8').catch(() => '')).trim().split('\n').length === 5, {what: 'all five readers to hold at once', timeoutMs: 10_000})
+    await waitFor(async () => (await readFile(join(dir, 'order'), 'utf8').catch(() => '')).trim().split('\n').length === 5, {what: 'all five readers to hold at once', timeoutMs: 10_000})
     assert.deepEqual(published(await mon.sync()), owners.map((owner) => `{dlq:l:${key}}:wake:${owner}`))
     const holders = JSON.parse((await cli(server.url, ['lock', 'status', '--key', key, '--json'])).stdout).locks[0].holders
     assert.equal(holders.length, 5)
     execFileSync('touch', [join(dir, 'go')])
-    for (const reader of readers) assert.equal((await reader.result).code, 0)
+    for (const waiter of waiters) assert.equal((await waiter.result).code, 0)
   })
 })

@@ -48,6 +48,84 @@ const delayedReceipt = 'delayed'
 const fallbackPollMs = 5000
 const followPage = 1000
 
+/**
+ * The push functions (version 1: push; version 4: push_later, rows due later reserved by nobody;
+ * version 6: both record their rows in the queue's size). Ids come back as one array, in the order
+ * of the bodies; the queue's advisory lock hands ids out in commit order.
+ */
+const pushFunction = ({sql: s, lockSpace}: Pick<Schema, 'sql' | 'lockSpace'>, create: 'CREATE' | 'CREATE OR REPLACE', later: boolean, sized: boolean): string =>
+  `${create} FUNCTION ${s}.${later ? 'push_later' : 'push'}(p_queue text, p_bodies bytea[], p_channel text${later ? ', p_delay_ms bigint, p_at timestamptz' : ''}) RETURNS bigint[]
+  LANGUAGE plpgsql AS $fn$
+  DECLARE
+    ids bigint[];${later ? `
+    due timestamptz := coalesce(p_at, clock_timestamp() + p_delay_ms * interval '1 millisecond');` : ''}
+  BEGIN
+    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
+    WITH pushed AS (${later ? `
+      INSERT INTO ${s}.messages (queue, body, visible_at, reserved_by)
+        SELECT p_queue, b, CASE WHEN due > clock_timestamp() THEN due ELSE '-infinity' END, CASE WHEN due > clock_timestamp() THEN '${delayedReceipt}' END
+        FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n` : `
+      INSERT INTO ${s}.messages (queue, body)
+        SELECT p_queue, b FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n`}
+        RETURNING id)
+      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;${sized ? `
+    PERFORM ${s}.fold(p_queue, coalesce(cardinality(ids), 0));` : ''}
+    PERFORM pg_notify(p_channel, '');
+    RETURN ids;
+  END
+  $fn$`
+
+/**
+ * settle (version 2; version 6 also records what an ack deleted in the queue's size). Each id on
+ * its own, in the primary key: a correlated subquery is a subplan run once per id, never joined
+ * (the planner could join the other way round: every row of the queue times every id); OFFSET 0
+ * keeps x a subquery, else its row_ would be looked up twice (filter and result). Locked, so the
+ * ctids stay put until commit, and the statements below read by ctid. The receipt is compared by
+ * IS NOT DISTINCT FROM, which the planner cannot read as "reserved_by IS NOT NULL": else it could
+ * scan all of messages_deadlines (every reservation) instead of the ctids. p_receipt is never
+ * null, so it means "=".
+ */
+const settleFunction = ({sql: s}: Pick<Schema, 'sql'>, create: 'CREATE' | 'CREATE OR REPLACE', sized: boolean): string =>
+  `${create} FUNCTION ${s}.settle(p_queue text, p_ids bigint[], p_receipt text, p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
+  LANGUAGE plpgsql AS $fn$
+  #variable_conflict use_column
+  DECLARE
+    rows_ tid[];
+    spent tid[];${sized ? `
+    acked bigint;` : ''}
+  BEGIN
+    SELECT array_agg(x.row_) INTO rows_
+      FROM (SELECT (SELECT m.ctid FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = t.id FOR UPDATE) AS row_
+            FROM unnest(p_ids) AS t (id) OFFSET 0) x
+      WHERE x.row_ IS NOT NULL;
+    IF rows_ IS NULL THEN
+      RETURN;
+    END IF;
+    IF p_outcome = 'ack' THEN
+      DELETE FROM ${s}.messages m WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;${sized ? `
+      GET DIAGNOSTICS acked = ROW_COUNT;
+      IF acked > 0 THEN
+        INSERT INTO ${s}.queue_changes (queue, change) VALUES (p_queue, -acked);
+      END IF;` : ''}
+      RETURN;
+    END IF;
+    IF p_outcome = 'retry' THEN
+      SELECT array_agg(m.ctid) INTO spent FROM ${s}.messages m
+        WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt AND m.attempts >= p_max_attempts;
+      IF spent IS NOT NULL THEN
+        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
+      END IF;
+    END IF;
+    UPDATE ${s}.messages m
+      SET visible_at = '-infinity', reserved_by = NULL,
+          attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
+      WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
+    IF FOUND THEN
+      PERFORM pg_notify(p_channel, '');
+    END IF;
+  END
+  $fn$`
+
 /** Version 1 of the queue table and functions (applied by the migration in connection.ts). */
 export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
   `CREATE TABLE ${s}.messages (
@@ -64,21 +142,7 @@ export const queueSchema = ({sql: s, lockSpace}: Schema): string[] => [
     PRIMARY KEY (queue, id)
   )`,
   // The ids come back as one array, in the order of the bodies.
-  `CREATE FUNCTION ${s}.push(p_queue text, p_bodies bytea[], p_channel text) RETURNS bigint[]
-  LANGUAGE plpgsql AS $fn$
-  DECLARE
-    ids bigint[];
-  BEGIN
-    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
-    WITH pushed AS (
-      INSERT INTO ${s}.messages (queue, body)
-        SELECT p_queue, b FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
-        RETURNING id)
-      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
-    PERFORM pg_notify(p_channel, '');
-    RETURN ids;
-  END
-  $fn$`,
+  pushFunction({sql: s, lockSpace}, 'CREATE', false, false),
   // p_rows: row versions this transaction has locked (FOR UPDATE), so their ctids cannot move.
   `CREATE FUNCTION ${s}.bury(p_rows tid[], p_dead text, p_dead_channel text) RETURNS void
   LANGUAGE plpgsql AS $fn$
@@ -207,47 +271,7 @@ export const queueSchemaV2 = ({sql: s}: Schema): string[] => [
   END
   $fn$`,
   `DROP FUNCTION ${s}.settle(text, bigint[], text[], text, integer, text, text, text)`,
-  `CREATE FUNCTION ${s}.settle(p_queue text, p_ids bigint[], p_receipt text, p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
-  LANGUAGE plpgsql AS $fn$
-  #variable_conflict use_column
-  DECLARE
-    rows_ tid[];
-    spent tid[];
-  BEGIN
-    -- Each id on its own, in the primary key: a correlated subquery is a subplan run once per id,
-    -- never joined (the planner could join the other way round: every row of the queue times every
-    -- id); OFFSET 0 keeps x a subquery, else its row_ would be looked up twice (filter and result).
-    -- Locked, so the ctids stay put until commit, and the statements below read by ctid.
-    SELECT array_agg(x.row_) INTO rows_
-      FROM (SELECT (SELECT m.ctid FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = t.id FOR UPDATE) AS row_
-            FROM unnest(p_ids) AS t (id) OFFSET 0) x
-      WHERE x.row_ IS NOT NULL;
-    IF rows_ IS NULL THEN
-      RETURN;
-    END IF;
-    -- The receipt is compared by IS NOT DISTINCT FROM, which the planner cannot read as "reserved_by
-    -- IS NOT NULL": else it could scan all of messages_deadlines (every reservation) instead of the
-    -- ctids. p_receipt is never null, so it means "=".
-    IF p_outcome = 'ack' THEN
-      DELETE FROM ${s}.messages m WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
-      RETURN;
-    END IF;
-    IF p_outcome = 'retry' THEN
-      SELECT array_agg(m.ctid) INTO spent FROM ${s}.messages m
-        WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt AND m.attempts >= p_max_attempts;
-      IF spent IS NOT NULL THEN
-        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
-      END IF;
-    END IF;
-    UPDATE ${s}.messages m
-      SET visible_at = '-infinity', reserved_by = NULL,
-          attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
-      WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
-    IF FOUND THEN
-      PERFORM pg_notify(p_channel, '');
-    END IF;
-  END
-  $fn$`,
+  settleFunction({sql: s}, 'CREATE', false),
 ]
 
 /**
@@ -290,23 +314,7 @@ export const queueSchemaV3 = ({sql: s}: Schema): string[] => [
  * tell them apart from the messages in flight.
  */
 export const queueSchemaV4 = ({sql: s, lockSpace}: Schema): string[] => [
-  `CREATE FUNCTION ${s}.push_later(p_queue text, p_bodies bytea[], p_channel text, p_delay_ms bigint, p_at timestamptz) RETURNS bigint[]
-  LANGUAGE plpgsql AS $fn$
-  DECLARE
-    ids bigint[];
-    due timestamptz := coalesce(p_at, clock_timestamp() + p_delay_ms * interval '1 millisecond');
-  BEGIN
-    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
-    WITH pushed AS (
-      INSERT INTO ${s}.messages (queue, body, visible_at, reserved_by)
-        SELECT p_queue, b, CASE WHEN due > clock_timestamp() THEN due ELSE '-infinity' END, CASE WHEN due > clock_timestamp() THEN '${delayedReceipt}' END
-        FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
-        RETURNING id)
-      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
-    PERFORM pg_notify(p_channel, '');
-    RETURN ids;
-  END
-  $fn$`,
+  pushFunction({sql: s, lockSpace}, 'CREATE', true, false),
   `CREATE OR REPLACE FUNCTION ${s}.after(p_queue text, p_last bigint, p_count integer)
   RETURNS TABLE (id bigint, body bytea, enqueued_at timestamptz, attempts integer)
   LANGUAGE sql AS $fn$
@@ -371,40 +379,8 @@ export const queueSchemaV6 = ({sql: s, lockSpace}: Schema): string[] => [
     RETURN size_;
   END
   $fn$`,
-  `CREATE OR REPLACE FUNCTION ${s}.push(p_queue text, p_bodies bytea[], p_channel text) RETURNS bigint[]
-  LANGUAGE plpgsql AS $fn$
-  DECLARE
-    ids bigint[];
-  BEGIN
-    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
-    WITH pushed AS (
-      INSERT INTO ${s}.messages (queue, body)
-        SELECT p_queue, b FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
-        RETURNING id)
-      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
-    PERFORM ${s}.fold(p_queue, coalesce(cardinality(ids), 0));
-    PERFORM pg_notify(p_channel, '');
-    RETURN ids;
-  END
-  $fn$`,
-  `CREATE OR REPLACE FUNCTION ${s}.push_later(p_queue text, p_bodies bytea[], p_channel text, p_delay_ms bigint, p_at timestamptz) RETURNS bigint[]
-  LANGUAGE plpgsql AS $fn$
-  DECLARE
-    ids bigint[];
-    due timestamptz := coalesce(p_at, clock_timestamp() + p_delay_ms * interval '1 millisecond');
-  BEGIN
-    PERFORM pg_advisory_xact_lock(${lockSpace('queue')}, hashtext(p_queue));
-    WITH pushed AS (
-      INSERT INTO ${s}.messages (queue, body, visible_at, reserved_by)
-        SELECT p_queue, b, CASE WHEN due > clock_timestamp() THEN due ELSE '-infinity' END, CASE WHEN due > clock_timestamp() THEN '${delayedReceipt}' END
-        FROM unnest(p_bodies) WITH ORDINALITY AS t (b, n) ORDER BY n
-        RETURNING id)
-      SELECT array_agg(id ORDER BY id) INTO ids FROM pushed;
-    PERFORM ${s}.fold(p_queue, coalesce(cardinality(ids), 0));
-    PERFORM pg_notify(p_channel, '');
-    RETURN ids;
-  END
-  $fn$`,
+  pushFunction({sql: s, lockSpace}, 'CREATE OR REPLACE', false, true),
+  pushFunction({sql: s, lockSpace}, 'CREATE OR REPLACE', true, true),
   `CREATE OR REPLACE FUNCTION ${s}.bury(p_rows tid[], p_dead text, p_dead_channel text) RETURNS void
   LANGUAGE plpgsql AS $fn$
   BEGIN
@@ -417,46 +393,7 @@ export const queueSchemaV6 = ({sql: s, lockSpace}: Schema): string[] => [
     PERFORM pg_notify(p_dead_channel, '');
   END
   $fn$`,
-  `CREATE OR REPLACE FUNCTION ${s}.settle(p_queue text, p_ids bigint[], p_receipt text, p_outcome text, p_max_attempts integer, p_channel text, p_dead text, p_dead_channel text) RETURNS void
-  LANGUAGE plpgsql AS $fn$
-  #variable_conflict use_column
-  DECLARE
-    rows_ tid[];
-    spent tid[];
-    acked bigint;
-  BEGIN
-    -- As in version 2; an ack records the rows it deleted in queue_changes.
-    SELECT array_agg(x.row_) INTO rows_
-      FROM (SELECT (SELECT m.ctid FROM ${s}.messages m WHERE m.queue = p_queue AND m.id = t.id FOR UPDATE) AS row_
-            FROM unnest(p_ids) AS t (id) OFFSET 0) x
-      WHERE x.row_ IS NOT NULL;
-    IF rows_ IS NULL THEN
-      RETURN;
-    END IF;
-    IF p_outcome = 'ack' THEN
-      DELETE FROM ${s}.messages m WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
-      GET DIAGNOSTICS acked = ROW_COUNT;
-      IF acked > 0 THEN
-        INSERT INTO ${s}.queue_changes (queue, change) VALUES (p_queue, -acked);
-      END IF;
-      RETURN;
-    END IF;
-    IF p_outcome = 'retry' THEN
-      SELECT array_agg(m.ctid) INTO spent FROM ${s}.messages m
-        WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt AND m.attempts >= p_max_attempts;
-      IF spent IS NOT NULL THEN
-        PERFORM ${s}.bury(spent, p_dead, p_dead_channel);
-      END IF;
-    END IF;
-    UPDATE ${s}.messages m
-      SET visible_at = '-infinity', reserved_by = NULL,
-          attempts = CASE WHEN p_outcome = 'release' THEN greatest(m.attempts - 1, 0) ELSE m.attempts END
-      WHERE m.ctid = ANY (rows_) AND m.reserved_by IS NOT DISTINCT FROM p_receipt;
-    IF FOUND THEN
-      PERFORM pg_notify(p_channel, '');
-    END IF;
-  END
-  $fn$`,
+  settleFunction({sql: s}, 'CREATE OR REPLACE', true),
   `CREATE FUNCTION ${s}.queue_stats(p_queue text)
   RETURNS TABLE (queue text, waiting bigint, delayed bigint, in_flight bigint, oldest_ms bigint)
   LANGUAGE plpgsql AS $fn$
