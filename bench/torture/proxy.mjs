@@ -18,8 +18,14 @@
 //
 // One queue per direction holds what is not delivered yet; a direction's end (FIN) and its
 // close (RST or error) are queued behind its data, so a stalled or slow link cannot reorder them.
+//
+// The proxy runs in a worker thread of its own (behindProxy): its relays must not wait for the
+// torture's own event loop, which stalls for hundreds of milliseconds at a time (processes spawned,
+// /proc read, 337 ms at worst on a quiet machine, more in CI). Stalled relays delayed every dlq's
+// round trips together, and a reservation that ran out then meant a duplicate with no fault.
 import {readdirSync, readFileSync, readlinkSync} from 'node:fs'
 import {connect, createServer} from 'node:net'
+import {isMainThread, parentPort, Worker, workerData} from 'node:worker_threads'
 
 /** The local TCP ports of the sockets the processes `pids` hold: /proc/PID/fd → inode → /proc/net/tcp. */
 function portsOf(pids) {
@@ -161,7 +167,7 @@ export async function behindProxy(backend) {
   if (backend.borrowed || !['redis', 'zookeeper', 'postgres'].includes(backend.name)) return backend
   const url = new URL(backend.url)
   if (url.host.includes(',') || url.host.includes('%2C')) return backend
-  const proxy = await startProxy({host: url.hostname, port: Number(url.port)})
+  const proxy = await proxyThread({host: url.hostname, port: Number(url.port)})
   url.port = String(proxy.port)
   return {
     ...backend,
@@ -173,4 +179,48 @@ export async function behindProxy(backend) {
       await backend.stop()
     },
   }
+}
+
+/**
+ * startProxy in a worker thread. The controls are sent to it in order and take effect there a
+ * moment later; each returns a promise the caller may await (close() does).
+ */
+async function proxyThread(target) {
+  const worker = new Worker(new URL(import.meta.url), {workerData: target})
+  const port = await new Promise((resolve, reject) => {
+    worker.once('message', (message) => resolve(message.port))
+    worker.once('error', reject)
+  })
+  let next = 0
+  const waiting = new Map()
+  worker.on('message', ({id}) => {
+    waiting.get(id)?.()
+    waiting.delete(id)
+  })
+  const send = (op, ...args) => new Promise((resolve) => {
+    const id = next++
+    waiting.set(id, resolve)
+    worker.postMessage({id, op, args})
+  })
+  return {
+    port,
+    stall: (pids) => send('stall', pids),
+    pass: () => send('pass'),
+    cut: () => send('cut'),
+    drop: (on = true) => send('drop', on),
+    slow: (ms) => send('slow', ms),
+    async close() {
+      await send('close')
+      await worker.terminate()
+    },
+  }
+}
+
+if (!isMainThread && workerData?.port) {
+  const proxy = await startProxy(workerData)
+  parentPort.on('message', async ({id, op, args}) => {
+    await proxy[op](...args)
+    parentPort.postMessage({id})
+  })
+  parentPort.postMessage({port: proxy.port})
 }
