@@ -85,9 +85,12 @@ describe('postgres: multi-host URLs (libpq syntax)', {concurrency: 1}, () => {
       assert.match(line, /^dlq: cannot write to postgres:\/\/dlq_test:\*\*\*@.*: 127\.0\.0\.1:\d+ is a standby \(in recovery\), not read-write.* \(the server is a read-only standby: use the primary\)$/)
       assert.ok(!line.includes(standby.password), 'password masked')
     }
-    // target_session_attrs=any takes the standby: reading works there.
+    // target_session_attrs=any takes the standby: reading works there (queue status reads the
+    // queues' sizes without folding them).
     const status = await cli(`${standby.url}?target_session_attrs=any`, ['lock', 'status', '--json'])
     assert.equal(status.code, 0, status.stderr)
+    const queues = await cli(`${standby.url}?target_session_attrs=any`, ['queue', 'status', '--json'])
+    assert.equal(queues.code, 0, queues.stderr)
   })
 
   it('a host that never answers costs its share of the connect timeout, then the next is tried', async (t) => {

@@ -362,6 +362,11 @@ export const queueSchemaV6 = ({sql: s, lockSpace}: Schema): string[] => [
     size_ bigint;
     folded bigint;
   BEGIN
+    IF current_setting('transaction_read_only') = 'on' THEN
+      -- A standby (target_session_attrs=any) reads the size without folding: status works there.
+      RETURN coalesce((SELECT z.size FROM ${s}.queue_sizes z WHERE z.queue = p_queue), 0)
+        + coalesce((SELECT sum(c.change) FROM ${s}.queue_changes c WHERE c.queue = p_queue), 0);
+    END IF;
     SELECT z.size INTO size_ FROM ${s}.queue_sizes z WHERE z.queue = p_queue FOR UPDATE;
     IF NOT FOUND THEN
       IF p_add = 0 AND NOT EXISTS (SELECT 1 FROM ${s}.queue_changes c WHERE c.queue = p_queue) THEN
