@@ -151,12 +151,13 @@ const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 /** The names derived from a schema name (exported for the benchmarks, which listen like dlq). */
 export function schemaOf(name: string): Schema {
   const hash = (text: string) => createHash('md5').update(text).digest()
+  const channel = (kind: 'lock' | 'queue', key: string) => `dlq_${kind[0]}_${hash(`${name}\0${kind}\0${key}`).toString('hex').slice(0, 24)}`
   return {
     name,
     sql: quoteIdentifier(name),
     lockSpace: (kind) => hash(`${name}\0${kind}`).readInt32BE(0),
-    channel: (kind, key) => `dlq_${kind[0]}_${hash(`${name}\0${kind}\0${key}`).toString('hex').slice(0, 24)}`,
-    waiterChannel: (key, owner) => `dlq_l_${hash(`${name}\0lock\0${key}`).toString('hex').slice(0, 24)}_${hash(owner).toString('hex').slice(0, 8)}`,
+    channel,
+    waiterChannel: (key, owner) => `${channel('lock', key)}_${hash(owner).toString('hex').slice(0, 8)}`,
   }
 }
 

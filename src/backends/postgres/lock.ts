@@ -20,8 +20,9 @@
 //   revived, since a waiter may have counted it gone. Release is compare-and-delete.
 // - Waiters LISTEN on the key's channel and on one of their own, and are woken by the NOTIFY the
 //   release sends at commit to the first two in line (migration 7; the readers right behind a
-//   woken reader too), or by a timer at the earliest expiry; a slow poll is only the fallback. Their presence is a
-//   row with an expiry in lock_waiters, refreshed by each poll, so `lock status` counts them.
+//   woken reader too), or by a timer at the earliest expiry; a slow poll is only the fallback.
+//   Their presence is a row with an expiry in lock_waiters, refreshed by each poll, so `lock
+//   status` counts them.
 //   Holders listen as well, and so notice a force release at once (watchLoss).
 //   Behind a pooler (?pooling=transaction or session) there is no LISTEN: waiters poll (poll.ts)
 //   at a pace set by the number of waiters acquire() reports, and a holder learns of a force

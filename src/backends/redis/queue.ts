@@ -393,8 +393,7 @@ export class RedisQueues implements QueueDriver {
     const deadline = Date.now() + forMs
     for (;;) {
       try {
-        const reply = await send()
-        return reply
+        return await send()
       } catch (error) {
         await failover.failed(error, neverAborted, deadline)
       }
