@@ -224,6 +224,33 @@ describe('postgres: a pop costs what it pops', {concurrency: 1}, () => {
     assert.deepEqual([left.waiting + left.delayed + left.inFlight, left.dead], [await count('q'), await count('q.dead')])
     assert.deepEqual([left.waiting, left.dead], [0, 127])
   })
+  it('no statement of any command is compiled by the server\'s JIT (a disabled plan node costs 10^10, past jit_above_cost)', async () => {
+    // dlq's functions turn planner node types off (they would cost 10^10 when used), and with the
+    // server's default jit=on a plan that costs more than jit_above_cost is compiled by LLVM: a
+    // burial cost 100-300 ms of CPU (seconds on a busy machine, serialized on the dead-letter
+    // queue's lock), which left a worker's acks queued behind it past --visibility.
+    assert.equal((await server.sql('SELECT pg_jit_available()')).trim(), 't', 'this server has no JIT: the test would show nothing')
+    const url = withSchema(server.url, 'no_jit')
+    const mark = log.mark()
+    await push(url, 'q', numbers(1, 20))
+    await push(url, 'q', ['21']) // a second push folds the changes into the size
+    const delayed = await cli(url, ['queue', 'push', '--queue', 'q', '--delay', '1h'], {input: 'x\n'})
+    assert.equal(delayed.code, 0, delayed.stderr)
+    const failed = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '2', '--max-attempts', '1', '--exec', '--', 'false'], {timeoutMs: 60_000})
+    assert.equal(failed.code, 0, failed.stderr)
+    const retried = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '1', '--max-attempts', '3', '--retry-delay', '1h', '--exec', '--', 'false'], {timeoutMs: 60_000})
+    assert.equal(retried.code, 0, retried.stderr)
+    const worked = await cli(url, ['queue', 'pop', '--queue', 'q', '--count', '2', '--visibility', '300ms', '--exec', '--', 'sleep', '0.25'], {timeoutMs: 60_000})
+    assert.equal(worked.code, 0, worked.stderr)
+    for (const args of [['queue', 'pop', '--queue', 'q', '--count', '3'], ['queue', 'tail', '--queue', 'q'], ['queue', 'status'], ['queue', 'status', '--queue', 'q'], ['queue', 'redrive', '--queue', 'q'], ['lock', 'run', '--key', 'k', '--', 'true'], ['lock', 'run', '--key', 'k', '--shared', '--', 'true'], ['lock', 'run', '--key', 's', '--limit', '2', '--', 'true'], ['lock', 'status'], ['queue', 'purge', '--queue', 'q', '--force'], ['queue', 'delete', '--queue', 'q', '--force']]) {
+      const r = await cli(url, args, {timeoutMs: 60_000})
+      assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`)
+    }
+    const entries = log.since(mark, 'dlq')
+    assert.ok(entries.some((e) => /DELETE FROM .* WHERE ctid = ANY \(p_rows\)/s.test(e.query)), 'no burial among the plans logged')
+    const compiled = entries.filter((e) => e.jit)
+    assert.deepEqual(compiled.map((e) => `${e.query.trim().slice(0, 120)} (JIT: ${JSON.stringify(e.jit)})`), [])
+  })
 })
 
 describe('postgres: a pop whose server goes away after it wrote messages', () => {

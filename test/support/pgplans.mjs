@@ -29,7 +29,8 @@ export const planLogConfig = [
 ]
 
 /**
- * @typedef {{app: string, durationMs: number, query: string, plan: object, nested: boolean, cpuMs?: number}} PlanEntry
+ * @typedef {{app: string, durationMs: number, query: string, plan: object, jit?: object, nested: boolean, cpuMs?: number}} PlanEntry
+ * `jit`: what the server's JIT compiled for the statement, if it did.
  * `nested`: run inside a function (by a statement that is logged after it, as a whole).
  * `cpuMs`: the server's CPU time (user + system) for a top-level statement, with
  * log_executor_stats=on in the config (for benchmarks: unlike durationMs, it does not count the
@@ -65,7 +66,7 @@ export function planLog(server) {
         const m = /^@@@\[([^\]]*)\] LOG: {2}duration: ([\d.]+) ms {2}plan:\n([\s\S]*)$/.exec(chunk)
         if (!m) continue
         const explained = JSON.parse(m[3])
-        const entry = {app: m[1], durationMs: Number(m[2]), query: explained['Query Text'], plan: explained.Plan, nested: false}
+        const entry = {app: m[1], durationMs: Number(m[2]), query: explained['Query Text'], plan: explained.Plan, jit: explained.JIT, nested: false}
         if (pending?.query === entry.query) entry.cpuMs = pending.cpuMs
         pending = undefined
         entries.push(entry)

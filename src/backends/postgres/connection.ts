@@ -89,6 +89,22 @@ const FUNCTIONS = ['acquire', 'release', 'force_release', 'push', 'bury', 'reser
 const plannerSettingsOfFunctions = ({sql: s}: Schema, functions = FUNCTIONS): string[] =>
   functions.map((name) => `ALTER FUNCTION ${s}.${name} ${PLANNER_SETTINGS.map((setting) => `SET ${setting} = off`).join(' ')}`)
 
+const quoteLiteral = (text: string) => `'${text.replace(/'/g, "''")}'`
+// And jit = off for every function (migration 8): a plan that needs a node type turned off above
+// costs 10^10, past the server's jit_above_cost, so with the default jit=on LLVM compiled a burial
+// for 100-300 ms of CPU (seconds on a busy machine, while the dead-letter queue's lock held the
+// next burials, and a worker's acks waited behind its own burial past --visibility). No dlq
+// statement gains from JIT. A migration that creates or replaces a function ends with this too.
+const jitOffOfFunctions = ({name}: Schema): string => `DO $do$
+  DECLARE
+    f regprocedure;
+  BEGIN
+    FOR f IN SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = ${quoteLiteral(name)} LOOP
+      EXECUTE format('ALTER FUNCTION %s SET jit = off', f);
+    END LOOP;
+  END
+  $do$`
+
 // The lock functions rely on READ COMMITTED (each statement sees what committed before it, the
 // count after the advisory lock included), and SKIP LOCKED reservations would fail with
 // serialization errors under REPEATABLE READ. Where the database's default is another level, each
@@ -122,8 +138,10 @@ export const migrations = (schema: Schema): {version: number; statements: string
   {version: 5, statements: lockSchemaV5(schema)},
   {version: 6, statements: [...queueSchemaV6(schema), ...plannerSettingsOfFunctions(schema, queueFunctionsV6)]},
   {version: 7, statements: lockSchemaV7(schema)},
+  {version: 8, statements: [jitOffOfFunctions(schema)]},
 ]
-const LATEST_VERSION = 7
+const LATEST_VERSION = 8
+
 
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/
