@@ -10,6 +10,8 @@ import {join} from 'node:path'
 import {DLQ, NODE, ROOT, childrenOf, endRuns, randomInt, runDlq, start, waitUntil} from './procs.mjs'
 
 const HANDLER = join(ROOT, 'bench', 'torture', 'handler.sh')
+// A line of --verbose: one round trip to the backend.
+const roundTrip = /^dlq: (pg|redis|zk|file): /
 const POISON_SHARE = 0.02
 // Producers hold back while this many pushed ids are not handled yet, so the drain stays short.
 const MAX_BACKLOG = 150
@@ -62,12 +64,20 @@ export class QueueTorture {
 
   async work(n) {
     while (!this.stopping) {
-      const args = ['queue', 'pop', '-b', this.url, '--queue', this.queue, '--exec', '--wait', '2s', '--visibility', this.visibility, '--max-attempts', String(this.maxAttempts), '--retry-delay', this.retryDelay, '--concurrency', String(this.concurrency), '--', '/bin/sh', HANDLER]
-      const proc = start(NODE, [DLQ, ...args], {env: undefined})
-      const run = {worker: n, proc, pid: proc.pid, spawnAt: proc.spawnAt}
+      // --verbose: each round trip is logged, stamped here as it arrives, so that a duplicate no
+      // fault explains comes with what its worker was doing meanwhile (checkQueues).
+      const args = ['queue', 'pop', '-b', this.url, '--queue', this.queue, '--exec', '--wait', '2s', '--visibility', this.visibility, '--max-attempts', String(this.maxAttempts), '--retry-delay', this.retryDelay, '--concurrency', String(this.concurrency), '--verbose', '--', '/bin/sh', HANDLER]
+      const said = []
+      const trace = []
+      const onStderrLine = (line, at) => {
+        if (!roundTrip.test(line)) said.push(line)
+        else if (trace.length < 20_000) trace.push({at, line: line.slice(5)})
+      }
+      const proc = start(NODE, [DLQ, ...args], {env: undefined, onStderrLine})
+      const run = {worker: n, proc, pid: proc.pid, spawnAt: proc.spawnAt, trace}
       this.workerRuns.push(run)
       const done = await proc.done
-      Object.assign(run, {exitAt: done.at, code: done.code, signal: done.signal, stderr: proc.stderrText()})
+      Object.assign(run, {exitAt: done.at, code: done.code, signal: done.signal, stderr: said.join('\n')})
     }
   }
 
@@ -248,6 +258,10 @@ export function checkQueues({q, events, drain, drainLimitMs, workers, concurrenc
         for (const pid of new Set([d.ppid, next.ppid])) {
           const run = q.workerRuns.find((r) => r.pid === pid)
           if (run) samples.push(`  worker ${pid}: ${iso(run.spawnAt)}-${run.exitAt ? iso(run.exitAt) : 'end'}, ${run.signal ?? `exit ${run.code}`}${run.stderr?.trim() ? `: ${run.stderr.trim().split('\n').slice(-2).join(' | ')}` : ''}`)
+          // Its round trips from the first delivery to the redelivery (the slowest, if many).
+          const trips = (run?.trace ?? []).filter((t) => t.at >= d.at - 100 && t.at <= next.at + 100)
+          const shown = trips.length <= 12 ? trips : [...trips].sort((a, b) => tripMs(b) - tripMs(a)).slice(0, 12).sort((a, b) => a.at - b.at)
+          if (shown.length > 0) samples.push(`    ${trips.length} round trips meanwhile${trips.length > shown.length ? ' (the 12 slowest)' : ''}: ${shown.map((t) => `${iso(t.at)} ${t.line}`).join('; ')}`)
         }
       }
     }
@@ -283,5 +297,6 @@ export function checkQueues({q, events, drain, drainLimitMs, workers, concurrenc
   return {facts, checks, samples}
 }
 
+const tripMs = (t) => Number(/\((\d+) ?ms/.exec(t.line)?.[1] ?? 0)
 const seconds = (ms) => `${(ms / 1000).toFixed(2)} s`
 const iso = (ms) => new Date(ms).toISOString().slice(11, 23)
