@@ -19,13 +19,15 @@
 // One queue per direction holds what is not delivered yet; a direction's end (FIN) and its
 // close (RST or error) are queued behind its data, so a stalled or slow link cannot reorder them.
 //
-// The proxy runs in a worker thread of its own (behindProxy): its relays must not wait for the
-// torture's own event loop, which stalls for hundreds of milliseconds at a time (processes spawned,
-// /proc read, 337 ms at worst on a quiet machine, more in CI). Stalled relays delayed every dlq's
-// round trips together, and a reservation that ran out then meant a duplicate with no fault.
+// The proxy runs in a process of its own (behindProxy): its relays must not wait for the torture's
+// own event loop, which stalls for hundreds of milliseconds at a time (processes spawned, /proc
+// read, 337 ms at worst on a quiet machine, more in CI). Not a worker thread: terminating one
+// whose sockets had been reset mid-connect once spun in node's handle cleanup at 100% CPU and
+// never returned, which hung the torture; a process is stopped by SIGKILL whatever it is doing.
+import {fork} from 'node:child_process'
 import {readdirSync, readFileSync, readlinkSync} from 'node:fs'
 import {connect, createServer} from 'node:net'
-import {isMainThread, parentPort, Worker, workerData} from 'node:worker_threads'
+import {fileURLToPath} from 'node:url'
 
 /** The local TCP ports of the sockets the processes `pids` hold: /proc/PID/fd → inode → /proc/net/tcp. */
 function portsOf(pids) {
@@ -167,7 +169,7 @@ export async function behindProxy(backend) {
   if (backend.borrowed || !['redis', 'zookeeper', 'postgres'].includes(backend.name)) return backend
   const url = new URL(backend.url)
   if (url.host.includes(',') || url.host.includes('%2C')) return backend
-  const proxy = await proxyThread({host: url.hostname, port: Number(url.port)})
+  const proxy = await proxyProcess({host: url.hostname, port: Number(url.port)})
   url.port = String(proxy.port)
   return {
     ...backend,
@@ -182,25 +184,33 @@ export async function behindProxy(backend) {
 }
 
 /**
- * startProxy in a worker thread. The controls are sent to it in order and take effect there a
- * moment later; each returns a promise the caller may await (close() does).
+ * startProxy in a child process. The controls are sent to it in order and take effect there a
+ * moment later; each returns a promise the caller may await (close() does). Should the torture
+ * die, the child sees its IPC channel close and exits.
  */
-async function proxyThread(target) {
-  const worker = new Worker(new URL(import.meta.url), {workerData: target})
+async function proxyProcess(target) {
+  const child = fork(fileURLToPath(import.meta.url), [String(target.host), String(target.port)], {stdio: ['ignore', 'inherit', 'inherit', 'ipc']})
+  const exited = new Promise((resolve) => child.once('exit', resolve))
   const port = await new Promise((resolve, reject) => {
-    worker.once('message', (message) => resolve(message.port))
-    worker.once('error', reject)
+    child.once('message', (message) => resolve(message.port))
+    child.once('error', reject)
+    exited.then(() => reject(new Error('the TCP proxy exited before it listened')))
   })
   let next = 0
   const waiting = new Map()
-  worker.on('message', ({id}) => {
+  child.on('message', ({id}) => {
     waiting.get(id)?.()
     waiting.delete(id)
   })
+  exited.then(() => {
+    for (const resolve of waiting.values()) resolve()
+    waiting.clear()
+  })
   const send = (op, ...args) => new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve()
     const id = next++
     waiting.set(id, resolve)
-    worker.postMessage({id, op, args})
+    child.send({id, op, args})
   })
   return {
     port,
@@ -210,17 +220,20 @@ async function proxyThread(target) {
     drop: (on = true) => send('drop', on),
     slow: (ms) => send('slow', ms),
     async close() {
-      await send('close')
-      await worker.terminate()
+      // Every connection reset, then the process killed: nothing is left to wind down.
+      await Promise.race([send('close'), new Promise((resolve) => setTimeout(resolve, 2000))])
+      child.kill('SIGKILL')
+      await exited
     },
   }
 }
 
-if (!isMainThread && workerData?.port) {
-  const proxy = await startProxy(workerData)
-  parentPort.on('message', async ({id, op, args}) => {
+if (process.argv[1] === fileURLToPath(import.meta.url) && process.send) {
+  const proxy = await startProxy({host: process.argv[2], port: Number(process.argv[3])})
+  process.on('message', async ({id, op, args}) => {
     await proxy[op](...args)
-    parentPort.postMessage({id})
+    process.send({id})
   })
-  parentPort.postMessage({port: proxy.port})
+  process.on('disconnect', () => process.exit(0))
+  process.send({port: proxy.port})
 }
