@@ -37,6 +37,17 @@ describe('postgres backend', {concurrency: 3}, () => {
     })
     after(() => server?.stop())
 
+    it('a command loads pg without node\'s fetch (pg\'s Cloudflare check reads the Response global: undici, 25 ms of every start)', async (t) => {
+      const dir = await tempDir(t)
+      const list = join(dir, 'modules')
+      const preload = join(import.meta.dirname, '..', 'support', 'loaded-modules.cjs')
+      const r = await cli(server.url, ['queue', 'status'], {env: {NODE_OPTIONS: `--require ${preload}`, DLQ_TEST_LOADED_MODULES: list}})
+      assert.equal(r.code, 0, r.stderr)
+      const loaded = (await readFile(list, 'utf8')).split('\n')
+      assert.ok(loaded.some((m) => /^NativeModule net$/.test(m)), 'the list names no module dlq surely loads: the preload did not run')
+      assert.deepEqual(loaded.filter((m) => /undici|fetch/.test(m)), [])
+    })
+
     it('an unreachable server is exit 69 with one line, quickly', async () => {
       // Port 1 of loopback, not a free port found a moment ago: another test's server may take
       // that one meanwhile (ZooKeeper there never answers PostgreSQL, and the connect times out).

@@ -298,6 +298,23 @@ async function tlsOf(url: URL, env: NodeJS.ProcessEnv): Promise<false | Connecti
   }
 }
 
+/**
+ * pg, loaded without its Cloudflare check: where there is no `navigator` (Node 20; Node 21 has
+ * one), pg's stream.js asks whether the `Response` global takes Cloudflare's options, and reading
+ * that global loads node's whole fetch implementation (undici): 25 ms of every PostgreSQL
+ * command's start, on a machine where node itself starts in 100. pg reads it once, as it loads; a
+ * navigator that is not Cloudflare's, there only for that moment, answers first.
+ */
+async function loadPg(): Promise<typeof import('pg').default> {
+  if ('navigator' in globalThis) return (await import('pg')).default
+  Object.defineProperty(globalThis, 'navigator', {value: {userAgent: 'Node.js'}, configurable: true})
+  try {
+    return (await import('pg')).default
+  } finally {
+    delete (globalThis as {navigator?: unknown}).navigator
+  }
+}
+
 export class Connection {
   readonly displayUrl: string
   readonly schema: Schema
@@ -352,7 +369,7 @@ export class Connection {
   /** Connects (exit 69 at once when refused), then brings the schema up to date. */
   static async open(url: URL, log?: (line: string) => void): Promise<Connection> {
     const settings = await settingsOf(url)
-    const {default: pg} = await import('pg')
+    const pg = await loadPg()
     // pg puts only a few parameters of its own in the startup message: the subclass adds dlq's.
     class DlqClient extends pg.Client {
       getStartupConf(): Record<string, string> {
