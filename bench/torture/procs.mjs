@@ -44,6 +44,7 @@ export function start(command, args, {env, input, onStderrLine} = {}) {
       for (const line of lines) onStderrLine(line, Date.now())
     }
   })
+  proc.stderr.on('end', () => partial && onStderrLine?.(partial, Date.now())) // a last line without its newline
   proc.stderrText = () => stderr
   proc.stdin.on('error', () => {})
   if (input === undefined) proc.stdin.end()

@@ -142,7 +142,6 @@ export const migrations = (schema: Schema): {version: number; statements: string
 ]
 const LATEST_VERSION = 8
 
-
 // Server errors (SQLSTATE) that mean "the backend cannot be used" rather than a bug in dlq.
 const unavailableStates = /^(08|28|3D|53|57P0|25006|42501)/
 // A named prepared statement already there (42P05), or missing (26000), where pg knows it did
