@@ -84,17 +84,18 @@ const schemaPattern = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/
 // sessions up to migration 2; a pooler refuses that parameter (PgBouncer: "unsupported startup
 // parameter: options") and shares server sessions, so from migration 3 on they are SET clauses of
 // the functions that read the queue and the leases, in force for each call and nowhere else.
-const PLANNER_SETTINGS = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin']
+// jit is off with them: a plan that needs a node type turned off costs 10^10, past the server's
+// jit_above_cost, so with the default jit=on LLVM compiled a burial for 100-300 ms of CPU (seconds
+// on a busy machine, while the dead-letter queue's lock held the next burials, and a worker's acks
+// waited behind its own burial past --visibility). No dlq statement gains from JIT.
+const PLANNER_SETTINGS = ['enable_seqscan', 'enable_bitmapscan', 'enable_sort', 'enable_hashjoin', 'enable_mergejoin', 'jit']
 const FUNCTIONS = ['acquire', 'release', 'force_release', 'push', 'bury', 'reserve', 'settle', 'peek', 'after', 'stats_of_queue']
 const plannerSettingsOfFunctions = ({sql: s}: Schema, functions = FUNCTIONS): string[] =>
   functions.map((name) => `ALTER FUNCTION ${s}.${name} ${PLANNER_SETTINGS.map((setting) => `SET ${setting} = off`).join(' ')}`)
 
 const quoteLiteral = (text: string) => `'${text.replace(/'/g, "''")}'`
-// And jit = off for every function (migration 8): a plan that needs a node type turned off above
-// costs 10^10, past the server's jit_above_cost, so with the default jit=on LLVM compiled a burial
-// for 100-300 ms of CPU (seconds on a busy machine, while the dead-letter queue's lock held the
-// next burials, and a worker's acks waited behind its own burial past --visibility). No dlq
-// statement gains from JIT. A migration that creates or replaces a function ends with this too.
+// Migration 8: jit = off for every function already in the schema, whether or not it has the
+// planner settings (jit joined the list above only then).
 const jitOffOfFunctions = ({name}: Schema): string => `DO $do$
   DECLARE
     f regprocedure;
