@@ -259,7 +259,10 @@ describe('redis: losing the lock', () => {
   it('a waiter answered only after its lease would have ended (server paused past the TTL) gives the lease back and waits on: its command runs, no "lock lost"', async (t) => {
     const key = uniqueName('late-grant')
     assert.equal((await cli(server.url, ['lock', 'acquire', '--key', key, '--ttl', '3s'])).code, 0)
-    const waiter = spawnDlq(['lock', 'run', '-b', server.url, '--key', key, '--ttl', '1500ms', '--wait', '30s', '--', 'echo', 'ran'], {t, timeoutMs: 30_000})
+    // ?connectTimeout=20s: the pause below must be shorter than the waiter's command timeout. With
+    // the default (5 s, as long as the pause) a try sent as the pause began timed out before the
+    // server answered, and that is exit 69 by design (a server that stops answering), not this case.
+    const waiter = spawnDlq(['lock', 'run', '-b', `${server.url}?connectTimeout=20s`, '--key', key, '--ttl', '1500ms', '--wait', '30s', '--', 'echo', 'ran'], {t, timeoutMs: 30_000})
     await waitFor(() => redisCli(server.port, 'ZCARD', `{dlq:l:${key}}:waiters`).trim() === '1', {what: 'the waiter to wait'})
     // Paused across the first lease's end: the waiter's try then is answered 3 s late, when the
     // lease it was granted had less left than dlq can vouch for (before, dlq ran the command
