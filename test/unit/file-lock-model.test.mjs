@@ -86,3 +86,43 @@ describe('file lock protocol: every interleaving of its steps (model checking le
     assert.match(result.violation ?? '', /^I[124]:/)
   })
 })
+
+describe('file lock protocol: the line of exclusive waiters (leases.ts decide)', async () => {
+  const {decide, quietId, wakesWaiters} = await import('../../dist/backends/file/leases.js')
+  const info = {host: 'h', pid: 1, user: 'u', command: 'c'}
+  const acquire = (owner, more = {}) => ({kind: 'acquire', owner, limit: 1, ttlMs: 1000, info, waiterTtlMs: 5000, ...more})
+  const line = (...owners) => owners.map((owner, i) => ({owner, expiresMs: 10_000 + i}))
+
+  it('a free key goes to the first in line; one behind it, or a request without a place, is busy and commits nothing', () => {
+    const state = {holders: [], waiting: line('a', 'b')}
+    assert.equal(decide(acquire('a'), state, 100, 7n).outcome.kind, 'acquired')
+    assert.deepEqual(decide(acquire('a'), state, 100, 7n).next.waiting.map((w) => w.owner), ['b'])
+    const behind = decide(acquire('b'), state, 100, 7n)
+    assert.equal(behind.outcome.kind, 'busy')
+    assert.equal(behind.next, undefined, 'a waiter whose place is fresh commits nothing')
+    assert.equal(decide(acquire('c', {waiterTtlMs: 0}), state, 100, 7n).outcome.kind, 'busy', 'a try (--wait 0) does not pass the line')
+  })
+
+  it('a place ahead that expired (its waiter died) no longer counts; a semaphore admits as many of the line as it has room for', () => {
+    assert.equal(decide(acquire('b'), {holders: [], waiting: line('a', 'b')}, 10_000, 7n).outcome.kind, 'acquired')
+    const state = {holders: [], waiting: line('a', 'b', 'c')}
+    assert.equal(decide(acquire('b', {limit: 2}), state, 100, 7n).outcome.kind, 'acquired')
+    assert.equal(decide(acquire('c', {limit: 2}), state, 100, 7n).outcome.kind, 'busy')
+  })
+
+  it('recording and refreshing a place keep the line in arrival order and are quiet commits, which wake no waiter', () => {
+    const held = [{owner: 'h', ...info, acquiredMs: 0, ttlMs: 60_000, expiresMs: 60_000, token: '1'}]
+    const joined = decide(acquire('c'), {holders: held, waiting: line('a', 'b')}, 100, 7n)
+    assert.equal(joined.quiet, true)
+    assert.deepEqual(joined.next.waiting.map((w) => w.owner), ['a', 'b', 'c'])
+    const refreshed = decide(acquire('a'), {holders: held, waiting: line('a', 'b')}, 8_000, 7n)
+    assert.equal(refreshed.quiet, true)
+    assert.deepEqual(refreshed.next.waiting.map((w) => [w.owner, w.expiresMs]), [['a', 13_000], ['b', 10_001]])
+    assert.equal(decide({kind: 'release', owner: 'h'}, {holders: held, waiting: line('a')}, 100, 7n).quiet, undefined)
+    assert.equal(decide({kind: 'leave', owner: 'a'}, {holders: held, waiting: line('a')}, 100, 7n).quiet, undefined)
+    assert.equal(wakesWaiters(`S.8.${quietId('mip3k2x')}`), false)
+    assert.equal(wakesWaiters('S.8.mip3k2x'), true)
+    assert.equal(wakesWaiters('C.8.mip3k2x'), false, 'only a marker\'s rename is a commit')
+    assert.equal(wakesWaiters(null), true, 'a change the platform does not name wakes')
+  })
+})

@@ -136,6 +136,14 @@ const contentName = /^C\.(\d{1,19})\.([0-9a-z]{1,40})$/
 const maxVersion = 2n ** 63n - 1n
 
 export const markerName = (version: bigint | string, id: string) => `S.${version}.${id}`
+/**
+ * The id of a quiet commit (a waiter's place recorded or refreshed), which frees nothing: a fresh
+ * id behind a 0, which no fresh id starts with (they start with the time in base 36). Waiters
+ * watching the directory wake only for markers that are not quiet (wakesWaiters).
+ */
+export const quietId = (id: string) => `0${id}`
+/** Whether a name seen changing in a key's directory may have freed something: a marker of a commit that is not quiet. */
+export const wakesWaiters = (name: string | null | undefined) => name == null || (name.startsWith('S.') && !/^S\.\d+\.0/.test(name))
 export const contentOf = (version: bigint | string, id: string) => `C.${version}.${id}`
 export const encodeHolders = (holders: HolderRecord[]) => JSON.stringify({holders})
 /** `waiting` is left out when empty: a state without it is what dlq before --shared wrote and reads. */
@@ -173,7 +181,7 @@ export function staleContents(names: string[], version: bigint, id: string): str
 }
 
 /** What an intent does to the state at time `now`: the new state (none: no change) and the outcome. */
-export function decide(intent: Intent, state: LeaseState, now: number, nextVersion: bigint): {next?: LeaseState; outcome: Outcome} {
+export function decide(intent: Intent, state: LeaseState, now: number, nextVersion: bigint): {next?: LeaseState; outcome: Outcome; quiet?: true} {
   const {holders} = state
   const live = holders.filter((h) => h.expiresMs > now)
   const waiting = state.waiting.filter((w) => w.expiresMs > now)
@@ -185,18 +193,25 @@ export function decide(intent: Intent, state: LeaseState, now: number, nextVersi
       // Already ours: a commit whose rename was reported failed although it happened (NFS).
       const mine = live.find((h) => h.owner === intent.owner)
       if (mine) return {outcome: {kind: 'acquired', record: mine}}
+      // The exclusive requests waiting stand in line by arrival: one takes a free place only when
+      // the waiters ahead of it leave enough (a request not in line is behind all of them). So a
+      // release is taken by the first in line, and the others need not try (no herd of commits).
+      const at = waiting.findIndex((w) => w.owner === intent.owner)
+      const ahead = at < 0 ? waiting.length : at
       const free = intent.shared
         ? !live.some((h) => !h.shared) && othersWaiting(intent.owner).length === 0
-        : live.length < intent.limit && !live.some((h) => h.shared)
+        : live.length + ahead < intent.limit && !live.some((h) => h.shared)
       if (!free) {
         const busy: Outcome = {kind: 'busy', holders: live, waiting}
         const waiterTtlMs = intent.waiterTtlMs ?? 0
         if (intent.shared || waiterTtlMs <= 0) return {outcome: busy}
-        // An exclusive request that will wait: recorded (or refreshed once half its time is gone),
-        // so that new shared requests queue behind it.
-        const own = waiting.find((w) => w.owner === intent.owner)
-        if (own && own.expiresMs - now > waiterTtlMs / 2) return {outcome: busy}
-        return {next: {holders: live, waiting: [...othersWaiting(intent.owner), {owner: intent.owner, expiresMs: now + waiterTtlMs}]}, outcome: busy}
+        // An exclusive request that will wait: recorded at the end of the line (or refreshed in
+        // its place once half its time is gone), so that new shared requests queue behind it. A
+        // quiet change: it frees nothing for anyone (entries dropped had expired, which every
+        // decision already ignores), so waiters need not wake for it (quietId).
+        if (at >= 0 && waiting[at].expiresMs - now > waiterTtlMs / 2) return {outcome: busy}
+        const place = {owner: intent.owner, expiresMs: now + waiterTtlMs}
+        return {next: {holders: live, waiting: at < 0 ? [...waiting, place] : waiting.map((w, i) => (i === at ? place : w))}, outcome: busy, quiet: true}
       }
       const record: HolderRecord = {owner: intent.owner, ...intent.info, acquiredMs: now, ttlMs: intent.ttlMs, expiresMs: now + intent.ttlMs, token: nextVersion.toString()}
       if (intent.shared) record.shared = true
@@ -280,9 +295,9 @@ export function advance(tx: Transaction, reply: Reply, now: number, freshId: () 
     case 'read': {
       if (missing || !('data' in reply)) return {...tx, phase: 'list', missed: markerName(tx.version!, tx.id!)}
       const nextVersion = BigInt(tx.version!) + 1n
-      const {next, outcome} = decide(tx.intent, decodeState(reply.data), now, nextVersion)
+      const {next, outcome, quiet} = decide(tx.intent, decodeState(reply.data), now, nextVersion)
       if (!next) return {...tx, phase: tx.intent.kind === 'read' ? 'done' : 'collect', outcome}
-      return {...tx, phase: 'write', newId: freshId(), data: encodeState(next), pending: outcome, missed: undefined}
+      return {...tx, phase: 'write', newId: quiet ? quietId(freshId()) : freshId(), data: encodeState(next), pending: outcome, missed: undefined}
     }
     case 'write':
       return {...tx, phase: 'commit'}

@@ -23,7 +23,7 @@ import {join} from 'node:path'
 
 import {LockLostError, unavailable} from '../../errors.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
-import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, request as nextRequest} from './leases.js'
+import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, request as nextRequest, wakesWaiters} from './leases.js'
 import {decodeName, encodeName, existingDir, existingPath, inExistingDirSync, makeDir, type Modes, readRegularFile, readRegularFileSync, safeDir, unpin, writeNewFile} from './paths.js'
 import {waitFor} from './watch.js'
 
@@ -221,11 +221,13 @@ export class FileLocks implements LockDriver {
         const waiting = outcome.kind === 'busy' ? outcome.waiting : []
         request.onWaiting?.(holders.map(toHolder))
         // A holder that died is noticed at its expiry, without any event; so is a dead exclusive
-        // waiter by a shared request; and an exclusive waiter refreshes its place at half its time.
-        const own = waiting.find((w) => w.owner === request.owner)
-        const times = [...holders.map((h) => h.expiresMs), ...(shared ? waiting.map((w) => w.expiresMs) : []), ...(own ? [own.expiresMs - waiterTtlMs / 2] : [])]
+        // waiter ahead in line (by a shared request: any); and an exclusive waiter refreshes its
+        // place at half its time.
+        const at = waiting.findIndex((w) => w.owner === request.owner)
+        const ahead = at < 0 ? waiting : waiting.slice(0, at)
+        const times = [...holders.map((h) => h.expiresMs), ...ahead.map((w) => w.expiresMs), ...(at >= 0 ? [waiting[at].expiresMs - waiterTtlMs / 2] : [])]
         return {done: false, value: undefined, next: Math.min(...times)}
-      }, undefined)
+      }, undefined, wakesWaiters)
     } finally {
       // A waiter that gives up leaves at once, so the readers behind it need not wait for its expiry.
       if (!acquired && queues) await this.transact(dir, {kind: 'leave', owner: request.owner}).catch(() => {})
@@ -319,7 +321,7 @@ export class FileLocks implements LockDriver {
       }
     }
     try {
-      const watcher = watch(dir, {persistent: false}, () => void check())
+      const watcher = watch(dir, {persistent: false}, (_event, name) => wakesWaiters(name) && void check())
       watcher.on('error', () => {})
       return () => watcher.close()
     } catch {

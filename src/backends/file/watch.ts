@@ -14,8 +14,12 @@ export interface Attempt<T> {
   next: number
 }
 
-/** Runs `attempt` until it is done or `deadline` passes; resolves with its value, or `timedOut`. */
-export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: number, attempt: () => Promise<Attempt<T>>, timedOut: T): Promise<T> {
+/**
+ * Runs `attempt` until it is done or `deadline` passes; resolves with its value, or `timedOut`.
+ * `wakesOn`: the names in `dir` whose changes wake the wait (default: every change; a name the
+ * platform does not report wakes it too).
+ */
+export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: number, attempt: () => Promise<Attempt<T>>, timedOut: T, wakesOn?: (name: string | null) => boolean): Promise<T> {
   let watcher: FSWatcher | undefined
   const wakeup = new Wakeup(signal)
   try {
@@ -28,7 +32,7 @@ export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: num
       if (now >= deadline) return timedOut
       if (!watcher) {
         try {
-          watcher = watch(dir, {persistent: false}, wakeup.wake)
+          watcher = watch(dir, {persistent: false}, wakesOn ? (_event, name) => wakesOn(name) && wakeup.wake() : wakeup.wake)
           watcher.on('error', () => {})
         } catch {
           // inotify exhausted or unsupported: the timers still work
