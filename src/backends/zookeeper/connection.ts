@@ -163,6 +163,8 @@ export class Session {
   /** When the current disconnect began, or the latest socket was closed to move on. */
   private suspendedAt = 0
   private readonly pending = new Map<symbol, number>()
+  /** The socket whose writes are held until the current tick ends (writeTogether). */
+  private corked?: {uncork(): void}
   private readonly reconnectListeners = new Set<() => void>()
 
   constructor(
@@ -291,6 +293,7 @@ export class Session {
         this.log?.(`zk: ${what} ${path}: no answer within ${formatDuration(timeout)}`)
         reject(new ConnectionError(Code.OPERATION_TIMEOUT, `ZooKeeper ${what} ${path} failed`, `no answer within ${formatDuration(timeout)} from ${this.target.display}`, 'is the ensemble reachable?'))
       }, timeout)
+      this.writeTogether(client)
       send(client, (error, value) => {
         if (settled) return
         settled = true
@@ -302,6 +305,22 @@ export class Session {
         if (error) reject(this.trouble(error, what, path))
         else resolve(value as T)
       })
+    })
+  }
+
+  /**
+   * The library writes each request to the socket as it is made: a system call per request (a
+   * quarter of a 10,000-key `lock status`'s time). Requests made in the same tick are held (cork)
+   * and leave in one write when the tick ends; a lone request only waits for the end of the tick.
+   */
+  private writeTogether(client: Client): void {
+    const socket = client.connectionManager?.socket
+    if (this.corked || !socket || socket.destroyed) return
+    this.corked = socket
+    socket.cork()
+    process.nextTick(() => {
+      this.corked = undefined
+      socket.uncork()
     })
   }
 

@@ -111,7 +111,7 @@ declare module 'node-zookeeper-client' {
      * Closed when a connection stops answering: the library has no read timeout
      * (alexguan/node-zookeeper-client#13), so a paused server would hold the client forever.
      */
-    socket?: {destroy(): void}
+    socket?: {destroy(): void; cork(): void; uncork(): void; destroyed: boolean}
     /** The zxid of the last reply, set just before that reply's callback runs. */
     zxid?: Buffer
   }
