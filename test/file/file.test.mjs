@@ -17,7 +17,7 @@ import {after, before, describe, it} from 'node:test'
 
 import {encodeName} from '../../dist/backends/file/paths.js'
 import {fileBackend, useBackend} from '../support/backends.mjs'
-import {BIN, NODE, oneErrorLine, runProgram, tempDir, uniqueName} from '../support/cli.mjs'
+import {BIN, NODE, oneErrorLine, runProgram, spawnOn, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
 import {drainJson, pushArgs, queueStats} from '../support/queues.mjs'
 
 const withoutDacOverride = ['--bounding-set=-dac_override,-dac_read_search']
@@ -202,5 +202,59 @@ describe('file backend: symlinks planted in its directory are refused, never fol
       await unlink(planted)
     }
     assert.deepEqual(await readdir(outside), [])
+  })
+})
+
+describe('file backend: exclusive waiters stand in line', {concurrency: 1}, () => {
+  const ctx = useBackend(fileBackend, {before, after})
+  /** The owners in the key's line, read from its current state (leases.ts). */
+  const line = async (key) => {
+    const dir = join(ctx.instance.baseDir, 'leases', encodeName(key))
+    const names = await readdir(dir)
+    const marker = names.filter((n) => n.startsWith('S.')).sort((a, b) => Number(BigInt(b.split('.')[1]) - BigInt(a.split('.')[1])))[0]
+    const state = JSON.parse(await readFile(join(dir, `C.${marker.slice(2)}`), 'utf8').catch(() => '{}'))
+    return {waiting: state.waiting ?? [], marker}
+  }
+
+  it('waiters get the key in the order they arrived; a --wait 0 try does not pass them; recording a place is a quiet commit', async (t) => {
+    const dir = await tempDir(t)
+    const key = uniqueName('fair')
+    const held = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s'])
+    assert.equal(held.code, 0, held.stderr)
+    const waiters = []
+    for (let i = 1; i <= 4; i++) {
+      waiters.push(spawnOn(ctx.dlq.url, ['lock', 'run', '--key', key, '--wait', '20s', '--', 'sh', '-c', `echo ${i} >> "$1/order"`, 'file-test', dir], {t}))
+      await waitFor(async () => (await line(key)).waiting.length === i, {what: `waiter ${i} to stand in line`})
+      assert.match((await line(key)).marker, /^S\.\d+\.0/, 'the commit that recorded the place is quiet')
+    }
+    const released = await ctx.dlq.run(['lock', 'release', '--key', key, '--token', held.stdout.trim()])
+    assert.equal(released.code, 0, released.stderr)
+    const results = await Promise.all(waiters.map((w) => w.result))
+    assert.deepEqual(results.map((r) => r.code), [0, 0, 0, 0], results.map((r) => r.stderr).join(''))
+    assert.equal(await readFile(join(dir, 'order'), 'utf8'), '1\n2\n3\n4\n')
+    assert.deepEqual((await line(key)).waiting, [], 'each left the line as it acquired')
+  })
+
+  it('a --wait 0 try finds a key with waiters in line busy (75); a waiter killed in line stops blocking within its place\'s 5 s', async (t) => {
+    const key = uniqueName('dead-waiter')
+    const held = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s'])
+    assert.equal(held.code, 0, held.stderr)
+    const waiter = spawnOn(ctx.dlq.url, ['lock', 'run', '--key', key, '--wait', '20s', '--', 'true'], {t})
+    await waitFor(async () => (await line(key)).waiting.length === 1, {what: 'the waiter to stand in line'})
+    waiter.kill('SIGKILL')
+    await waiter.result
+    assert.equal((await ctx.dlq.run(['lock', 'release', '--key', key, '--token', held.stdout.trim()])).code, 0)
+    const [place] = (await line(key)).waiting
+    const sent = Date.now()
+    const tried = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '0', '--', 'true'])
+    // Judged by the place's expiry (same clock): a try over before it is behind the dead waiter,
+    // one begun after it gets the key; one that straddles it may be either.
+    if (Date.now() < place.expiresMs) assert.equal(tried.code, 75, 'the dead waiter\'s place is still live: the try is behind it')
+    else if (sent > place.expiresMs) assert.equal(tried.code, 0, tried.stderr)
+    else assert.ok([0, 75].includes(tried.code), tried.stderr)
+    const started = Date.now()
+    const patient = await ctx.dlq.run(['lock', 'run', '--key', key, '--wait', '20s', '--', 'true'])
+    assert.equal(patient.code, 0, patient.stderr)
+    assert.ok(Date.now() - started < 10_000, `a waiter behind the dead one got the key ${Date.now() - started} ms later (its place lasts 5 s)`)
   })
 })
