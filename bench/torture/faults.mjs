@@ -236,8 +236,11 @@ export class Injector {
       case 'kill -9 master (Sentinel)': {
         // Resolves once a replica is promoted and the killed server is back as its replica, in sync.
         const at = Date.now()
-        const {killed, promoted, promotedMs, readyMs} = await this.server.killMaster()
-        this.note({kind, at, until: Date.now(), server: true, detail: `master :${killed} killed, :${promoted} promoted after ${promotedMs} ms, :${killed} back as its replica after ${readyMs} ms`})
+        const killing = await this.server.killMaster()
+        if (!killing) return false // no replica the Sentinels could promote within 30 s: missed
+        const {killed, promoted, promotedMs, readyMs, link} = killing
+        const back = readyMs === undefined ? `not yet back in sync and promotable 30 s after the kill (link ${link}; the next kill waits for it)` : `back as its replica after ${readyMs} ms`
+        this.note({kind, at, until: Date.now(), server: true, detail: `master :${killed} killed, :${promoted} promoted after ${promotedMs} ms, :${killed} ${back}`})
         await this.recovered(Date.now(), undefined, 30_000)
         return true
       }

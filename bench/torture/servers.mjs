@@ -140,10 +140,20 @@ async function startSentinelBackend() {
     url: group.url(),
     description: `a master and a replica (redis-server on 127.0.0.1:${group.master.port} and :${group.replica.port}) behind three Sentinels (down-after 1 s), no persistence; dlq WAITs for the replica`,
     ...noFaults,
+    /**
+     * Kills the master once the Sentinels agree on it and could promote the other node (waited
+     * for: the last victim may still be syncing); undefined when that does not come within 30 s,
+     * and the fault is counted as missed. A slow resync of a restarted node is Redis's and the
+     * machine's, not a fault of dlq: it is reported, and the next kill waits for it.
+     */
     async killMaster() {
-      const master = agreed()
-      const replica = nodes.find((n) => n !== master)
-      if (!master || !promotable(replica)) throw new Error('sentinel torture: no master the Sentinels agree on, or no replica they could promote')
+      const ready = await waitUntil(() => {
+        const master = agreed()
+        const replica = nodes.find((n) => n !== master)
+        return master && promotable(replica) ? {master, replica} : undefined
+      }, {timeoutMs: 30_000, intervalMs: 100})
+      if (!ready) return undefined
+      const {master, replica} = ready
       signalPid(master.pid(), 'SIGKILL')
       const killedAt = Date.now()
       if (!(await waitUntil(() => agreed() === replica && /^master/.test(cli(replica.port, 'ROLE')), {timeoutMs: 30_000, intervalMs: 100}))) {
@@ -157,8 +167,8 @@ async function startSentinelBackend() {
       await writeFile(conf, [...lines.filter(Boolean), `replicaof 127.0.0.1 ${replica.port}`].join('\n') + '\n')
       await master.restart()
       const synced = await waitUntil(() => /master_link_status:up/.test(cli(master.port, 'INFO', 'replication')) && promotable(master), {timeoutMs: 30_000, intervalMs: 100})
-      if (!synced) throw new Error(`sentinel torture: the killed master ${master.port}, restarted as a replica, was not in sync and promotable within 30 s`)
-      return {killed: master.port, promoted: replica.port, promotedMs: promotedAt - killedAt, readyMs: Date.now() - killedAt}
+      const link = /master_link_status:(\w+)/.exec(cli(master.port, 'INFO', 'replication'))?.[1] ?? 'unknown'
+      return {killed: master.port, promoted: replica.port, promotedMs: promotedAt - killedAt, readyMs: synced ? Date.now() - killedAt : undefined, link}
     },
     stop: () => group.stop(),
   }
