@@ -88,7 +88,7 @@ describe('file lock protocol: every interleaving of its steps (model checking le
 })
 
 describe('file lock protocol: the line of exclusive waiters (leases.ts decide)', async () => {
-  const {decide, quietId, wakesWaiters} = await import('../../dist/backends/file/leases.js')
+  const {advance, begin, decide, lineMark, quietId, wakesWaiters} = await import('../../dist/backends/file/leases.js')
   const info = {host: 'h', pid: 1, user: 'u', command: 'c'}
   const acquire = (owner, more = {}) => ({kind: 'acquire', owner, limit: 1, ttlMs: 1000, info, waiterTtlMs: 5000, ...more})
   const line = (...owners) => owners.map((owner, i) => ({owner, expiresMs: 10_000 + i}))
@@ -124,5 +124,23 @@ describe('file lock protocol: the line of exclusive waiters (leases.ts decide)',
     assert.equal(wakesWaiters('S.8.mip3k2x'), true)
     assert.equal(wakesWaiters('C.8.mip3k2x'), false, 'only a marker\'s rename is a commit')
     assert.equal(wakesWaiters(null), true, 'a change the platform does not name wakes')
+    const renewed = decide({kind: 'renew', owner: 'h', marginMs: 10}, {holders: held, waiting: line('a')}, 100, 7n)
+    assert.equal(renewed.quiet, true, 'a renewal frees nothing')
+  })
+
+  it('a commit that may free the key names the first two in line: they wake, the rest of the line sleeps on; watchers not in line wake for it', () => {
+    const held = [{owner: 'h', ...info, acquiredMs: 0, ttlMs: 60_000, expiresMs: 60_000, token: '1'}]
+    const state = JSON.stringify({holders: held, waiting: line('a', 'b', 'c')})
+    // A release run as a transaction: list, read, then the new marker's name.
+    let tx = begin({kind: 'release', owner: 'h'})
+    tx = advance(tx, {names: ['S.7.mipx1', 'C.7.mipx1']}, 100, () => 'miq0fresh')
+    tx = advance(tx, {data: state}, 100, () => 'miq0fresh')
+    const marker = `S.8.${tx.newId}`
+    assert.equal(wakesWaiters(marker, lineMark('a')), true)
+    assert.equal(wakesWaiters(marker, lineMark('b')), true)
+    assert.equal(wakesWaiters(marker, lineMark('c')), false, 'the third in line sleeps on')
+    assert.equal(wakesWaiters(marker), true, 'a watcher not in line (a reader, a holder) wakes')
+    assert.equal(wakesWaiters('S.8.miq0fresh', lineMark('c')), true, 'a commit that names nobody (no line, an older dlq) wakes everyone')
+    assert.match(tx.newId, /^[0-9a-z]{1,40}$/, 'still a valid id')
   })
 })

@@ -41,7 +41,8 @@
 //      among the processes that believe they hold (exclusive ones stay within their limit: I2, I3).
 // Shared (reader) holders: a shared acquire succeeds when no live holder is exclusive and no live
 // exclusive request waits; an exclusive acquire when no live holder is shared and fewer than its
-// limit are exclusive (--shared and --limit N > 1 do not combine, but a semaphore's holders and
+// limit are exclusive, counting the live waiters ahead of it in line (arrival order: a request
+// not in line is behind all of them) (--shared and --limit N > 1 do not combine, but a semaphore's holders and
 // readers may meet on one key: they exclude each other). Writer preference: an exclusive acquire that finds the key busy records itself
 // in the state's `waiting` list with an expiry (waiterTtlMs), and refreshes it while it waits
 // (decide: when less than half of it is left); a crashed waiter stops blocking readers at that
@@ -136,14 +137,38 @@ const contentName = /^C\.(\d{1,19})\.([0-9a-z]{1,40})$/
 const maxVersion = 2n ** 63n - 1n
 
 export const markerName = (version: bigint | string, id: string) => `S.${version}.${id}`
-/**
- * The id of a quiet commit (a waiter's place recorded or refreshed), which frees nothing: a fresh
- * id behind a 0, which no fresh id starts with (they start with the time in base 36). Waiters
- * watching the directory wake only for markers that are not quiet (wakesWaiters).
+/*
+ * Who a commit wakes, told by the id of its marker (ids are opaque to the protocol: only their
+ * freshness matters, and a fresh id starts with the time in base 36, a letter until 2059):
+ * - `0<fresh>`: a quiet commit (a waiter's place recorded or refreshed), which frees nothing:
+ *   it wakes nobody;
+ * - `1<first><second><fresh>`: any other commit while exclusive requests stand in line, naming
+ *   the first two (lineMark of their owners; the second covers a first that died within its
+ *   place's expiry): a waiter in line wakes only when named; anyone else watching wakes;
+ * - any other id (no line, or a commit by a dlq before the line): wakes everyone watching.
+ * Waking decides nothing (every waiter reads the state before it acts): a missed or needless
+ * wake costs time, never exclusivity, and the timers (expiries, places) and the fallback poll
+ * remain.
  */
-export const quietId = (id: string) => `0${id}`
-/** Whether a name seen changing in a key's directory may have freed something: a marker of a commit that is not quiet. */
-export const wakesWaiters = (name: string | null | undefined) => name == null || (name.startsWith('S.') && !/^S\.\d+\.0/.test(name))
+export const quietId = (id: string) => `0${id}`.slice(0, 40)
+/** Four base-36 characters for an owner (FNV-1a): how a commit names a waiter it wakes. */
+export function lineMark(owner: string): string {
+  let hash = 0x811c9dc5
+  for (let i = 0; i < owner.length; i++) hash = Math.imul(hash ^ owner.charCodeAt(i), 0x01000193) >>> 0
+  return (hash % 36 ** 4).toString(36).padStart(4, '0')
+}
+export const namingId = (line: WaiterRecord[], id: string) => (line.length === 0 ? id : `1${lineMark(line[0].owner)}${lineMark((line[1] ?? line[0]).owner)}${id}`.slice(0, 40))
+/**
+ * Whether a name seen changing in a key's directory may concern a watcher: a marker's rename (a
+ * commit) that is not quiet and, for a waiter in line (`mark`: its lineMark), names it.
+ */
+export function wakesWaiters(name: string | null | undefined, mark?: string): boolean {
+  if (name == null) return true // the platform did not say what changed
+  const m = /^S\.\d+\.([0-9a-z])(.{4})(.{4})/.exec(name) ?? /^S\.\d+\.([0-9a-z])/.exec(name)
+  if (!m || m[1] === '0') return false
+  if (m[1] !== '1' || mark === undefined) return true
+  return m[2] === mark || m[3] === mark
+}
 export const contentOf = (version: bigint | string, id: string) => `C.${version}.${id}`
 export const encodeHolders = (holders: HolderRecord[]) => JSON.stringify({holders})
 /** `waiting` is left out when empty: a state without it is what dlq before --shared wrote and reads. */
@@ -208,7 +233,8 @@ export function decide(intent: Intent, state: LeaseState, now: number, nextVersi
         // An exclusive request that will wait: recorded at the end of the line (or refreshed in
         // its place once half its time is gone), so that new shared requests queue behind it. A
         // quiet change: it frees nothing for anyone (entries dropped had expired, which every
-        // decision already ignores), so waiters need not wake for it (quietId).
+        // decision already ignores), so waiters need not wake for it (quietId). Holders dropped
+        // here had expired too: a waiter's timer at that expiry covers them.
         if (at >= 0 && waiting[at].expiresMs - now > waiterTtlMs / 2) return {outcome: busy}
         const place = {owner: intent.owner, expiresMs: now + waiterTtlMs}
         return {next: {holders: live, waiting: at < 0 ? [...waiting, place] : waiting.map((w, i) => (i === at ? place : w))}, outcome: busy, quiet: true}
@@ -226,7 +252,8 @@ export function decide(intent: Intent, state: LeaseState, now: number, nextVersi
       if (mine.expiresMs <= now + intent.marginMs) return {outcome: {kind: 'lost', why: `the lease expired at ${new Date(mine.expiresMs).toISOString()} before it was renewed`}}
       const ttlMs = intent.ttlMs ?? mine.ttlMs
       const record = {...mine, ttlMs, expiresMs: now + ttlMs}
-      return {next: {holders: live.map((h) => (h.owner === intent.owner ? record : h)), waiting}, outcome: {kind: 'renewed', record}}
+      // Quiet: a renewal frees nothing (a waiter's timer at the old expiry finds it renewed).
+      return {next: {holders: live.map((h) => (h.owner === intent.owner ? record : h)), waiting}, outcome: {kind: 'renewed', record}, quiet: true}
     }
     case 'release': {
       const mine = holders.find((h) => h.owner === intent.owner)
@@ -297,7 +324,7 @@ export function advance(tx: Transaction, reply: Reply, now: number, freshId: () 
       const nextVersion = BigInt(tx.version!) + 1n
       const {next, outcome, quiet} = decide(tx.intent, decodeState(reply.data), now, nextVersion)
       if (!next) return {...tx, phase: tx.intent.kind === 'read' ? 'done' : 'collect', outcome}
-      return {...tx, phase: 'write', newId: quiet ? quietId(freshId()) : freshId(), data: encodeState(next), pending: outcome, missed: undefined}
+      return {...tx, phase: 'write', newId: quiet ? quietId(freshId()) : namingId(next.waiting, freshId()), data: encodeState(next), pending: outcome, missed: undefined}
     }
     case 'write':
       return {...tx, phase: 'commit'}

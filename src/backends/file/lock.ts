@@ -23,7 +23,7 @@ import {join} from 'node:path'
 
 import {LockLostError, unavailable} from '../../errors.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
-import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, request as nextRequest, wakesWaiters} from './leases.js'
+import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, lineMark, request as nextRequest, wakesWaiters} from './leases.js'
 import {decodeName, encodeName, existingDir, existingPath, inExistingDirSync, makeDir, type Modes, readRegularFile, readRegularFileSync, safeDir, unpin, writeNewFile} from './paths.js'
 import {waitFor} from './watch.js'
 
@@ -209,6 +209,9 @@ export class FileLocks implements LockDriver {
     const queues = !shared && request.waitMs > 0
     const intent: Intent = {kind: 'acquire', owner: request.owner, limit: request.limit, ttlMs: request.ttlMs, info: request.holder, shared, waiterTtlMs: queues ? waiterTtlMs : 0}
     let acquired = false
+    // Once in line, this waiter wakes only for the commits that name it (leases.ts, wakesWaiters).
+    const mark = lineMark(request.owner)
+    let inLine = false
     try {
       return await waitFor<Lease | undefined>(dir, request.signal, Date.now() + request.waitMs, async () => {
         const outcome = await this.transact(dir, intent)
@@ -224,10 +227,11 @@ export class FileLocks implements LockDriver {
         // waiter ahead in line (by a shared request: any); and an exclusive waiter refreshes its
         // place at half its time.
         const at = waiting.findIndex((w) => w.owner === request.owner)
+        inLine = at >= 0
         const ahead = at < 0 ? waiting : waiting.slice(0, at)
         const times = [...holders.map((h) => h.expiresMs), ...ahead.map((w) => w.expiresMs), ...(at >= 0 ? [waiting[at].expiresMs - waiterTtlMs / 2] : [])]
         return {done: false, value: undefined, next: Math.min(...times)}
-      }, undefined, wakesWaiters)
+      }, undefined, (name) => wakesWaiters(name, inLine ? mark : undefined))
     } finally {
       // A waiter that gives up leaves at once, so the readers behind it need not wait for its expiry.
       if (!acquired && queues) await this.transact(dir, {kind: 'leave', owner: request.owner}).catch(() => {})
