@@ -1,11 +1,29 @@
 // The file backend's wait: try, and between tries sleep until the directory changes (inotify via
-// fs.watch), the attempt's own next time (an expiry, a claim deadline), or the slow fallback poll
-// that only NFS needs (another machine's changes raise no local event).
+// fs.watch), the attempt's own next time (an expiry, a claim deadline), or the fallback poll that
+// only NFS needs (another machine's changes raise no local event).
 import {watch, type FSWatcher} from 'node:fs'
+import {statfs} from 'node:fs/promises'
 
 import {Wakeup} from '../wakeup.js'
 
-const fallbackPollMs = 1000
+/**
+ * Filesystems (statfs f_type) whose every change is made by this machine's kernel, so inotify
+ * reports it: ext2/3/4, XFS, Btrfs, tmpfs, overlayfs, ZFS, F2FS, ramfs. There the poll is only
+ * insurance (an inotify queue that overflowed) and runs every 5 s; anywhere else (NFS, SMB, FUSE,
+ * 9p, cluster filesystems, or a type not known here) every second. Fifty waiters polling every
+ * second were fifty reads a second beside the hand-offs they wait for.
+ */
+const localTypes = new Set([0xef53, 0x58465342, 0x9123683e, 0x01021994, 0x794c7630, 0x2fc12fc1, 0xf2f52010, 0x858458f6])
+const localPollMs = 5000
+const otherPollMs = 1000
+
+async function fallbackPollMs(dir: string): Promise<number> {
+  try {
+    return localTypes.has((await statfs(dir)).type) ? localPollMs : otherPollMs
+  } catch {
+    return otherPollMs
+  }
+}
 
 export interface Attempt<T> {
   done: boolean
@@ -21,6 +39,8 @@ export interface Attempt<T> {
  */
 export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: number, attempt: () => Promise<Attempt<T>>, timedOut: T, wakesOn?: (name: string | null) => boolean): Promise<T> {
   let watcher: FSWatcher | undefined
+  let armed = false
+  let pollMs = otherPollMs
   const wakeup = new Wakeup(signal)
   try {
     for (;;) {
@@ -30,17 +50,21 @@ export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: num
       if (result.done) return result.value
       const now = Date.now()
       if (now >= deadline) return timedOut
-      if (!watcher) {
+      if (!armed) {
+        armed = true
+        pollMs = await fallbackPollMs(dir)
         try {
           watcher = watch(dir, {persistent: false}, wakesOn ? (_event, name) => wakesOn(name) && wakeup.wake() : wakeup.wake)
           watcher.on('error', () => {})
         } catch {
-          // inotify exhausted or unsupported: the timers still work
+          // inotify exhausted or unsupported: the timers and the poll (every second) still work.
+          // (Before, a watch that could not be made was tried again at once, attempt after attempt.)
+          pollMs = otherPollMs
         }
         continue // try again now that the watch is armed, so no change slips in between
       }
       if (wakeup.changed) continue
-      await wakeup.sleep(Math.max(1, Math.min(deadline - now, result.next - now + 1, fallbackPollMs)))
+      await wakeup.sleep(Math.max(1, Math.min(deadline - now, result.next - now + 1, pollMs)))
     }
   } finally {
     watcher?.close()
