@@ -41,9 +41,9 @@
 //      among the processes that believe they hold (exclusive ones stay within their limit: I2, I3).
 // Shared (reader) holders: a shared acquire succeeds when no live holder is exclusive and no live
 // exclusive request waits; an exclusive acquire when no live holder is shared and fewer than its
-// limit are exclusive, counting the live waiters ahead of it in line (arrival order: a request
-// not in line is behind all of them) (--shared and --limit N > 1 do not combine, but a semaphore's holders and
-// readers may meet on one key: they exclude each other). Writer preference: an exclusive acquire that finds the key busy records itself
+// limit are exclusive, counting the live waiters ahead of it in line, in arrival order; a request
+// not in line is behind all of them. (--shared and --limit N > 1 do not combine, but a semaphore's
+// holders and readers may meet on one key: they exclude each other.) Writer preference: an exclusive acquire that finds the key busy records itself
 // in the state's `waiting` list with an expiry (waiterTtlMs), and refreshes it while it waits
 // (decide: when less than half of it is left); a crashed waiter stops blocking readers at that
 // expiry, one that gives up leaves the list at once (intent `leave`). Being a commit like any

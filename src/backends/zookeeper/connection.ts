@@ -310,7 +310,7 @@ export class Session {
 
   /**
    * The library writes each request to the socket as it is made: a system call per request (a
-   * quarter of a 10,000-key `lock status`'s time). Requests made in the same tick are held (cork)
+   * quarter of the client's CPU in a 10,000-key `lock status`). Requests made in one tick are held (cork)
    * and leave in one write when the tick ends; a lone request only waits for the end of the tick.
    */
   private writeTogether(client: Client): void {
