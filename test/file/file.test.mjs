@@ -15,6 +15,7 @@ import {chmod, lstat, mkdir, readdir, readFile, rm, stat, symlink, unlink, utime
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
+import {contentOf, currentState, markerName} from '../../dist/backends/file/leases.js'
 import {encodeName} from '../../dist/backends/file/paths.js'
 import {fileBackend, useBackend} from '../support/backends.mjs'
 import {BIN, NODE, oneErrorLine, runProgram, spawnOn, tempDir, uniqueName, waitFor} from '../support/cli.mjs'
@@ -210,10 +211,9 @@ describe('file backend: exclusive waiters stand in line', {concurrency: 1}, () =
   /** The owners in the key's line, read from its current state (leases.ts). */
   const line = async (key) => {
     const dir = join(ctx.instance.baseDir, 'leases', encodeName(key))
-    const names = await readdir(dir)
-    const marker = names.filter((n) => n.startsWith('S.')).sort((a, b) => Number(BigInt(b.split('.')[1]) - BigInt(a.split('.')[1])))[0]
-    const state = JSON.parse(await readFile(join(dir, `C.${marker.slice(2)}`), 'utf8').catch(() => '{}'))
-    return {waiting: state.waiting ?? [], marker}
+    const {version, id} = currentState(await readdir(dir))
+    const state = JSON.parse(await readFile(join(dir, contentOf(version, id)), 'utf8').catch(() => '{}'))
+    return {waiting: state.waiting ?? [], marker: markerName(version, id)}
   }
 
   it('waiters get the key in the order they arrived; a --wait 0 try does not pass them; recording a place is a quiet commit', async (t) => {

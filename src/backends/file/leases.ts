@@ -157,6 +157,11 @@ export function lineMark(owner: string): string {
   for (let i = 0; i < owner.length; i++) hash = Math.imul(hash ^ owner.charCodeAt(i), 0x01000193) >>> 0
   return (hash % 36 ** 4).toString(36).padStart(4, '0')
 }
+/** The live waiters ahead of `owner` in line: all of them when it has no place. */
+export function aheadInLine(waiting: WaiterRecord[], owner: string): WaiterRecord[] {
+  const at = waiting.findIndex((w) => w.owner === owner)
+  return at < 0 ? waiting : waiting.slice(0, at)
+}
 export const namingId = (line: WaiterRecord[], id: string) => (line.length === 0 ? id : `1${lineMark(line[0].owner)}${lineMark((line[1] ?? line[0]).owner)}${id}`.slice(0, 40))
 /**
  * Whether a name seen changing in a key's directory may concern a watcher: a marker's rename (a
@@ -164,7 +169,7 @@ export const namingId = (line: WaiterRecord[], id: string) => (line.length === 0
  */
 export function wakesWaiters(name: string | null | undefined, mark?: string): boolean {
   if (name == null) return true // the platform did not say what changed
-  const m = /^S\.\d+\.([0-9a-z])(.{4})(.{4})/.exec(name) ?? /^S\.\d+\.([0-9a-z])/.exec(name)
+  const m = /^S\.\d+\.([0-9a-z])(?:(.{4})(.{4}))?/.exec(name)
   if (!m || m[1] === '0') return false
   if (m[1] !== '1' || mark === undefined) return true
   return m[2] === mark || m[3] === mark
@@ -221,11 +226,9 @@ export function decide(intent: Intent, state: LeaseState, now: number, nextVersi
       // The exclusive requests waiting stand in line by arrival: one takes a free place only when
       // the waiters ahead of it leave enough (a request not in line is behind all of them). So a
       // release is taken by the first in line, and the others need not try (no herd of commits).
-      const at = waiting.findIndex((w) => w.owner === intent.owner)
-      const ahead = at < 0 ? waiting.length : at
       const free = intent.shared
         ? !live.some((h) => !h.shared) && othersWaiting(intent.owner).length === 0
-        : live.length + ahead < intent.limit && !live.some((h) => h.shared)
+        : live.length + aheadInLine(waiting, intent.owner).length < intent.limit && !live.some((h) => h.shared)
       if (!free) {
         const busy: Outcome = {kind: 'busy', holders: live, waiting}
         const waiterTtlMs = intent.waiterTtlMs ?? 0
@@ -235,9 +238,10 @@ export function decide(intent: Intent, state: LeaseState, now: number, nextVersi
         // quiet change: it frees nothing for anyone (entries dropped had expired, which every
         // decision already ignores), so waiters need not wake for it (quietId). Holders dropped
         // here had expired too: a waiter's timer at that expiry covers them.
-        if (at >= 0 && waiting[at].expiresMs - now > waiterTtlMs / 2) return {outcome: busy}
+        const own = waiting.find((w) => w.owner === intent.owner)
+        if (own && own.expiresMs - now > waiterTtlMs / 2) return {outcome: busy}
         const place = {owner: intent.owner, expiresMs: now + waiterTtlMs}
-        return {next: {holders: live, waiting: at < 0 ? [...waiting, place] : waiting.map((w, i) => (i === at ? place : w))}, outcome: busy, quiet: true}
+        return {next: {holders: live, waiting: own ? waiting.map((w) => (w === own ? place : w)) : [...waiting, place]}, outcome: busy, quiet: true}
       }
       const record: HolderRecord = {owner: intent.owner, ...intent.info, acquiredMs: now, ttlMs: intent.ttlMs, expiresMs: now + intent.ttlMs, token: nextVersion.toString()}
       if (intent.shared) record.shared = true

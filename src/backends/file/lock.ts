@@ -23,7 +23,7 @@ import {join} from 'node:path'
 
 import {LockLostError, unavailable} from '../../errors.js'
 import type {AcquireRequest, Holder, Lease, LockDriver, LockState} from '../types.js'
-import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, lineMark, request as nextRequest, wakesWaiters} from './leases.js'
+import {advance, begin, contentOf, DamagedState, encodeHolders, type HolderRecord, type Intent, markerName, type Outcome, type Reply, type Request, aheadInLine, lineMark, request as nextRequest, wakesWaiters} from './leases.js'
 import {decodeName, encodeName, existingDir, existingPath, inExistingDirSync, makeDir, type Modes, readRegularFile, readRegularFileSync, safeDir, unpin, writeNewFile} from './paths.js'
 import {waitFor} from './watch.js'
 
@@ -226,10 +226,9 @@ export class FileLocks implements LockDriver {
         // A holder that died is noticed at its expiry, without any event; so is a dead exclusive
         // waiter ahead in line (by a shared request: any); and an exclusive waiter refreshes its
         // place at half its time.
-        const at = waiting.findIndex((w) => w.owner === request.owner)
-        inLine = at >= 0
-        const ahead = at < 0 ? waiting : waiting.slice(0, at)
-        const times = [...holders.map((h) => h.expiresMs), ...ahead.map((w) => w.expiresMs), ...(at >= 0 ? [waiting[at].expiresMs - waiterTtlMs / 2] : [])]
+        const own = waiting.find((w) => w.owner === request.owner)
+        inLine = own !== undefined
+        const times = [...holders.map((h) => h.expiresMs), ...aheadInLine(waiting, request.owner).map((w) => w.expiresMs), ...(own ? [own.expiresMs - waiterTtlMs / 2] : [])]
         return {done: false, value: undefined, next: Math.min(...times)}
       }, undefined, (name) => wakesWaiters(name, inLine ? mark : undefined))
     } finally {

@@ -39,8 +39,7 @@ export interface Attempt<T> {
  */
 export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: number, attempt: () => Promise<Attempt<T>>, timedOut: T, wakesOn?: (name: string | null) => boolean): Promise<T> {
   let watcher: FSWatcher | undefined
-  let armed = false
-  let pollMs = otherPollMs
+  let pollMs: number | undefined // set once the watch is armed (or could not be)
   const wakeup = new Wakeup(signal)
   try {
     for (;;) {
@@ -50,8 +49,7 @@ export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: num
       if (result.done) return result.value
       const now = Date.now()
       if (now >= deadline) return timedOut
-      if (!armed) {
-        armed = true
+      if (pollMs === undefined) {
         pollMs = await fallbackPollMs(dir)
         try {
           watcher = watch(dir, {persistent: false}, wakesOn ? (_event, name) => wakesOn(name) && wakeup.wake() : wakeup.wake)

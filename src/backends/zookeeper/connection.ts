@@ -163,8 +163,8 @@ export class Session {
   /** When the current disconnect began, or the latest socket was closed to move on. */
   private suspendedAt = 0
   private readonly pending = new Map<symbol, number>()
-  /** The socket whose writes are held until the current tick ends (writeTogether). */
-  private corked?: {uncork(): void}
+  /** Whether writes are held until the current tick ends (writeTogether). */
+  private corked = false
   private readonly reconnectListeners = new Set<() => void>()
 
   constructor(
@@ -316,10 +316,10 @@ export class Session {
   private writeTogether(client: Client): void {
     const socket = client.connectionManager?.socket
     if (this.corked || !socket || socket.destroyed) return
-    this.corked = socket
+    this.corked = true
     socket.cork()
     process.nextTick(() => {
-      this.corked = undefined
+      this.corked = false
       socket.uncork()
     })
   }
