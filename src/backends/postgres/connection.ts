@@ -33,6 +33,7 @@ import type {ConnectionOptions} from 'node:tls'
 
 import type {Client, ClientConfig, QueryConfig, QueryResultRow} from 'pg'
 
+import {vendored} from '../../builtins.js'
 import {DlqError, unavailable, usageError} from '../../errors.js'
 import {checkParameters, connectTimeoutMs, credentials} from '../url.js'
 import {displayOf, type Host, type Targets, targetsOf} from './hosts.js'
@@ -305,11 +306,11 @@ async function tlsOf(url: URL, env: NodeJS.ProcessEnv): Promise<false | Connecti
  * command's start, on a machine where node itself starts in 100. pg reads it once, as it loads; a
  * navigator that is not Cloudflare's, there only for that moment, answers first.
  */
-async function loadPg(): Promise<typeof import('pg').default> {
-  if ('navigator' in globalThis) return (await import('pg')).default
+function loadPg(): typeof import('pg').default {
+  if ('navigator' in globalThis) return vendored('pg')
   Object.defineProperty(globalThis, 'navigator', {value: {userAgent: 'Node.js'}, configurable: true})
   try {
-    return (await import('pg')).default
+    return vendored('pg')
   } finally {
     delete (globalThis as {navigator?: unknown}).navigator
   }
@@ -369,7 +370,7 @@ export class Connection {
   /** Connects (exit 69 at once when refused), then brings the schema up to date. */
   static async open(url: URL, log?: (line: string) => void): Promise<Connection> {
     const settings = await settingsOf(url)
-    const pg = await loadPg()
+    const pg = loadPg()
     // pg puts only a few parameters of its own in the startup message: the subclass adds dlq's.
     class DlqClient extends pg.Client {
       getStartupConf(): Record<string, string> {

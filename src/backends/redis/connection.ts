@@ -10,6 +10,7 @@ import {connect as tlsConnect, type ConnectionOptions} from 'node:tls'
 
 import type {Cluster, ClusterOptions, Redis, RedisOptions} from 'ioredis'
 
+import {vendored} from '../../builtins.js'
 import {formatDuration} from '../../duration.js'
 import {DlqError, ExitCode, serverRefusal, toDlqError, unavailable, usageError} from '../../errors.js'
 import {connectTimeoutMs, credentials, durationParam, maskUrl, shownUrl} from '../url.js'
@@ -209,7 +210,7 @@ export interface Connection {
 }
 
 export async function connect(url: URL, log?: (line: string) => void): Promise<Connection> {
-  const {Redis, Cluster} = await import('ioredis')
+  const {Redis, Cluster} = vendored<typeof import('ioredis')>('ioredis')
   const {user, password} = await credentials(url)
   const {options, cluster, followMs} = await topologyOf(url, user, password)
   const {wanted, timeoutMs} = replicationOf(url)

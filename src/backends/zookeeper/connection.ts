@@ -22,6 +22,7 @@
 // - deadlines (lock expiry, message visibility) are read on the server's clock: a znode's mtime is
 //   the leader's time of the write, and each process learns its offset from writes of its own, as
 //   bounds (clock.ts): others' deadlines are judged on the earliest, its own set on the latest.
+import {vendored} from '../../builtins.js'
 import {formatDuration} from '../../duration.js'
 import {DlqError, ExitCode, unavailable, usageError} from '../../errors.js'
 import {connectTimeoutMs, credentials, durationParam, shownUrl} from '../url.js'
@@ -125,14 +126,7 @@ export async function parseTarget(url: URL): Promise<Target> {
 
 const clampTimeout = (ms: number) => Math.max(200, Math.min(ms, 600_000))
 
-let library: Library | undefined
-async function load(): Promise<Library> {
-  if (!library) {
-    const module = (await import('node-zookeeper-client')) as Library & {default?: Library}
-    library = module.default ?? module
-  }
-  return library
-}
+const load = () => vendored<Library>('node-zookeeper-client')
 
 export interface Live {
   client: Client
@@ -190,7 +184,7 @@ export class Session {
     // ?connectTimeout= bounds all of it, loading the library included: a hard bound (SPEC §1).
     const timeout = this.target.connectTimeoutMs
     const started = Date.now()
-    const zk = await load()
+    const zk = load()
     this.acl = this.target.auth ? zk.ACL.CREATOR_ALL_ACL : zk.ACL.OPEN_ACL_UNSAFE
     const client = zk.createClient(this.target.servers, {sessionTimeout: this.wantedTimeoutMs, spinDelay: 100, retries: 0})
     if (this.target.auth) client.addAuthInfo('digest', Buffer.from(`${this.target.auth.user}:${this.target.auth.password}`))
