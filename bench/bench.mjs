@@ -714,7 +714,7 @@ async function herd() {
   } finally {
     redis.stop()
   }
-  notes.push('file: waiters stand in line and a commit names the first two, the only waiters in line it wakes (leases.ts); every waiter still watches the key\'s directory (inotify) and polls every 5 s on a local filesystem (every second elsewhere). Redis wakes the first two in line.')
+  notes.push('file: waiters stand in line and a commit names the first two, the only waiters in line it wakes, each on a wake-up file of its own (lock.ts); the others in line watch nothing and poll every 5 s on a local filesystem (every second elsewhere). Redis wakes the first two in line.')
   return {
     title: `lock hand-off with ${HERD_WAITERS} waiters against one (ms, command end → next command running)`,
     table: {header: ['backend', 'waiters', 'n', 'median ms', 'p99 ms', 'ratio to 1 waiter'], rows},

@@ -11,7 +11,7 @@
 // seen by nothing else. Each test first shows that its mechanism really denies a write, so it can
 // never pass without testing anything.
 import assert from 'node:assert/strict'
-import {chmod, lstat, mkdir, readdir, readFile, rm, stat, symlink, unlink, utimes, writeFile} from 'node:fs/promises'
+import {chmod, lstat, mkdir, open, readdir, readFile, readlink, rm, stat, symlink, unlink, utimes, writeFile} from 'node:fs/promises'
 import {join} from 'node:path'
 import {after, before, describe, it} from 'node:test'
 
@@ -233,6 +233,42 @@ describe('file backend: exclusive waiters stand in line', {concurrency: 1}, () =
     assert.deepEqual(results.map((r) => r.code), [0, 0, 0, 0], results.map((r) => r.stderr).join(''))
     assert.equal(await readFile(join(dir, 'order'), 'utf8'), '1\n2\n3\n4\n')
     assert.deepEqual((await line(key)).waiting, [], 'each left the line as it acquired')
+  })
+
+  it('a waiter in line sleeps on its own wake-up file, not the key\'s directory; the release that names it touches that file; the file goes when the waiter does', async (t) => {
+    const key = uniqueName('wake-file')
+    const wakeDir = join(ctx.instance.baseDir, 'wake')
+    const held = await ctx.dlq.run(['lock', 'acquire', '--key', key, '--ttl', '30s'])
+    assert.equal(held.code, 0, held.stderr)
+    const waiter = spawnOn(ctx.dlq.url, ['lock', 'run', '--key', key, '--wait', '20s', '--', 'true'], {t})
+    await waitFor(async () => (await line(key)).waiting.length === 1, {what: 'the waiter to stand in line'})
+    const [owner] = (await line(key)).waiting.map((w) => w.owner)
+    const wakeFile = join(wakeDir, encodeName(owner))
+    // The inodes the waiter's inotify watches (/proc/PID/fdinfo of its inotify descriptor).
+    const watchedInodes = async () => {
+      const inodes = []
+      for (const fd of await readdir(`/proc/${waiter.pid}/fd`)) {
+        if ((await readlink(`/proc/${waiter.pid}/fd/${fd}`).catch(() => '')) !== 'anon_inode:inotify') continue
+        for (const m of (await readFile(`/proc/${waiter.pid}/fdinfo/${fd}`, 'utf8')).matchAll(/^inotify wd:\S+ ino:([0-9a-f]+)/gm)) inodes.push(Number.parseInt(m[1], 16))
+      }
+      return inodes
+    }
+    const fileInode = await waitFor(async () => (await stat(wakeFile).catch(() => undefined))?.ino, {what: 'the waiter\'s wake-up file'})
+    await waitFor(async () => (await watchedInodes()).join() === String(fileInode), {what: 'the waiter to watch its wake-up file alone'})
+    assert.ok(!(await watchedInodes()).includes((await stat(join(ctx.instance.baseDir, 'leases', encodeName(key)))).ino), 'the waiter still watches the key\'s directory')
+    // The release names the waiter: it touches the waiter's file (an open with O_TRUNC: a new
+    // mtime, which an unlink would not give), and the waiter runs. Read through a descriptor held
+    // here, since the waiter removes its file once it has the key.
+    const handle = await open(wakeFile, 'r')
+    t.after(() => handle.close())
+    await utimes(wakeFile, 1, 1) // an old mtime (this wakes the waiter once: it finds the key busy and sleeps on)
+    const before = (await handle.stat()).mtimeMs
+    const released = await ctx.dlq.run(['lock', 'release', '--key', key, '--token', held.stdout.trim()])
+    assert.equal(released.code, 0, released.stderr)
+    const result = await waiter.result
+    assert.equal(result.code, 0, result.stderr)
+    assert.ok((await handle.stat()).mtimeMs > before, 'the release did not touch the waiter\'s wake-up file')
+    assert.deepEqual(await readdir(wakeDir), [], 'the waiter left its wake-up file behind')
   })
 
   it('a --wait 0 try finds a key with waiters in line busy (75); a waiter killed in line stops blocking within its place\'s 5 s', async (t) => {

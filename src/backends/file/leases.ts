@@ -128,6 +128,8 @@ export interface Transaction {
   empty: number
   /** The state whose content was missing at the last read: seen again, it is damaged. */
   missed?: string
+  /** The waiters our new state names (its first two in line): the ones to wake once it is committed. */
+  named?: string[]
   outcome?: Outcome
 }
 
@@ -144,7 +146,8 @@ export const markerName = (version: bigint | string, id: string) => `S.${version
  *   it wakes nobody;
  * - `1<first><second><fresh>`: any other commit while exclusive requests stand in line, naming
  *   the first two (lineMark of their owners; the second covers a first that died within its
- *   place's expiry): a waiter in line wakes only when named; anyone else watching wakes;
+ *   place's expiry): a waiter in line wakes only when named (the driver also touches the named
+ *   waiters' own wake-up files: lock.ts, `named` below); anyone else watching wakes;
  * - any other id (no line, or a commit by a dlq before the line): wakes everyone watching.
  * Waking decides nothing (every waiter reads the state before it acts): a missed or needless
  * wake costs time, never exclusivity, and the timers (expiries, places) and the fallback poll
@@ -327,8 +330,9 @@ export function advance(tx: Transaction, reply: Reply, now: number, freshId: () 
       if (missing || !('data' in reply)) return {...tx, phase: 'list', missed: markerName(tx.version!, tx.id!)}
       const nextVersion = BigInt(tx.version!) + 1n
       const {next, outcome, quiet} = decide(tx.intent, decodeState(reply.data), now, nextVersion)
-      if (!next) return {...tx, phase: tx.intent.kind === 'read' ? 'done' : 'collect', outcome}
-      return {...tx, phase: 'write', newId: quiet ? quietId(freshId()) : namingId(next.waiting, freshId()), data: encodeState(next), pending: outcome, missed: undefined}
+      if (!next) return {...tx, phase: tx.intent.kind === 'read' ? 'done' : 'collect', outcome, named: undefined}
+      const named = quiet ? undefined : next.waiting.slice(0, 2).map((w) => w.owner)
+      return {...tx, phase: 'write', newId: quiet ? quietId(freshId()) : namingId(next.waiting, freshId()), data: encodeState(next), pending: outcome, missed: undefined, named}
     }
     case 'write':
       return {...tx, phase: 'commit'}

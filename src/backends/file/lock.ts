@@ -12,9 +12,10 @@
 // - Creating a key's directory is itself atomic: it is built in tmp/ with its first state and
 //   renamed into place, so there is never a key directory without a state, and never two first
 //   states (rename onto a directory that is not empty fails). It is never removed afterwards.
-// - Waiters watch the key's directory (inotify via fs.watch: every commit renames the marker) and
-//   arm a timer for the earliest expiry; a slow poll remains only for NFS, where another
-//   machine's changes raise no event.
+// - Waiters watch the key's directory (inotify via fs.watch: every commit renames the marker), or
+//   once in line a wake-up file of their own (wakeFile below), and arm a timer for the earliest
+//   expiry; a slow poll remains as insurance, and for NFS, where another machine's changes raise
+//   no event.
 // - State files are written without fsync: after a power loss the state may be older than what
 //   was acknowledged (leases expire by then anyway), and so may the fencing counter.
 import {readdirSync, watch} from 'node:fs'
@@ -105,12 +106,50 @@ export class FileLocks implements LockDriver {
       throw damaged(dir, error)
     }
     this.log?.(`file: ${intent.kind} ${dir}: ${tx.outcome!.kind} (state ${tx.version}${tx.newId ? ` → ${BigInt(tx.version!) + 1n}` : ''})`)
+    // Committed a state that names waiters in line: wake them, each on its own file.
+    if (tx.named?.length) await this.wake(tx.named)
     if (nextRequest(tx)) this.tidy(this.finishCollecting(dir, tx))
     return tx.outcome!
   }
 
   private async finishCollecting(dir: string, tx: ReturnType<typeof begin>): Promise<void> {
     for (let step = nextRequest(tx); step; step = nextRequest(tx)) tx = advance(tx, await this.perform(dir, step), Date.now(), freshId)
+  }
+
+  /**
+   * Waiters in line sleep on a file of their own, wake/<owner>, instead of the key's directory:
+   * every commit raised five or so inotify events in every waiter's process (fifty waiters, fifty
+   * wake-ups to look at a name and sleep on). A commit that names waiters touches their files
+   * (an open with O_TRUNC: the file stays empty); a commit by a dlq before this one touches
+   * none, and its waiters in line then wake at the timers or the fallback poll (5 s on a local
+   * filesystem). A waiter removes its file when it stops waiting; one killed meanwhile leaves an
+   * empty file in wake/, which nothing reads and anyone may remove.
+   */
+  private async wakeFile(owner: string): Promise<string | undefined> {
+    try {
+      const path = join(await safeDir(this.base, ['wake'], this.modes), encodeName(owner))
+      await writeNewFile(path, '', this.modes).catch((error: unknown) => {
+        if (errorCode(error) !== 'EEXIST') throw error
+      })
+      return path
+    } catch (error) {
+      this.log?.(`file: no wake-up file for ${owner} (${(error as Error).message}): waiting on the key's directory`)
+      return undefined
+    }
+  }
+
+  private async wake(owners: string[]): Promise<void> {
+    try {
+      const dir = await safeDir(this.base, ['wake'], this.modes)
+      await Promise.all(owners.map(async (owner) => {
+        // Truncating the empty file raises the waiter's event and needs only write permission (in a
+        // group's directory the waiter may be another member); O_NOFOLLOW: a link is not followed.
+        const handle = await open(join(dir, encodeName(owner)), constants.O_WRONLY | constants.O_TRUNC | constants.O_NOFOLLOW | constants.O_NONBLOCK).catch(() => undefined)
+        await handle?.close()
+      }))
+    } catch {
+      // no wake/ to be had: the waiters' timers and fallback poll remain
+    }
   }
 
   private pending: Promise<unknown>[] = []
@@ -209,9 +248,15 @@ export class FileLocks implements LockDriver {
     const queues = !shared && request.waitMs > 0
     const intent: Intent = {kind: 'acquire', owner: request.owner, limit: request.limit, ttlMs: request.ttlMs, info: request.holder, shared, waiterTtlMs: queues ? waiterTtlMs : 0}
     let acquired = false
-    // Once in line, this waiter wakes only for the commits that name it (leases.ts, wakesWaiters).
+    // Once in line, this waiter wakes only for the commits that name it: on its own file, else
+    // (no file to be had) on the commits in the directory whose id names it (leases.ts, wakesWaiters).
     const mark = lineMark(request.owner)
     let inLine = false
+    let wake: string | undefined | null // its file, once in line; null: none to be had
+    const watched = async () => {
+      if (inLine && wake === undefined) wake = (await this.wakeFile(request.owner)) ?? null
+      return inLine && wake ? {path: wake} : {path: dir, wakesOn: (name: string | null) => wakesWaiters(name, inLine ? mark : undefined)}
+    }
     try {
       return await waitFor<Lease | undefined>(dir, request.signal, Date.now() + request.waitMs, async () => {
         const outcome = await this.transact(dir, intent)
@@ -230,8 +275,9 @@ export class FileLocks implements LockDriver {
         inLine = own !== undefined
         const times = [...holders.map((h) => h.expiresMs), ...aheadInLine(waiting, request.owner).map((w) => w.expiresMs), ...(own ? [own.expiresMs - waiterTtlMs / 2] : [])]
         return {done: false, value: undefined, next: Math.min(...times)}
-      }, undefined, (name) => wakesWaiters(name, inLine ? mark : undefined))
+      }, undefined, watched)
     } finally {
+      if (wake) await unlink(wake).catch(() => {})
       // A waiter that gives up leaves at once, so the readers behind it need not wait for its expiry.
       if (!acquired && queues) await this.transact(dir, {kind: 'leave', owner: request.owner}).catch(() => {})
     }

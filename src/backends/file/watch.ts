@@ -32,14 +32,23 @@ export interface Attempt<T> {
   next: number
 }
 
+/** What a wait watches: a directory (default: any change wakes it) or a file of its own. */
+export interface Watched {
+  path: string
+  /** The names in `path` whose changes wake the wait (default: every change; a name the platform does not report wakes it too). */
+  wakesOn?: (name: string | null) => boolean
+}
+
 /**
  * Runs `attempt` until it is done or `deadline` passes; resolves with its value, or `timedOut`.
- * `wakesOn`: the names in `dir` whose changes wake the wait (default: every change; a name the
- * platform does not report wakes it too).
+ * `watched`, asked after every attempt, says what to watch (default: every change in `dir`); when
+ * it names something else than the watch armed, the wait moves its watch there and tries again at
+ * once, so that no change slips in between.
  */
-export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: number, attempt: () => Promise<Attempt<T>>, timedOut: T, wakesOn?: (name: string | null) => boolean): Promise<T> {
+export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: number, attempt: () => Promise<Attempt<T>>, timedOut: T, watched: () => Watched | Promise<Watched> = () => ({path: dir})): Promise<T> {
   let watcher: FSWatcher | undefined
-  let pollMs: number | undefined // set once the watch is armed (or could not be)
+  let armed: string | undefined // the path watched; set once the watch is armed (or could not be)
+  let pollMs: number | undefined
   const wakeup = new Wakeup(signal)
   try {
     for (;;) {
@@ -49,11 +58,23 @@ export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: num
       if (result.done) return result.value
       const now = Date.now()
       if (now >= deadline) return timedOut
-      if (pollMs === undefined) {
-        pollMs = await fallbackPollMs(dir)
+      const target = await watched()
+      if (armed !== target.path) {
+        pollMs ??= await fallbackPollMs(dir)
+        watcher?.close()
+        watcher = undefined
+        armed = target.path
         try {
-          watcher = watch(dir, {persistent: false}, wakesOn ? (_event, name) => wakesOn(name) && wakeup.wake() : wakeup.wake)
-          watcher.on('error', () => {})
+          const {wakesOn} = target
+          watcher = watch(target.path, {persistent: false}, (event, name) => {
+            // A watched file that is removed or replaced ends its watch: arm a new one.
+            if (target.path !== dir && event === 'rename') armed = undefined
+            if (!wakesOn || wakesOn(name)) wakeup.wake()
+          })
+          watcher.on('error', () => {
+            armed = undefined
+            wakeup.wake()
+          })
         } catch {
           // inotify exhausted or unsupported: the timers and the poll (every second) still work.
           // (Before, a watch that could not be made was tried again at once, attempt after attempt.)
@@ -62,7 +83,7 @@ export async function waitFor<T>(dir: string, signal: AbortSignal, deadline: num
         continue // try again now that the watch is armed, so no change slips in between
       }
       if (wakeup.changed) continue
-      await wakeup.sleep(Math.max(1, Math.min(deadline - now, result.next - now + 1, pollMs)))
+      await wakeup.sleep(Math.max(1, Math.min(deadline - now, result.next - now + 1, pollMs!)))
     }
   } finally {
     watcher?.close()
