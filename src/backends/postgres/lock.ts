@@ -233,9 +233,14 @@ const HOLDS = (s: string) => `SELECT 1 FROM ${s}.leases WHERE key = $1 AND owner
 // A writer that leaves wakes the readers that waited behind it.
 const FORGET_WAITER = (s: string) => `WITH gone AS (DELETE FROM ${s}.lock_waiters WHERE key = $1 AND owner = $2 RETURNING shared)
   SELECT pg_notify($3, '') FROM gone WHERE NOT shared`
+// The waiters are counted once per key by one aggregate joined in, not by a subquery per lease:
+// that was planned as 12.7 per lease, so `lock status` of every key passed the server's
+// jit_above_cost (100,000) from about 25,000 held keys and was JIT-compiled (957 ms of LLVM for
+// 200,000 keys, 2.9 s in all; joined: 0.49 s, no JIT up to a million keys).
 const HOLDERS = (s: string, where: string) => `SELECT l.key, l.owner, l.token, l.acquired_at, l.expires_at, l.host, l.pid, l.username, l.command, l.shared,
-    (SELECT count(*) FROM ${s}.lock_waiters w WHERE w.key = l.key AND w.expires_at > clock_timestamp()) AS waiters
+    coalesce(w.waiters, 0) AS waiters
   FROM ${s}.leases l
+  LEFT JOIN (SELECT key, count(*) AS waiters FROM ${s}.lock_waiters WHERE ${where.replaceAll('l.', '')} expires_at > clock_timestamp() GROUP BY key) w ON w.key = l.key
   WHERE ${where} l.expires_at > clock_timestamp()
   ORDER BY l.key, l.token`
 const HOLDERS_OF_KEY = (s: string) => HOLDERS(s, 'l.key = $1 AND')
