@@ -15,6 +15,8 @@ If dlq dies (kill -9) or is stopped, its watchdog stops every process of COMMAND
 
 While it waits on a terminal, a line on stderr (cut to the terminal's width, erased when the wait ends; none with --quiet) says for how long and who holds the lock.
 
+On the file and ZooKeeper backends exclusive waiters get KEY in the order they arrived, and a try (--wait 0) does not pass them: it finds KEY busy while anyone waits for it.
+
 Every word before -- must belong to a flag: a stray one (--wait 10 min) is a usage error (64), never dropped.
 
 With --shared the lock is a reader lock (flock -s): any number of --shared holders hold KEY together, and a holder without it holds KEY alone; once such an exclusive holder waits, newly arriving --shared ones wait behind it, so readers cannot starve a writer. --shared does not combine with --limit.
