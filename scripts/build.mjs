@@ -10,48 +10,41 @@ import {readdirSync, readFileSync, writeFileSync} from 'node:fs'
 import {join} from 'node:path'
 import {build} from 'esbuild'
 
-const inputs = new Set()
-const cli = await build({
-  metafile: true,
-  entryPoints: {dlq: 'dist/cli.js', 'lock-run': 'dist/fast.js'},
-  outdir: 'dist',
-  outExtension: {'.js': '.cjs'},
-  bundle: true,
-  platform: 'node',
-  format: 'cjs',
-  target: 'node20',
-  external: ['ioredis', 'pg', 'node-zookeeper-client', 'typescript', 'ts-node'],
-  alias: {debug: './scripts/stubs/debug.cjs'},
-  define: {'import.meta.url': '__importMetaUrl'}, // src/builtins.ts: createRequire(import.meta.url)
-  banner: {js: 'var __importMetaUrl = require("node:url").pathToFileURL(__filename).href;'},
-  supported: {'dynamic-import': false}, // import() of an external becomes a lazy require()
-  minifySyntax: true,
-  minifyWhitespace: true,
-  legalComments: 'none',
-  logLevel: 'warning',
-})
+// What every bundle shares; each build returns the files it read (for the licenses).
+const bundle = async (options) => {
+  const {metafile} = await build({
+    metafile: true,
+    outdir: 'dist',
+    outExtension: {'.js': '.cjs'},
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    alias: {debug: './scripts/stubs/debug.cjs'},
+    minifySyntax: true,
+    minifyWhitespace: true,
+    legalComments: 'none',
+    logLevel: 'warning',
+    ...options,
+  })
+  return Object.keys(metafile.inputs)
+}
 
-for (const input of Object.keys(cli.metafile.inputs)) inputs.add(input)
-
-const clients = await build({
-  metafile: true,
-  entryPoints: {ioredis: 'ioredis', pg: 'pg', 'node-zookeeper-client': 'node-zookeeper-client'},
-  outdir: 'dist',
-  outExtension: {'.js': '.cjs'},
-  bundle: true,
-  platform: 'node',
-  format: 'cjs',
-  target: 'node20',
-  // pg's native binding and Cloudflare's sockets: loaded only when asked for (NODE_PG_FORCE_NATIVE,
-  // a Cloudflare Worker), never by dlq.
-  external: ['pg-native', 'cloudflare:sockets'],
-  alias: {debug: './scripts/stubs/debug.cjs'},
-  minifySyntax: true,
-  minifyWhitespace: true,
-  legalComments: 'none',
-  logLevel: 'warning',
-})
-for (const input of Object.keys(clients.metafile.inputs)) inputs.add(input)
+const inputs = [
+  ...(await bundle({
+    entryPoints: {dlq: 'dist/cli.js', 'lock-run': 'dist/fast.js'},
+    external: ['ioredis', 'pg', 'node-zookeeper-client', 'typescript', 'ts-node'],
+    define: {'import.meta.url': '__importMetaUrl'}, // src/builtins.ts: createRequire(import.meta.url)
+    banner: {js: 'var __importMetaUrl = require("node:url").pathToFileURL(__filename).href;'},
+    supported: {'dynamic-import': false}, // import() of an external becomes a lazy require()
+  })),
+  ...(await bundle({
+    entryPoints: {ioredis: 'ioredis', pg: 'pg', 'node-zookeeper-client': 'node-zookeeper-client'},
+    // pg's native binding and Cloudflare's sockets: loaded only when asked for (NODE_PG_FORCE_NATIVE,
+    // a Cloudflare Worker), never by dlq.
+    external: ['pg-native', 'cloudflare:sockets'],
+  })),
+]
 
 // node_modules/NAME/… or node_modules/@SCOPE/NAME/… → each package once, with its license text.
 const packages = new Set([...inputs].map((input) => /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input)?.[1]).filter(Boolean))
