@@ -13,6 +13,7 @@
 // A server given by URL is not ours: it gets no faults, and only a loopback URL is accepted.
 import {execFileSync} from 'node:child_process'
 import {mkdtemp, readFile, rm, writeFile} from 'node:fs/promises'
+import {createConnection} from 'node:net'
 import {tmpdir} from 'node:os'
 import {join} from 'node:path'
 
@@ -135,9 +136,35 @@ async function startSentinelBackend() {
     }
     return false
   })
+  // Every failover the Sentinels make, as they announce it (+switch-master on one of them): the
+  // kills explain theirs; any other is Sentinel's own, on a machine that stalled a server past
+  // down-after (1 s). Redis replicates asynchronously, so such a failover of a live master can
+  // lose what it acknowledged: the torture reports it (torture.mjs) rather than blame dlq.
+  const switches = []
+  const kills = []
+  const announcements = createConnection({host: '127.0.0.1', port: group.sentinelPorts[0]}, () => announcements.write('SUBSCRIBE +switch-master\r\n'))
+  let pending = ''
+  announcements.on('data', (chunk) => {
+    const lines = (pending + chunk).split('\r\n')
+    pending = lines.pop()
+    for (const line of lines) {
+      const m = /^\S+ 127\.0\.0\.1 (\d+) 127\.0\.0\.1 (\d+)$/.exec(line)
+      if (m) switches.push({at: Date.now(), from: Number(m[1]), to: Number(m[2])})
+    }
+  })
+  announcements.on('error', () => {})
   return {
     name: 'sentinel',
     url: group.url(),
+    /** The failovers no kill explains (each kill explains the first switch to the node it promoted). */
+    unplannedFailovers() {
+      const explained = new Set()
+      for (const kill of kills) {
+        const at = switches.findIndex((sw, i) => !explained.has(i) && sw.at >= kill.at && sw.to === kill.promoted)
+        if (at >= 0) explained.add(at)
+      }
+      return switches.filter((_sw, i) => !explained.has(i))
+    },
     description: `a master and a replica (redis-server on 127.0.0.1:${group.master.port} and :${group.replica.port}) behind three Sentinels (down-after 1 s), no persistence; dlq WAITs for the replica`,
     ...noFaults,
     /**
@@ -154,8 +181,9 @@ async function startSentinelBackend() {
       }, {timeoutMs: 30_000, intervalMs: 100})
       if (!ready) return undefined
       const {master, replica} = ready
-      signalPid(master.pid(), 'SIGKILL')
       const killedAt = Date.now()
+      kills.push({at: killedAt, promoted: replica.port})
+      signalPid(master.pid(), 'SIGKILL')
       if (!(await waitUntil(() => agreed() === replica && /^master/.test(cli(replica.port, 'ROLE')), {timeoutMs: 30_000, intervalMs: 100}))) {
         throw new Error(`sentinel torture: port ${replica.port} was not promoted within 30 s of the kill of ${master.port}`)
       }
@@ -170,6 +198,9 @@ async function startSentinelBackend() {
       const link = /master_link_status:(\w+)/.exec(cli(master.port, 'INFO', 'replication'))?.[1] ?? 'unknown'
       return {killed: master.port, promoted: replica.port, promotedMs: promotedAt - killedAt, readyMs: synced ? Date.now() - killedAt : undefined, link}
     },
-    stop: () => group.stop(),
+    stop: () => {
+      announcements.destroy()
+      return group.stop()
+    },
   }
 }
