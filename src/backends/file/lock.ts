@@ -127,7 +127,7 @@ export class FileLocks implements LockDriver {
    */
   private async wakeFile(owner: string): Promise<string | undefined> {
     try {
-      const path = join(await safeDir(this.base, ['wake'], this.modes), encodeName(owner))
+      const path = join(await this.wakeDir(), encodeName(owner))
       await writeNewFile(path, '', this.modes).catch((error: unknown) => {
         if (errorCode(error) !== 'EEXIST') throw error
       })
@@ -140,7 +140,7 @@ export class FileLocks implements LockDriver {
 
   private async wake(owners: string[]): Promise<void> {
     try {
-      const dir = await safeDir(this.base, ['wake'], this.modes)
+      const dir = await this.wakeDir()
       await Promise.all(owners.map(async (owner) => {
         // Truncating the empty file raises the waiter's event and needs only write permission (in a
         // group's directory the waiter may be another member); O_NOFOLLOW: a link is not followed.
@@ -159,6 +159,10 @@ export class FileLocks implements LockDriver {
 
   private leasesDir(): Promise<string> {
     return safeDir(this.base, ['leases'], this.modes)
+  }
+
+  private wakeDir(): Promise<string> {
+    return safeDir(this.base, ['wake'], this.modes)
   }
 
   /**

@@ -126,8 +126,6 @@ export async function parseTarget(url: URL): Promise<Target> {
 
 const clampTimeout = (ms: number) => Math.max(200, Math.min(ms, 600_000))
 
-const load = () => vendored<Library>('node-zookeeper-client')
-
 export interface Live {
   client: Client
   /** The negotiated session timeout. */
@@ -184,7 +182,7 @@ export class Session {
     // ?connectTimeout= bounds all of it, loading the library included: a hard bound (SPEC §1).
     const timeout = this.target.connectTimeoutMs
     const started = Date.now()
-    const zk = load()
+    const zk = vendored<Library>('node-zookeeper-client')
     this.acl = this.target.auth ? zk.ACL.CREATOR_ALL_ACL : zk.ACL.OPEN_ACL_UNSAFE
     const client = zk.createClient(this.target.servers, {sessionTimeout: this.wantedTimeoutMs, spinDelay: 100, retries: 0})
     if (this.target.auth) client.addAuthInfo('digest', Buffer.from(`${this.target.auth.user}:${this.target.auth.password}`))
