@@ -5,6 +5,7 @@ import {hostname, userInfo} from 'node:os'
 import type {Holder, HolderInfo, Lease, LockState} from './backends/types.js'
 import {parseDuration, formatDuration} from './duration.js'
 import {usageError} from './errors.js'
+import {exactInteger} from './json.js'
 
 export function checkLimit(limit: number): number {
   if (!Number.isInteger(limit) || limit < 1) throw usageError('bad --limit', String(limit), 'give a whole number of holders, 1 or more')
@@ -72,12 +73,13 @@ export function describeHolders(holders: Holder[]): string {
 
 // The JSON that the lock commands print (documented in their man pages: scripts/man.mjs). One
 // word, one meaning, in every output: `token` is what --token takes (the holding's owner id, also
-// `owner`, DLQ_LOCK_OWNER) and `fencingToken` is the integer DLQ_FENCING_TOKEN carries: a BigInt
-// here, written as an exact JSON integer (output.ts jsonText), since a token may reach 2^63-1.
+// `owner`, DLQ_LOCK_OWNER) and `fencingToken` is the integer DLQ_FENCING_TOKEN carries: a Number
+// while exact, else a BigInt (json.ts exactInteger), written as an exact JSON integer either way
+// (jsonText), since a token may reach 2^63-1.
 
 /** A lease as `lock acquire --json` and `lock renew --json` print it. */
-export function leaseJson(lease: Lease): {key: string; token: string; owner: string; fencingToken: bigint; expiresAt: string} {
-  return {key: lease.key, token: lease.owner, owner: lease.owner, fencingToken: BigInt(lease.fencingToken), expiresAt: lease.expiresAt.toISOString()}
+export function leaseJson(lease: Lease): {key: string; token: string; owner: string; fencingToken: number | bigint; expiresAt: string} {
+  return {key: lease.key, token: lease.owner, owner: lease.owner, fencingToken: exactInteger(lease.fencingToken), expiresAt: lease.expiresAt.toISOString()}
 }
 
 /** A key's holders and waiters as `lock status --json` prints them. */
@@ -85,7 +87,7 @@ export function lockStateJson(state: LockState): Record<string, unknown> {
   return {
     key: state.key,
     holders: state.holders.map((h) => ({
-      token: h.owner, owner: h.owner, fencingToken: BigInt(h.fencingToken), mode: h.mode, host: h.host, pid: h.pid, user: h.user, command: h.command,
+      token: h.owner, owner: h.owner, fencingToken: exactInteger(h.fencingToken), mode: h.mode, host: h.host, pid: h.pid, user: h.user, command: h.command,
       acquiredAt: h.acquiredAt.toISOString(), expiresAt: h.expiresAt.toISOString(),
     })),
     // Stable fields: what the backend cannot tell is null, never missing.

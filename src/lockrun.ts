@@ -3,7 +3,7 @@
 import {formatDuration, parseDuration} from './duration.js'
 import {DlqError, toDlqError, usageError} from './errors.js'
 import {checkExitCode, checkLimit, checkShared, checkTtl, checkWait, describeHolders, holderInfo, newOwner, waitingForLock} from './holding.js'
-import {jsonText} from './json.js'
+import {exactInteger, jsonText} from './json.js'
 import {checkName} from './names.js'
 import type {Session} from './session.js'
 import {SignalRouter, signalExitCode} from './signals.js'
@@ -114,6 +114,6 @@ export async function lockRun(flags: LockRunFlags, [command, ...args]: string[],
       notice: say,
       env: {DLQ_LOCK_KEY: key, DLQ_LOCK_OWNER: owner, DLQ_FENCING_TOKEN: lease.fencingToken},
     })
-    if (flags.json) process.stderr.write(`${jsonText({key, fencingToken: BigInt(lease.fencingToken), exitCode: outcome.exitCode, lost: outcome.lost ?? null})}\n`)
+    if (flags.json) process.stderr.write(`${jsonText({key, fencingToken: exactInteger(lease.fencingToken), exitCode: outcome.exitCode, lost: outcome.lost ?? null})}\n`)
     return session.finish(outcome.exitCode)
 }
