@@ -10,6 +10,7 @@ import {DlqError, toDlqError} from '../../dist/errors.js'
 import {batches} from '../../dist/framing.js'
 import {checkName} from '../../dist/names.js'
 import {jsonText} from '../../dist/output.js'
+import {exactInteger} from '../../dist/json.js'
 
 const usage = (fn) => assert.throws(fn, (e) => e instanceof DlqError && e.exitCode === 64)
 
@@ -162,6 +163,12 @@ describe('JSON output', () => {
     const text = jsonText({fencingToken: 2n ** 63n - 1n, small: 7n, command: 'bigint123x45', list: [1n]})
     assert.equal(text, '{"fencingToken":9223372036854775807,"small":7,"command":"bigint123x45","list":[1]}')
     assert.equal(jsonText({a: 1n}, true), '{\n  "a": 1\n}')
+  })
+
+  it('a token as the backends give it (decimal text) stays exact: a Number up to 2^53-1, a BigInt past it', () => {
+    const tokens = ['1', '9007199254740991', '9007199254740993', '9223372036854775807']
+    assert.deepEqual(tokens.map(exactInteger).map((t) => typeof t), ['number', 'number', 'bigint', 'bigint'])
+    assert.equal(jsonText(tokens.map((t) => ({fencingToken: exactInteger(t)}))), `[${tokens.map((t) => `{"fencingToken":${t}}`).join(',')}]`)
   })
 })
 
