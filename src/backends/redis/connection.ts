@@ -494,10 +494,11 @@ export class Script {
     this.sha = createHash('sha1').update(lua).digest('hex')
   }
 
-  run(client: Client, keys: string[], args: (string | number | Buffer)[]): Promise<unknown> {
-    return client.callBuffer('EVALSHA', [this.sha, keys.length, ...keys, ...args]).catch((error: Error) => {
+  run(client: Client, keys: string[], args: (string | number | Buffer)[], replies: 'buffers' | 'text' = 'buffers'): Promise<unknown> {
+    const call = (command: string, ...rest: (string | number | Buffer)[]) => (replies === 'text' ? client.call(command, rest) : client.callBuffer(command, rest))
+    return call('EVALSHA', this.sha, keys.length, ...keys, ...args).catch((error: Error) => {
       if (!String(error.message).startsWith('NOSCRIPT')) throw error
-      return client.callBuffer('EVAL', [this.lua, keys.length, ...keys, ...args])
+      return call('EVAL', this.lua, keys.length, ...keys, ...args)
     })
   }
 

@@ -183,23 +183,32 @@ return live
 // Keys: 4 per lock (holders, info, waiters, shared), for as many locks as one call reads (their
 // tag is the same only when there is one: on a cluster a call reads one lock). Reply: per lock
 // {holders with scores, their records, live waiters, 1/0 shared per holder}.
+// The live holders of a batch of locks, as one JSON text built by the server: one reply to read
+// instead of five per lock (10,000 locks were 50,000 replies and their garbage, about 40% of
+// `lock status`). A lock is [its place among KEYS, waiters, holders]; a holder is [owner, expiry,
+// token, acquired at, ttl, shared (1/0), its info as the client stored it (JSON)]. Numbers travel as
+// strings (a token may pass 2^53); a record not in the form dlq writes is left out, not guessed at.
 const statusScript = new Script('status', `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local out = {}
 for k = 1, #KEYS, 4 do
   local holders = redis.call('ZRANGEBYSCORE', KEYS[k], '(' .. now, '+inf', 'WITHSCORES')
-  local records = {}
-  local shared = {}
+  local list = {}
   for i = 1, #holders, 2 do
-    records[#records + 1] = redis.call('HGET', KEYS[k + 1], holders[i]) or ''
-    shared[#shared + 1] = redis.call('ZSCORE', KEYS[k + 3], holders[i]) and 1 or 0
+    local record = redis.call('HGET', KEYS[k + 1], holders[i])
+    local token, acquired, ttl, info
+    if record then token, acquired, ttl, info = string.match(record, '^(%d+) (%d+) (%d+) ({.*})$') end
+    if token then
+      local shared = redis.call('ZSCORE', KEYS[k + 3], holders[i]) and '1' or '0'
+      list[#list + 1] = '[' .. cjson.encode(holders[i]) .. ',"' .. holders[i + 1] .. '","' .. token .. '","' .. acquired .. '","' .. ttl .. '",' .. shared .. ',' .. info .. ']'
+    end
   end
-  local waiters = 0
-  if #holders > 0 then waiters = redis.call('ZCOUNT', KEYS[k + 2], '(' .. now, '+inf') end
-  out[#out + 1] = {holders, records, waiters, shared}
+  if #list > 0 then
+    out[#out + 1] = '[' .. ((k - 1) / 4) .. ',"' .. redis.call('ZCOUNT', KEYS[k + 2], '(' .. now, '+inf') .. '",[' .. table.concat(list, ',') .. ']]'
+  end
 end
-return out
+return '[' .. table.concat(out, ',') .. ']'
 `)
 
 // A writer that gives up its place: the readers waiting behind it are woken.
@@ -211,7 +220,7 @@ return 0
 `)
 
 const fallbackPollMs = 2000
-/** Locks one status call reads (statusScript): about 1 ms of the server's time for 200 held keys. */
+/** Locks one status call reads (statusScript): 2.3–2.6 ms of the server's time for 200 held keys on the test VM. */
 const statusBatch = 200
 const waiterTtlMs = 5000
 
@@ -377,26 +386,26 @@ export class RedisLocks implements LockDriver {
       const k = keysOf(name)
       return [k.holders, k.info, k.waiters, k.shared]
     })
-    const replies = (await statusScript.run(this.client, keys, [])) as [Buffer[], Buffer[], number, number[]][]
-    return replies.map(([holders, records, waiters, shared], at) => {
-      const list: Holder[] = []
-      for (let i = 0; i < holders.length; i += 2) {
-        const record = text(records[i / 2])
-        if (!record) continue
-        const parsed = parseRecord(record)
-        list.push({...parsed.info, owner: text(holders[i]), fencingToken: parsed.token, acquiredAt: new Date(parsed.acquiredAt), expiresAt: new Date(num(holders[i + 1])), mode: num(shared[i / 2]) === 1 ? 'shared' : 'exclusive'})
-      }
-      return list.length > 0 ? {key: names[at], holders: list.sort((a, b) => Number(BigInt(a.fencingToken) - BigInt(b.fencingToken))), waiters: num(waiters)} : undefined
-    })
+    const reply = (await statusScript.run(this.client, keys, [], 'text')) as string
+    type Row = [owner: string, expiresMs: string, token: string, acquiredMs: string, ttlMs: string, shared: 0 | 1, info: HolderInfo]
+    return (JSON.parse(reply) as [at: number, waiters: string, holders: Row[]][]).map(([at, waiters, rows]) => ({
+      key: names[at],
+      holders: rows.map(([owner, expiresMs, token, acquiredMs, , shared, info]): Holder => ({
+        host: info.host, pid: info.pid, user: info.user, command: info.command, owner, fencingToken: token,
+        acquiredAt: new Date(Number(acquiredMs)), expiresAt: new Date(Number(expiresMs)), mode: shared === 1 ? 'shared' : 'exclusive',
+      })).sort((a, b) => (a.fencingToken.length - b.fencingToken.length) || (a.fencingToken < b.fencingToken ? -1 : 1)),
+      waiters: Number(waiters),
+    }))
   }
 
   private async heldKeys(): Promise<string[]> {
     const found = new Set<string>()
-    // On a cluster each master holds its own slots: every one is scanned.
+    // On a cluster each master holds its own slots: every one is scanned. 5,000 names a call:
+    // about 1.7 ms of the server's time each, and a sixth of the round trips of 1,000.
     for (const node of mastersOf(this.client)) {
       let cursor = '0'
       do {
-        const [next, keys] = await node.scan(cursor, 'MATCH', '{dlq:l:*}:holders', 'COUNT', 1000)
+        const [next, keys] = await node.scan(cursor, 'MATCH', '{dlq:l:*}:holders', 'COUNT', 5000)
         cursor = next
         for (const k of keys) found.add(k.slice('{dlq:l:'.length, -'}:holders'.length))
       } while (cursor !== '0')
